@@ -1,0 +1,18 @@
+"""iam-evaluator: AWS IAM policy evaluation, faithful and fast.
+
+parse → validate → evaluate: ``parse_policy`` builds the immutable model,
+``validate_policy`` adds catalog and size findings, ``reference.evaluate``
+decides a request exactly as AWS's documented logic does.
+"""
+from .decision import Decision, DecisionKind, StatementRef
+from .findings import Finding, PolicyValidationError, Severity
+from .model import Condition, Effect, Policy, Principal, Statement
+from .parse import PolicyKind, parse_policy
+from .principals import RequestError
+from .request import PolicySet, Request
+
+__all__ = [
+    "Condition", "Decision", "DecisionKind", "Effect", "Finding", "Policy", "PolicyKind", "PolicySet",
+    "PolicyValidationError", "Principal", "Request", "RequestError", "Severity", "Statement", "StatementRef",
+    "parse_policy",
+]

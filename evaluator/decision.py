@@ -1,0 +1,143 @@
+"""Decisions, and IAM's rule for combining the policy layers into one.
+
+The rule lives in ``combine`` alone, so the reference evaluator and the
+compiled engine cannot disagree about it. It follows the AWS IAM User Guide,
+"Policy evaluation logic": an applicable Deny in any policy wins; otherwise
+every SCP and RCP level must allow, and then either an identity-based policy
+allows within the permissions boundary and session policy, or a resource-based
+policy allows (on its own when it names the caller in the same account; together
+with an identity-based Allow across accounts).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .model import Effect
+from .principals import Grant
+
+
+class DecisionKind(StrEnum):
+    ALLOW = "Allow"
+    EXPLICIT_DENY = "ExplicitDeny"
+    IMPLICIT_DENY = "ImplicitDeny"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class StatementRef:
+    """A statement named the way users find it: policy name, index, Sid."""
+
+    policy: str
+    index: int
+    sid: str | None
+    effect: Effect
+
+    def __str__(self) -> str:
+        sid = f" ({self.sid})" if self.sid else ""
+        return f"{self.effect} {self.policy}#{self.index}{sid}"
+
+
+@dataclass(frozen=True, slots=True)
+class LayerResult:
+    """The applicable statements of one policy layer, by effect."""
+
+    denies: tuple[StatementRef, ...] = ()
+    allows: tuple[StatementRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision: DecisionKind
+    decided_by: str  # the layer that denied, the first layer that failed to allow, or "error"
+    statements: tuple[StatementRef, ...] = ()
+    missing_keys: tuple[str, ...] = ()
+    reason: str = ""
+    error: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision is DecisionKind.ALLOW
+
+    def to_json(self) -> dict:
+        return {
+            "decision": str(self.decision),
+            "decided_by": self.decided_by,
+            "statements": [
+                {"policy": s.policy, "index": s.index, "sid": s.sid, "effect": str(s.effect)}
+                for s in self.statements
+            ],
+            "missing_keys": list(self.missing_keys),
+            "reason": self.reason,
+            "error": self.error,
+        }
+
+
+def failed(error: str) -> Decision:
+    """An evaluation error denies the request (fail closed) and says why."""
+    return Decision(DecisionKind.IMPLICIT_DENY, "error", reason=f"evaluation failed: {error}", error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class Layers:
+    """Every layer's result for one request; ``None`` is an absent layer."""
+
+    identity: LayerResult
+    resource: LayerResult | None
+    resource_grant: Grant  # how the resource policy's applicable Allows name the caller
+    permissions_boundary: LayerResult | None
+    session: LayerResult | None
+    scp: tuple[LayerResult, ...] | None
+    rcp: tuple[LayerResult, ...] | None
+
+    def named(self) -> list[tuple[str, LayerResult]]:
+        named = [("identity", self.identity)]
+        named += [("resource", self.resource)] if self.resource else []
+        named += [("permissions_boundary", self.permissions_boundary)] if self.permissions_boundary else []
+        named += [("session", self.session)] if self.session else []
+        named += [(f"scp[{i}]", level) for i, level in enumerate(self.scp or ())]
+        named += [(f"rcp[{i}]", level) for i, level in enumerate(self.rcp or ())]
+        return named
+
+
+def combine(layers: Layers, same_account: bool, missing_keys: tuple[str, ...] = ()) -> Decision:
+    named = layers.named()
+    denies = tuple(ref for _, result in named for ref in result.denies)
+    if denies:
+        first = next(name for name, result in named if result.denies)
+        return Decision(DecisionKind.EXPLICIT_DENY, first, denies, missing_keys, f"explicitly denied by {denies[0]}")
+    allows = tuple(ref for _, result in named for ref in result.allows)
+
+    def implicit(layer: str, reason: str) -> Decision:
+        return Decision(DecisionKind.IMPLICIT_DENY, layer, allows, missing_keys, reason)
+
+    for kind, levels in (("scp", layers.scp), ("rcp", layers.rcp)):
+        for i, level in enumerate(levels or ()):
+            if not level.allows:
+                return implicit(f"{kind}[{i}]", f"no {kind.upper()} at organisation level {i} allows the request")
+
+    boundary_ok = layers.permissions_boundary is None or bool(layers.permissions_boundary.allows)
+    session_ok = layers.session is None or bool(layers.session.allows)
+    identity_allows = bool(layers.identity.allows)
+    grant = layers.resource_grant
+
+    def limiting_layer() -> Decision:
+        if not boundary_ok:
+            return implicit("permissions_boundary", "the permissions boundary does not allow the request")
+        return implicit("session", "the session policy does not allow the request")
+
+    identity_path = identity_allows and boundary_ok and session_ok
+    if same_account:
+        if identity_path or grant is Grant.DIRECT or (grant is Grant.BOUNDED and boundary_ok and session_ok):
+            layer = "identity" if identity_path else "resource"
+            return Decision(DecisionKind.ALLOW, layer, allows, missing_keys, f"allowed by the {layer} policies")
+        if identity_allows or grant is Grant.BOUNDED:
+            return limiting_layer()
+        return implicit("identity", "no identity-based or resource-based policy allows the request")
+
+    if not identity_allows:
+        return implicit("identity", "cross-account: no identity-based policy allows the request")
+    if not identity_path:
+        return limiting_layer()
+    if grant is Grant.NONE:
+        return implicit("resource", "cross-account: the resource's policy does not allow the caller or its account")
+    return Decision(DecisionKind.ALLOW, "identity", allows, missing_keys, "allowed by the identity and resource policies")

@@ -1,0 +1,104 @@
+"""Who is asking, and whether a resource policy's Principal element names them.
+
+How a resource-based policy names the caller changes what it grants (AWS IAM
+User Guide, "Policy evaluation logic", same-account requests): an Allow that
+names an IAM user ARN or an assumed-role session ARN grants on its own; one
+that names a role ARN is still limited by the permissions boundary and the
+session policy; one that names only the account delegates to the account's
+identity-based policies and grants nothing by itself.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+
+from .model import Principal
+
+_ACCOUNT_ID = re.compile(r"\d{12}")
+
+
+class RequestError(ValueError):
+    """A request that cannot be evaluated as given (bad principal, action, resource or context)."""
+
+
+class Grant(IntEnum):
+    """How strongly a Principal element names the caller, weakest first."""
+
+    NONE = 0
+    ACCOUNT = 1  # the caller's account: delegates to its identity-based policies
+    BOUNDED = 2  # the caller's role (or everyone): still limited by boundary and session policy
+    DIRECT = 3  # the caller's own user or session ARN: grants on its own
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A caller ARN split into what principal matching needs."""
+
+    arn: str
+    account: str
+    kind: str  # user, role, assumed-role, root, federated-user, or another resource type
+    role_name: str | None  # the role of an assumed-role session, or of a role caller
+
+    @classmethod
+    def parse(cls, arn: str) -> Caller:
+        parts = arn.split(":", 5)
+        if len(parts) != 6 or parts[0] != "arn" or parts[2] not in ("iam", "sts"):
+            raise RequestError(f"principal {arn!r} is not an IAM or STS ARN")
+        account, resource = parts[4], parts[5]
+        if not _ACCOUNT_ID.fullmatch(account):
+            raise RequestError(f"principal {arn!r} has no 12-digit account id")
+        kind, _, rest = resource.partition("/")
+        role_name = None
+        if kind == "assumed-role":
+            role_name = rest.split("/", 1)[0]
+        elif kind == "role":
+            role_name = rest.rsplit("/", 1)[-1]
+        return cls(arn=arn, account=account, kind=kind, role_name=role_name)
+
+    @property
+    def own_grant(self) -> Grant:
+        """What naming this caller's own ARN grants: roles stay bounded, users and sessions do not."""
+        return Grant.BOUNDED if self.kind == "role" else Grant.DIRECT
+
+
+def _names(name: str, caller: Caller) -> Grant:
+    if name == "*":
+        return caller.own_grant
+    if name == caller.account or name == f"arn:aws:iam::{caller.account}:root":
+        return Grant.ACCOUNT
+    if name == caller.arn:
+        return caller.own_grant
+    parts = name.split(":", 5)
+    if (
+        caller.kind == "assumed-role"
+        and len(parts) == 6
+        and parts[2] == "iam"
+        and parts[4] == caller.account
+        and parts[5].startswith("role/")
+        and parts[5].rsplit("/", 1)[-1] == caller.role_name
+    ):
+        return Grant.BOUNDED
+    return Grant.NONE
+
+
+def principal_grant(principal: Principal, caller: Caller) -> Grant:
+    """The strongest way ``principal`` names ``caller`` (service, federated and canonical
+    user principals never name an IAM caller)."""
+    if principal.everyone:
+        return caller.own_grant
+    return max((_names(name, caller) for name in principal.aws), default=Grant.NONE)
+
+
+def statement_grant(principal: Principal | None, not_principal: Principal | None, caller: Caller) -> Grant:
+    """How a statement's Principal/NotPrincipal applies to the caller.
+
+    A statement without either (a trust policy or an identity-like policy given
+    as resource policy) names nobody. NotPrincipal applies to everyone it does
+    not name, as if it said ``"*"``.
+    """
+    if principal is not None:
+        return principal_grant(principal, caller)
+    if not_principal is not None:
+        return Grant.NONE if principal_grant(not_principal, caller) else caller.own_grant
+    return Grant.NONE

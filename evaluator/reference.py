@@ -1,0 +1,120 @@
+"""The reference evaluator: AWS IAM's evaluation logic, written to be read.
+
+This is the executable specification. It walks every statement of every
+policy, so its cost grows with the policy set; the compiled engine must give
+the same decisions and statements, faster. Policy layers are combined by
+``decision.combine``, shared with the compiled engine.
+"""
+from __future__ import annotations
+
+from .conditions import EvaluationError, condition_holds
+from .decision import Decision, Layers, LayerResult, StatementRef, combine, failed
+from .model import Effect, Policy, Statement
+from .principals import Caller, Grant, RequestError, statement_grant
+from .request import PolicySet, Request
+from .variables import Unresolvable, expand_pattern
+from .wildcard import compile_glob, glob_match
+
+
+def action_matches(patterns: tuple[str, ...], action: str) -> bool:
+    """Actions compare case-insensitively; ``*`` and ``?`` may stand anywhere."""
+    return any(glob_match(compile_glob(p), action, ignore_case=True) for p in patterns)
+
+
+def resource_matches(patterns: tuple[str, ...], request: Request, substitute: bool) -> bool:
+    """Resource ARNs compare case-sensitively, and ``*`` runs across ``:`` and ``/``.
+
+    A request for ``"*"`` (an action without resource-level permissions) is
+    matched only by a policy Resource of ``"*"``.
+    """
+    for text in patterns:
+        if text == "*":
+            return True
+        if request.resource != "*" and glob_match(expand_pattern(text, request.context, substitute), request.resource):
+            return True
+    return False
+
+
+def statement_applies(statement: Statement, policy: Policy, request: Request, missing: set[str]) -> bool:
+    """Action, resource and every condition match (Principal is checked by the caller).
+
+    A policy variable that cannot be resolved makes the whole statement not
+    apply, whether it stands in Resource or in a condition value.
+    """
+    if statement.actions is not None and not action_matches(statement.actions, request.action):
+        return False
+    if statement.not_actions is not None and action_matches(statement.not_actions, request.action):
+        return False
+    substitute = policy.has_policy_variables
+    needed: set[str] = set()
+    try:
+        if statement.resources is not None and not resource_matches(statement.resources, request, substitute):
+            return False
+        if statement.not_resources is not None and resource_matches(statement.not_resources, request, substitute):
+            return False
+        holds = [condition_holds(c, request.context, substitute, needed) for c in statement.conditions]
+    except Unresolvable:
+        return False
+    missing |= needed
+    return all(holds)
+
+
+def _ref(policy: Policy, statement: Statement) -> StatementRef:
+    return StatementRef(policy.name, statement.index, statement.sid, statement.effect)
+
+
+def layer_result(policies: tuple[Policy, ...], request: Request, missing: set[str]) -> LayerResult:
+    """The applicable statements of policies whose statements are pooled (one layer)."""
+    applicable = [
+        _ref(policy, statement)
+        for policy in policies
+        for statement in policy.statements
+        if statement_applies(statement, policy, request, missing)
+    ]
+    return LayerResult(
+        denies=tuple(r for r in applicable if r.effect is Effect.DENY),
+        allows=tuple(r for r in applicable if r.effect is Effect.ALLOW),
+    )
+
+
+def resource_layer(policy: Policy, request: Request, caller: Caller, missing: set[str]) -> tuple[LayerResult, Grant]:
+    """A resource-based policy: statements apply only where their Principal names the caller."""
+    denies, allows, grant = [], [], Grant.NONE
+    for statement in policy.statements:
+        names = statement_grant(statement.principal, statement.not_principal, caller)
+        if names is Grant.NONE or not statement_applies(statement, policy, request, missing):
+            continue
+        if statement.effect is Effect.DENY:
+            denies.append(_ref(policy, statement))
+        else:
+            allows.append(_ref(policy, statement))
+            grant = max(grant, names)
+    return LayerResult(tuple(denies), tuple(allows)), grant
+
+
+def evaluate(policies: PolicySet, request: Request) -> Decision:
+    """Decide one request. Any error denies it, with the reason in the decision."""
+    try:
+        caller = Caller.parse(request.principal)
+        missing: set[str] = set()
+
+        def layer(pool: tuple[Policy, ...] | None) -> LayerResult | None:
+            return None if pool is None else layer_result(pool, request, missing)
+
+        resource, grant = (
+            resource_layer(policies.resource, request, caller, missing) if policies.resource else (None, Grant.NONE)
+        )
+        layers = Layers(
+            identity=layer_result(policies.identity, request, missing),
+            resource=resource,
+            resource_grant=grant,
+            permissions_boundary=layer(policies.permissions_boundary),
+            session=layer(policies.session),
+            scp=None if policies.scp is None else tuple(layer_result(lv, request, missing) for lv in policies.scp),
+            rcp=None if policies.rcp is None else tuple(layer_result(lv, request, missing) for lv in policies.rcp),
+        )
+        return combine(layers, request.resource_account == caller.account, tuple(sorted(missing)))
+    except (EvaluationError, RequestError) as exc:
+        return failed(str(exc))
+    except Exception as exc:  # noqa: BLE001 - fail closed on any defect, and say so
+        return failed(f"internal error: {type(exc).__name__}: {exc}")

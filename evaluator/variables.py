@@ -1,0 +1,78 @@
+"""Policy variables: ``${aws:username}``, ``${key, 'default'}``, ``${*}``, ``${?}``, ``${$}``.
+
+Used in Resource elements and in String and Arn condition values, and only in
+policies with Version 2012-10-17 (elsewhere the text is literal). A variable
+whose key is absent without a default, or whose value is multi-valued, cannot
+be resolved; the statement that needs it then does not apply.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from .wildcard import Pattern, Wildcard, compile_glob
+
+VARIABLE = re.compile(r"\$\{([^}]*)\}")
+_WITH_DEFAULT = re.compile(r"^\s*([^,]+?)\s*,\s*'([^']*)'\s*$")
+_LITERALS = {"*": "*", "?": "?", "$": "$"}
+
+
+class Unresolvable(LookupError):
+    """A variable has no single value in the request context."""
+
+
+def parse_variable(body: str) -> tuple[str, str | None]:
+    """``aws:username, 'x'`` -> (``aws:username``, ``x``); ``aws:username`` -> (…, None)."""
+    with_default = _WITH_DEFAULT.match(body)
+    if with_default:
+        return with_default.group(1), with_default.group(2)
+    return body.strip(), None
+
+
+def lookup(context: Mapping[str, str | list[str]], key: str) -> str | list[str] | None:
+    """Context values by key name, compared case-insensitively as IAM does."""
+    if key in context:
+        return context[key]
+    lowered = key.lower()
+    for name, value in context.items():
+        if name.lower() == lowered:
+            return value
+    return None
+
+
+def _resolve(body: str, context: Mapping[str, str | list[str]]) -> str:
+    if body in _LITERALS:
+        return _LITERALS[body]
+    key, default = parse_variable(body)
+    value = lookup(context, key)
+    if value is None:
+        if default is None:
+            raise Unresolvable(f"policy variable ${{{key}}} is not in the request context")
+        return default
+    if isinstance(value, list):
+        raise Unresolvable(f"policy variable ${{{key}}} is multi-valued in the request context")
+    return value
+
+
+def expand_pattern(
+    text: str, context: Mapping[str, str | list[str]], substitute: bool
+) -> Pattern:
+    """A glob pattern with variables replaced by their (literal) values."""
+    if not substitute or "${" not in text:
+        return compile_glob(text)
+    items: list[str | Wildcard] = []
+    position = 0
+    for match in VARIABLE.finditer(text):
+        items.extend(compile_glob(text[position : match.start()]))
+        items.extend(_resolve(match.group(1), context))
+        position = match.end()
+    items.extend(compile_glob(text[position:]))
+    return tuple(items)
+
+
+def expand_text(text: str, context: Mapping[str, str | list[str]], substitute: bool) -> str:
+    """Plain text with variables replaced, for the equality operators."""
+    if not substitute or "${" not in text:
+        return text
+    return VARIABLE.sub(lambda match: _resolve(match.group(1), context), text)
+

@@ -1,0 +1,66 @@
+"""Glob matching as IAM does it: ``*`` matches any run of characters, ``?`` one.
+
+A pattern is a tuple of items: single characters, or the markers ``STAR`` and
+``QMARK``. Keeping wildcards as markers, not characters, lets a policy variable
+such as ``${*}`` put a literal ``*`` into a pattern.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Wildcard(Enum):
+    STAR = "*"
+    QMARK = "?"
+
+
+STAR = Wildcard.STAR
+QMARK = Wildcard.QMARK
+
+Pattern = tuple["str | Wildcard", ...]
+
+
+def literal(text: str) -> Pattern:
+    return tuple(text)
+
+
+def compile_glob(text: str) -> Pattern:
+    """Read ``*`` and ``?`` in ``text`` as wildcards, everything else literally."""
+    return tuple(STAR if ch == "*" else QMARK if ch == "?" else ch for ch in text)
+
+
+def has_wildcard(pattern: Pattern) -> bool:
+    return any(isinstance(item, Wildcard) for item in pattern)
+
+
+def pattern_text(pattern: Pattern) -> str:
+    return "".join(item.value if isinstance(item, Wildcard) else item for item in pattern)
+
+
+def glob_match(pattern: Pattern, text: str, ignore_case: bool = False) -> bool:
+    """Whether ``text`` matches ``pattern`` in full.
+
+    Greedy scan that, on a mismatch, retries from the last ``*`` one character
+    further on; at most len(pattern) * len(text) steps, never exponential.
+    """
+    if ignore_case:
+        pattern = tuple(item.lower() if isinstance(item, str) else item for item in pattern)
+        text = text.lower()
+    p = t = 0
+    star_p, star_t = -1, 0
+    while t < len(text):
+        item = pattern[p] if p < len(pattern) else None
+        if item is STAR:
+            star_p, star_t = p, t
+            p += 1
+        elif item is not None and (item is QMARK or item == text[t]):
+            p += 1
+            t += 1
+        elif star_p >= 0:
+            star_t += 1
+            p, t = star_p + 1, star_t
+        else:
+            return False
+    while p < len(pattern) and pattern[p] is STAR:
+        p += 1
+    return p == len(pattern)
