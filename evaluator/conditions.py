@@ -11,7 +11,14 @@ from collections.abc import Callable, Mapping
 
 from .model import Condition
 from .operators import (
-    OPERATORS, Comparison, Family, read_address, read_bool, read_date, read_network, read_number,
+    OPERATORS,
+    Comparison,
+    Family,
+    read_address,
+    read_bool,
+    read_date,
+    read_network,
+    read_number,
 )
 from .variables import expand_pattern, expand_text
 from .wildcard import Pattern, glob_match
@@ -38,7 +45,7 @@ def _arn_like(pattern: Pattern, value: str) -> bool:
     wanted, given = _arn_fields(pattern), _arn_fields(tuple(value))
     if wanted is None or given is None:
         return False
-    return all(glob_match(w, "".join(g)) for w, g in zip(wanted, given))  # type: ignore[arg-type]
+    return all(glob_match(w, "".join(g)) for w, g in zip(wanted, given, strict=True))  # type: ignore[arg-type]
 
 
 def _read(reader: Callable, text: str, key: str):

@@ -140,4 +140,5 @@ def combine(layers: Layers, same_account: bool, missing_keys: tuple[str, ...] = 
         return limiting_layer()
     if grant is Grant.NONE:
         return implicit("resource", "cross-account: the resource's policy does not allow the caller or its account")
-    return Decision(DecisionKind.ALLOW, "identity", allows, missing_keys, "allowed by the identity and resource policies")
+    return Decision(DecisionKind.ALLOW, "identity", allows, missing_keys,
+                    "allowed by the identity and resource policies")

@@ -217,8 +217,11 @@ class _Parser:
 
     def string_list(self, value: Any, where: tuple) -> tuple[str, ...] | None:
         if isinstance(value, str):
-            value = [value]
-        elif not isinstance(value, list):
+            if not value:
+                self.error("E014", pointer(*where), "must not be an empty string")
+                return None
+            return (value,)
+        if not isinstance(value, list):
             self.error("E013", pointer(*where), f"must be a string or a list of strings, not a {_type_name(value)}")
             return None
         if not value:

@@ -29,33 +29,22 @@ def parse_variable(body: str) -> tuple[str, str | None]:
     return body.strip(), None
 
 
-def lookup(context: Mapping[str, str | list[str]], key: str) -> str | list[str] | None:
-    """Context values by key name, compared case-insensitively as IAM does."""
-    if key in context:
-        return context[key]
-    lowered = key.lower()
-    for name, value in context.items():
-        if name.lower() == lowered:
-            return value
-    return None
-
-
-def _resolve(body: str, context: Mapping[str, str | list[str]]) -> str:
+def _resolve(body: str, context: Mapping[str, str | tuple[str, ...]]) -> str:
     if body in _LITERALS:
         return _LITERALS[body]
     key, default = parse_variable(body)
-    value = lookup(context, key)
+    value = context.get(key.lower())  # request context keys are lower-cased
     if value is None:
         if default is None:
             raise Unresolvable(f"policy variable ${{{key}}} is not in the request context")
         return default
-    if isinstance(value, list):
+    if not isinstance(value, str):
         raise Unresolvable(f"policy variable ${{{key}}} is multi-valued in the request context")
     return value
 
 
 def expand_pattern(
-    text: str, context: Mapping[str, str | list[str]], substitute: bool
+    text: str, context: Mapping[str, str | tuple[str, ...]], substitute: bool
 ) -> Pattern:
     """A glob pattern with variables replaced by their (literal) values."""
     if not substitute or "${" not in text:
@@ -70,7 +59,7 @@ def expand_pattern(
     return tuple(items)
 
 
-def expand_text(text: str, context: Mapping[str, str | list[str]], substitute: bool) -> str:
+def expand_text(text: str, context: Mapping[str, str | tuple[str, ...]], substitute: bool) -> str:
     """Plain text with variables replaced, for the equality operators."""
     if not substitute or "${" not in text:
         return text

@@ -1,0 +1,95 @@
+"""Policy test cases in the conformance format, and the runner behind ``iam-eval test``.
+
+A case is one JSON object per line: ``{"id", "policies", "request",
+"expect": {"decision"}}`` (see ``../shared/conformance/README.md``). Users keep
+such files beside their policies as regression tests, as ``opa test`` users do.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from . import reference
+from .decision import Decision, DecisionKind
+from .findings import PolicyValidationError
+from .principals import RequestError
+from .request import PolicySet, Request
+
+Engine = Callable[[PolicySet, Request], Decision]
+
+ENGINES: dict[str, Engine] = {"reference": reference.evaluate}
+DEFAULT_ENGINE = "reference"
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case_id: str
+    category: str
+    expected: str
+    decision: Decision | None  # None when the case itself could not be read
+    problem: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.decision is not None and str(self.decision.decision) == self.expected
+
+    def describe_failure(self) -> str:
+        if self.decision is None:
+            return f"FAIL {self.case_id}: {self.problem}"
+        d = self.decision
+        lines = [f"FAIL {self.case_id} [{self.category}]: expected {self.expected}, got {d.decision} "
+                 f"(decided by {d.decided_by}: {d.reason})"]
+        lines += [f"    statement: {ref}" for ref in d.statements]
+        if d.missing_keys:
+            lines.append(f"    missing context keys: {', '.join(d.missing_keys)}")
+        return "\n".join(lines)
+
+
+def read_cases(path: Path) -> Iterator[tuple[str, dict | None, str]]:
+    """Yield (location, case, problem) per non-blank line; a bad line is yielded with its problem."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            location = f"{path}:{number}"
+            try:
+                case = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield location, None, f"not valid JSON: {exc.msg}"
+                continue
+            if not isinstance(case, dict) or not {"policies", "request", "expect"} <= set(case):
+                yield location, None, "a case needs policies, request and expect"
+                continue
+            yield location, case, ""
+
+
+def run_case(case: dict, location: str, engine: Engine) -> CaseResult:
+    case_id = str(case.get("id", location))
+    expected = case["expect"].get("decision") if isinstance(case["expect"], dict) else None
+    if expected not in {str(kind) for kind in DecisionKind}:
+        problem = f"{location}: expect.decision {expected!r} is not a decision"
+        return CaseResult(case_id, "", str(expected), None, problem)
+    try:
+        policies = PolicySet.from_json(case["policies"])
+        request = Request.from_json(case["request"])
+    except (PolicyValidationError, RequestError) as exc:
+        return CaseResult(case_id, case.get("category", ""), expected, None, f"{location}: {exc}")
+    return CaseResult(case_id, case.get("category", ""), expected, engine(policies, request))
+
+
+def run_files(paths: list[Path], engine: Engine, out: TextIO) -> tuple[int, int]:
+    """Run every case, print each failure, end with ``N passed, M failed``."""
+    passed = failed = 0
+    for path in paths:
+        for location, case, problem in read_cases(path):
+            result = run_case(case, location, engine) if case else CaseResult(location, "", "", None, problem)
+            if result.passed:
+                passed += 1
+            else:
+                failed += 1
+                print(result.describe_failure(), file=out)
+    print(f"{passed} passed, {failed} failed", file=out)
+    return passed, failed

@@ -1,0 +1,181 @@
+"""``iam-eval``: check one request, validate policies, run policy test cases.
+
+Exit codes: ``check`` 0 Allow, 1 deny, 2 bad input; ``validate`` 0 clean or
+warnings only, 1 errors, 2 unreadable input; ``test`` 0 all passed, 1 any
+failed, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import reference
+from .cases import DEFAULT_ENGINE, ENGINES, run_files
+from .catalog import CATALOG_ENV, Catalog
+from .findings import PolicyValidationError, Severity
+from .model import Policy
+from .parse import PolicyKind, parse_policy
+from .principals import RequestError
+from .request import PolicySet, Request
+from .validate import validate_policy
+
+BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported on stderr, exit code 2."""
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+
+
+def _load(path: str, kind: PolicyKind = PolicyKind.IDENTITY) -> Policy:
+    return parse_policy(_read(path), kind=kind, name=path)
+
+
+def _context(pairs: list[str], context_file: str | None) -> dict[str, Any]:
+    """``key=value`` pairs; a repeated key becomes a list, ``key=[...]`` is a JSON list."""
+    context: dict[str, Any] = {}
+    if context_file:
+        try:
+            loaded = json.loads(_read(context_file))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{context_file}: not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"{context_file}: the context must be a JSON object")
+        context.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--context {pair!r}: write key=value")
+        parsed: Any = value
+        if value.startswith("["):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"--context {pair!r}: not a JSON list: {exc}") from None
+        if key in context:
+            previous = context[key]
+            context[key] = (previous if isinstance(previous, list) else [previous]) + (
+                parsed if isinstance(parsed, list) else [parsed])
+        else:
+            context[key] = parsed
+    return context
+
+
+def _print_decision(decision, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(decision.to_json(), indent=2))
+        return
+    print(f"{decision.decision}  (decided by {decision.decided_by}: {decision.reason})")
+    for ref in decision.statements:
+        print(f"  statement: {ref}")
+    if decision.missing_keys:
+        print(f"  missing context keys: {', '.join(decision.missing_keys)}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    policies = PolicySet(
+        identity=tuple(_load(p) for p in args.policy),
+        resource=_load(args.resource_policy, PolicyKind.RESOURCE) if args.resource_policy else None,
+        permissions_boundary=(_load(args.boundary),) if args.boundary else None,
+        session=(_load(args.session_policy),) if args.session_policy else None,
+        scp=tuple(tuple(_load(p) for p in level) for level in args.scp) if args.scp else None,
+        rcp=tuple(tuple(_load(p, PolicyKind.RESOURCE) for p in level) for level in args.rcp) if args.rcp else None,
+    )
+    request = Request.create(args.principal, args.action, args.resource,
+                             _context(args.context, args.context_file), args.resource_account)
+    decision = reference.evaluate(policies, request)
+    _print_decision(decision, args.json)
+    return 0 if decision.allowed else 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    catalog = Catalog.from_environment(args.catalog)
+    if catalog is None and not args.json:
+        print(f"note: no IAM catalog (--catalog DIR or ${CATALOG_ENV}); action and condition-key checks skipped",
+              file=sys.stderr)
+    report = {path: validate_policy(_read(path), kind=PolicyKind(args.type), catalog=catalog) for path in args.files}
+    if args.json:
+        print(json.dumps({path: [{"code": f.code, "severity": str(f.severity), "pointer": f.pointer,
+                                  "message": f.message} for f in findings]
+                          for path, findings in report.items()}, indent=2))
+    else:
+        for path, findings in report.items():
+            errors = sum(f.severity is Severity.ERROR for f in findings)
+            print(f"{path}: {errors} error(s), {len(findings) - errors} warning(s)")
+            for finding in findings:
+                print(f"  {finding}")
+    has_errors = any(f.severity is Severity.ERROR for findings in report.values() for f in findings)
+    return 1 if has_errors else 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.cases]
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"no such case file: {path}")
+    _, failed = run_files(paths, ENGINES[args.engine], sys.stdout)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iam-eval", description="Evaluate AWS IAM policies as AWS does.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check", help="decide one request against policies")
+    check.add_argument("--policy", nargs="+", default=[], metavar="FILE", help="identity-based policies (pooled)")
+    check.add_argument("--resource-policy", metavar="FILE", help="the resource's resource-based policy")
+    check.add_argument("--boundary", metavar="FILE", help="the principal's permissions boundary")
+    check.add_argument("--session-policy", metavar="FILE", help="the session policy of an assumed-role session")
+    check.add_argument("--scp", nargs="+", action="append", metavar="FILE",
+                       help="SCPs of one organisation level; repeat per level, root first")
+    check.add_argument("--rcp", nargs="+", action="append", metavar="FILE",
+                       help="RCPs of one organisation level; repeat per level, root first")
+    check.add_argument("--principal", required=True, help="caller ARN (IAM user, role or assumed-role session)")
+    check.add_argument("--action", required=True, help="service:Action")
+    check.add_argument("--resource", required=True, help="resource ARN, or * for actions without resources")
+    check.add_argument("--resource-account", help="account owning the resource (default: from the ARN, "
+                                                  "else the caller's account)")
+    check.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                       help="a context key; repeat a key for a list, or give KEY=[\"a\",\"b\"]")
+    check.add_argument("--context-file", metavar="FILE", help="JSON object of context keys")
+    check.add_argument("--json", action="store_true", help="print the decision as JSON")
+    check.set_defaults(run=cmd_check)
+
+    validate = commands.add_parser("validate", help="report errors and warnings in policy files")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("--type", choices=[k.value for k in PolicyKind], default="identity",
+                          help="identity-like (identity, boundary, SCP, session) or resource-based")
+    validate.add_argument("--catalog", metavar="DIR",
+                          help=f"folder with iam_actions.jsonl and condition_keys.jsonl (default ${CATALOG_ENV})")
+    validate.add_argument("--json", action="store_true", help="print findings as JSON")
+    validate.set_defaults(run=cmd_validate)
+
+    test = commands.add_parser("test", help="run policy test cases (conformance JSON Lines)")
+    test.add_argument("cases", nargs="+", metavar="CASES.jsonl")
+    test.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE)
+    test.set_defaults(run=cmd_test)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except PolicyValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except (RequestError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Bad policies give located, readable findings; the parser never half-builds a policy."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evaluator import PolicyKind, PolicyValidationError, Severity, parse_policy
+from evaluator.catalog import Catalog
+from evaluator.findings import pointer
+from evaluator.validate import validate_policy
+
+from .conftest import CORPUS, EXAMPLES, require
+
+V = "2012-10-17"
+
+
+def stmt(**fields):
+    base = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}
+    base.update(fields)
+    return {key: value for key, value in base.items() if value is not None}
+
+
+def pol(*statements, **top):
+    return {"Version": V, "Statement": list(statements), **top}
+
+
+def cond(block):
+    return pol(stmt(Condition=block))
+
+
+# (kind of bad input, source, policy kind, expected code, expected pointer)
+BAD_INPUTS = [
+    ("not JSON", '{"Version": "2012-10-17", "Statement": [', PolicyKind.IDENTITY, "E001", ""),
+    ("not UTF-8", b'{"Version": "\xff"}', PolicyKind.IDENTITY, "E001", ""),
+    ("policy is a list", "[]", PolicyKind.IDENTITY, "E004", ""),
+    ("policy is a string", '"hello"', PolicyKind.IDENTITY, "E004", ""),
+    ("duplicate key", '{"Version": "2012-10-17", "Version": "2012-10-17", "Statement": []}',
+     PolicyKind.IDENTITY, "E002", "/Version"),
+    ("unknown top-level element", {**pol(stmt()), "Statements": []}, PolicyKind.IDENTITY, "E003", "/Statements"),
+    ("bad Version", {"Version": "2012-10-18", "Statement": [stmt()]}, PolicyKind.IDENTITY, "E005", "/Version"),
+    ("Version as a number", {"Version": 2012, "Statement": [stmt()]}, PolicyKind.IDENTITY, "E005", "/Version"),
+    ("Id not a string", pol(stmt(), Id=7), PolicyKind.IDENTITY, "E007", "/Id"),
+    ("no Statement", {"Version": V}, PolicyKind.IDENTITY, "E006", ""),
+    ("empty Statement list", {"Version": V, "Statement": []}, PolicyKind.IDENTITY, "E006", "/Statement"),
+    ("Statement a string", {"Version": V, "Statement": "x"}, PolicyKind.IDENTITY, "E007", "/Statement"),
+    ("statement not an object", pol(stmt(), 5), PolicyKind.IDENTITY, "E007", "/Statement/1"),
+    ("unknown statement element", pol(stmt(Actions="s3:*")), PolicyKind.IDENTITY, "E003", "/Statement/0/Actions"),
+    ("missing Effect", pol(stmt(Effect=None)), PolicyKind.IDENTITY, "E009", "/Statement/0"),
+    ("Effect in lower case", pol(stmt(Effect="allow")), PolicyKind.IDENTITY, "E010", "/Statement/0/Effect"),
+    ("Action and NotAction", pol(stmt(NotAction="s3:*")), PolicyKind.IDENTITY, "E011", "/Statement/0"),
+    ("neither Action nor NotAction", pol(stmt(Action=None)), PolicyKind.IDENTITY, "E012", "/Statement/0"),
+    ("Resource and NotResource", pol(stmt(NotResource="*")), PolicyKind.IDENTITY, "E011", "/Statement/0"),
+    ("no Resource in an identity policy", pol(stmt(Resource=None)), PolicyKind.IDENTITY, "E012", "/Statement/0"),
+    ("Action a number", pol(stmt(Action=3)), PolicyKind.IDENTITY, "E013", "/Statement/0/Action"),
+    ("Action list holds a number", pol(stmt(Action=["s3:GetObject", 3])), PolicyKind.IDENTITY, "E013",
+     "/Statement/0/Action/1"),
+    ("empty Action list", pol(stmt(Action=[])), PolicyKind.IDENTITY, "E014", "/Statement/0/Action"),
+    ("empty Resource string", pol(stmt(Resource="")), PolicyKind.IDENTITY, "E014", "/Statement/0/Resource"),
+    ("action without service", pol(stmt(Action="GetObject")), PolicyKind.IDENTITY, "E015", "/Statement/0/Action"),
+    ("action with a space", pol(stmt(Action=["s3:Get Object"])), PolicyKind.IDENTITY, "E015",
+     "/Statement/0/Action/0"),
+    ("resource not an ARN", pol(stmt(Resource="my-bucket")), PolicyKind.IDENTITY, "E016", "/Statement/0/Resource"),
+    ("ARN with too few fields", pol(stmt(Resource=["arn:aws:s3:bucket"])), PolicyKind.IDENTITY, "E016",
+     "/Statement/0/Resource/0"),
+    ("ARN with empty service", pol(stmt(Resource="arn:aws:::123456789012:x")), PolicyKind.IDENTITY, "E016",
+     "/Statement/0/Resource"),
+    ("unclosed policy variable", pol(stmt(Resource="arn:aws:s3:::b/${aws:username")), PolicyKind.IDENTITY, "E017",
+     "/Statement/0/Resource"),
+    ("empty policy variable", pol(stmt(Resource="arn:aws:s3:::b/${}/x")), PolicyKind.IDENTITY, "E017",
+     "/Statement/0/Resource"),
+    ("Principal in an identity policy", pol(stmt(Principal="*")), PolicyKind.IDENTITY, "E018",
+     "/Statement/0/Principal"),
+    ("no Principal in a resource policy", pol(stmt()), PolicyKind.RESOURCE, "E019", "/Statement/0"),
+    ("Principal and NotPrincipal", pol(stmt(Principal="*", NotPrincipal={"AWS": "*"})), PolicyKind.RESOURCE,
+     "E011", "/Statement/0"),
+    ("Principal a list", pol(stmt(Principal=["*"])), PolicyKind.RESOURCE, "E020", "/Statement/0/Principal"),
+    ("unknown principal type", pol(stmt(Principal={"Aws": "*"})), PolicyKind.RESOURCE, "E003",
+     "/Statement/0/Principal/Aws"),
+    ("empty principal object", pol(stmt(Principal={})), PolicyKind.RESOURCE, "E020", "/Statement/0/Principal"),
+    ("malformed AWS principal", pol(stmt(Principal={"AWS": ["12345"]})), PolicyKind.RESOURCE, "E021",
+     "/Statement/0/Principal/AWS/0"),
+    ("Condition a list", pol(stmt(Condition=[])), PolicyKind.IDENTITY, "E022", "/Statement/0/Condition"),
+    ("operator maps to a string", cond({"StringEquals": "x"}), PolicyKind.IDENTITY, "E022",
+     "/Statement/0/Condition/StringEquals"),
+    ("unknown operator", cond({"StringEqual": {"aws:username": "a"}}), PolicyKind.IDENTITY, "E023",
+     "/Statement/0/Condition/StringEqual"),
+    ("unknown set qualifier", cond({"ForEachValue:StringEquals": {"aws:TagKeys": "a"}}), PolicyKind.IDENTITY,
+     "E023", "/Statement/0/Condition/ForEachValue:StringEquals"),
+    ("Null with IfExists", cond({"NullIfExists": {"aws:TagKeys": "true"}}), PolicyKind.IDENTITY, "E023",
+     "/Statement/0/Condition/NullIfExists"),
+    ("empty condition key", cond({"StringEquals": {" ": "a"}}), PolicyKind.IDENTITY, "E024",
+     "/Statement/0/Condition/StringEquals/ "),
+    ("empty condition value list", cond({"StringEquals": {"aws:username": []}}), PolicyKind.IDENTITY, "E025",
+     "/Statement/0/Condition/StringEquals/aws:username"),
+    ("condition value an object", cond({"StringEquals": {"aws:username": {"a": 1}}}), PolicyKind.IDENTITY, "E025",
+     "/Statement/0/Condition/StringEquals/aws:username"),
+    ("condition value null in a list", cond({"StringEquals": {"aws:username": ["a", None]}}), PolicyKind.IDENTITY,
+     "E025", "/Statement/0/Condition/StringEquals/aws:username/1"),
+    ("number that is not", cond({"NumericLessThan": {"s3:max-keys": "ten"}}), PolicyKind.IDENTITY, "E026",
+     "/Statement/0/Condition/NumericLessThan/s3:max-keys"),
+    ("bad date", cond({"DateGreaterThan": {"aws:CurrentTime": "yesterday"}}), PolicyKind.IDENTITY, "E026",
+     "/Statement/0/Condition/DateGreaterThan/aws:CurrentTime"),
+    ("bad bool", cond({"Bool": {"aws:SecureTransport": "yes"}}), PolicyKind.IDENTITY, "E026",
+     "/Statement/0/Condition/Bool/aws:SecureTransport"),
+    ("bad CIDR", cond({"IpAddress": {"aws:SourceIp": ["10.0.0.0/33"]}}), PolicyKind.IDENTITY, "E026",
+     "/Statement/0/Condition/IpAddress/aws:SourceIp/0"),
+    ("bad base64", cond({"BinaryEquals": {"k:bin": "not base64!"}}), PolicyKind.IDENTITY, "E026",
+     "/Statement/0/Condition/BinaryEquals/k:bin"),
+    ("bad Null flag", cond({"Null": {"aws:TagKeys": "maybe"}}), PolicyKind.IDENTITY, "E026",
+     "/Statement/0/Condition/Null/aws:TagKeys"),
+    ("duplicate Sid", pol(stmt(Sid="A"), stmt(Sid="A")), PolicyKind.IDENTITY, "E008", "/Statement/1/Sid"),
+    ("Sid not a string", pol(stmt(Sid=1)), PolicyKind.IDENTITY, "E007", "/Statement/0/Sid"),
+]
+
+
+@pytest.mark.parametrize(("source", "kind", "code", "where"), [pytest.param(*row[1:], id=row[0]) for row in BAD_INPUTS])
+def test_bad_input_is_located(source, kind, code, where):
+    with pytest.raises(PolicyValidationError) as raised:
+        parse_policy(source, kind=kind, name="p.json")
+    found = [(f.code, f.pointer) for f in raised.value.findings]
+    assert (code, where) in found, found
+    assert all(f.message for f in raised.value.findings)
+    assert str(raised.value).startswith("p.json: invalid policy")
+
+
+def test_at_least_thirty_kinds_of_bad_input():
+    assert len({row[0] for row in BAD_INPUTS}) >= 30
+    assert len({row[3] for row in BAD_INPUTS}) >= 20
+
+
+def test_all_errors_are_reported_not_only_the_first():
+    source = pol(stmt(Effect="allow"), stmt(Action="nope"), stmt(Resource="bucket"))
+    with pytest.raises(PolicyValidationError) as raised:
+        parse_policy(source)
+    assert [f.code for f in raised.value.findings] == ["E010", "E015", "E016"]
+
+
+def test_unknown_operator_suggests_the_close_one():
+    with pytest.raises(PolicyValidationError, match="did you mean 'StringEquals'"):
+        parse_policy(cond({"StringEqual": {"aws:username": "a"}}))
+
+
+def test_pointer_escapes_slash_and_tilde():
+    assert pointer("Condition", "StringLike", "aws:ResourceTag/team~x") == \
+        "/Condition/StringLike/aws:ResourceTag~1team~0x"
+
+
+def test_statement_object_is_normalised_to_one_statement():
+    policy = parse_policy({"Version": V, "Statement": stmt(Action=["s3:Get*"], Sid="One")})
+    assert len(policy.statements) == 1
+    assert policy.statements[0].actions == ("s3:Get*",) and policy.statements[0].sid == "One"
+
+
+def test_condition_values_are_normalised_to_strings():
+    policy = parse_policy(cond({"Bool": {"aws:SecureTransport": True}, "NumericEquals": {"s3:max-keys": [10, 1.5]}}))
+    by_key = {c.key: c.values for c in policy.statements[0].conditions}
+    assert by_key == {"aws:SecureTransport": ("true",), "s3:max-keys": ("10", "1.5")}
+
+
+def test_principal_forms():
+    policy = parse_policy(pol(stmt(Principal={"AWS": "111122223333", "Service": ["ec2.amazonaws.com"]})),
+                          kind=PolicyKind.RESOURCE)
+    principal = policy.statements[0].principal
+    assert principal.aws == ("111122223333",) and principal.service == ("ec2.amazonaws.com",)
+    assert parse_policy(pol(stmt(Principal="*")), kind=PolicyKind.RESOURCE).statements[0].principal.everyone
+
+
+def test_trust_policy_needs_no_resource():
+    trust = pol(stmt(Resource=None, Action="sts:AssumeRole", Principal={"Service": "ec2.amazonaws.com"}))
+    assert parse_policy(trust, kind=PolicyKind.RESOURCE).statements[0].resources is None
+
+
+def test_variables_are_not_checked_as_typed_values():
+    # ${...} in a Date value is left for evaluation rather than rejected as a bad date.
+    parse_policy(cond({"StringEquals": {"aws:username": "${aws:PrincipalTag/name}"}}))
+
+
+# --- warnings ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def catalog():
+    return Catalog.load(require(CORPUS))
+
+
+WARNINGS = [
+    ("no Version", {"Statement": [stmt()]}, "W001", ""),
+    ("unknown service", pol(stmt(Action="nosuchservice:Get")), "W002", "/Statement/0/Action"),
+    ("unknown action", pol(stmt(Action=["s3:GetObjekt"])), "W003", "/Statement/0/Action/0"),
+    ("pattern matching nothing", pol(stmt(Action="s3:Zap*")), "W003", "/Statement/0/Action"),
+    ("unknown condition key", cond({"StringEquals": {"s3:nosuchkey": "a"}}), "W004",
+     "/Statement/0/Condition/StringEquals/s3:nosuchkey"),
+    ("key of another service", cond({"StringEquals": {"ec2:InstanceType": "t3.micro"}}), "W005",
+     "/Statement/0/Condition/StringEquals/ec2:InstanceType"),
+    ("oversized policy", pol(*[stmt(Sid=f"S{i}", Action=[f"s3:GetObject{j}" for j in range(30)])
+                               for i in range(20)]), "W006", ""),
+    ("Sid with a space", pol(stmt(Sid="my sid")), "W007", "/Statement/0/Sid"),
+    ("variable under 2008-10-17",
+     {"Version": "2008-10-17", "Statement": [stmt(Resource="arn:aws:s3:::b/${aws:username}")]}, "W009", "/Statement/0"),
+    ("wildcard service prefix", pol(stmt(Action="s*:GetObject")), "W010", "/Statement/0/Action"),
+    ("operator of the wrong type", cond({"NumericEquals": {"aws:SourceIp": "1"}}), "W011",
+     "/Statement/0/Condition/NumericEquals/aws:SourceIp"),
+    ("multivalued key without set operator", cond({"StringEquals": {"aws:TagKeys": "a"}}), "W012",
+     "/Statement/0/Condition/StringEquals/aws:TagKeys"),
+]
+
+
+@pytest.mark.parametrize(("source", "code", "where"), [pytest.param(*row[1:], id=row[0]) for row in WARNINGS])
+def test_warnings_are_located(source, code, where, catalog):
+    findings = validate_policy(source, catalog=catalog)
+    assert all(f.severity is Severity.WARNING for f in findings), findings
+    assert (code, where) in [(f.code, f.pointer) for f in findings], findings
+
+
+def test_not_principal_with_allow_warns():
+    findings = validate_policy(pol(stmt(NotPrincipal={"AWS": "111122223333"})), kind=PolicyKind.RESOURCE)
+    assert [(f.code, f.pointer) for f in findings] == [("W008", "/Statement/0/NotPrincipal")]
+
+
+def test_validate_returns_errors_without_raising():
+    findings = validate_policy('{"Statement": 1}')
+    assert [f.code for f in findings] == ["W001", "E007"]
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda p: p.stem)
+def test_shipped_examples_are_clean(path, catalog):
+    assert validate_policy(path.read_text(), catalog=catalog) == []
+
+
+def test_every_managed_policy_parses():
+    count = 0
+    with require(CORPUS / "aws_managed_policies.jsonl").open() as lines:
+        for line in lines:
+            entry = json.loads(line)
+            parse_policy(entry["document"], name=entry["name"])
+            count += 1
+    assert count > 1500
