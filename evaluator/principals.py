@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .model import Principal
+from .model import Effect, Principal, Statement
 
 _ACCOUNT_ID = re.compile(r"\d{12}")
 
@@ -90,15 +90,17 @@ def principal_grant(principal: Principal, caller: Caller) -> Grant:
     return max((_names(name, caller) for name in principal.aws), default=Grant.NONE)
 
 
-def statement_grant(principal: Principal | None, not_principal: Principal | None, caller: Caller) -> Grant:
-    """How a statement's Principal/NotPrincipal applies to the caller.
+def statement_grant(statement: Statement, caller: Caller, has_boundary: bool) -> Grant:
+    """How a resource-policy statement's Principal/NotPrincipal applies to the caller.
 
-    A statement without either (a trust policy or an identity-like policy given
-    as resource policy) names nobody. NotPrincipal applies to everyone it does
-    not name, as if it said ``"*"``.
+    NotPrincipal applies to everyone it does not name, as if it said ``"*"``;
+    and, as the IAM User Guide warns, a Deny with NotPrincipal always denies a
+    principal that has a permissions boundary, whatever NotPrincipal names.
     """
-    if principal is not None:
-        return principal_grant(principal, caller)
-    if not_principal is not None:
-        return Grant.NONE if principal_grant(not_principal, caller) else caller.own_grant
+    if statement.principal is not None:
+        return principal_grant(statement.principal, caller)
+    if statement.not_principal is not None:
+        if statement.effect is Effect.DENY and has_boundary:
+            return caller.own_grant
+        return Grant.NONE if principal_grant(statement.not_principal, caller) else caller.own_grant
     return Grant.NONE

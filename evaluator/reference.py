@@ -8,7 +8,7 @@ the same decisions and statements, faster. Policy layers are combined by
 from __future__ import annotations
 
 from .conditions import EvaluationError, condition_holds
-from .decision import Decision, Layers, LayerResult, StatementRef, combine, failed
+from .decision import Decision, LayerResult, Layers, StatementRef, combine, failed
 from .model import Effect, Policy, Statement
 from .principals import Caller, Grant, RequestError, statement_grant
 from .request import PolicySet, Request
@@ -77,11 +77,13 @@ def layer_result(policies: tuple[Policy, ...], request: Request, missing: set[st
     )
 
 
-def resource_layer(policy: Policy, request: Request, caller: Caller, missing: set[str]) -> tuple[LayerResult, Grant]:
+def resource_layer(
+    policy: Policy, request: Request, caller: Caller, has_boundary: bool, missing: set[str]
+) -> tuple[LayerResult, Grant]:
     """A resource-based policy: statements apply only where their Principal names the caller."""
     denies, allows, grant = [], [], Grant.NONE
     for statement in policy.statements:
-        names = statement_grant(statement.principal, statement.not_principal, caller)
+        names = statement_grant(statement, caller, has_boundary)
         if names is Grant.NONE or not statement_applies(statement, policy, request, missing):
             continue
         if statement.effect is Effect.DENY:
@@ -102,7 +104,9 @@ def evaluate(policies: PolicySet, request: Request) -> Decision:
             return None if pool is None else layer_result(pool, request, missing)
 
         resource, grant = (
-            resource_layer(policies.resource, request, caller, missing) if policies.resource else (None, Grant.NONE)
+            resource_layer(policies.resource, request, caller, policies.permissions_boundary is not None, missing)
+            if policies.resource
+            else (None, Grant.NONE)
         )
         layers = Layers(
             identity=layer_result(policies.identity, request, missing),
