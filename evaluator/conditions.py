@@ -55,15 +55,20 @@ def _read(reader: Callable, text: str, key: str):
         raise EvaluationError(f"context key {key!r}: {exc}") from None
 
 
-def _comparator(condition: Condition, context: Mapping, substitute: bool) -> Callable[[str], bool]:
+Comparator = Callable[[str], bool]
+
+
+def comparator(condition: Condition, context: Mapping, substitute: bool) -> Comparator:
     """A test of one request value against all policy values (OR), positive sense.
 
-    Resolves policy variables first, so an unresolvable one raises
+    Resolves the policy values' variables, so an unresolvable one raises
     ``Unresolvable`` whether or not the key is present.
     """
     spec = OPERATORS[condition.base_operator]
     values = condition.values
     key = condition.key
+    if spec.family is Family.NULL:
+        return lambda text: False  # Null tests only whether the key is present
     if spec.family is Family.STRING and spec.comparison is Comparison.LIKE:
         patterns = [expand_pattern(v, context, substitute) for v in values]
         return lambda text: any(glob_match(p, text) for p in patterns)
@@ -97,18 +102,16 @@ def _comparator(condition: Condition, context: Mapping, substitute: bool) -> Cal
 
 
 def condition_holds(
-    condition: Condition, context: Mapping[str, str | tuple[str, ...]], substitute: bool, missing: set[str]
+    condition: Condition, context: Mapping[str, str | tuple[str, ...]], matches: Comparator, missing: set[str]
 ) -> bool:
-    """Whether one condition holds for a request context (keys lower-cased).
-
-    Adds the key to ``missing`` when the condition needed it and it was absent.
+    """Whether one condition holds for a request context (keys lower-cased), given its
+    ``comparator``. Adds the key to ``missing`` when the condition needed it and it was absent.
     """
     spec = OPERATORS[condition.base_operator]
     value = context.get(condition.key.lower())
     if spec.family is Family.NULL:
         absent = value is None
         return any(read_bool(flag) == absent for flag in condition.values)
-    matches = _comparator(condition, context, substitute)
     if value is None:
         missing.add(condition.key)
         if condition.set_qualifier == "ForAllValues":

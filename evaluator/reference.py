@@ -7,7 +7,7 @@ the same decisions and statements, faster. Policy layers are combined by
 """
 from __future__ import annotations
 
-from .conditions import EvaluationError, condition_holds
+from .conditions import EvaluationError, comparator, condition_holds
 from .decision import Decision, LayerResult, Layers, StatementRef, combine, failed
 from .model import Effect, Policy, Statement
 from .principals import Caller, Grant, RequestError, statement_grant
@@ -25,21 +25,22 @@ def resource_matches(patterns: tuple[str, ...], request: Request, substitute: bo
     """Resource ARNs compare case-sensitively, and ``*`` runs across ``:`` and ``/``.
 
     A request for ``"*"`` (an action without resource-level permissions) is
-    matched only by a policy Resource of ``"*"``.
+    matched only by a policy Resource of ``"*"``. Every pattern's variables are
+    resolved first, so one that cannot be resolved raises ``Unresolvable``
+    whatever the order of the list.
     """
-    for text in patterns:
-        if text == "*":
-            return True
-        if request.resource != "*" and glob_match(expand_pattern(text, request.context, substitute), request.resource):
-            return True
-    return False
+    expanded = [expand_pattern(text, request.context, substitute) for text in patterns if text != "*"]
+    if "*" in patterns:
+        return True
+    return request.resource != "*" and any(glob_match(pattern, request.resource) for pattern in expanded)
 
 
 def statement_applies(statement: Statement, policy: Policy, request: Request, missing: set[str]) -> bool:
     """Action, resource and every condition match (Principal is checked by the caller).
 
     A policy variable that cannot be resolved makes the whole statement not
-    apply, whether it stands in Resource or in a condition value.
+    apply, whether it stands in Resource or in a condition value; that is
+    settled before any condition is evaluated.
     """
     if statement.actions is not None and not action_matches(statement.actions, request.action):
         return False
@@ -52,9 +53,11 @@ def statement_applies(statement: Statement, policy: Policy, request: Request, mi
             return False
         if statement.not_resources is not None and resource_matches(statement.not_resources, request, substitute):
             return False
-        holds = [condition_holds(c, request.context, substitute, needed) for c in statement.conditions]
+        comparators = [comparator(c, request.context, substitute) for c in statement.conditions]
     except Unresolvable:
         return False
+    pairs = zip(statement.conditions, comparators, strict=True)
+    holds = [condition_holds(condition, request.context, compare, needed) for condition, compare in pairs]
     missing |= needed
     return all(holds)
 
