@@ -7,18 +7,27 @@ the same decisions and statements, faster. Policy layers are combined by
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from .conditions import EvaluationError, comparator, condition_holds
 from .decision import Decision, LayerResult, Layers, StatementRef, combine, failed
 from .model import Effect, Policy, Statement
 from .principals import Caller, Grant, RequestError, statement_grant
 from .request import PolicySet, Request
 from .variables import Unresolvable, expand_pattern
-from .wildcard import compile_glob, glob_match
+from .wildcard import glob_match, matcher
 
 
 def action_matches(patterns: tuple[str, ...], action: str) -> bool:
     """Actions compare case-insensitively; ``*`` and ``?`` may stand anywhere."""
-    return any(glob_match(compile_glob(p), action, ignore_case=True) for p in patterns)
+    return any(matcher(p, ignore_case=True)(action) for p in patterns)
+
+
+def _resource_test(text: str, context: Mapping, substitute: bool) -> Callable[[str], bool]:
+    if substitute and "${" in text:
+        pattern = expand_pattern(text, context, substitute)  # may raise Unresolvable
+        return lambda resource: glob_match(pattern, resource)
+    return matcher(text)
 
 
 def resource_matches(patterns: tuple[str, ...], request: Request, substitute: bool) -> bool:
@@ -29,10 +38,10 @@ def resource_matches(patterns: tuple[str, ...], request: Request, substitute: bo
     resolved first, so one that cannot be resolved raises ``Unresolvable``
     whatever the order of the list.
     """
-    expanded = [expand_pattern(text, request.context, substitute) for text in patterns if text != "*"]
+    tests = [_resource_test(text, request.context, substitute) for text in patterns if text != "*"]
     if "*" in patterns:
         return True
-    return request.resource != "*" and any(glob_match(pattern, request.resource) for pattern in expanded)
+    return request.resource != "*" and any(test(request.resource) for test in tests)
 
 
 def statement_applies(statement: Statement, policy: Policy, request: Request, missing: set[str]) -> bool:

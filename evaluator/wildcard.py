@@ -6,7 +6,9 @@ such as ``${*}`` put a literal ``*`` into a pattern.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
+from functools import lru_cache
 
 
 class Wildcard(Enum):
@@ -64,3 +66,19 @@ def glob_match(pattern: Pattern, text: str, ignore_case: bool = False) -> bool:
     while p < len(pattern) and pattern[p] is STAR:
         p += 1
     return p == len(pattern)
+
+
+@lru_cache(maxsize=1 << 16)
+def matcher(text: str, ignore_case: bool = False) -> Callable[[str], bool]:
+    """A reusable test for the glob ``text``, with plain comparisons for the common
+    shapes: no wildcard at all, or one ``*`` at the end."""
+    if ignore_case:
+        text = text.lower()
+    fold: Callable[[str], str] = str.lower if ignore_case else str
+    body = text[:-1] if text.endswith("*") else text
+    if "*" not in body and "?" not in body:
+        if body is text:
+            return lambda candidate: fold(candidate) == text
+        return lambda candidate: fold(candidate).startswith(body)
+    pattern = compile_glob(text)
+    return lambda candidate: glob_match(pattern, fold(candidate))
