@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import reference
+from .compile import CompiledPolicySet
 from .decision import Decision, DecisionKind
 from .findings import PolicyValidationError
 from .principals import RequestError
@@ -20,8 +21,13 @@ from .request import PolicySet, Request
 
 Engine = Callable[[PolicySet, Request], Decision]
 
-ENGINES: dict[str, Engine] = {"reference": reference.evaluate}
-DEFAULT_ENGINE = "reference"
+def compiled(policies: PolicySet, request: Request) -> Decision:
+    """Compile the case's policies and decide its request with the compiled engine."""
+    return CompiledPolicySet(policies).evaluate(request)
+
+
+ENGINES: dict[str, Engine] = {"compiled": compiled, "reference": reference.evaluate}
+DEFAULT_ENGINE = "compiled"
 
 
 @dataclass(frozen=True)

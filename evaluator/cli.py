@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import reference
 from .cases import DEFAULT_ENGINE, ENGINES, run_files
 from .catalog import CATALOG_ENV, Catalog
 from .findings import PolicyValidationError, Severity
@@ -92,7 +91,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     request = Request.create(args.principal, args.action, args.resource,
                              _context(args.context, args.context_file), args.resource_account)
-    decision = reference.evaluate(policies, request)
+    decision = ENGINES[args.engine](policies, request)
     _print_decision(decision, args.json)
     return 0 if decision.allowed else 1
 
@@ -148,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a context key; repeat a key for a list, or give KEY=[\"a\",\"b\"]")
     check.add_argument("--context-file", metavar="FILE", help="JSON object of context keys")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
+    check.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE,
+                       help="compiled (default) or the pure-Python reference evaluator")
     check.set_defaults(run=cmd_check)
 
     validate = commands.add_parser("validate", help="report errors and warnings in policy files")

@@ -1,0 +1,129 @@
+"""The compiled engine: it is really compiled, it stays linear on adversarial input, it is
+thread-safe, and a bad request in a batch fails alone."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from evaluator import DecisionKind, PolicySet, Request, parse_policy
+from evaluator.compile import CompiledPolicySet
+
+ROLE = "arn:aws:iam::111122223333:role/Builder"
+ALLOW, IMPLICIT, EXPLICIT = DecisionKind.ALLOW, DecisionKind.IMPLICIT_DENY, DecisionKind.EXPLICIT_DENY
+
+
+def compiled(*statements, **layers) -> CompiledPolicySet:
+    identity = parse_policy({"Version": "2012-10-17", "Statement": list(statements)}, name="p")
+    return CompiledPolicySet(PolicySet(identity=(identity,), **layers))
+
+
+def allow(action="s3:GetObject", resource="*", **extra):
+    return {"Effect": "Allow", "Action": action, "Resource": resource, **extra}
+
+
+@pytest.mark.parametrize("module", ["_engine", "_globtrie", "_conditions", "_pattern"])
+def test_extensions_are_compiled(module):
+    imported = __import__(f"evaluator.{module}", fromlist=["_"])
+    assert imported.__file__.endswith(".so"), f"evaluator.{module} did not load as a compiled extension"
+
+
+def test_adversarial_pattern_against_a_long_resource():
+    engine = compiled(allow(resource="arn:aws:s3:::" + "a*" * 8 + "b"))
+    long_arn = "arn:aws:s3:::" + "a" * 100_000
+    assert engine.evaluate(Request.create(ROLE, "s3:GetObject", long_arn)).decision is IMPLICIT
+    assert engine.evaluate(Request.create(ROLE, "s3:GetObject", long_arn + "b")).decision is ALLOW
+
+
+def test_pattern_with_hundreds_of_wildcards():
+    engine = compiled(allow(action="s3:" + "*?" * 300, resource="arn:aws:s3:::" + "*/" * 300 + "*"))
+    action = "s3:" + "G" * 600
+    assert engine.evaluate(Request.create(ROLE, action, "arn:aws:s3:::" + "x/" * 300)).decision is ALLOW
+    assert engine.evaluate(Request.create(ROLE, action, "arn:aws:s3:::" + "x/" * 299)).decision is IMPLICIT
+    assert engine.evaluate(Request.create(ROLE, "s3:" + "G" * 299, "arn:aws:s3:::" + "x/" * 300)).decision \
+        is IMPLICIT
+
+
+def test_very_many_statements_match_only_their_own():
+    statements = [allow(action="s3:GetObject", resource=f"arn:aws:s3:::bucket-{i}/*", Sid=f"S{i}")
+                  for i in range(20_000)]
+    engine = compiled(*statements)
+    decision = engine.evaluate(Request.create(ROLE, "s3:GetObject", "arn:aws:s3:::bucket-12345/key"))
+    assert decision.decision is ALLOW
+    assert [ref.sid for ref in decision.statements] == ["S12345"]
+    assert engine.evaluate(Request.create(ROLE, "s3:GetObject", "arn:aws:s3:::bucket-x/key")).decision is IMPLICIT
+
+
+def test_two_threads_share_one_compiled_set():
+    engine = compiled(allow(resource="arn:aws:s3:::even-*"), {"Effect": "Deny", "Action": "s3:*",
+                                                                "Resource": "arn:aws:s3:::even-9*"})
+    resources = [f"arn:aws:s3:::{'even' if i % 2 == 0 else 'odd'}-{i}" for i in range(20_000)]
+    want = [(EXPLICIT if r.startswith("arn:aws:s3:::even-9") else ALLOW) if "even" in r else IMPLICIT
+            for r in resources]
+    principals, actions = [ROLE] * len(resources), ["s3:GetObject"] * len(resources)
+    results = {}
+
+    def run(name):
+        results[name] = list(engine.evaluate_columns(principals, actions, resources))
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results[0] == want and results[1] == want
+    assert list(engine.evaluate_columns(principals, actions, resources, threads=2)) == want
+
+
+def test_a_bad_request_fails_alone():
+    engine = compiled(allow(resource="*", Condition={"NumericLessThan": {"s3:max-keys": "10"}}))
+    principals = [ROLE, "not-an-arn", ROLE, ROLE, 7]
+    actions = ["s3:GetObject", "s3:GetObject", "s3 GetObject", "s3:GetObject", "s3:GetObject"]
+    resources = ["*", "*", "*", "*", "*"]
+    contexts = [{"s3:max-keys": "5"}, None, None, {"s3:max-keys": "ten"}, None]
+    result = engine.evaluate_columns(principals, actions, resources, contexts)
+    assert list(result) == [ALLOW, IMPLICIT, IMPLICIT, IMPLICIT, IMPLICIT]
+    assert result.codes[3] == 3 and sorted(result.errors) == [1, 2, 3, 4]
+    assert "s3:max-keys" in result.errors[3]
+    assert "not an IAM or STS ARN" in result.errors[1]
+    explained = engine.evaluate_columns(principals, actions, resources, contexts, explain=True)
+    assert [d.decided_by for d in explained] == ["identity", "error", "error", "error", "error"]
+    assert "s3:max-keys" in explained[3].error
+
+
+def test_context_keys_fold_case_and_lists_count_as_given():
+    engine = compiled(allow(Condition={"ForAllValues:StringEquals": {"aws:TagKeys": ["a", "b"]},
+                                       "StringEquals": {"AWS:PrincipalTag/Team": "web"}}))
+    columns = ([ROLE] * 3, ["s3:GetObject"] * 3, ["*"] * 3)
+    contexts = [{"aws:tagkeys": ["a"], "aws:principaltag/team": "web"},
+                {"AWS:TAGKEYS": ["a", "c"], "aws:PrincipalTag/Team": "web"},
+                {"aws:TagKeys": [], "aws:PrincipalTag/team": "web", "aws:principaltag/TEAM": "web"}]
+    result = engine.evaluate_columns(*columns, contexts)
+    assert list(result)[:2] == [ALLOW, IMPLICIT]
+    assert "given twice" in result.errors[2]
+
+
+def test_stats_describe_the_indexes():
+    stats = compiled(allow(action=["s3:Get*", "s3:List*"], resource=["arn:aws:s3:::a/*", "arn:aws:s3:::b/*"])) \
+        .get_stats()
+    assert (stats["statements"], stats["action_patterns"], stats["resource_patterns"]) == (1, 2, 2)
+    assert stats["action_trie"]["nodes"] > 1
+
+
+def test_context_columns_decide_like_context_mappings():
+    engine = compiled(allow(Condition={"StringEquals": {"aws:PrincipalTag/team": "web"},
+                                       "ForAnyValue:StringEquals": {"aws:TagKeys": "a"}}))
+    contexts = [{"aws:PrincipalTag/team": "web", "aws:TagKeys": ["a", "b"]}, {"aws:PrincipalTag/team": "web"},
+                {"aws:TagKeys": ["a"]}, {"aws:PrincipalTag/team": "ops", "aws:TagKeys": "a"}, {}]
+    columns = ([ROLE] * 5, ["s3:GetObject"] * 5, ["*"] * 5)
+    by_request = engine.evaluate_columns(*columns, contexts)
+    by_key = engine.evaluate_columns(*columns, {
+        "AWS:PrincipalTag/Team": [c.get("aws:PrincipalTag/team") for c in contexts],
+        "aws:TagKeys": [c.get("aws:TagKeys") for c in contexts],
+        "aws:unused": ["x"] * 5,
+    })
+    assert list(by_request) == list(by_key) == [ALLOW, IMPLICIT, IMPLICIT, IMPLICIT, IMPLICIT]
+    with pytest.raises(ValueError, match="given twice"):
+        engine.evaluate_columns(*columns, {"aws:TagKeys": [None] * 5, "AWS:TAGKEYS": [None] * 5})
+    with pytest.raises(ValueError, match="one entry per request"):
+        engine.evaluate_columns(*columns, {"aws:TagKeys": [None] * 4})
