@@ -1,0 +1,58 @@
+"""Compile time and memory of the full AWS managed policy corpus as one policy set.
+
+Memory is the growth of the process's resident set while compiling, measured
+in a fresh interpreter so that nothing else is counted.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from workloads import corpus_policy_set
+
+from evaluator.compile import CompiledPolicySet
+
+MEASURE = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from workloads import corpus_policy_set
+from evaluator.compile import CompiledPolicySet
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+before_parse = rss()
+start = time.perf_counter()
+policies = corpus_policy_set()
+parsed = time.perf_counter()
+before = rss()
+compiled = CompiledPolicySet(policies)
+done = time.perf_counter()
+print(json.dumps({"parse_s": parsed - start, "compile_s": done - parsed, "compile_rss_mb": (rss() - before) / 2**20,
+                  "parse_rss_mb": (before - before_parse) / 2**20, "stats": compiled.get_stats()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return corpus_policy_set()
+
+
+@pytest.mark.benchmark(group="compile all managed policies")
+def test_compile_corpus(benchmark, corpus):
+    benchmark.extra_info["statements"] = sum(len(p.statements) for p in corpus.identity)
+    benchmark.pedantic(lambda: CompiledPolicySet(corpus), rounds=3)
+
+
+def test_compile_memory(record_property):
+    here = Path(__file__).resolve().parent
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(here)], capture_output=True, text=True, check=True)
+    figures = json.loads(out.stdout)
+    record_property("compile", figures)
+    print(f"\ncorpus: parse {figures['parse_s']:.2f} s (+{figures['parse_rss_mb']:.0f} MB), compile "
+          f"{figures['compile_s']:.2f} s (+{figures['compile_rss_mb']:.0f} MB resident); {figures['stats']}")
+    assert figures["stats"]["statements"] > 8000
