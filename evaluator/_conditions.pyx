@@ -1074,11 +1074,11 @@ cdef class ConditionSet:
             else:
                 missing[n_missing[0]] = c.name
                 n_missing[0] += 1
-            if c.qualifier == CQ_ALL_VALUES:
+            if c.if_exists or c.qualifier == CQ_ALL_VALUES:
                 return 1
             if c.qualifier == CQ_ANY_VALUE:
                 return 0
-            return c.if_exists or c.negated
+            return c.negated
         for i in range(entry.count):
             m = self._matches(c, <const unsigned char*>entry.values[i].ptr, entry.values[i].len, ctx, scratch)
             if m < 0:

@@ -114,11 +114,13 @@ def condition_holds(
         return any(read_bool(flag) == absent for flag in condition.values)
     if value is None:
         missing.add(condition.key)
-        if condition.set_qualifier == "ForAllValues":
+        # IfExists: "If the key is not present, evaluate the condition element as true",
+        # whatever the set qualifier.
+        if condition.if_exists or condition.set_qualifier == "ForAllValues":
             return True
         if condition.set_qualifier == "ForAnyValue":
             return False
-        return condition.if_exists or spec.negated
+        return spec.negated
     given = (value,) if isinstance(value, str) else value
     if condition.set_qualifier == "ForAllValues":
         return all(matches(v) != spec.negated for v in given)

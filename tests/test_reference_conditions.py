@@ -298,6 +298,9 @@ IF_EXISTS_CASES = [
     ("BoolIfExists", "aws:MultiFactorAuthPresent", "true", None, True),
     ("ArnLikeIfExists", "aws:SourceArn", "arn:aws:sns:*:*:topic", None, True),
     ("IpAddressIfExists", "aws:SourceIp", "10.0.0.0/8", "192.0.2.1", False),
+    # "If the key is not present, evaluate the condition element as true", set qualifier or not.
+    ("ForAnyValue:StringLikeIfExists", "aws:TagKeys", "team*", None, True),
+    ("ForAnyValue:StringLikeIfExists", "aws:TagKeys", "team*", ["env"], False),
 ]
 
 
