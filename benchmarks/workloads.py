@@ -17,7 +17,7 @@ import random
 from functools import cache
 from pathlib import Path
 
-from evaluator import PolicySet, Request, parse_policy
+from evaluator import PolicySet, Request, RequestError, parse_policy
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "policies"
@@ -192,10 +192,15 @@ def corpus_policy_set() -> PolicySet:
 
 
 def corpus_requests(n: int) -> list[Request]:
+    """The first ``n`` usable requests of the corpus sample (a few give one context key twice,
+    in two spellings, which a request may not)."""
     requests = []
     with (CORPUS / "requests_sample.jsonl").open() as lines:
         for line in lines:
             if len(requests) == n:
                 break
-            requests.append(Request.from_json(json.loads(line)))
+            try:
+                requests.append(Request.from_json(json.loads(line)))
+            except RequestError:
+                continue
     return requests
