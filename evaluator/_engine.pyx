@@ -479,6 +479,17 @@ cdef int _csr(list lists, int32_t** start_out, int32_t** flat_out) except -1:
 
 # ==================================================================== conversion
 
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+
+
+cdef extern from *:
+    """
+    static inline PyObject* engine_list_item(PyObject* list, Py_ssize_t i) { return PyList_GET_ITEM(list, i); }
+    """
+    PyObject* engine_list_item(PyObject* list, Py_ssize_t i)
+
+
 cdef extern from *:
     """
     /* service:Action with letters, digits, '_' and '-' on both sides, as Request.create wants. */
@@ -689,6 +700,10 @@ def convert(Engine engine, principals, actions, resources, contexts, resource_ac
     batch.requests = <request_t*>calloc(max(1, n), sizeof(request_t))
     batch.codes = <uint8_t*>calloc(max(1, n), sizeof(uint8_t))
     cdef uint64_t* seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
+    cdef Py_ssize_t n_columns = len(column_keys)
+    cdef list columns = [column for _, _, column in column_keys]
+    cdef list column_names = [key for _, key, _ in column_keys]
+    cdef list column_ids = [key_id for key_id, _, _ in column_keys]
     if context_list is not None or column_keys:
         batch.grow(4 * n, 4 * n)  # most contexts give a few of the policies' keys
     if batch.requests == NULL or batch.codes == NULL or seen == NULL:
@@ -702,6 +717,7 @@ def convert(Engine engine, principals, actions, resources, contexts, resource_ac
     cdef Py_ssize_t i, k, size, account_start = 0, account_len = 0
     cdef request_t* rq
     cdef object principal, action, resource, context, row, problem, account, given_account, value
+    cdef PyObject* item
     cdef bytes caller_account
     cdef const char* data
     try:
@@ -764,11 +780,12 @@ def convert(Engine engine, principals, actions, resources, contexts, resource_ac
                         problem = f"request context must be an object, not {context_list[i]!r}"
                     else:
                         problem = _add_context(batch, context, key_cache, key_ids, seen, <uint64_t>(i + 1))
-            if problem is None and column_keys:
-                for column_id, key, column in column_keys:
-                    value = (<list>column)[i]
-                    if value is not None:
-                        problem = _add_value(batch, column_id, key, value)
+            if problem is None and n_columns:
+                for k in range(n_columns):  # borrowed references: no per-request tuple or refcount work
+                    item = engine_list_item(engine_list_item(<PyObject*>columns, k), i)
+                    if item != <PyObject*>None:
+                        problem = _add_value(batch, <int32_t><long>(<object>engine_list_item(<PyObject*>column_ids, k)),
+                                             <object>engine_list_item(<PyObject*>column_names, k), <object>item)
                         if problem is not None:
                             break
             if problem is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from . import _engine
@@ -21,6 +22,10 @@ from .decision import Decision, DecisionKind, LayerResult, Layers, StatementRef,
 from .model import Effect, Policy, Statement
 from .principals import Caller, Grant, statement_grant
 from .request import PolicySet, Request
+
+CHUNK = 2048
+"""Requests converted and decided together: small enough to stay in cache, large enough
+to amortise a call."""
 
 CODES = (DecisionKind.IMPLICIT_DENY, DecisionKind.ALLOW, DecisionKind.EXPLICIT_DENY, DecisionKind.IMPLICIT_DENY)
 """Decision of each batch code; code 3 (evaluation failed) denies, like every error."""
@@ -155,6 +160,7 @@ class CompiledPolicySet:
 
     # ------------------------------------------------------------ conversion
 
+    @lru_cache(maxsize=1 << 16)  # noqa: B019 - the set is immutable and lives as long as its cache
     def _describe_caller(self, principal: str) -> tuple[str, bytes]:
         caller = Caller.parse(principal)
         has_boundary = self.policies.permissions_boundary is not None
@@ -166,15 +172,6 @@ class CompiledPolicySet:
                                self.key_ids, self._describe_caller)
 
     # ------------------------------------------------------------ evaluation
-
-    def _run(self, batch: _engine.Batch, threads: int) -> None:
-        if threads <= 1 or batch.n < 2 * threads:
-            self._engine.evaluate_range(batch, 0, batch.n)
-            return
-        bounds = [batch.n * part // threads for part in range(threads + 1)]
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda part: self._engine.evaluate_range(batch, bounds[part], bounds[part + 1]),
-                          range(threads)))
 
     def _explain(self, batch: _engine.Batch) -> list[Decision]:
         decisions = []
@@ -265,16 +262,39 @@ class CompiledPolicySet:
         malformed ARN, a context value of the wrong type) does not raise: it is denied, and
         ``errors`` says why.
         """
-        batch = self._convert(principals, actions, resources, contexts, resource_accounts)
         if explain:
-            return self._explain(batch)
-        self._run(batch, threads)
-        codes = batch.codes_view()
-        errors = dict(batch.errors)
-        for i in range(len(codes)):  # rare: explain each evaluation failure to say why
-            if codes[i] == _engine.FAILED and i not in errors:
-                errors[i] = self._failure(self._engine.explain_range(batch, i, i + 1)[0][3])
-        return BatchDecisions(codes, errors)
+            return self._explain(self._convert(principals, actions, resources, contexts, resource_accounts))
+        n = len(principals)
+        codes = bytearray(n)
+        errors: dict[int, str] = {}
+
+        def decide(start: int) -> None:
+            """Convert one chunk (with the GIL), then decide it (without): while one thread
+            decides, another converts, and the chunk's data is still in cache when decided."""
+            stop = min(n, start + CHUNK)
+            if isinstance(contexts, Mapping):
+                chunk_contexts: Any = {key: column[start:stop] for key, column in contexts.items()}
+            else:
+                chunk_contexts = None if contexts is None else contexts[start:stop]
+            batch = self._convert(principals[start:stop], actions[start:stop], resources[start:stop], chunk_contexts,
+                                  None if resource_accounts is None else resource_accounts[start:stop])
+            self._engine.evaluate_range(batch, 0, batch.n)
+            chunk_codes = batch.codes_view()
+            codes[start:stop] = chunk_codes
+            for i, message in batch.errors.items():
+                errors[start + i] = message
+            for i in range(len(chunk_codes)):  # rare: explain each evaluation failure to say why
+                if chunk_codes[i] == _engine.FAILED and i not in batch.errors:
+                    errors[start + i] = self._failure(self._engine.explain_range(batch, i, i + 1)[0][3])
+
+        starts = range(0, n, CHUNK)
+        if threads <= 1 or n <= CHUNK:
+            for start in starts:
+                decide(start)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(decide, starts))
+        return BatchDecisions(bytes(codes), errors)
 
 
 def compile_policies(policies: PolicySet) -> CompiledPolicySet:

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from evaluator import DecisionKind, PolicySet, Request, parse_policy
-from evaluator.compile import CompiledPolicySet
+from evaluator.compile import CHUNK, CompiledPolicySet
 
 ROLE = "arn:aws:iam::111122223333:role/Builder"
 ALLOW, IMPLICIT, EXPLICIT = DecisionKind.ALLOW, DecisionKind.IMPLICIT_DENY, DecisionKind.EXPLICIT_DENY
@@ -127,3 +127,20 @@ def test_context_columns_decide_like_context_mappings():
         engine.evaluate_columns(*columns, {"aws:TagKeys": [None] * 5, "AWS:TAGKEYS": [None] * 5})
     with pytest.raises(ValueError, match="one entry per request"):
         engine.evaluate_columns(*columns, {"aws:TagKeys": [None] * 4})
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_errors_keep_their_request_index_across_chunks(threads):
+    engine = compiled(allow(Condition={"NumericLessThan": {"s3:max-keys": "10"}}))
+    n = 3 * CHUNK + 17
+    principals = [ROLE] * n
+    contexts = [{"s3:max-keys": "5"}] * n
+    bad_principal, bad_value = CHUNK + 3, 2 * CHUNK + 5
+    principals[bad_principal] = "nobody"
+    contexts[bad_value] = {"s3:max-keys": "many"}
+    result = engine.evaluate_columns(principals, ["s3:GetObject"] * n, ["*"] * n, contexts, threads=threads)
+    assert sorted(result.errors) == [bad_principal, bad_value]
+    assert [i for i, decision in enumerate(result) if decision is not ALLOW] == [bad_principal, bad_value]
+    by_key = engine.evaluate_columns(principals, ["s3:GetObject"] * n, ["*"] * n,
+                                     {"s3:max-keys": [c["s3:max-keys"] for c in contexts]}, threads=threads)
+    assert by_key.codes == result.codes and sorted(by_key.errors) == sorted(result.errors)
