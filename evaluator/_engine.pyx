@@ -34,6 +34,7 @@ FLAG_NOT_ACTION = 2
 FLAG_NOT_RESOURCE = 4
 FLAG_ANY_RESOURCE = 8  # Resource holds "*" or is absent: every request resource matches, "*" too
 FLAG_NOT_RESOURCE_STAR = 16  # NotResource holds "*": it excludes every request resource
+FLAG_RESOURCE_INDEXED = 32  # only fixed Resource patterns: found through the resource trie alone
 # Decision codes of the batch API.
 IMPLICIT_DENY, ALLOW, EXPLICIT_DENY, FAILED = range(4)
 
@@ -49,6 +50,7 @@ cdef enum:
     F_NOT_RESOURCE = 4
     F_ANY_RESOURCE = 8
     F_NOT_RESOURCE_STAR = 16
+    F_RESOURCE_INDEXED = 32
     D_IMPLICIT = 0
     D_ALLOW = 1
     D_EXPLICIT = 2
@@ -58,6 +60,7 @@ cdef enum:
     G_BOUNDED = 2
     G_DIRECT = 3
     MAX_LEVELS = 64
+    SPARE_SCRATCH = 8
 
 
 ctypedef struct statement_t:
@@ -68,6 +71,8 @@ ctypedef struct statement_t:
     int32_t dyn_start        # first of this statement's resource patterns with policy variables
     int32_t dyn_count
     int32_t slot             # index among resource-policy statements (for the caller's grants), else -1
+    int32_t act_start        # this statement's action pattern ids in Engine.statement_actions
+    int32_t act_count
 
 
 ctypedef struct request_t:
@@ -91,6 +96,7 @@ ctypedef struct scratch_t:
     int32_t* resource_ids
     uint64_t* action_mark    # per statement: generation in which an action pattern matched it
     uint64_t* resource_mark  # per statement: generation in which a static resource pattern matched it
+    uint64_t* pattern_mark   # per action pattern: generation in which it matched
     uint64_t* name_mark      # per condition-key spelling: generation in which it was noted missing
     uint64_t gen
     int32_t* candidates
@@ -128,7 +134,9 @@ cdef class Engine:
     cdef int32_t* action_statements
     cdef int32_t* resource_start     # CSR: static resource pattern id -> statements
     cdef int32_t* resource_statements
-    cdef int32_t* not_action         # statements with NotAction
+    cdef int32_t* statement_actions  # per statement, its action pattern ids (statement_t.act_start)
+    cdef int32_t n_action_patterns
+    cdef int32_t* not_action         # statements with NotAction that the action side finds
     cdef int32_t n_not_action
     cdef int32_t* dynamic_patterns   # PatternSet indices, per statement a run [dyn_start, +dyn_count)
     cdef readonly int32_t n_keys
@@ -139,14 +147,19 @@ cdef class Engine:
     cdef readonly int n_rcp
     cdef int32_t max_group_missing
     cdef int32_t n_names
+    cdef scratch_t* spare[SPARE_SCRATCH]  # scratch kept for reuse: allocating and zeroing it is costly
+    cdef int n_spare
 
     def __cinit__(self):
         self.statements = NULL
         self.action_start = self.action_statements = NULL
         self.resource_start = self.resource_statements = NULL
-        self.not_action = self.dynamic_patterns = NULL
+        self.not_action = self.dynamic_patterns = self.statement_actions = NULL
 
     def __dealloc__(self):
+        while self.n_spare:
+            self.n_spare -= 1
+            free_scratch(self.spare[self.n_spare])
         free(self.statements)
         free(self.action_start)
         free(self.action_statements)
@@ -154,14 +167,16 @@ cdef class Engine:
         free(self.resource_statements)
         free(self.not_action)
         free(self.dynamic_patterns)
+        free(self.statement_actions)
 
     def __init__(self, statements, action_trie, action_lists, resource_trie, resource_lists,
                  list dynamic, PatternSet patterns, ConditionSet conditions, dict key_ids,
                  int n_slots, bint has_boundary, bint has_session, int n_scp, int n_rcp):
         """Take the tables built in Python.
 
-        ``statements``: (layer, flags, level, group, dynamic pattern indices, slot) per
-        statement; ``action_lists``/``resource_lists``: per pattern id, its statement ids.
+        ``statements``: (layer, flags, level, group, dynamic pattern indices, slot, action
+        pattern ids) per statement; ``action_lists``/``resource_lists``: per pattern id, the
+        statements found through it (resource-indexed statements are absent from the former).
         """
         if n_scp > MAX_LEVELS or n_rcp > MAX_LEVELS:
             raise ValueError(f"at most {MAX_LEVELS} SCP or RCP levels")
@@ -183,7 +198,16 @@ cdef class Engine:
         for i, p in enumerate(dynamic):
             self.dynamic_patterns[i] = p
         cdef int32_t s = 0, start = 0
-        for layer, flags, level, group, dyn, slot in statements:
+        self.n_action_patterns = len(action_lists)
+        self.statement_actions = <int32_t*>calloc(max(1, sum(len(st[6]) for st in statements)), sizeof(int32_t))
+        if self.statement_actions == NULL:
+            raise MemoryError()
+        for layer, flags, level, group, dyn, slot, action_ids in statements:
+            self.statements[s].act_start = start
+            self.statements[s].act_count = len(action_ids)
+            for pid in action_ids:
+                self.statement_actions[start] = pid
+                start += 1
             self.statements[s].layer = layer
             self.statements[s].flags = flags
             self.statements[s].level = level
@@ -194,7 +218,8 @@ cdef class Engine:
             s += 1
         _csr(action_lists, &self.action_start, &self.action_statements)
         _csr(resource_lists, &self.resource_start, &self.resource_statements)
-        not_action = [i for i, st in enumerate(statements) if st[1] & F_NOT_ACTION]
+        not_action = [i for i, st in enumerate(statements)
+                      if st[1] & F_NOT_ACTION and not st[1] & F_RESOURCE_INDEXED]
         self.n_not_action = len(not_action)
         self.not_action = <int32_t*>calloc(max(1, len(not_action)), sizeof(int32_t))
         if self.not_action == NULL:
@@ -218,6 +243,7 @@ cdef class Engine:
         sc.resource_ids = <int32_t*>malloc(max(1, self.resource_trie.result_capacity()) * sizeof(int32_t))
         sc.action_mark = <uint64_t*>calloc(n, sizeof(uint64_t))
         sc.resource_mark = <uint64_t*>calloc(n, sizeof(uint64_t))
+        sc.pattern_mark = <uint64_t*>calloc(max(1, self.n_action_patterns), sizeof(uint64_t))
         sc.name_mark = <uint64_t*>calloc(self.n_names, sizeof(uint64_t))
         sc.candidates = <int32_t*>malloc(n * sizeof(int32_t))
         sc.ctx = <ctx_entry*>calloc(max(1, self.n_keys), sizeof(ctx_entry))
@@ -226,6 +252,7 @@ cdef class Engine:
         sc.group_missing = <int32_t*>malloc(self.max_group_missing * sizeof(int32_t))
         if (sc.action_scratch == NULL or sc.resource_scratch == NULL or sc.action_ids == NULL
                 or sc.resource_ids == NULL or sc.action_mark == NULL or sc.resource_mark == NULL
+                or sc.pattern_mark == NULL
                 or sc.name_mark == NULL or sc.candidates == NULL or sc.ctx == NULL
                 or sc.condition_scratch == NULL or sc.pattern_scratch == NULL or sc.group_missing == NULL):
             free_scratch(sc)
@@ -233,6 +260,20 @@ cdef class Engine:
         for k in range(self.n_keys):
             sc.ctx[k].count = -1
         return sc
+
+    cdef scratch_t* acquire(self) except NULL:
+        """A scratch for one thread's use; called with the GIL held, which guards the spares."""
+        if self.n_spare:
+            self.n_spare -= 1
+            return self.spare[self.n_spare]
+        return self.new_scratch()
+
+    cdef void release(self, scratch_t* sc) noexcept:
+        if self.n_spare < SPARE_SCRATCH:
+            self.spare[self.n_spare] = sc
+            self.n_spare += 1
+        else:
+            free_scratch(sc)
 
     # ---------------------------------------------------------------- hot path
 
@@ -259,6 +300,19 @@ cdef class Engine:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
+    cdef inline bint actions_match(self, int32_t s, scratch_t* sc, uint64_t gen) noexcept nogil:
+        """Action/NotAction of one statement, from the action patterns marked for this request."""
+        cdef const statement_t* st = &self.statements[s]
+        cdef int32_t k
+        cdef bint hit = False
+        for k in range(st.act_start, st.act_start + st.act_count):
+            if sc.pattern_mark[self.statement_actions[k]] == gen:
+                hit = True
+                break
+        return hit != <bint>(st.flags & F_NOT_ACTION)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef int decide(self, const request_t* rq, const keyed_entry* entries, const uint8_t* grants,
                     scratch_t* sc, explain_t* ex) noexcept nogil:
         """One request's decision code; with ``ex``, also its applicable statements and missing keys."""
@@ -276,17 +330,12 @@ cdef class Engine:
 
         for i in range(rq.ctx_count):
             sc.ctx[entries[i].key] = entries[i].entry
-        if not star_request:
-            n = self.resource_trie.match_into(<const unsigned char*>rq.resource.ptr, rq.resource.len,
-                                              sc.resource_scratch, sc.resource_ids)
-            for k in range(n):
-                pid = sc.resource_ids[k]
-                for j in range(self.resource_start[pid], self.resource_start[pid + 1]):
-                    sc.resource_mark[self.resource_statements[j]] = gen
+        # Action side: mark matching patterns; statements open to many resources become candidates.
         n = self.action_trie.match_into(<const unsigned char*>rq.action.ptr, rq.action.len,
                                         sc.action_scratch, sc.action_ids)
         for k in range(n):
             pid = sc.action_ids[k]
+            sc.pattern_mark[pid] = gen
             for j in range(self.action_start[pid], self.action_start[pid + 1]):
                 s = self.action_statements[j]
                 if sc.action_mark[s] != gen:
@@ -299,6 +348,21 @@ cdef class Engine:
             if sc.action_mark[s] != gen:
                 sc.candidates[n_candidates] = s
                 n_candidates += 1
+        # Resource side: mark statements whose fixed patterns match; resource-indexed ones
+        # become candidates here when their actions match too.
+        if not star_request:
+            n = self.resource_trie.match_into(<const unsigned char*>rq.resource.ptr, rq.resource.len,
+                                              sc.resource_scratch, sc.resource_ids)
+            for k in range(n):
+                pid = sc.resource_ids[k]
+                for j in range(self.resource_start[pid], self.resource_start[pid + 1]):
+                    s = self.resource_statements[j]
+                    if sc.resource_mark[s] == gen:
+                        continue
+                    sc.resource_mark[s] = gen
+                    if self.statements[s].flags & F_RESOURCE_INDEXED and self.actions_match(s, sc, gen):
+                        sc.candidates[n_candidates] = s
+                        n_candidates += 1
 
         for i in range(n_candidates):
             s = sc.candidates[i]
@@ -309,7 +373,8 @@ cdef class Engine:
                 if names == G_NONE:
                     continue
             unresolvable = False
-            if not self.resource_applies(st, s, rq, star_request, sc, &unresolvable):
+            if not (st.flags & F_RESOURCE_INDEXED) and not self.resource_applies(st, s, rq, star_request, sc,
+                                                                                 &unresolvable):
                 continue
             if st.group >= 0:
                 n_group_missing = 0
@@ -395,19 +460,19 @@ cdef class Engine:
         """Decide a slice of a converted batch without the GIL (threads may share one batch)."""
         if not 0 <= start <= stop <= batch.n:
             raise IndexError("range outside the batch")
-        cdef scratch_t* sc = self.new_scratch()
+        cdef scratch_t* sc = self.acquire()
         try:
             with nogil:
                 self.run(batch, start, stop, sc)
         finally:
-            free_scratch(sc)
+            self.release(sc)
 
     def explain_range(self, Batch batch, Py_ssize_t start, Py_ssize_t stop):
         """Per request of a slice: (code, applicable statement ids, missing key-spelling ids,
         the statement whose condition failed to read a context value or -1)."""
         if not 0 <= start <= stop <= batch.n:
             raise IndexError("range outside the batch")
-        cdef scratch_t* sc = self.new_scratch()
+        cdef scratch_t* sc = self.acquire()
         cdef explain_t ex
         ex.applicable = <int32_t*>malloc(max(1, self.n_statements) * sizeof(int32_t))
         ex.missing = <int32_t*>malloc(self.n_names * sizeof(int32_t))
@@ -433,7 +498,7 @@ cdef class Engine:
         finally:
             free(ex.applicable)
             free(ex.missing)
-            free_scratch(sc)
+            self.release(sc)
         return results
 
 
@@ -446,6 +511,7 @@ cdef void free_scratch(scratch_t* sc) noexcept:
     free(sc.resource_ids)
     free(sc.action_mark)
     free(sc.resource_mark)
+    free(sc.pattern_mark)
     free(sc.name_mark)
     free(sc.candidates)
     free(sc.ctx)

@@ -90,14 +90,16 @@ class CompiledPolicySet:
         dynamic: list[int] = []
         table = []
 
-        def index(text: str, trie: GlobTrie, ids: dict[str, int], lists: list[list[int]], number: int) -> None:
+        def index(text: str, trie: GlobTrie, ids: dict[str, int], lists: list[list[int]], number: int | None) -> int:
+            """The pattern's id in its trie; ``number`` (a statement) joins the pattern's list."""
             pattern_id = ids.get(text)
             if pattern_id is None:
                 pattern_id = ids[text] = len(lists)
                 lists.append([])
                 trie.add(text, pattern_id)
-            if not lists[pattern_id] or lists[pattern_id][-1] != number:
+            if number is not None and (not lists[pattern_id] or lists[pattern_id][-1] != number):
                 lists[pattern_id].append(number)
+            return pattern_id
 
         for layer_name, layer, level, layer_policies in _layers(policies):
             for policy in layer_policies:
@@ -107,8 +109,6 @@ class CompiledPolicySet:
                     flags = _engine.FLAG_DENY if statement.effect is Effect.DENY else 0
                     if statement.not_actions is not None:
                         flags |= _engine.FLAG_NOT_ACTION
-                    for text in statement.actions or statement.not_actions or ():
-                        index(text.lower(), action_trie, action_ids, action_lists, number)
                     resources = statement.resources if statement.resources is not None else statement.not_resources
                     if statement.not_resources is not None:
                         flags |= _engine.FLAG_NOT_RESOURCE
@@ -125,12 +125,23 @@ class CompiledPolicySet:
                             dynamic.append(patterns.add(text, True))
                         else:
                             index(text, resource_trie, resource_ids, resource_lists, number)
+                    # A statement whose Resource lists only fixed patterns is found through the
+                    # resource trie alone (its actions are checked then), so a common action does
+                    # not make every such statement a candidate.
+                    indexed = not flags & _engine.FLAG_ANY_RESOURCE and statement.resources is not None \
+                        and not dynamic_here
+                    if indexed:
+                        flags |= _engine.FLAG_RESOURCE_INDEXED
+                    action_patterns = tuple(
+                        index(text.lower(), action_trie, action_ids, action_lists, None if indexed else number)
+                        for text in statement.actions or statement.not_actions or ()
+                    )
                     group = conditions.add_group(statement.conditions, substitute) if statement.conditions else -1
                     slot = -1
                     if layer == _engine.LAYER_RESOURCE:
                         slot = len(self._resource_statements)
                         self._resource_statements.append(statement)
-                    table.append((layer, flags, level, group, dynamic_here, slot))
+                    table.append((layer, flags, level, group, dynamic_here, slot, action_patterns))
                     ref = StatementRef(policy.name, statement.index, statement.sid, statement.effect)
                     keys = frozenset(condition.key for condition in statement.conditions)
                     self.statements.append(_Compiled(ref, layer_name, slot, keys))
