@@ -871,3 +871,190 @@ def convert(Engine engine, principals, actions, resources, contexts, resource_ac
     finally:
         free(seen)
     return batch
+
+
+# ==================================================================== Arrow conversion
+
+ctypedef struct strcol:          # an Arrow string array: no Python object per row
+    const int32_t* offsets       # already moved by the array's offset
+    const char* data
+    const uint8_t* validity      # NULL: no nulls
+    Py_ssize_t bit_offset
+
+
+ctypedef struct listcol:         # an Arrow list<string> array
+    const int32_t* offsets
+    const uint8_t* validity
+    Py_ssize_t bit_offset
+    strcol items
+
+
+cdef inline bint _valid(const uint8_t* validity, Py_ssize_t bit) noexcept nogil:
+    return validity == NULL or (validity[bit >> 3] >> (bit & 7)) & 1
+
+
+cdef const char* _EMPTY = ""
+
+
+cdef int _strcol(object array, strcol* out) except -1:
+    buffers = array.buffers()
+    out.bit_offset = array.offset
+    out.validity = NULL if buffers[0] is None else <const uint8_t*><size_t>buffers[0].address
+    cdef Py_ssize_t shift = array.offset
+    out.offsets = (<const int32_t*><size_t>buffers[1].address) + shift
+    out.data = _EMPTY if buffers[2] is None or buffers[2].size == 0 else <const char*><size_t>buffers[2].address
+    return 0
+
+
+cdef int _listcol(object array, listcol* out) except -1:
+    buffers = array.buffers()
+    out.bit_offset = array.offset
+    out.validity = NULL if buffers[0] is None else <const uint8_t*><size_t>buffers[0].address
+    cdef Py_ssize_t shift = array.offset
+    out.offsets = (<const int32_t*><size_t>buffers[1].address) + shift
+    _strcol(array.values, &out.items)
+    return 0
+
+
+cdef inline cstr _item(const strcol* column, Py_ssize_t i) noexcept nogil:
+    cdef cstr text
+    text.ptr = column.data + column.offsets[i]
+    text.len = column.offsets[i + 1] - column.offsets[i]
+    return text
+
+
+def convert_arrow(Engine engine, principal_indices, list principal_rows, list callers, bytes grants,
+                  list caller_accounts_bytes, actions, resources, resource_accounts, list context_fields):
+    """Convert Arrow columns into a ``Batch`` without creating a Python object per row.
+
+    ``principal_indices``: int32 indices into the distinct principals; ``principal_rows``:
+    each distinct principal's row of the grant table (-1: it cannot be evaluated, and the
+    caller reports why); ``callers``, ``grants`` and ``caller_accounts_bytes``: per row, the
+    principal, its grants (``n_slots`` bytes each) and account; ``actions``/``resources``:
+    string arrays; ``resource_accounts``: string
+    array or None; ``context_fields``: (key id, key, array, is_list) with string or
+    list<string> arrays, already carrying the struct's nulls.
+    """
+    cdef Py_ssize_t n = len(actions)
+    cdef Batch batch = Batch()
+    batch.n = n
+    batch.errors = {}
+    batch.callers = callers
+    batch.keep_alive = [principal_indices, actions, resources, resource_accounts, context_fields, caller_accounts_bytes]
+    batch.requests = <request_t*>calloc(max(1, n), sizeof(request_t))
+    batch.codes = <uint8_t*>calloc(max(1, n), sizeof(uint8_t))
+    if batch.requests == NULL or batch.codes == NULL:
+        raise MemoryError()
+    cdef strcol action_col, resource_col, account_col
+    _strcol(actions, &action_col)
+    _strcol(resources, &resource_col)
+    cdef bint has_accounts = resource_accounts is not None
+    if has_accounts:
+        _strcol(resource_accounts, &account_col)
+    index_buffers = principal_indices.buffers()
+    cdef Py_ssize_t index_shift = principal_indices.offset
+    cdef const int32_t* indices = (<const int32_t*><size_t>index_buffers[1].address) + index_shift
+    cdef Py_ssize_t n_fields = len(context_fields)
+    cdef Py_ssize_t f, i, k, start, count, account_start = 0, account_len = 0
+    cdef strcol* strings = <strcol*>calloc(max(1, n_fields), sizeof(strcol))
+    cdef listcol* lists = <listcol*>calloc(max(1, n_fields), sizeof(listcol))
+    cdef int32_t* field_keys = <int32_t*>calloc(max(1, n_fields), sizeof(int32_t))
+    cdef bint* is_list = <bint*>calloc(max(1, n_fields), sizeof(bint))
+    cdef int32_t* rows = <int32_t*>calloc(max(1, len(principal_rows)), sizeof(int32_t))
+    cdef const char** caller_accounts = <const char**>calloc(max(1, len(callers)), sizeof(char*))
+    cdef Py_ssize_t* caller_account_len = <Py_ssize_t*>calloc(max(1, len(callers)), sizeof(Py_ssize_t))
+    cdef request_t* rq
+    cdef cstr account
+    cdef const strcol* items
+    cdef bytes account_bytes
+    try:
+        if (strings == NULL or lists == NULL or field_keys == NULL or is_list == NULL or rows == NULL
+                or caller_accounts == NULL or caller_account_len == NULL):
+            raise MemoryError()
+        for k, row in enumerate(principal_rows):
+            rows[k] = row
+        for k, account_bytes in enumerate(caller_accounts_bytes):
+            caller_accounts[k] = account_bytes
+            caller_account_len[k] = len(account_bytes)
+        batch.grants = <uint8_t*>malloc(max(1, len(grants)))
+        if batch.grants == NULL:
+            raise MemoryError()
+        for k in range(len(grants)):
+            batch.grants[k] = grants[k]
+        for f, (key_id, _, array, field_is_list) in enumerate(context_fields):
+            field_keys[f] = key_id
+            is_list[f] = field_is_list
+            if is_list[f]:
+                _listcol(array, &lists[f])
+            else:
+                _strcol(array, &strings[f])
+        batch.grow(n * n_fields // 2 + 64, n * n_fields // 2 + 64)
+        for i in range(n):
+            rq = &batch.requests[i]
+            rq.caller = rows[indices[i]]
+            rq.ctx_start = <int32_t>batch.n_entries
+            if rq.caller < 0:
+                continue  # the principal's reason is reported by the caller
+            rq.action = _item(&action_col, i)
+            rq.resource = _item(&resource_col, i)
+            if not _valid(action_col.validity, action_col.bit_offset + i) \
+                    or not _valid(resource_col.validity, resource_col.bit_offset + i):
+                batch.errors[i] = "request action and resource must not be null"
+                rq.caller = -1
+                continue
+            if not engine_valid_action(rq.action.ptr, rq.action.len):
+                batch.errors[i] = f"request action {rq.action.ptr[:rq.action.len].decode(errors='replace')!r} " \
+                                  "is not service:Action"
+                rq.caller = -1
+                continue
+            if engine_is_star(rq.resource.ptr, rq.resource.len):
+                account_len = 0
+            elif not engine_arn_account(rq.resource.ptr, rq.resource.len, &account_start, &account_len):
+                batch.errors[i] = (f"request resource {rq.resource.ptr[:rq.resource.len].decode(errors='replace')!r}"
+                                   " is neither an ARN nor \"*\"")
+                rq.caller = -1
+                continue
+            k = rq.caller
+            if has_accounts and _valid(account_col.validity, account_col.bit_offset + i):
+                account = _item(&account_col, i)
+                rq.same_account = account.len == caller_account_len[k] and memcmp(
+                    account.ptr, caller_accounts[k], account.len) == 0
+            elif account_len:
+                rq.same_account = account_len == caller_account_len[k] and memcmp(
+                    rq.resource.ptr + account_start, caller_accounts[k], account_len) == 0
+            else:
+                rq.same_account = True
+            for f in range(n_fields):
+                if is_list[f]:
+                    if not _valid(lists[f].validity, lists[f].bit_offset + i):
+                        continue
+                    start = lists[f].offsets[i]
+                    count = lists[f].offsets[i + 1] - start
+                    items = &lists[f].items
+                else:
+                    if not _valid(strings[f].validity, strings[f].bit_offset + i):
+                        continue
+                    start = i
+                    count = 1
+                    items = &strings[f]
+                batch.grow(1, count)
+                batch.entries[batch.n_entries].key = field_keys[f]
+                batch.entries[batch.n_entries].entry.count = <int32_t>count
+                batch.entries[batch.n_entries].entry.is_list = is_list[f]
+                batch.entries[batch.n_entries].entry.values = <const cstr*><size_t>batch.n_values
+                for k in range(start, start + count):
+                    batch.values[batch.n_values] = _item(items, k)
+                    batch.n_values += 1
+                batch.n_entries += 1
+            rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
+        for k in range(batch.n_entries):  # the values array has stopped moving: offsets -> pointers
+            batch.entries[k].entry.values = batch.values + <size_t>batch.entries[k].entry.values
+    finally:
+        free(strings)
+        free(lists)
+        free(field_keys)
+        free(is_list)
+        free(rows)
+        free(caller_accounts)
+        free(caller_account_len)
+    return batch

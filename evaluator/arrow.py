@@ -1,0 +1,158 @@
+"""Arrow-native evaluation: decide a ``pyarrow`` RecordBatch or Table of requests.
+
+The one contract every batch runner uses (local processes, Spark executors).
+Input columns: ``principal``, ``action``, ``resource`` (strings), optionally
+``resource_account`` (string, null: from the ARN) and ``context`` (a struct with
+one field per context key, each a string or a list of strings, null where a
+request lacks the key). Strings are read from the Arrow buffers directly: the
+hot path creates no Python object per row; only distinct principals and
+failing rows become Python strings.
+
+Output columns: ``decision`` (dictionary-encoded Allow / ExplicitDeny /
+ImplicitDeny) and ``error`` (null, or why the request could not be evaluated
+and was denied); with ``explain``, also ``decided_by``, ``statements`` (list of
+policy, index, sid, effect) and ``missing_keys``.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import _engine
+from .compile import CompiledPolicySet
+from .decision import Decision, failed
+
+DECISIONS = pa.array(["ImplicitDeny", "Allow", "ExplicitDeny"])
+STATEMENT = pa.struct([("policy", pa.string()), ("index", pa.int32()), ("sid", pa.string()),
+                       ("effect", pa.string())])
+_FAILED_TO_IMPLICIT = bytes.maketrans(b"\x03", b"\x00")
+
+
+class SchemaError(ValueError):
+    """The input lacks a required column or has one of the wrong type."""
+
+
+def _strings(batch: pa.RecordBatch, name: str, required: bool = True) -> pa.Array | None:
+    index = batch.schema.get_field_index(name)
+    if index < 0:
+        if required:
+            raise SchemaError(f"requests need a {name!r} column (have {', '.join(batch.schema.names)})")
+        return None
+    column = batch.column(index)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise SchemaError(f"column {name!r} must hold strings, not {column.type}")
+    return column.cast(pa.string())
+
+
+def _context_fields(compiled: CompiledPolicySet, batch: pa.RecordBatch) -> list[tuple[int, str, pa.Array, bool]]:
+    index = batch.schema.get_field_index("context")
+    if index < 0:
+        return []
+    context = batch.column(index)
+    if not pa.types.is_struct(context.type):
+        raise SchemaError(f"column 'context' must be a struct of context keys, not {context.type}")
+    fields = []
+    seen: dict[int, str] = {}
+    for field, values in zip(context.type, context.flatten(), strict=True):
+        key_id = compiled.key_ids.get(field.name.lower())
+        if key_id is None:
+            continue  # no policy tests this key
+        if key_id in seen:
+            raise SchemaError(f"context keys {seen[key_id]!r} and {field.name!r} are the same key "
+                              "(key names are case-insensitive)")
+        seen[key_id] = field.name
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            fields.append((key_id, field.name, values.cast(pa.string()), False))
+        elif pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+            fields.append((key_id, field.name, values.cast(pa.list_(pa.string())), True))
+        else:
+            raise SchemaError(f"context key {field.name!r} must hold strings or lists of strings, not {values.type}")
+    return fields
+
+
+def _decide(compiled: CompiledPolicySet, batch: pa.RecordBatch, explain: bool) -> pa.RecordBatch:
+    principals = _strings(batch, "principal")
+    actions, resources = _strings(batch, "action"), _strings(batch, "resource")
+    accounts = _strings(batch, "resource_account", required=False)
+    encoded = principals.dictionary_encode()
+    distinct = encoded.dictionary.to_pylist()
+    principal_rows: list[int] = []
+    callers: list[str] = []
+    caller_accounts: list[bytes] = []
+    grants = bytearray()
+    reasons: dict[int, str] = {}
+    for number, principal in enumerate(distinct):
+        try:
+            account, caller_grants = compiled._describe_caller(principal)
+        except ValueError as exc:
+            principal_rows.append(-1)
+            reasons[number] = str(exc)
+            continue
+        principal_rows.append(len(callers))
+        callers.append(principal)
+        caller_accounts.append(account.encode())
+        grants += caller_grants
+    indices = encoded.indices.fill_null(len(distinct))  # a null principal: one more, failing, entry
+    principal_rows.append(-1)
+    reasons[len(distinct)] = "request principal must not be null"
+    converted = _engine.convert_arrow(compiled._engine, indices.cast(pa.int32()), principal_rows, callers,
+                                      bytes(grants), caller_accounts, actions, resources, accounts,
+                                      _context_fields(compiled, batch))
+    errors = dict(converted.errors)
+    failing = pc.is_in(indices, value_set=pa.array(list(reasons), indices.type))
+    for row in pc.indices_nonzero(failing).to_pylist():
+        errors[row] = reasons[indices[row].as_py()]
+    if explain:
+        return _explained([failed(errors[row]) if row in errors else decision
+                           for row, decision in enumerate(compiled._explain(converted))])
+    compiled._engine.evaluate_range(converted, 0, converted.n)
+    codes = converted.codes_view()
+    for row in range(len(codes)):  # a condition that could not read its value: say which (rare)
+        if codes[row] == _engine.FAILED and row not in errors:
+            errors[row] = compiled._failure(compiled._engine.explain_range(converted, row, row + 1)[0][3])
+    decision = pa.DictionaryArray.from_arrays(
+        pa.Array.from_buffers(pa.int8(), len(codes), [None, pa.py_buffer(codes.translate(_FAILED_TO_IMPLICIT))]),
+        DECISIONS)
+    return pa.RecordBatch.from_arrays([decision, _errors(len(codes), errors)], ["decision", "error"])
+
+
+def _errors(n: int, errors: dict[int, str]) -> pa.Array:
+    if not errors:
+        return pa.nulls(n, pa.string())
+    messages: list[str | None] = [None] * n
+    for row, message in errors.items():
+        messages[row] = message
+    return pa.array(messages, pa.string())
+
+
+def _explained(decisions: list[Decision]) -> pa.RecordBatch:
+    codes = {"ImplicitDeny": 0, "Allow": 1, "ExplicitDeny": 2}
+    decision = pa.DictionaryArray.from_arrays(pa.array([codes[str(d.decision)] for d in decisions], pa.int8()),
+                                              DECISIONS)
+    return pa.RecordBatch.from_arrays([
+        decision,
+        pa.array([d.error for d in decisions], pa.string()),
+        pa.array([d.decided_by for d in decisions], pa.string()),
+        pa.array([[{"policy": s.policy, "index": s.index, "sid": s.sid, "effect": str(s.effect)}
+                   for s in d.statements] for d in decisions], pa.list_(STATEMENT)),
+        pa.array([list(d.missing_keys) for d in decisions], pa.list_(pa.string())),
+    ], ["decision", "error", "decided_by", "statements", "missing_keys"])
+
+
+def evaluate_arrow(compiled: CompiledPolicySet, requests: pa.RecordBatch | pa.Table,
+                   explain: bool = False) -> pa.RecordBatch | pa.Table:
+    """Decide every row of ``requests``; the result has one row per request, in order."""
+    if isinstance(requests, pa.Table):
+        batches = [_decide(compiled, batch, explain) for batch in requests.to_batches()]
+        return pa.Table.from_batches(batches, schema=_output_schema(explain))
+    return _decide(compiled, requests, explain)
+
+
+def _output_schema(explain: bool) -> pa.Schema:
+    fields = [("decision", pa.dictionary(pa.int8(), pa.string())), ("error", pa.string())]
+    if explain:
+        fields += [("decided_by", pa.string()), ("statements", pa.list_(STATEMENT)),
+                   ("missing_keys", pa.list_(pa.string()))]
+    return pa.schema(fields)

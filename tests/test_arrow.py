@@ -1,0 +1,131 @@
+"""The Arrow-native API gives the compiled engine's answers, from Arrow buffers."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from evaluator import DecisionKind, PolicySet, Request, parse_policy
+from evaluator.arrow import SchemaError, evaluate_arrow
+from evaluator.compile import CompiledPolicySet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from workloads import seed_policy_set, seed_requests  # noqa: E402
+
+ROLE = "arn:aws:iam::111122223333:role/Builder"
+
+
+def table_of(requests: list[Request], list_keys=frozenset({"kms:encryptioncontextkeys", "aws:calledvia"})):
+    """Requests as an Arrow table with a context struct (list keys as lists in every row)."""
+    keys = sorted({key for r in requests for key in r.context})
+    context = pa.StructArray.from_arrays(
+        [pa.array([r.context.get(key) if key not in list_keys or r.context.get(key) is None
+                   else list(r.context[key]) for r in requests],
+                  pa.list_(pa.string()) if key in list_keys else pa.string()) for key in keys],
+        names=keys)
+    return pa.table({
+        "principal": [r.principal for r in requests], "action": [r.action for r in requests],
+        "resource": [r.resource for r in requests], "resource_account": [r.resource_account for r in requests],
+        "context": context,
+    })
+
+
+@pytest.fixture(scope="module")
+def seed():
+    policies = seed_policy_set()
+    requests = seed_requests(3000, seed=5)
+    return CompiledPolicySet(policies), requests, table_of(requests)
+
+
+def test_decisions_equal_the_batch_api(seed):
+    compiled, requests, table = seed
+    result = evaluate_arrow(compiled, table)
+    assert result.column("decision").to_pylist() == [str(d) for d in compiled.evaluate_batch(requests)]
+    assert result.column("error").null_count == len(requests)
+
+
+def test_record_batches_slices_and_chunks(seed):
+    compiled, requests, table = seed
+    want = [str(d) for d in compiled.evaluate_batch(requests)]
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=700))
+    assert evaluate_arrow(compiled, chunked).column("decision").to_pylist() == want
+    piece = table.slice(1234, 500).to_batches()[0]
+    assert piece.column(0).offset == 1234
+    assert evaluate_arrow(compiled, piece).column("decision").to_pylist() == want[1234:1734]
+
+
+def test_explained_rows_equal_explained_decisions(seed):
+    compiled, requests, table = seed
+    result = evaluate_arrow(compiled, table.slice(0, 400), explain=True).to_pylist()
+    for row, decision in zip(result, compiled.evaluate_batch(requests[:400], explain=True), strict=True):
+        assert row["decision"] == str(decision.decision)
+        assert row["decided_by"] == decision.decided_by
+        assert [(s["policy"], s["index"], s["sid"]) for s in row["statements"]] == \
+            [(s.policy, s.index, s.sid) for s in decision.statements]
+        assert row["missing_keys"] == list(decision.missing_keys)
+
+
+def compiled_with(*statements, **layers):
+    policy = parse_policy({"Version": "2012-10-17", "Statement": list(statements)}, name="p")
+    return CompiledPolicySet(PolicySet(identity=(policy,), **layers))
+
+
+def test_bad_rows_fail_alone_with_their_reason():
+    compiled = compiled_with({"Effect": "Allow", "Action": "s3:*", "Resource": "*",
+                              "Condition": {"NumericLessThan": {"s3:max-keys": "10"}}})
+    table = pa.table({
+        "principal": [ROLE, "nobody", None, ROLE, ROLE, ROLE],
+        "action": ["s3:GetObject", "s3:GetObject", "s3:GetObject", None, "s3 Get", "s3:GetObject"],
+        "resource": ["*", "*", "*", "*", "*", "not-an-arn"],
+        "context": pa.array([{"s3:max-keys": "5"}, None, None, None, None, {"s3:max-keys": "many"}]),
+    })
+    result = evaluate_arrow(compiled, table).to_pydict()
+    assert result["decision"] == ["Allow"] + ["ImplicitDeny"] * 5
+    assert result["error"][0] is None
+    assert "not an IAM or STS ARN" in result["error"][1]
+    assert "must not be null" in result["error"][2] and "must not be null" in result["error"][3]
+    assert "is not service:Action" in result["error"][4]
+    assert "neither an ARN" in result["error"][5]
+    table = table.slice(0, 1).set_column(3, "context", pa.array([{"s3:max-keys": "many"}]))
+    assert "s3:max-keys" in evaluate_arrow(compiled, table).column("error")[0].as_py()
+
+
+def test_column_types_and_schema_errors():
+    compiled = compiled_with({"Effect": "Allow", "Action": "s3:*", "Resource": "*",
+                              "Condition": {"ForAnyValue:StringEquals": {"aws:TagKeys": "team"}}})
+    table = pa.table({
+        "principal": pa.array([ROLE, ROLE, ROLE]).dictionary_encode(),
+        "action": pa.array(["s3:GetObject"] * 3, pa.large_string()),
+        "resource": ["*"] * 3,
+        "context": pa.array([{"aws:TagKeys": ["team"], "other": "x"}, {"aws:TagKeys": []}, None]),
+    })
+    assert evaluate_arrow(compiled, table).column("decision").to_pylist() == ["Allow", "ImplicitDeny", "ImplicitDeny"]
+    with pytest.raises(SchemaError, match="'resource' column"):
+        evaluate_arrow(compiled, table.drop_columns(["resource"]))
+    with pytest.raises(SchemaError, match="must hold strings"):
+        evaluate_arrow(compiled, table.set_column(1, "action", pa.array([1, 2, 3])))
+    duplicate = pa.StructArray.from_arrays([pa.array([["a"]] * 3), pa.array([["b"]] * 3)],
+                                           ["aws:TagKeys", "AWS:tagkeys"])
+    with pytest.raises(SchemaError, match="same key"):
+        evaluate_arrow(compiled, table.set_column(3, "context", duplicate))
+    empty = evaluate_arrow(compiled, table.slice(0, 0))
+    assert empty.num_rows == 0 and empty.schema.names == ["decision", "error"]
+
+
+def test_same_and_cross_account_from_columns():
+    resource_policy = parse_policy({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "111122223333"}, "Action": "sqs:*", "Resource": "*"}]},
+        name="queue", kind="resource")
+    compiled = compiled_with({"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"},
+                             resource=resource_policy)
+    queue = "arn:aws:sqs:us-east-1:444455556666:q"
+    table = pa.table({"principal": [ROLE] * 3, "action": ["sqs:SendMessage"] * 3,
+                      "resource": [queue, "arn:aws:sqs:us-east-1:111122223333:q", queue],
+                      "resource_account": [None, None, "111122223333"]})
+    got = evaluate_arrow(compiled, table).column("decision").to_pylist()
+    want = [str(compiled.evaluate(Request.create(ROLE, "sqs:SendMessage", r, resource_account=a)).decision)
+            for r, a in zip(table.column("resource").to_pylist(), table.column("resource_account").to_pylist(),
+                            strict=True)]
+    assert got == want == [str(DecisionKind.ALLOW)] * 3
