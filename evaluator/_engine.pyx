@@ -135,6 +135,7 @@ cdef class Engine:
     cdef int32_t* resource_start     # CSR: static resource pattern id -> statements
     cdef int32_t* resource_statements
     cdef int32_t* statement_actions  # per statement, its action pattern ids (statement_t.act_start)
+    cdef readonly int32_t n_statement_actions
     cdef int32_t n_action_patterns
     cdef int32_t* not_action         # statements with NotAction that the action side finds
     cdef int32_t n_not_action
@@ -199,7 +200,8 @@ cdef class Engine:
             self.dynamic_patterns[i] = p
         cdef int32_t s = 0, start = 0
         self.n_action_patterns = len(action_lists)
-        self.statement_actions = <int32_t*>calloc(max(1, sum(len(st[6]) for st in statements)), sizeof(int32_t))
+        self.n_statement_actions = sum(len(st[6]) for st in statements)
+        self.statement_actions = <int32_t*>calloc(max(1, self.n_statement_actions), sizeof(int32_t))
         if self.statement_actions == NULL:
             raise MemoryError()
         for layer, flags, level, group, dyn, slot, action_ids in statements:
@@ -465,6 +467,57 @@ cdef class Engine:
             with nogil:
                 self.run(batch, start, stop, sc)
         finally:
+            self.release(sc)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def tally_range(self, Batch batch, Py_ssize_t start, Py_ssize_t stop, uint64_t[::1] applied,
+                    uint64_t[::1] decided, uint64_t[::1] action_patterns):
+        """Decide a slice and count, without the GIL, per statement how many requests it applied
+        to (``applied``) and how many of those it decided (an Allow in an allowed request, a
+        Deny in a denied one: ``decided``), and per action pattern of each statement how many
+        applied requests it matched (``action_patterns``, in ``statement_action_patterns`` order)."""
+        if not 0 <= start <= stop <= batch.n:
+            raise IndexError("range outside the batch")
+        if applied.shape[0] < self.n_statements or decided.shape[0] < self.n_statements \
+                or action_patterns.shape[0] < self.n_statement_actions:
+            raise ValueError("count arrays are smaller than the compiled set")
+        cdef scratch_t* sc = self.acquire()
+        cdef explain_t ex
+        ex.applicable = <int32_t*>malloc(max(1, self.n_statements) * sizeof(int32_t))
+        ex.missing = <int32_t*>malloc(self.n_names * sizeof(int32_t))
+        cdef const request_t* rq
+        cdef const statement_t* st
+        cdef int code
+        cdef Py_ssize_t i, k, p
+        cdef int32_t s
+        try:
+            if ex.applicable == NULL or ex.missing == NULL:
+                raise MemoryError()
+            with nogil:
+                for i in range(start, stop):
+                    rq = &batch.requests[i]
+                    ex.n_applicable = ex.n_missing = 0
+                    code = D_FAILED
+                    if rq.caller >= 0:
+                        code = self.decide(rq, batch.entries + rq.ctx_start, batch.grants + rq.caller * self.n_slots,
+                                           sc, &ex)
+                    batch.codes[i] = code
+                    if code == D_FAILED:
+                        continue
+                    for k in range(ex.n_applicable):
+                        s = ex.applicable[k]
+                        st = &self.statements[s]
+                        applied[s] += 1
+                        if (code == D_ALLOW and not st.flags & F_DENY) or (code == D_EXPLICIT and st.flags & F_DENY):
+                            decided[s] += 1
+                        if not st.flags & F_NOT_ACTION:
+                            for p in range(st.act_start, st.act_start + st.act_count):
+                                if sc.pattern_mark[self.statement_actions[p]] == sc.gen:
+                                    action_patterns[p] += 1
+        finally:
+            free(ex.applicable)
+            free(ex.missing)
             self.release(sc)
 
     def explain_range(self, Batch batch, Py_ssize_t start, Py_ssize_t stop):
@@ -899,7 +952,9 @@ cdef const char* _EMPTY = ""
 cdef int _strcol(object array, strcol* out) except -1:
     buffers = array.buffers()
     out.bit_offset = array.offset
-    out.validity = NULL if buffers[0] is None else <const uint8_t*><size_t>buffers[0].address
+    out.validity = NULL
+    if buffers[0] is not None:
+        out.validity = <const uint8_t*><size_t>buffers[0].address
     cdef Py_ssize_t shift = array.offset
     out.offsets = (<const int32_t*><size_t>buffers[1].address) + shift
     out.data = _EMPTY if buffers[2] is None or buffers[2].size == 0 else <const char*><size_t>buffers[2].address
@@ -909,7 +964,9 @@ cdef int _strcol(object array, strcol* out) except -1:
 cdef int _listcol(object array, listcol* out) except -1:
     buffers = array.buffers()
     out.bit_offset = array.offset
-    out.validity = NULL if buffers[0] is None else <const uint8_t*><size_t>buffers[0].address
+    out.validity = NULL
+    if buffers[0] is not None:
+        out.validity = <const uint8_t*><size_t>buffers[0].address
     cdef Py_ssize_t shift = array.offset
     out.offsets = (<const int32_t*><size_t>buffers[1].address) + shift
     _strcol(array.values, &out.items)

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from . import _engine
 from .compile import CompiledPolicySet
 from .decision import Decision, failed
+from .usage import StatementUsage
 
 DECISIONS = pa.array(["ImplicitDeny", "Allow", "ExplicitDeny"])
 STATEMENT = pa.struct([("policy", pa.string()), ("index", pa.int32()), ("sid", pa.string()),
@@ -72,7 +73,8 @@ def _context_fields(compiled: CompiledPolicySet, batch: pa.RecordBatch) -> list[
     return fields
 
 
-def _decide(compiled: CompiledPolicySet, batch: pa.RecordBatch, explain: bool) -> pa.RecordBatch:
+def _decide(compiled: CompiledPolicySet, batch: pa.RecordBatch, explain: bool,
+            usage: StatementUsage | None) -> pa.RecordBatch:
     principals = _strings(batch, "principal")
     actions, resources = _strings(batch, "action"), _strings(batch, "resource")
     accounts = _strings(batch, "resource_account", required=False)
@@ -107,7 +109,10 @@ def _decide(compiled: CompiledPolicySet, batch: pa.RecordBatch, explain: bool) -
     if explain:
         return _explained([failed(errors[row]) if row in errors else decision
                            for row, decision in enumerate(compiled._explain(converted))])
-    compiled._engine.evaluate_range(converted, 0, converted.n)
+    if usage is None:
+        compiled._engine.evaluate_range(converted, 0, converted.n)
+    else:
+        usage.tally(converted)
     codes = converted.codes_view()
     for row in range(len(codes)):  # a condition that could not read its value: say which (rare)
         if codes[row] == _engine.FAILED and row not in errors:
@@ -141,13 +146,19 @@ def _explained(decisions: list[Decision]) -> pa.RecordBatch:
     ], ["decision", "error", "decided_by", "statements", "missing_keys"])
 
 
-def evaluate_arrow(compiled: CompiledPolicySet, requests: pa.RecordBatch | pa.Table,
-                   explain: bool = False) -> pa.RecordBatch | pa.Table:
-    """Decide every row of ``requests``; the result has one row per request, in order."""
+def evaluate_arrow(compiled: CompiledPolicySet, requests: pa.RecordBatch | pa.Table, explain: bool = False,
+                   usage: StatementUsage | None = None) -> pa.RecordBatch | pa.Table:
+    """Decide every row of ``requests``; the result has one row per request, in order.
+
+    With ``usage``, also count which statements and action patterns the requests used
+    (not combined with ``explain``).
+    """
+    if explain and usage is not None:
+        raise ValueError("count usage or explain, not both in one call")
     if isinstance(requests, pa.Table):
-        batches = [_decide(compiled, batch, explain) for batch in requests.to_batches()]
+        batches = [_decide(compiled, batch, explain, usage) for batch in requests.to_batches()]
         return pa.Table.from_batches(batches, schema=_output_schema(explain))
-    return _decide(compiled, requests, explain)
+    return _decide(compiled, requests, explain, usage)
 
 
 def _output_schema(explain: bool) -> pa.Schema:

@@ -39,6 +39,8 @@ class _Compiled:
     layer: str  # "identity", "resource", "permissions_boundary", "session", "scp[i]", "rcp[i]"
     slot: int  # position among resource-policy statements (their grants), else -1
     condition_keys: frozenset[str]
+    actions: tuple[str, ...]  # Action (or NotAction) patterns as written, in the engine's order
+    not_action: bool
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,9 @@ class CompiledPolicySet:
                     table.append((layer, flags, level, group, dynamic_here, slot, action_patterns))
                     ref = StatementRef(policy.name, statement.index, statement.sid, statement.effect)
                     keys = frozenset(condition.key for condition in statement.conditions)
-                    self.statements.append(_Compiled(ref, layer_name, slot, keys))
+                    self.statements.append(_Compiled(ref, layer_name, slot, keys,
+                                                     statement.actions or statement.not_actions or (),
+                                                     statement.not_actions is not None))
         action_trie.freeze()
         resource_trie.freeze()
         patterns.freeze()

@@ -129,3 +129,30 @@ def test_same_and_cross_account_from_columns():
             for r, a in zip(table.column("resource").to_pylist(), table.column("resource_account").to_pylist(),
                             strict=True)]
     assert got == want == [str(DecisionKind.ALLOW)] * 3
+
+
+def test_statement_usage_counts_what_the_log_used():
+    from evaluator.usage import StatementUsage
+
+    compiled = compiled_with(
+        {"Sid": "Read", "Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket", "s3:GetBucket*"],
+         "Resource": "*"},
+        {"Sid": "NoDelete", "Effect": "Deny", "Action": "s3:DeleteObject", "Resource": "*"},
+        {"Sid": "Unused", "Effect": "Allow", "Action": "ec2:*", "Resource": "*"},
+        {"Sid": "Everything", "Effect": "Allow", "NotAction": "iam:*", "Resource": "*"},
+    )
+    actions = ["s3:GetObject", "s3:GetObject", "s3:DeleteObject", "sqs:SendMessage", "iam:PassRole"]
+    table = pa.table({"principal": [ROLE] * 5, "action": actions, "resource": ["*"] * 5})
+    usage = StatementUsage(compiled)
+    first = evaluate_arrow(compiled, table, usage=usage)
+    assert first.column("decision").to_pylist() == ["Allow", "Allow", "ExplicitDeny", "Allow", "ImplicitDeny"]
+    other = StatementUsage(compiled)
+    evaluate_arrow(compiled, table.slice(0, 1), usage=other)
+    usage.add_counts(other.counts())
+    by_sid = {use.statement.sid: use for use in usage.report()}
+    assert (by_sid["Read"].applied, by_sid["Read"].decided) == (3, 3)
+    assert by_sid["Read"].unused_actions == ("s3:ListBucket", "s3:GetBucket*")
+    assert (by_sid["NoDelete"].applied, by_sid["NoDelete"].decided, by_sid["NoDelete"].unused_actions) == (1, 1, ())
+    assert (by_sid["Unused"].applied, by_sid["Unused"].unused_actions) == (0, ("ec2:*",))
+    assert (by_sid["Everything"].applied, by_sid["Everything"].decided) == (5, 4)
+    assert by_sid["Everything"].unused_actions == ()
