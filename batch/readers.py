@@ -1,0 +1,541 @@
+"""Request logs → Arrow record batches, the input of the evaluator's Arrow API.
+
+Reads JSON Lines (plain or gzip), Parquet and CloudTrail files, and folders of them, and streams batches of at
+most ``batch_rows`` rows, so a log of any size is replayed in bounded memory. A record that cannot become a
+request is never dropped silently: ``Problems`` counts it and keeps its location, and ``strict=True`` stops at
+it instead.
+
+Every batch has these columns:
+
+* ``principal``, ``action``, ``resource``: string, never null.
+* ``resource_account``: string; null means "the account in the resource ARN" (the evaluator's default).
+* ``context``: a struct with one field per context key present in the batch, named as the input spells it;
+  ``string``, or ``list<string>`` when the key holds a list in any row of the batch (its single values then
+  become one-element lists, counted as a note); null where a row lacks the key. JSON booleans and numbers
+  become their text.
+* ``source``: where the record is: ``path:line`` (JSON Lines, from 1), ``path#row`` (Parquet, from 0),
+  ``path#Records[i]`` (CloudTrail).
+* ``resource_fallback``: true where the record named no resource and ``"*"`` stands in (CloudTrail only).
+
+Inputs: JSON Lines hold one request object a line, with exactly the fields of the evaluator's JSON requests.
+Parquet files hold the columns ``principal``, ``action``, ``resource``, optionally ``resource_account`` and
+``context`` (a struct, or JSON text); other columns are not read. CloudTrail files are mapped record by record
+by ``cloudtrail.request_from_record``. Folders are walked depth first in name order, taking the files named
+``*.json``, ``*.jsonl``, ``*.ndjson`` (each also ``.gz``) and ``*.parquet``, and skipping CloudTrail digests.
+
+Problem kinds: ``bad JSON``, ``not an object``, ``unknown field``, ``missing field``, ``wrong type``,
+``bad context`` (a record), ``unreadable file`` (the rest of a file), and the CloudTrail kinds of ``cloudtrail``.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import re
+import zlib
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import cloudtrail
+
+DEFAULT_BATCH_ROWS = 8192
+
+UNREADABLE_FILE = "unreadable file"
+WIDENED = "context values widened to list<string>"
+SKIPPED_FILE = "files skipped in folders (name is not a log's)"
+
+_REQUIRED = ("principal", "action", "resource")
+_FIELDS = frozenset((*_REQUIRED, "resource_account", "context"))
+_LOG_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+_DIGEST_FOLDER = "CloudTrail-Digest"  # signatures of the log files, not events
+_GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"
+_RECORDS_OPENING = r'\s*\{\s*"Records"\s*:\s*\['
+_CLOUDTRAIL_START = re.compile(_RECORDS_OPENING.encode())  # sniffs a file's first bytes
+_RECORDS_START = re.compile(_RECORDS_OPENING)  # finds where the records begin in its text
+_JSON_WHITESPACE = re.compile(r"[ \t\r\n]*")
+_CHUNK_CHARS = 1 << 20
+_STRING_LIST = pa.list_(pa.string())
+_UNREADABLE_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, pa.ArrowException)
+
+
+class Problems:
+    """Records that could not become requests, for the replay's report: a count per kind, and the first
+    ``keep`` as (location, message). ``notes`` counts changes made to readable records (widened values)."""
+
+    def __init__(self, keep: int = 100) -> None:
+        self.keep = keep
+        self.counts: Counter[str] = Counter()
+        self.first: list[tuple[str, str]] = []
+        self.notes: Counter[str] = Counter()
+
+    def add(self, kind: str, location: str, detail: str) -> None:
+        self.counts[kind] += 1
+        if len(self.first) < self.keep:
+            self.first.append((location, f"{kind}: {detail}"))
+
+    def note(self, kind: str, count: int = 1) -> None:
+        self.notes[kind] += count
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def report(self) -> str:
+        lines = [f"{self.total} problem(s)"]
+        lines += [f"  {count} {kind}" for kind, count in self.counts.most_common()]
+        lines += [f"  {location}: {message}" for location, message in self.first]
+        if self.total > len(self.first):
+            lines.append(f"  ... and {self.total - len(self.first)} more")
+        lines += [f"note: {count} {kind}" for kind, count in self.notes.most_common()]
+        return "\n".join(lines)
+
+
+class MalformedRecord(ValueError):
+    """Raised under ``strict=True`` at the first record that cannot become a request."""
+
+    def __init__(self, kind: str, location: str, detail: str) -> None:
+        super().__init__(f"{location}: {kind}: {detail}")
+        self.kind = kind
+        self.location = location
+
+
+class _Invalid(Exception):
+    """What is wrong with one record (or a whole Parquet file), before its location is known."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def read_requests(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    problems: Problems | None = None,
+    strict: bool = False,
+) -> Iterator[pa.RecordBatch]:
+    """Stream the requests of the logs at ``paths`` (files, or folders walked in name order) as record batches.
+
+    The format is read from the content: Parquet by its magic number, gzip by its magic number or a ``.gz``
+    name, CloudTrail by its ``{"Records": [`` opening; anything else is JSON Lines. Unreadable records go
+    to ``problems``, or raise ``MalformedRecord`` when ``strict``.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
+    problems = Problems() if problems is None else problems
+    named = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(path) for path in paths]
+    missing = [str(path) for path in named if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    builder = _BatchBuilder(batch_rows, problems, strict)
+    for path in _log_files(named, problems):
+        yield from _read_file(path, builder)
+    if len(builder):
+        yield builder.flush()
+
+
+def write_requests_parquet(batches: Iterable[pa.RecordBatch], path: str | os.PathLike[str]) -> int:
+    """Write request batches (e.g. a JSON Lines log read by ``read_requests``) as Parquet; returns the rows.
+
+    The context is written as a JSON text column: a Parquet file has one schema, and the context keys of a
+    stream are known only at its end.
+    """
+    schema = pa.schema([
+        pa.field("principal", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("resource", pa.string(), nullable=False),
+        pa.field("resource_account", pa.string()),
+        pa.field("context", pa.string()),
+    ])
+    rows = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for batch in batches:
+            contexts = [
+                json.dumps(present, separators=(",", ":")) if (present := _present_keys(row)) else None
+                for row in batch.column("context").to_pylist()
+            ]
+            columns = [batch.column(name) for name in (*_REQUIRED, "resource_account")]
+            writer.write_batch(pa.record_batch([*columns, pa.array(contexts, pa.string())], schema=schema))
+            rows += batch.num_rows
+    return rows
+
+
+def _present_keys(context: dict[str, Any] | None) -> dict[str, Any]:
+    return {key: value for key, value in (context or {}).items() if value is not None}
+
+
+def _log_files(paths: list[Path], problems: Problems) -> Iterator[Path]:
+    for path in paths:
+        yield from _walk(path, problems) if path.is_dir() else (path,)
+
+
+def _walk(folder: Path, problems: Problems) -> Iterator[Path]:
+    """The log files under a folder, depth first in name order, as AWS lays out ``AWSLogs/…/YYYY/MM/DD/``."""
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            if entry.name != _DIGEST_FOLDER:
+                yield from _walk(entry, problems)
+        elif entry.name.endswith(_LOG_SUFFIXES):
+            yield entry
+        else:
+            problems.note(SKIPPED_FILE)
+
+
+def _read_file(path: Path, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    """One file's batches; a file that breaks off (truncated gzip, corrupt Parquet) keeps the rows read before."""
+    name = str(path)
+    try:
+        with open(path, "rb") as probe:
+            magic = probe.read(4)
+        if magic == _PARQUET_MAGIC or path.suffix == ".parquet":
+            yield from _read_parquet(path, builder)
+            return
+        gzipped = magic[:2] == _GZIP_MAGIC or path.suffix == ".gz"
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as stream:
+            if _CLOUDTRAIL_START.match(stream.peek(4096)):
+                yield from _read_cloudtrail(io.TextIOWrapper(stream, encoding="utf-8"), name, builder)
+            else:
+                yield from _read_json_lines(stream, name, builder)
+    except _Invalid as error:
+        builder.reject(error.kind, name, error.detail)
+    except _UNREADABLE_ERRORS as error:
+        builder.reject(UNREADABLE_FILE, name, f"{type(error).__name__}: {error} (the rest of the file is not read)")
+
+
+def _read_json_lines(stream: IO[bytes], name: str, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    for number, line in enumerate(stream, 1):
+        if line.isspace():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            builder.reject("bad JSON", f"{name}:{number}", str(error))
+            continue
+        builder.add_record(record, f"{name}:{number}")
+        if builder.full:
+            yield builder.flush()
+
+
+def _read_cloudtrail(text: IO[str], name: str, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    for index, record in enumerate(_cloudtrail_records(text)):
+        location = f"{name}#Records[{index}]"
+        try:
+            request = cloudtrail.request_from_record(record)
+        except cloudtrail.UnmappableRecord as error:
+            builder.reject(error.kind, location, error.detail)
+            continue
+        builder.add(request.principal, request.action, request.resource, request.resource_account,
+                    request.context, location, request.resource_fallback)
+        if builder.full:
+            yield builder.flush()
+
+
+def _cloudtrail_records(text: IO[str]) -> Iterator[Any]:
+    """The elements of a CloudTrail file's ``Records`` array, decoded one at a time: the file is one JSON
+    document, and a busy account's can be large."""
+    decoder = json.JSONDecoder()
+    buffer = text.read(_CHUNK_CHARS)
+    start = _RECORDS_START.match(buffer)
+    if start is None:
+        raise json.JSONDecodeError('expected {"Records": [', buffer, 0)
+    position = start.end()
+    expect_comma = False
+    while True:
+        position = _JSON_WHITESPACE.match(buffer, position).end()
+        if position == len(buffer):
+            more = text.read(_CHUNK_CHARS)
+            if not more:
+                raise json.JSONDecodeError("the Records array is not closed", buffer, position)
+            buffer, position = more, 0
+            continue
+        if buffer[position] == "]":
+            return
+        if expect_comma:
+            if buffer[position] != ",":
+                raise json.JSONDecodeError("expected ',' or ']' between records", buffer, position)
+            position += 1
+            expect_comma = False
+            continue
+        while True:
+            try:
+                record, position = decoder.raw_decode(buffer, position)
+                break
+            except json.JSONDecodeError:
+                more = text.read(_CHUNK_CHARS)
+                if not more:
+                    raise
+                buffer, position = buffer[position:] + more, 0
+        expect_comma = True
+        yield record
+
+
+def _read_parquet(path: Path, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    """Columns are read as they are when the context is a struct; a JSON-text context is decoded row by row."""
+    with pq.ParquetFile(path) as parquet:
+        schema = parquet.schema_arrow
+        _check_parquet_schema(schema, parquet.metadata.num_rows)
+        columns = [name for name in (*_REQUIRED, "resource_account", "context")
+                   if name in schema.names and not pa.types.is_null(schema.field(name).type)]
+        json_context = "context" in columns and _is_text(schema.field("context").type)
+        first_row = 0
+        for batch in parquet.iter_batches(batch_size=builder.batch_rows, columns=columns):
+            if json_context:
+                yield from _add_json_context_rows(batch, str(path), first_row, builder)
+            else:
+                if len(builder):
+                    yield builder.flush()
+                converted = _convert_parquet_batch(batch, str(path), first_row, builder)
+                if converted.num_rows:
+                    yield converted
+            first_row += batch.num_rows
+
+
+def _check_parquet_schema(schema: pa.Schema, rows: int) -> None:
+    lost = f"{rows} rows not read"
+    for name in _REQUIRED:
+        if name not in schema.names:
+            raise _Invalid("missing field", f"no column {name!r}: {lost}")
+    for name in (*_REQUIRED, "resource_account"):
+        column_type = schema.field(name).type if name in schema.names else pa.null()
+        if not (_is_text(column_type) or pa.types.is_null(column_type)):
+            raise _Invalid("wrong type", f"column {name!r} is {column_type}, not string: {lost}")
+    if "context" in schema.names:
+        context_type = schema.field("context").type
+        if not (_is_text(context_type) or pa.types.is_struct(context_type) or pa.types.is_null(context_type)):
+            raise _Invalid("bad context", f"column 'context' is {context_type}, neither a struct nor JSON text: {lost}")
+        for field in context_type if pa.types.is_struct(context_type) else ():
+            value_type = field.type.value_type if _is_list(field.type) else field.type
+            if not (_is_text(value_type) or _is_scalar(value_type) or pa.types.is_null(value_type)):
+                raise _Invalid("bad context", f"context key {field.name!r} is {field.type}: {lost}")
+
+
+def _is_text(data_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(data_type):
+        return _is_text(data_type.value_type)
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type) or pa.types.is_string_view(data_type)
+
+
+def _is_list(data_type: pa.DataType) -> bool:
+    return pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_list_view(data_type)
+
+
+def _is_scalar(data_type: pa.DataType) -> bool:
+    return pa.types.is_boolean(data_type) or pa.types.is_integer(data_type) or pa.types.is_floating(data_type)
+
+
+def _add_json_context_rows(batch: pa.RecordBatch, name: str, first_row: int,
+                           builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    for offset, record in enumerate(batch.to_pylist()):
+        location = f"{name}#{first_row + offset}"
+        context = record.get("context")
+        if context is not None:
+            try:
+                record["context"] = json.loads(context)
+            except (ValueError, RecursionError) as error:
+                builder.reject("bad context", location, f"context is not JSON: {error}")
+                continue
+        builder.add_record(record, location)
+        if builder.full:
+            yield builder.flush()
+
+
+def _convert_parquet_batch(batch: pa.RecordBatch, name: str, first_row: int, builder: _BatchBuilder) -> pa.RecordBatch:
+    """A Parquet batch in the batch schema, without the rows that lack a principal, action or resource."""
+    rows = batch.num_rows
+    required = {field: pc.cast(batch.column(field), pa.string()) for field in _REQUIRED}
+    missing = {field: pc.or_kleene(pc.is_null(column), pc.equal(column, "")) for field, column in required.items()}
+    any_missing = pc.or_kleene(pc.or_kleene(missing["principal"], missing["action"]), missing["resource"])
+    for index in pc.indices_nonzero(any_missing).to_pylist():
+        fields = [field for field in _REQUIRED if missing[field][index].as_py()]
+        builder.reject("missing field", f"{name}#{first_row + index}", f"{', '.join(fields)} null or empty")
+    account = (pc.cast(batch.column("resource_account"), pa.string()) if "resource_account" in batch.schema.names
+               else pa.nulls(rows, pa.string()))
+    context = (_normalised_context(batch.column("context")) if "context" in batch.schema.names
+               else pa.array([{}] * rows, pa.struct([])))
+    sources = pa.array([f"{name}#{row}" for row in range(first_row, first_row + rows)], pa.string())
+    converted = _request_batch(required["principal"], required["action"], required["resource"], account,
+                               context, sources, pa.repeat(False, rows))
+    return converted.filter(pc.invert(any_missing)) if any_missing.true_count else converted
+
+
+def _normalised_context(context: pa.StructArray) -> pa.StructArray:
+    """A Parquet context struct in the batch form: keys with a value in this batch, as string or list<string>."""
+    names, arrays = [], []
+    for field, values in zip(context.type, context.flatten(), strict=True):
+        if values.null_count == len(values):
+            continue
+        names.append(field.name)
+        arrays.append(pc.cast(values, _STRING_LIST if _is_list(field.type) else pa.string()))
+    if not arrays:
+        return pa.array([{}] * len(context), pa.struct([]))
+    return pa.StructArray.from_arrays(arrays, names=names)
+
+
+def _request_batch(principal: pa.Array, action: pa.Array, resource: pa.Array, resource_account: pa.Array,
+                   context: pa.StructArray, source: pa.Array, resource_fallback: pa.Array) -> pa.RecordBatch:
+    schema = pa.schema([
+        pa.field("principal", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("resource", pa.string(), nullable=False),
+        pa.field("resource_account", pa.string()),
+        pa.field("context", context.type),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("resource_fallback", pa.bool_(), nullable=False),
+    ])
+    return pa.RecordBatch.from_arrays(
+        [principal, action, resource, resource_account, context, source, resource_fallback], schema=schema)
+
+
+def _request_fields(record: Any) -> tuple[str, str, str, str | None, dict[str, Any] | None]:
+    """The columns of one JSON request, or ``_Invalid`` saying what is wrong with it."""
+    if not isinstance(record, dict):
+        raise _Invalid("not an object", f"a request must be a JSON object, not {type(record).__name__}")
+    unknown = record.keys() - _FIELDS
+    if unknown:
+        raise _Invalid("unknown field", f"unknown field(s) {', '.join(sorted(unknown))}")
+    for field in _REQUIRED:
+        value = record.get(field)
+        if value is None:
+            raise _Invalid("missing field", f"{field} is missing")
+        if not isinstance(value, str) or not value:
+            raise _Invalid("wrong type", f"{field} must be a non-empty string, not {_shown(value)}")
+    account = record.get("resource_account")
+    if account is not None and not isinstance(account, str):
+        raise _Invalid("wrong type", f"resource_account must be a string, not {_shown(account)}")
+    return record["principal"], record["action"], record["resource"], account, _context(record.get("context"))
+
+
+def _context(context: Any) -> dict[str, Any] | None:
+    """The context with its values as text; the input dict itself when they already are (the common case)."""
+    if context is None:
+        return None
+    if not isinstance(context, dict):
+        raise _Invalid("bad context", f"context must be an object, not {_shown(context)}")
+    if "" in context:
+        raise _Invalid("bad context", "a context key is empty")
+    value_types = set(map(type, context.values()))
+    if value_types <= {str, list} and (list not in value_types or all(
+            type(item) is str for value in context.values() if type(value) is list for item in value)):
+        return context
+    return {key: _context_value(key, value) for key, value in context.items()}
+
+
+def _context_value(key: str, value: Any) -> str | list[str]:
+    if isinstance(value, list):
+        return [_context_text(key, item) for item in value]
+    return _context_text(key, value)
+
+
+def _context_text(key: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise _Invalid("bad context", f"context key {key!r}: values are strings, numbers, booleans or lists of them, "
+                                  f"not {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _BatchBuilder:
+    """Accepted rows, column by column, until a batch is full.
+
+    A batch meets a thousand distinct context keys while each row has a few dozen, so each key keeps only
+    the rows that have it and their values; a struct field is then one ``take`` from its values.
+    """
+
+    def __init__(self, batch_rows: int, problems: Problems, strict: bool) -> None:
+        self.batch_rows = batch_rows
+        self.problems = problems
+        self.strict = strict
+        self._start()
+
+    def _start(self) -> None:
+        self.principals: list[str] = []
+        self.actions: list[str] = []
+        self.resources: list[str] = []
+        self.accounts: list[str | None] = []
+        self.sources: list[str] = []
+        self.fallbacks: list[bool] = []
+        self.context_columns: dict[str, tuple[list[int], list[Any]]] = {}
+        self.list_keys: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.principals)
+
+    @property
+    def full(self) -> bool:
+        return len(self.principals) >= self.batch_rows
+
+    def reject(self, kind: str, location: str, detail: str) -> None:
+        self.problems.add(kind, location, detail)
+        if self.strict:
+            raise MalformedRecord(kind, location, detail)
+
+    def add_record(self, record: Any, location: str) -> None:
+        """Add one decoded JSON request, or reject it."""
+        try:
+            fields = _request_fields(record)
+        except _Invalid as error:
+            self.reject(error.kind, location, error.detail)
+            return
+        self.add(*fields, location)
+
+    def add(self, principal: str, action: str, resource: str, resource_account: str | None,
+            context: dict[str, Any] | None, source: str, resource_fallback: bool = False) -> None:
+        row = len(self.principals)
+        columns = self.context_columns
+        for key, value in (context or {}).items():
+            column = columns.get(key)
+            if column is None:
+                column = columns[key] = ([], [None])
+            key_rows, values = column
+            key_rows.append(row)
+            values.append(value)
+            if type(value) is list:
+                self.list_keys.add(key)
+        self.principals.append(principal)
+        self.actions.append(action)
+        self.resources.append(resource)
+        self.accounts.append(resource_account)
+        self.sources.append(source)
+        self.fallbacks.append(resource_fallback)
+
+    def flush(self) -> pa.RecordBatch:
+        rows = len(self.principals)
+        names, fields = [], []
+        for key, (key_rows, values) in self.context_columns.items():
+            if key in self.list_keys:
+                widened = sum(type(value) is str for value in values)
+                if widened:
+                    self.problems.note(WIDENED, widened)
+                    values = [[value] if type(value) is str else value for value in values]
+                present = pa.array(values, _STRING_LIST)
+            else:
+                present = pa.array(values, pa.string())
+            value_of_row = array("i", bytes(4 * rows))  # 0: the row lacks the key, and values[0] is null
+            for position, row in enumerate(key_rows, 1):
+                value_of_row[row] = position
+            names.append(key)
+            fields.append(present.take(pa.Array.from_buffers(pa.int32(), rows, [None, pa.py_buffer(value_of_row)])))
+        context = pa.StructArray.from_arrays(fields, names=names) if fields else pa.array([{}] * rows, pa.struct([]))
+        batch = _request_batch(
+            pa.array(self.principals, pa.string()), pa.array(self.actions, pa.string()),
+            pa.array(self.resources, pa.string()), pa.array(self.accounts, pa.string()), context,
+            pa.array(self.sources, pa.string()), pa.array(self.fallbacks, pa.bool_()))
+        self._start()
+        return batch
