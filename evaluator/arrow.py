@@ -106,13 +106,13 @@ def _decide(compiled: CompiledPolicySet, batch: pa.RecordBatch, explain: bool,
     failing = pc.is_in(indices, value_set=pa.array(list(reasons), indices.type))
     for row in pc.indices_nonzero(failing).to_pylist():
         errors[row] = reasons[indices[row].as_py()]
+    if usage is not None:
+        usage.tally(converted)
     if explain:
         return _explained([failed(errors[row]) if row in errors else decision
                            for row, decision in enumerate(compiled._explain(converted))])
     if usage is None:
         compiled._engine.evaluate_range(converted, 0, converted.n)
-    else:
-        usage.tally(converted)
     codes = converted.codes_view()
     for row in range(len(codes)):  # a condition that could not read its value: say which (rare)
         if codes[row] == _engine.FAILED and row not in errors:
@@ -150,11 +150,8 @@ def evaluate_arrow(compiled: CompiledPolicySet, requests: pa.RecordBatch | pa.Ta
                    usage: StatementUsage | None = None) -> pa.RecordBatch | pa.Table:
     """Decide every row of ``requests``; the result has one row per request, in order.
 
-    With ``usage``, also count which statements and action patterns the requests used
-    (not combined with ``explain``).
+    With ``usage``, also count which statements and action patterns the requests used.
     """
-    if explain and usage is not None:
-        raise ValueError("count usage or explain, not both in one call")
     if isinstance(requests, pa.Table):
         batches = [_decide(compiled, batch, explain, usage) for batch in requests.to_batches()]
         return pa.Table.from_batches(batches, schema=_output_schema(explain))

@@ -125,6 +125,52 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from batch.policies import PolicySource
+    from batch.readers import MalformedRecord
+    from batch.runner import run_local
+
+    source = PolicySource.from_paths(args.policy, args.store)
+    try:
+        summary, problems = run_local(source, args.input, args.output, workers=args.workers, explain=args.explain,
+                                      stats=args.stats, batch_rows=args.batch_rows, strict=args.strict)
+    except MalformedRecord as exc:
+        raise UsageError(str(exc)) from None
+    summary.render(sys.stdout, problems)
+    if args.stats:
+        _print_usage(summary.usage, Path(args.output).with_suffix(".stats.json"))
+    return 0
+
+
+def _print_usage(usage: dict, path: Path) -> None:
+    """Statements (and their action patterns) the log never used, and all counts as JSON."""
+    rows = [{"policy": policy, "index": index, "sid": sid, "effect": effect, "applied": applied,
+             "decided": decided, "unused_actions": sorted(p for p, hits in patterns.items() if not hits)}
+            for (policy, index, sid, effect), (applied, decided, patterns) in sorted(usage.items())]
+    path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    unused = [row for row in rows if not row["applied"]]
+    print(f"statements: {len(rows)}, never applied: {len(unused)} (all counts in {path})")
+    for row in unused:
+        sid = f" ({row['sid']})" if row["sid"] else ""
+        print(f"  unused: {row['effect']} {row['policy']}#{row['index']}{sid}")
+    for row in rows:
+        if row["applied"] and row["unused_actions"]:
+            print(f"  {row['policy']}#{row['index']}: unused action patterns {', '.join(row['unused_actions'])}")
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from batch.diff import run_diff
+    from batch.policies import PolicySource
+
+    def source(spec: list[str]) -> PolicySource:
+        return PolicySource.from_paths(store=spec[0]) if len(spec) == 1 and Path(spec[0]).is_dir() \
+            else PolicySource.from_paths(policies=spec)
+
+    run_diff(source(args.before), source(args.after), args.input, args.output, sys.stdout,
+             batch_rows=args.batch_rows, strict=args.strict)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iam-eval", description="Evaluate AWS IAM policies as AWS does.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +206,30 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="print findings as JSON")
     validate.set_defaults(run=cmd_validate)
 
+    batch = commands.add_parser("batch", help="replay request logs (JSON Lines, Parquet, CloudTrail) against policies")
+    policies = batch.add_mutually_exclusive_group(required=True)
+    policies.add_argument("--store", metavar="DIR", help="a policy store directory (see evaluator/store.py)")
+    policies.add_argument("--policy", nargs="+", metavar="FILE", help="identity-based policies (pooled)")
+    batch.add_argument("--input", nargs="+", required=True, metavar="PATH", help="log files or folders")
+    batch.add_argument("--output", required=True, metavar="PATH", help="decisions: .jsonl or .parquet")
+    batch.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    batch.add_argument("--explain", action="store_true", help="add deciding layer, statements and missing keys")
+    batch.add_argument("--stats", action="store_true",
+                       help="count statement use; list statements and action patterns no request used")
+    batch.add_argument("--batch-rows", type=int, default=8192, help="requests per record batch")
+    batch.add_argument("--strict", action="store_true", help="stop at the first malformed record")
+    batch.set_defaults(run=cmd_batch)
+
+    diff = commands.add_parser("diff", help="requests whose decision changes between two policy versions")
+    diff.add_argument("--before", nargs="+", required=True, metavar="STORE_OR_POLICIES")
+    diff.add_argument("--after", nargs="+", required=True, metavar="STORE_OR_POLICIES")
+    diff.add_argument("--input", nargs="+", required=True, metavar="PATH")
+    diff.add_argument("--output", default="changes.jsonl", metavar="PATH",
+                      help="every changed request (.jsonl or .parquet; default changes.jsonl)")
+    diff.add_argument("--batch-rows", type=int, default=8192)
+    diff.add_argument("--strict", action="store_true")
+    diff.set_defaults(run=cmd_diff)
+
     test = commands.add_parser("test", help="run policy test cases (conformance JSON Lines)")
     test.add_argument("cases", nargs="+", metavar="CASES.jsonl")
     test.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE)
@@ -173,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except PolicyValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
-    except (RequestError, UsageError) as exc:
+    except (RequestError, UsageError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     return BAD_INPUT
 

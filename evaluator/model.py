@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .variables import VARIABLE, parse_variable
+
 POLICY_VARIABLES_VERSION = "2012-10-17"
 
 
@@ -68,3 +70,13 @@ class Policy:
     def has_policy_variables(self) -> bool:
         """Policy variables are substituted only under Version 2012-10-17."""
         return self.version == POLICY_VARIABLES_VERSION
+
+    def context_keys(self) -> frozenset[str]:
+        """The request context keys this policy can read (lower-cased): its condition keys,
+        and the keys of its policy variables. Batch runners drop every other key early."""
+        keys = {c.key.lower() for s in self.statements for c in s.conditions}
+        if self.has_policy_variables:
+            texts = [t for s in self.statements for t in (*(s.resources or ()), *(s.not_resources or ()),
+                                                           *(v for c in s.conditions for v in c.values))]
+            keys |= {parse_variable(m.group(1))[0].lower() for t in texts for m in VARIABLE.finditer(t)}
+        return frozenset(keys)

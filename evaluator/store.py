@@ -463,6 +463,14 @@ class PolicyStore:
             for principal in principals.values()
         }
 
+    def all_policies(self) -> list[Policy]:
+        """Every policy of the store, once each."""
+        policies = {id(p): p for p in (*self.managed_policies.values(), *self.scps.values(), *self.rcps.values(),
+                                       *self.resource_policies.values())}
+        for holder in (*self.principals.values(), *self.groups.values()):
+            policies.update((id(p), p) for p in holder.inline_policies.values())
+        return list(policies.values())
+
     def _identity(self, principal: PrincipalRecord, groups: list[GroupRecord]) -> tuple[Policy, ...]:
         """Inline, then attached, then each group's; a policy attached twice counts once."""
         policies: list[Policy] = []

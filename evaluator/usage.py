@@ -21,7 +21,11 @@ class StatementUse:
     statement: StatementRef
     applied: int
     decided: int
-    unused_actions: tuple[str, ...]  # Action patterns no applied request matched (empty for NotAction)
+    action_hits: tuple[tuple[str, int], ...]  # per Action pattern, the applied requests it matched (not NotAction)
+
+    @property
+    def unused_actions(self) -> tuple[str, ...]:
+        return tuple(pattern for pattern, hits in self.action_hits if not hits)
 
 
 class StatementUsage:
@@ -60,7 +64,6 @@ class StatementUsage:
             patterns = compiled.actions
             matched = self.action_patterns[slot:slot + len(patterns)]
             slot += len(patterns)
-            unused = () if compiled.not_action else tuple(
-                pattern for pattern, hits in zip(patterns, matched, strict=True) if not hits)
-            uses.append(StatementUse(compiled.ref, self.applied[number], self.decided[number], unused))
+            hits = () if compiled.not_action else tuple(zip(patterns, matched, strict=True))
+            uses.append(StatementUse(compiled.ref, self.applied[number], self.decided[number], hits))
         return uses
