@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from evaluator import PolicySet, parse_policy
 from evaluator.arrow import DECISIONS, STATEMENT, evaluate_arrow
 from evaluator.compile import CompiledPolicySet
+from evaluator.principals import Caller, RequestError
 from evaluator.store import CompiledStore, PolicyStore
 from evaluator.usage import StatementUsage
 
@@ -27,13 +28,21 @@ class PolicySource:
     policy_files: tuple[tuple[str, str], ...] = ()  # (name, JSON text)
     store_snapshot: str | None = None
 
+    def __post_init__(self) -> None:
+        if bool(self.policy_files) == (self.store_snapshot is not None):
+            raise ValueError("give either policy files or a policy store, not both or neither")
+
     @classmethod
     def from_paths(cls, policies: list[str] | None = None, store: str | None = None) -> PolicySource:
-        """Read the files now, so that errors surface before any work starts."""
+        """Read the files now (a store: a directory, or a snapshot file), so that errors surface
+        before any work starts."""
         if bool(policies) == bool(store):
             raise ValueError("give either --store DIR or --policy FILE…")
         if store:
-            return cls(store_snapshot=PolicyStore.from_directory(store).to_json())
+            path = Path(store)
+            loaded = PolicyStore.from_json(path.read_bytes(), source=store) if path.is_file() \
+                else PolicyStore.from_directory(path)
+            return cls(store_snapshot=loaded.to_json())
         texts = tuple((path, Path(path).read_text(encoding="utf-8")) for path in policies or ())
         source = cls(policy_files=texts)
         source.evaluator()  # validate every policy up front
@@ -116,14 +125,14 @@ class BatchEvaluator:
                 else None
             policy_set = None if principal is None else store.policy_set(principal, resource, owner)
             if policy_set is None:
-                decided = _unknown_principal(piece.num_rows, explain)
+                decided = _unknown_principal(piece.num_rows, explain, _malformed(principal))
             else:
-                compiled = self.store._compiled_set(policy_set)
+                compiled = self.store.compiled_set(policy_set)
                 decided = evaluate_arrow(compiled, piece, explain, self.usage_for(compiled) if count else None)
             pieces.append(decided)
             order.append(rows)
         if not pieces:
-            return _unknown_principal(0, explain)
+            return _unknown_principal(0, explain, None)
         decided = pa.Table.from_batches([piece.cast(pieces[0].schema) for piece in pieces])
         return decided.take(pc.sort_indices(pa.chunked_array(order))).combine_chunks().to_batches()[0]
 
@@ -146,12 +155,25 @@ class BatchEvaluator:
         return self._keys
 
 
-def _unknown_principal(rows: int, explain: bool) -> pa.RecordBatch:
-    """An unknown principal is denied implicitly (decided by "principal"); that is not an evaluation error."""
-    columns = [pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int8()), DECISIONS), pa.nulls(rows, pa.string())]
+def _malformed(principal: str | None) -> str | None:
+    """Why a principal the store lacks is not even an IAM principal; None for a well-formed ARN."""
+    if principal is None:
+        return "request principal must not be null"
+    try:
+        Caller.parse(principal)
+    except RequestError as exc:
+        return str(exc)
+    return None
+
+
+def _unknown_principal(rows: int, explain: bool, error: str | None) -> pa.RecordBatch:
+    """A principal the store lacks is denied implicitly, decided by "principal"; that is not an
+    evaluation error, unless the principal is not even an ARN."""
+    columns = [pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int8()), DECISIONS),
+               pa.array([error] * rows, pa.string())]
     names = ["decision", "error"]
     if explain:
-        columns += [pa.array(["principal"] * rows), pa.array([[]] * rows, pa.list_(STATEMENT)),
+        columns += [pa.array(["error" if error else "principal"] * rows), pa.array([[]] * rows, pa.list_(STATEMENT)),
                     pa.array([[]] * rows, pa.list_(pa.string()))]
         names += ["decided_by", "statements", "missing_keys"]
     return pa.RecordBatch.from_arrays(columns, names)

@@ -131,6 +131,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from batch.runner import run_local
 
     source = PolicySource.from_paths(args.policy, args.store)
+    if args.engine == "spark":
+        from batch.spark import run_spark
+
+        if args.stats:
+            raise UsageError("--stats runs with the local engine only")
+        summary = run_spark(source, args.input, args.output, explain=args.explain)
+        print(json.dumps(summary, indent=2))
+        return 0
     try:
         summary, problems = run_local(source, args.input, args.output, workers=args.workers, explain=args.explain,
                                       stats=args.stats, batch_rows=args.batch_rows, strict=args.strict)
@@ -218,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="count statement use; list statements and action patterns no request used")
     batch.add_argument("--batch-rows", type=int, default=8192, help="requests per record batch")
     batch.add_argument("--strict", action="store_true", help="stop at the first malformed record")
+    batch.add_argument("--engine", choices=["local", "spark"], default="local",
+                       help="local worker processes, or Spark (pip install iam-evaluator[spark]; docs/spark.md)")
     batch.set_defaults(run=cmd_batch)
 
     diff = commands.add_parser("diff", help="requests whose decision changes between two policy versions")

@@ -624,7 +624,7 @@ class CompiledStore:
         self._compilations = 0
         self._hits = 0
 
-    def _compiled_set(self, policy_set: PolicySet) -> CompiledPolicySet:
+    def compiled_set(self, policy_set: PolicySet) -> CompiledPolicySet:
         key = _policy_set_key(policy_set)
         with self._lock:
             compiled = self._compiled.get(key)
@@ -646,7 +646,7 @@ class CompiledStore:
         policy_set = self.store.policy_set(request.principal, request.resource, request.resource_account)
         if policy_set is None:
             return _unknown_principal(request.principal)
-        return self._compiled_set(policy_set).evaluate(request)
+        return self.compiled_set(policy_set).evaluate(request)
 
     def evaluate_batch(self, requests: Sequence[Request]) -> list[Decision]:
         """Decide many requests: grouped by policy set, each group in one batch; decisions in request order."""
@@ -666,7 +666,7 @@ class CompiledStore:
             else:
                 groups[key][1].append(i)
         for policy_set, indices in groups.values():
-            batch = self._compiled_set(policy_set).evaluate_batch([requests[i] for i in indices], explain=True)
+            batch = self.compiled_set(policy_set).evaluate_batch([requests[i] for i in indices], explain=True)
             for i, decision in zip(indices, batch, strict=True):
                 decisions[i] = decision
         return decisions  # type: ignore[return-value] - every slot is filled above
