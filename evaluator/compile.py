@@ -201,6 +201,8 @@ class CompiledPolicySet:
         return decisions
 
     def _failure(self, statement: int) -> str:
+        if statement < 0:  # the request failed before any statement: its reason is reported with it
+            return "the request could not be evaluated"
         compiled = self.statements[statement]
         return (f"a condition of {compiled.ref} cannot read the request's value of "
                 f"{' or '.join(sorted(compiled.condition_keys))}")

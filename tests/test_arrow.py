@@ -156,3 +156,11 @@ def test_statement_usage_counts_what_the_log_used():
     assert (by_sid["Unused"].applied, by_sid["Unused"].unused_actions) == (0, ("ec2:*",))
     assert (by_sid["Everything"].applied, by_sid["Everything"].decided) == (5, 4)
     assert by_sid["Everything"].unused_actions == ()
+
+
+def test_explained_failures_with_no_statements():
+    empty = CompiledPolicySet(PolicySet())
+    table = pa.table({"principal": ["nobody", None], "action": ["s3:GetObject"] * 2, "resource": ["*"] * 2})
+    rows = evaluate_arrow(empty, table, explain=True).to_pylist()
+    assert [(r["decision"], r["decided_by"]) for r in rows] == [("ImplicitDeny", "error")] * 2
+    assert "not an IAM or STS ARN" in rows[0]["error"] and "must not be null" in rows[1]["error"]
