@@ -10,10 +10,12 @@ Usage from another .pyx (after ``trie.freeze()``)::
         n = trie.match_into(<const unsigned char*>utf8, utf8_len, scratch, out)  # n sorted ids
 
 A scratch buffer serves one trie and one thread at a time; several threads may match on the
-same frozen trie concurrently, each with its own scratch. Text must be UTF-8 (what CPython
-produces); invalid bytes are read safely but their result is unspecified.
+same frozen trie concurrently, each with its own scratch. The scratch also holds that thread's
+cache of determinised states (a lazy DFA), so keep reusing it: matches get faster as it warms
+up. Text must be UTF-8 (what CPython produces); invalid bytes are read safely and give the same
+result as the NFA simulation, but which result that is, is unspecified.
 """
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 ctypedef struct gt_node:
@@ -25,6 +27,50 @@ ctypedef struct gt_node:
     int32_t star          # target of the '*' edge (also active whenever this node is), -1 if none
     uint32_t acc_start    # first entry in GlobTrie._acc (dense id indices) accepted here
     uint32_t acc_count
+
+
+# One cached DFA state: a set of NFA nodes, stored in the scratch's node pool as ``n_lit``
+# node ids then ``n_pend`` node ids. At a code point boundary (remaining == 0) the first list is
+# the whole active set (sinks and '*' nodes included) and the second is empty. Inside a
+# multi-byte code point, the first list holds the nodes reached so far along literal byte edges
+# and the second the nodes that become active once the code point ends ('*' nodes staying,
+# '?' targets).
+ctypedef struct gt_dstate:
+    uint64_t hash
+    int32_t nodes         # pool offset of the node lists
+    int32_t n_lit
+    int32_t n_pend
+    int32_t slot          # hash table slot holding this state
+    uint8_t remaining     # bytes left in the current code point (0: at a boundary)
+    uint8_t terminal      # only sinks left: the result can no longer change
+    uint8_t any_acc       # some id matches if the input ends here (valid when remaining == 0)
+
+
+# A state's row of the transition table: one handle per byte class (0: not computed yet;
+# GT_SELF: the same state; else +-(state index * row stride), negative when the target is
+# terminal; state 0 is reserved so real handles are never 0 or GT_SELF), then three slots:
+cdef enum:
+    GT_SELF = 1
+    GT_ROW_ACC = 0        # + n_cls: pool offset of the sorted ids matched if the input ends here, -1: unknown
+    GT_ROW_NACC = 1       # + n_cls: their count
+    GT_ROW_INDEX = 2      # + n_cls: the state's index
+    GT_ROW_EXTRA = 3
+
+
+# Head of a scratch buffer: the per-thread DFA cache bookkeeping (all zero in a fresh scratch).
+ctypedef struct gt_cache:
+    int32_t n_states      # states in use, the reserved state 0 included; 0 in a fresh scratch
+    int32_t pool_used     # int32 slots of the node pool in use
+    int32_t start         # handle of the start state, 0 if not cached
+    int32_t backoff       # thrash backoff: NFA-only periods last backoff * states calls
+    int64_t nfa_left      # calls left in the current NFA-only period
+    uint64_t bytes        # input bytes matched with the DFA since the cache was last emptied
+    uint64_t work         # NFA nodes in the states built since the cache was last emptied
+    uint64_t calls        # matches run with this scratch
+    uint64_t built        # DFA states computed
+    uint64_t flushes      # times the cache was full and emptied (thrashing included)
+    uint64_t fallbacks    # matches finished by the NFA because the cache filled up
+    uint64_t nfa_calls    # matches run by the NFA alone (the cache was thrashing)
 
 
 cdef enum:
@@ -51,6 +97,19 @@ cdef class GlobTrie:
     cdef int32_t* _acc                 # dense indices into _ids
     cdef int32_t* _ids                 # distinct pattern ids, ascending
     cdef Py_ssize_t _n_nodes, _n_edges, _n_acc, _n_ids
+    cdef uint8_t* _prefix              # bytes every pattern starts with (whole code points, folded)
+    cdef Py_ssize_t _prefix_len
+    cdef int32_t _prefix_node          # the node they lead to: matching starts there
+
+    # Lazy DFA: byte classes (bytes no edge tells apart share one) and the cache geometry.
+    cdef uint8_t _cls[256]             # input byte -> class (folding included)
+    cdef int32_t _n_cls
+    cdef int32_t _stride               # int32 slots per row of the transition table: _n_cls + GT_ROW_EXTRA
+    cdef int32_t _max_states           # states per scratch, the reserved state 0 included; 0: NFA only
+    cdef int32_t _pool_cap             # int32 slots of the node pool per scratch
+    cdef int32_t _hash_mask            # hash table slots - 1 (a power of two minus one)
+    cdef Py_ssize_t _off_stamps, _off_states, _off_trans, _off_hash, _off_pool, _off_lists
+    cdef Py_ssize_t _scratch_bytes
 
     cdef void* _spare[GT_SPARE_SLOTS]
     cdef int _n_spare
@@ -63,15 +122,17 @@ cdef class GlobTrie:
     # count, or -1 if the trie is not frozen.
     cdef Py_ssize_t match_into(self, const unsigned char* text, Py_ssize_t n, void* scratch,
                                int32_t* out) noexcept nogil
-    # 1 if any pattern matches the UTF-8 text (stops at the first certain match), 0 if none,
-    # -1 if the trie is not frozen.
+    # 1 if any pattern matches the UTF-8 text, 0 if none, -1 if the trie is not frozen.
     cdef int match_any(self, const unsigned char* text, Py_ssize_t n, void* scratch) noexcept nogil
 
     cdef void _free_arrays(self) noexcept
+    cdef int _set_prefix(self) except -1
+    cdef int _set_geometry(self, Py_ssize_t states, Py_ssize_t pool) except -1
     cdef list _tokens(self, pattern)
     cdef Py_ssize_t _new_node(self, bint loop)
-    cdef Py_ssize_t _run(self, const unsigned char* text, Py_ssize_t n, void* scratch,
-                         int32_t* out) noexcept nogil
+    cdef Py_ssize_t _match(self, const unsigned char* text, Py_ssize_t n, void* scratch,
+                           int32_t* out) noexcept nogil
     cdef void* _borrow(self) except NULL
     cdef void _give_back(self, void* buf) noexcept
     cdef object _search(self, str text, bint want_ids)
+    cdef object _search_utf8(self, const unsigned char* data, Py_ssize_t n, bint want_ids)

@@ -3,20 +3,50 @@
 
 IAM patterns use ``*`` (any run of characters, ``:`` and ``/`` included) and ``?`` (exactly
 one character). Thousands of them are merged into one trie whose edges are UTF-8 bytes plus a
-``?`` edge and a ``*`` edge per node; the trie is then simulated as an NFA over the input.
+``?`` edge and a ``*`` edge per node; the trie is a nondeterministic automaton (NFA) over the
+input.
 
-Matching works on the UTF-8 encoding of the input, one code point per step: literal edges
-consume the bytes of that code point, while ``?`` and ``*`` consume the whole code point, so
-``?`` matches exactly one Unicode code point (lone surrogates count as one, like in ``str``).
-With ``ignore_case`` only ASCII letters are folded, in patterns and inputs alike (IAM actions
-are ASCII); other characters must match exactly.
+Semantics. Matching works on the UTF-8 encoding of the input, one code point per NFA step:
+literal edges consume the bytes of that code point, while ``?`` and ``*`` consume the whole
+code point, so ``?`` matches exactly one Unicode code point (lone surrogates count as one, like
+in ``str``). With ``ignore_case`` only ASCII letters are folded, in patterns and inputs alike
+(IAM actions are ASCII); other characters must match exactly. A node entered through ``*``
+stays active on every step; entering a node also enters its ``*`` child (the star matching
+nothing). A ``*`` node with no way out (a "sink") matches whatever follows.
 
-Each step keeps the set of active nodes, deduplicated with a generation stamp per node, so a
-step costs O(active nodes) <= O(nodes) and a match O(len(input) * active nodes), whatever the
-patterns (no backtracking). A node entered through ``*`` stays active on every step; entering a
-node also enters its ``*`` child (the star matching nothing). A ``*`` node that ends a pattern
-accepts as soon as it is reached (it stays active to the end); if nothing follows it (a
-"sink") it also leaves the active set, so common ``prefix*`` patterns cost nothing afterwards.
+Lazy DFA. Each scratch buffer (one per thread) caches determinised states: a DFA state is the
+set of NFA nodes active after some input, and its transitions are computed on demand by one
+NFA step, then stored in a table with one int32 slot per byte class (bytes that no edge tells
+apart, after case folding, share a class), so a warm match costs one table lookup per input
+byte, whatever the number of patterns.
+
+* Sinks and accepting ``*`` nodes stay in the DFA states (they never leave), so the ids matched
+  when the input ends are a function of the final state alone; they are computed the first time
+  an input ends in that state and cached, sorted. A state holding nothing but sinks is
+  "terminal": the result cannot change any more and matching stops there.
+* The alphabet is bytes. Inside a multi-byte code point a state remembers how many bytes are
+  left, the nodes reached so far along literal byte edges, and the nodes that become active once
+  the code point ends (``*`` nodes and ``?`` targets): a code point of w bytes is w transitions,
+  and ``?`` still consumes one code point. Input ending inside a code point (invalid UTF-8) ends
+  it there, as the NFA step does.
+* States are interned in a hash table keyed by an order-independent hash of their node sets;
+  candidates are compared with the node generation stamps of the NFA step that built them.
+* The bytes every pattern starts with (``arn:aws:`` for typical resource patterns) are compared
+  at once, and the automaton starts where they lead.
+* The cache is bounded: at most ``dfa_states`` states and a pool of ``dfa_pool`` int32 slots for
+  their node lists and cached results (sized from the trie by ``freeze()``, see
+  ``_cache_geometry``). When a new state does not fit, the cache is emptied and matching
+  continues; if the same input fills it a second time, that input is finished by the NFA
+  simulation (no cache: O(active nodes) per code point, sinks dropped as soon as reached).
+* Thrashing: when the cache fills up before the states it holds paid for their construction
+  (see ``_thrashing``: the working set is larger than the cache, as with thousands of distinct
+  action names against thousands of patterns), the NFA alone runs the following calls for a
+  while (doubling on each consecutive thrash), then the DFA is tried again from empty.
+
+Costs: a cached transition is one table lookup; computing one is an NFA step, O(nodes in the
+state * log(edges per node)) plus hashing it; a cache fills at most twice per input, so every
+match is linear in the input whatever the patterns (no backtracking), and the memory is the
+fixed scratch.
 
 Lifecycle: ``add()`` patterns, ``freeze()`` into flat C arrays, then match. A frozen trie is
 immutable; every match uses its own scratch memory, so threads can match concurrently (the
@@ -24,10 +54,30 @@ Python methods release the GIL while matching long inputs).
 """
 cimport cython
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort
+from libc.string cimport memcpy, memset
 
 import enum
+
+
+cdef extern from *:
+    """
+    /* Spreads a node id over 64 bits (two odd multipliers, xor-shifts in between), so that
+       sums of mixed ids hash node sets independently of their order. */
+    static inline uint64_t gt_mix(uint64_t x) {
+        x = (x + 1) * 0x9E3779B97F4A7C15ULL;
+        x ^= x >> 29;
+        x *= 0xD6E8FEB86659FD93ULL;
+        return x ^ (x >> 32);
+    }
+    /* Salts the hash of the pending list and of the bytes-left count of a DFA state. */
+    static const uint64_t GT_SALT_PEND = 1ULL << 40;
+    static const uint64_t GT_SALT_REMAINING = 0x100000001B3ULL;
+    """
+    uint64_t gt_mix(uint64_t x) nogil
+    const uint64_t GT_SALT_PEND
+    const uint64_t GT_SALT_REMAINING
 
 
 class Wildcard(enum.Enum):
@@ -48,6 +98,20 @@ cdef enum:
     # Python-level calls release the GIL only for inputs this long: releasing and re-taking it
     # costs about as much as matching a short action name.
     _NOGIL_MIN_BYTES = 256
+    # Default cache bounds per scratch (see _cache_geometry).
+    _MIN_STATES = 512
+    _MAX_STATES = 8192
+    _NODES_PER_STATE = 4
+    _STATES_PER_NODE = 16
+    _POOL_PER_STATE = 8
+    _LIMIT_STATES = 1 << 20
+    # Thrashing (see _thrashing): building a state is costed as an NFA step plus _BUILD_COST
+    # node visits. When the cache fills up before it has paid off, the NFA alone runs the next
+    # backoff * states calls (backoff starts at _MIN_BACKOFF and doubles on each consecutive
+    # thrash, up to _MAX_BACKOFF).
+    _BUILD_COST = 40
+    _MIN_BACKOFF = 4
+    _MAX_BACKOFF = 256
 
 # Input byte translation tables: identity, and ASCII upper -> lower case.
 cdef uint8_t _SAME[256]
@@ -67,15 +131,20 @@ cdef void _init_tables() noexcept:
 _init_tables()
 
 
-# State of one _run() call, shared with its inline helpers.
+# ---------------------------------------------------------------------- NFA simulation
+
+# State of one match call, shared with the inline helpers.
 ctypedef struct gt_run:
     const gt_node* nodes
+    const uint8_t* edge_bytes
+    const int32_t* edge_targets
     const int32_t* acc
+    const uint8_t* fold
     uint64_t* node_stamp
     uint64_t* id_stamp
-    uint64_t call_gen        # stamps ids emitted by this call (and bounds this call's node stamps)
-    uint64_t gen             # stamps nodes entered for the current step
-    int32_t* out             # NULL: only decide whether anything matches
+    uint64_t call_gen        # stamps ids emitted by this call (and bounds earlier calls' node stamps)
+    uint64_t gen             # stamps nodes entered or marked by the current step
+    int32_t* out             # dense ids emitted; NULL: only decide whether anything matches
     Py_ssize_t n_out
 
 
@@ -93,11 +162,32 @@ cdef inline void _emit(gt_run* r, const gt_node* nd) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef inline Py_ssize_t _enter(gt_run* r, int32_t t, uint32_t* nxt, Py_ssize_t n_nxt) noexcept nogil:
-    """Make node t active for the next step (with its epsilon '*' child): push it on nxt.
+cdef inline int32_t _child(const gt_run* r, int32_t node, uint8_t b) noexcept nogil:
+    """Target of the byte edge b out of node (binary search over its sorted edges), or -1."""
+    cdef const gt_node* nd = &r.nodes[node]
+    cdef uint32_t lo = nd.edge_start
+    cdef uint32_t hi = lo + nd.n_edges
+    cdef uint32_t mid
+    cdef uint8_t e
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        e = r.edge_bytes[mid]
+        if e < b:
+            lo = mid + 1
+        elif e > b:
+            hi = mid
+        else:
+            return r.edge_targets[mid]
+    return -1
 
-    Returns the new length of nxt, or -1 when only a yes/no answer is wanted (r.out is NULL)
-    and a match is now certain.
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline Py_ssize_t _enter(gt_run* r, int32_t t, uint32_t* nxt, Py_ssize_t n_nxt) noexcept nogil:
+    """NFA: make node t active for the next step (with its epsilon '*' child): push it on nxt.
+
+    Sinks are reported and left out of nxt. Returns the new length of nxt, or -1 when only a
+    yes/no answer is wanted (r.out is NULL) and a match is now certain.
     """
     cdef const gt_node* nd
     cdef uint64_t stamp
@@ -123,27 +213,471 @@ cdef inline Py_ssize_t _enter(gt_run* r, int32_t t, uint32_t* nxt, Py_ssize_t n_
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef inline int32_t _child(const gt_node* nd, const uint8_t* edge_bytes, const int32_t* edge_targets,
-                           uint8_t b) noexcept nogil:
-    """Target of the byte edge b out of nd (binary search over its sorted edges), or -1."""
-    cdef uint32_t lo = nd.edge_start
-    cdef uint32_t hi = lo + nd.n_edges
-    cdef uint32_t mid
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if edge_bytes[mid] < b:
-            lo = mid + 1
-        elif edge_bytes[mid] > b:
-            hi = mid
-        else:
-            return edge_targets[mid]
-    return -1
+cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssize_t i,
+                     uint32_t* cur, Py_ssize_t n_cur, uint32_t* nxt) noexcept nogil:
+    """Simulate the NFA over text[i:] from the n_cur active nodes in cur (distinct, already
+    entered: their ids reported). Emits dense ids into r.out (unsorted) and returns r.n_out;
+    with r.out NULL returns 1 as soon as a match is certain, else 0. nxt: room for every node.
+    """
+    cdef const gt_node* nd
+    cdef uint32_t* swap
+    cdef Py_ssize_t j, q, n_nxt, width
+    cdef uint32_t s
+    cdef int32_t t
+    while i < n and n_cur > 0:
+        r.gen += 1
+        n_nxt = 0
+        width = _SEQ_LEN[text[i]]
+        if width > n - i:
+            width = n - i
+        for j in range(n_cur):
+            s = cur[j]
+            nd = &r.nodes[s]
+            if nd.loop:
+                n_nxt = _enter(r, <int32_t>s, nxt, n_nxt)
+            if nd.qmark >= 0 and n_nxt >= 0:
+                n_nxt = _enter(r, nd.qmark, nxt, n_nxt)
+            t = <int32_t>s
+            for q in range(width):  # literal edges spell the code point byte by byte
+                t = _child(r, t, r.fold[text[i + q]])
+                if t < 0:
+                    break
+            if t >= 0 and n_nxt >= 0:
+                n_nxt = _enter(r, t, nxt, n_nxt)
+            if n_nxt < 0:
+                return 1
+        swap = cur
+        cur = nxt
+        nxt = swap
+        n_cur = n_nxt
+        i += width
+    # Input consumed (or no node left): the active nodes are the end states. Accepting '*'
+    # nodes were reported when entered.
+    for j in range(n_cur):
+        nd = &r.nodes[cur[j]]
+        if nd.acc_count and not nd.loop:
+            if r.out == NULL:
+                return 1
+            _emit(r, nd)
+    return r.n_out if r.out != NULL else 0
 
 
 cdef int _cmp_int32(const void* a, const void* b) noexcept nogil:
     cdef int32_t x = (<const int32_t*>a)[0]
     cdef int32_t y = (<const int32_t*>b)[0]
     return (x > y) - (x < y)
+
+
+cdef inline void _sort_ids(int32_t* ids, Py_ssize_t count, const int32_t* dense_to_id) noexcept nogil:
+    """Sort dense ids in place and translate them to pattern ids (dense order == id order)."""
+    cdef Py_ssize_t k, m
+    cdef int32_t v
+    if count > 16:
+        qsort(ids, count, sizeof(int32_t), _cmp_int32)
+    else:  # insertion sort: cheaper than qsort's indirect calls for the usual few results
+        for k in range(1, count):
+            v = ids[k]
+            m = k
+            while m > 0 and ids[m - 1] > v:
+                ids[m] = ids[m - 1]
+                m -= 1
+            ids[m] = v
+    for k in range(count):
+        ids[k] = dense_to_id[ids[k]]
+
+
+# ---------------------------------------------------------------------- lazy DFA
+
+# Pointers into one scratch's DFA cache, plus the trie's cache geometry.
+ctypedef struct gt_dfa:
+    gt_cache* cache
+    gt_dstate* states        # state 0 is reserved: handle 0 means "no transition cached yet"
+    int32_t* trans           # per state, one row: see GT_ROW_* in the .pxd
+    int32_t* slots           # hash table of state indices, 0 = empty
+    int32_t* pool            # node lists and cached results of the states
+    uint32_t* tmp_a          # candidate state under construction: literal / whole set
+    uint32_t* tmp_b          # candidate state under construction: pending set
+    int32_t n_cls
+    int32_t stride
+    int32_t max_states
+    int32_t pool_cap
+    int32_t hash_mask
+
+
+# A candidate state, its node lists in tmp_a / tmp_b, every node stamped with the run's gen.
+ctypedef struct gt_cand:
+    int32_t remaining
+    Py_ssize_t n_lit
+    Py_ssize_t n_pend
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline Py_ssize_t _enter_d(gt_run* r, int32_t t, uint32_t* buf, Py_ssize_t m) noexcept nogil:
+    """DFA construction: add node t and its '*' child to the set in buf (sinks kept)."""
+    while t >= 0 and r.node_stamp[t] != r.gen:
+        r.node_stamp[t] = r.gen
+        buf[m] = <uint32_t>t
+        m += 1
+        t = r.nodes[t].star
+    return m
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _dfa_step(gt_run* r, gt_dfa* d, const gt_dstate* st, uint8_t b, gt_cand* c) noexcept nogil:
+    """The state st goes to after input byte b, as a candidate in d.tmp_a / d.tmp_b.
+
+    Literal node sets need no deduplication: every node has one parent edge, so distinct nodes
+    have distinct byte children, and byte children, '*' nodes and '?' targets are disjoint.
+    """
+    cdef const int32_t* src = d.pool + st.nodes
+    cdef const int32_t* pend = src + st.n_lit
+    cdef uint32_t* lit = d.tmp_a
+    cdef uint32_t* nxt_pend = d.tmp_b
+    cdef uint8_t fb = r.fold[b]
+    cdef const gt_node* nd
+    cdef Py_ssize_t k, m = 0, p = 0
+    cdef int32_t x, t
+    r.gen += 1
+    if st.remaining == 0 and _SEQ_LEN[b] == 1:
+        for k in range(st.n_lit):  # a one-byte code point: a whole NFA step
+            x = src[k]
+            nd = &r.nodes[x]
+            if nd.loop:
+                m = _enter_d(r, x, lit, m)
+            if nd.qmark >= 0:
+                m = _enter_d(r, nd.qmark, lit, m)
+            t = _child(r, x, fb)
+            if t >= 0:
+                m = _enter_d(r, t, lit, m)
+        c.remaining = 0
+    elif st.remaining == 0:
+        for k in range(st.n_lit):  # first byte of a longer code point
+            x = src[k]
+            nd = &r.nodes[x]
+            if nd.loop:
+                nxt_pend[p] = <uint32_t>x
+                r.node_stamp[x] = r.gen
+                p += 1
+            if nd.qmark >= 0:
+                nxt_pend[p] = <uint32_t>nd.qmark
+                r.node_stamp[nd.qmark] = r.gen
+                p += 1
+            t = _child(r, x, fb)
+            if t >= 0:
+                lit[m] = <uint32_t>t
+                r.node_stamp[t] = r.gen
+                m += 1
+        c.remaining = _SEQ_LEN[b] - 1
+    elif st.remaining == 1:
+        for k in range(st.n_pend):  # last byte of the code point: enter everything
+            m = _enter_d(r, pend[k], lit, m)
+        for k in range(st.n_lit):
+            t = _child(r, src[k], fb)
+            if t >= 0:
+                m = _enter_d(r, t, lit, m)
+        c.remaining = 0
+    else:
+        for k in range(st.n_lit):  # a middle byte
+            t = _child(r, src[k], fb)
+            if t >= 0:
+                lit[m] = <uint32_t>t
+                r.node_stamp[t] = r.gen
+                m += 1
+        for k in range(st.n_pend):
+            nxt_pend[p] = <uint32_t>pend[k]
+            r.node_stamp[pend[k]] = r.gen
+            p += 1
+        c.remaining = st.remaining - 1
+    c.n_lit = m
+    c.n_pend = p
+
+
+cdef void _flush(gt_dfa* d) noexcept nogil:
+    """Empty the cache (clearing only the hash slots in use)."""
+    cdef int32_t k
+    for k in range(1, d.cache.n_states):
+        d.slots[d.states[k].slot] = 0
+    d.cache.n_states = 1
+    d.cache.pool_used = 0
+    d.cache.start = 0
+    d.cache.flushes += 1
+
+
+cdef bint _thrashing(gt_dfa* d) noexcept nogil:
+    """Called when the cache is full. Since it was last emptied, b states of k NFA nodes on
+    average were built and B input bytes matched: the NFA would have cost about B * k node
+    visits, the DFA b * (k + _BUILD_COST) plus the lookups. If B * k < b * (k + _BUILD_COST),
+    the cache does not pay off (too small for the working set): empty it, start an NFA-only
+    period and return True (the caller finishes the input with the NFA); else return False."""
+    cdef gt_cache* cache = d.cache
+    cdef double built = <double>(cache.n_states - 1)
+    cdef double work = <double>cache.work
+    cdef bint paid = <double>cache.bytes * work >= built * (work + _BUILD_COST * built)
+    cache.bytes = 0
+    cache.work = 0
+    if paid:
+        cache.backoff = 0
+        return False
+    cache.backoff = _MIN_BACKOFF if cache.backoff == 0 else min(2 * cache.backoff, _MAX_BACKOFF)
+    cache.nfa_left = <int64_t>cache.backoff * d.max_states
+    _flush(d)
+    return True
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int32_t _intern(gt_run* r, gt_dfa* d, const gt_cand* c) noexcept nogil:
+    """Handle of the cached state equal to candidate c, added if new; 0 if it does not fit."""
+    cdef uint64_t h = <uint64_t>c.remaining * GT_SALT_REMAINING
+    cdef Py_ssize_t k, total = c.n_lit + c.n_pend
+    for k in range(c.n_lit):
+        h += gt_mix(d.tmp_a[k])
+    for k in range(c.n_pend):
+        h += gt_mix(d.tmp_b[k] | GT_SALT_PEND)
+    cdef uint32_t slot = <uint32_t>h & <uint32_t>d.hash_mask
+    cdef int32_t idx
+    cdef gt_dstate* st
+    cdef const int32_t* nodes
+    cdef bint same
+    while True:
+        idx = d.slots[slot]
+        if idx == 0:
+            break
+        st = &d.states[idx]
+        if (st.hash == h and st.remaining == c.remaining and st.n_lit == c.n_lit
+                and st.n_pend == c.n_pend):
+            # Same sizes and every stored node stamped: same sets (the kinds of node of the two
+            # lists are disjoint, see _dfa_step).
+            nodes = d.pool + st.nodes
+            same = True
+            for k in range(total):
+                if r.node_stamp[nodes[k]] != r.gen:
+                    same = False
+                    break
+            if same:
+                return -idx * d.stride if st.terminal else idx * d.stride
+        slot = (slot + 1) & <uint32_t>d.hash_mask
+    cdef gt_cache* cache = d.cache
+    if cache.n_states >= d.max_states or total > d.pool_cap - cache.pool_used:
+        return 0
+    idx = cache.n_states
+    cache.n_states += 1
+    cache.built += 1
+    st = &d.states[idx]
+    st.hash = h
+    st.nodes = cache.pool_used
+    st.n_lit = <int32_t>c.n_lit
+    st.n_pend = <int32_t>c.n_pend
+    st.slot = <int32_t>slot
+    st.remaining = <uint8_t>c.remaining
+    cdef int32_t* dst = d.pool + cache.pool_used
+    cdef bint terminal = True, any_acc = False
+    cdef const gt_node* nd
+    for k in range(c.n_lit):
+        dst[k] = <int32_t>d.tmp_a[k]
+        nd = &r.nodes[dst[k]]
+        terminal = terminal and nd.sink
+        any_acc = any_acc or nd.acc_count
+    for k in range(c.n_pend):
+        dst[c.n_lit + k] = <int32_t>d.tmp_b[k]
+        terminal = terminal and r.nodes[d.tmp_b[k]].sink
+    cache.pool_used += <int32_t>total
+    cache.work += <uint64_t>total
+    st.terminal = terminal
+    st.any_acc = any_acc
+    cdef int32_t* row = d.trans + idx * d.stride
+    memset(row, 0, d.n_cls * sizeof(int32_t))
+    row[d.n_cls + GT_ROW_ACC] = -1
+    row[d.n_cls + GT_ROW_NACC] = 0
+    row[d.n_cls + GT_ROW_INDEX] = idx
+    d.slots[slot] = idx
+    return -idx * d.stride if terminal else idx * d.stride
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef Py_ssize_t _fallback(gt_run* r, gt_dfa* d, const gt_cand* c, const unsigned char* text,
+                          Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    """Finish the input text[i:] with the NFA from candidate c (the state after text[:i]).
+
+    Every sink or accepting '*' node stamped during this call belongs to c (they never leave a
+    DFA state), so reporting those of c covers what _enter() skips as already seen.
+    """
+    cdef uint32_t* lit = d.tmp_a
+    cdef uint32_t* pend = d.tmp_b
+    cdef const gt_node* nd
+    cdef Py_ssize_t k, q, m = 0, w
+    cdef int32_t t
+    d.cache.fallbacks += 1
+    if c.remaining == 0:
+        for k in range(c.n_lit):
+            nd = &r.nodes[lit[k]]
+            if nd.loop and nd.acc_count:
+                if r.out == NULL:
+                    return 1
+                _emit(r, nd)
+            if not nd.sink:
+                lit[m] = lit[k]
+                m += 1
+        return _nfa(r, text, n, i, lit, m, pend)
+    for k in range(c.n_pend):
+        nd = &r.nodes[pend[k]]
+        if nd.loop and nd.acc_count:
+            if r.out == NULL:
+                return 1
+            _emit(r, nd)
+    # Finish the code point: its last bytes along the literal paths, then enter everything.
+    w = c.remaining if c.remaining < n - i else n - i
+    for k in range(c.n_lit):
+        t = <int32_t>lit[k]
+        for q in range(w):
+            t = _child(r, t, r.fold[text[i + q]])
+            if t < 0:
+                break
+        if t >= 0:
+            lit[m] = <uint32_t>t
+            m += 1
+    for k in range(c.n_pend):  # disjoint from the literal nodes: fits in one buffer
+        lit[m] = pend[k]
+        m += 1
+    r.gen += 1
+    cdef Py_ssize_t n_act = 0
+    for k in range(m):
+        n_act = _enter(r, <int32_t>lit[k], pend, n_act)
+        if n_act < 0:
+            return 1
+    return _nfa(r, text, n, i + w, pend, n_act, lit)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef Py_ssize_t _accept(gt_run* r, gt_dfa* d, int32_t s, const int32_t* dense_to_id) noexcept nogil:
+    """Ids matched by an input ending in the state of row s: sorted pattern ids into r.out
+    (cached in the pool when they fit) and their count; with r.out NULL, 1 if any else 0."""
+    cdef int32_t* meta = d.trans + s + d.n_cls
+    cdef gt_dstate* st = &d.states[meta[GT_ROW_INDEX]]
+    cdef const int32_t* src = d.pool + st.nodes
+    cdef const uint32_t* ends
+    cdef Py_ssize_t k, m = 0
+    if st.remaining == 0:
+        if r.out == NULL:
+            return st.any_acc
+        if meta[GT_ROW_ACC] >= 0:
+            memcpy(r.out, d.pool + meta[GT_ROW_ACC], meta[GT_ROW_NACC] * sizeof(int32_t))
+            return meta[GT_ROW_NACC]
+        for k in range(st.n_lit):  # every node of the set: '*' nodes never left it
+            _emit(r, &r.nodes[src[k]])
+        _sort_ids(r.out, r.n_out, dense_to_id)
+        if r.n_out <= d.pool_cap - d.cache.pool_used:
+            meta[GT_ROW_ACC] = d.cache.pool_used
+            meta[GT_ROW_NACC] = <int32_t>r.n_out
+            memcpy(d.pool + d.cache.pool_used, r.out, r.n_out * sizeof(int32_t))
+            d.cache.pool_used += <int32_t>r.n_out
+        return r.n_out
+    # Input ended inside a code point (invalid UTF-8): the code point ends here.
+    r.gen += 1
+    for k in range(st.n_pend):
+        m = _enter_d(r, src[st.n_lit + k], d.tmp_a, m)
+    for k in range(st.n_lit):
+        m = _enter_d(r, src[k], d.tmp_a, m)
+    ends = d.tmp_a
+    for k in range(m):
+        if r.nodes[ends[k]].acc_count:
+            if r.out == NULL:
+                return 1
+            _emit(r, &r.nodes[ends[k]])
+    if r.out == NULL:
+        return 0
+    _sort_ids(r.out, r.n_out, dense_to_id)
+    return r.n_out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef Py_ssize_t _dfa_match(gt_run* r, gt_dfa* d, const uint8_t* cls, const unsigned char* text,
+                           Py_ssize_t n, const int32_t* dense_to_id, int32_t s, Py_ssize_t i,
+                           int32_t start_node) noexcept nogil:
+    """Match text[i:] with the cached DFA from the state of row s, computing the missing states
+    (see the module docstring). s == 0: from the start state (start_node entered, at i);
+    s < 0: the terminal state of row -s."""
+    cdef gt_cache* cache = d.cache
+    cdef const int32_t* trans = d.trans
+    cdef gt_cand c
+    cdef int32_t v = 0
+    cdef Py_ssize_t result
+    cdef bint flushed = False
+    if cache.n_states == 0:  # fresh scratch
+        cache.n_states = 1
+    if s == 0:
+        s = cache.start
+    if s == 0:
+        r.gen += 1
+        c.remaining = 0
+        c.n_pend = 0
+        c.n_lit = _enter_d(r, start_node, d.tmp_a, 0)
+        s = _intern(r, d, &c)
+        if s == 0 and not _thrashing(d):
+            _flush(d)
+            flushed = True
+            s = _intern(r, d, &c)
+        if s == 0:
+            result = _fallback(r, d, &c, text, n, i)
+            if r.out != NULL:
+                _sort_ids(r.out, result, dense_to_id)
+            return result
+        cache.start = s
+    if s > 0:
+        while True:
+            while i < n:
+                v = trans[s + cls[text[i]]]
+                if v != GT_SELF:
+                    if v <= 0:
+                        break
+                    s = v
+                i += 1
+            if i >= n:
+                break
+            if v < 0:  # a terminal state: the rest of the input cannot change the result
+                s = -v
+                break
+            _dfa_step(r, d, &d.states[trans[s + d.n_cls + GT_ROW_INDEX]], text[i], &c)
+            v = _intern(r, d, &c)
+            if v == 0 and not flushed and not _thrashing(d):
+                _flush(d)  # s is gone with the rest; its transition is not recorded
+                flushed = True
+                v = _intern(r, d, &c)
+            elif v != 0:
+                d.trans[s + cls[text[i]]] = GT_SELF if v == s else v
+            i += 1
+            if v == 0:  # this input alone fills the cache: finish it with the NFA
+                result = _fallback(r, d, &c, text, n, i)
+                if r.out != NULL:
+                    _sort_ids(r.out, result, dense_to_id)
+                return result
+            if v < 0:
+                s = -v
+                break
+            s = v
+    else:
+        s = -s
+    return _accept(r, d, s, dense_to_id)
+
+
+cdef tuple _cache_geometry(Py_ssize_t n_nodes):
+    """Default cache bounds for a trie of n_nodes nodes: (states, int32 pool slots).
+
+    One state per _NODES_PER_STATE nodes, between _MIN_STATES and _MAX_STATES (but at most
+    _STATES_PER_NODE per node, for tiny tries), and _POOL_PER_STATE pool slots per state (a
+    state holds a few nodes in practice: 1 to 8 on average for AWS policies). A state costs
+    sizeof(gt_dstate) = 32 bytes, 4 * (byte classes + 3) bytes of transitions, 8 bytes of hash
+    table and 4 * _POOL_PER_STATE bytes of pool: about 250 bytes with 40 classes, so the cache
+    takes 128 KB (512 states) to 2 MB (8192 states) per scratch.
+    """
+    cdef Py_ssize_t states = min(max(n_nodes // _NODES_PER_STATE, _MIN_STATES), _MAX_STATES,
+                                 _STATES_PER_NODE * n_nodes)
+    return states, states * _POOL_PER_STATE
 
 
 cdef class GlobTrie:
@@ -176,11 +710,14 @@ cdef class GlobTrie:
         free(self._edge_targets)
         free(self._acc)
         free(self._ids)
+        free(self._prefix)
         self._nodes = NULL
         self._edge_bytes = NULL
         self._edge_targets = NULL
         self._acc = NULL
         self._ids = NULL
+        self._prefix = NULL
+        self._prefix_len = self._prefix_node = 0
 
     # ------------------------------------------------------------------ build phase
 
@@ -239,10 +776,23 @@ cdef class GlobTrie:
         self._b_acc[node].append(pattern_id)
         self._n_patterns += 1
 
-    def freeze(self):
-        """Compile the trie into flat C arrays and drop the build state; later calls do nothing."""
+    def freeze(self, *, dfa_states=None, dfa_pool=None):
+        """Compile the trie into flat C arrays and drop the build state; later calls do nothing.
+
+        dfa_states / dfa_pool bound the lazy-DFA cache each scratch buffer holds: the number of
+        cached states, and the int32 slots for their node sets and cached results. By default
+        both are sized from the trie (see get_stats()); dfa_states=0 disables the DFA (every
+        match simulates the NFA). Small values are for tests of the cache-full paths.
+        """
         if self.frozen:
             return
+        states, pool = _cache_geometry(len(self._b_children))
+        if dfa_states is not None:
+            states = dfa_states
+        if dfa_pool is not None:
+            pool = dfa_pool
+        if not (0 <= states <= _LIMIT_STATES and 0 <= pool <= (1 << 30)):
+            raise ValueError(f"dfa_states must be in [0, {_LIMIT_STATES}] and dfa_pool in [0, 2**30]")
         cdef Py_ssize_t n_nodes = len(self._b_children)
         accepts = [sorted(set(ids)) for ids in self._b_acc]
         ids = sorted({i for node_ids in accepts for i in node_ids})
@@ -264,6 +814,7 @@ cdef class GlobTrie:
         cdef gt_node* nd
         for i in range(self._n_ids):
             self._ids[i] = ids[i]
+        used = bytearray(256)  # bytes on some edge
         for i in range(n_nodes):
             nd = &self._nodes[i]
             nd.edge_start = e
@@ -271,6 +822,7 @@ cdef class GlobTrie:
             for byte, target in sorted(self._b_children[i].items()):
                 self._edge_bytes[e] = byte
                 self._edge_targets[e] = target
+                used[byte] = 1
                 e += 1
             nd.qmark = self._b_qmark[i]
             nd.star = self._b_star[i]
@@ -281,19 +833,87 @@ cdef class GlobTrie:
             for pid in accepts[i]:
                 self._acc[a] = dense[pid]
                 a += 1
+        # Byte classes: a byte on an edge (after folding) is its own class; the others only
+        # differ by the length of the UTF-8 sequence they start.
+        classes = {}
+        cdef int b
+        for b in range(256):
+            key = self._fold[b] if used[self._fold[b]] else -_SEQ_LEN[b]
+            self._cls[b] = classes.setdefault(key, len(classes))
+        self._n_cls = len(classes)
+        self._stride = self._n_cls + GT_ROW_EXTRA
+        try:
+            self._set_prefix()
+        except MemoryError:
+            self._free_arrays()
+            raise
+        self._set_geometry(states, pool)
         self._b_children = self._b_qmark = self._b_star = self._b_loop = self._b_acc = None
         self.frozen = True
+
+    cdef int _set_prefix(self) except -1:
+        """The bytes every pattern starts with: the path from the root through nodes with a
+        single byte edge and nothing else, cut at a code point boundary. A match compares them
+        (folded) at once and starts at the node they lead to."""
+        cdef Py_ssize_t node = 0, length = 0, cut = 0, p = 0
+        cdef gt_node* nd
+        prefix = bytearray()
+        while True:
+            nd = &self._nodes[node]
+            if nd.n_edges != 1 or nd.qmark >= 0 or nd.star >= 0 or nd.acc_count or nd.loop:
+                break
+            prefix.append(self._edge_bytes[nd.edge_start])
+            node = self._edge_targets[nd.edge_start]
+        while p < len(prefix):  # longest run of whole code points
+            p += _SEQ_LEN[prefix[p]]
+            if p <= len(prefix):
+                cut = p
+        self._prefix = <uint8_t*>malloc(cut + 1)
+        if self._prefix == NULL:
+            raise MemoryError()
+        node = 0
+        for p in range(cut):
+            self._prefix[p] = prefix[p]
+            node = self._edge_targets[self._nodes[node].edge_start]
+        self._prefix_len = cut
+        self._prefix_node = <int32_t>node
+        return 0
+
+    cdef int _set_geometry(self, Py_ssize_t states, Py_ssize_t pool) except -1:
+        """Scratch layout for a cache of `states` states (0: no DFA) and `pool` pool slots."""
+        cdef Py_ssize_t hash_slots = 0
+        if states:
+            self._max_states = <int32_t>(states + 1)  # + the reserved state 0
+            hash_slots = 2
+            while hash_slots < 2 * self._max_states:
+                hash_slots *= 2
+            self._pool_cap = <int32_t>pool
+        else:
+            self._max_states = self._pool_cap = 0
+        self._hash_mask = <int32_t>(hash_slots - 1)
+        # All offsets stay multiples of 8 up to the int32 arrays, which come last.
+        self._off_stamps = sizeof(gt_cache)
+        self._off_states = self._off_stamps + (1 + self._n_nodes + self._n_ids) * sizeof(uint64_t)
+        self._off_trans = self._off_states + self._max_states * sizeof(gt_dstate)
+        self._off_hash = self._off_trans + <Py_ssize_t>self._max_states * self._stride * sizeof(int32_t)
+        self._off_pool = self._off_hash + hash_slots * sizeof(int32_t)
+        self._off_lists = self._off_pool + self._pool_cap * sizeof(int32_t)
+        self._scratch_bytes = self._off_lists + 2 * self._n_nodes * sizeof(uint32_t)
+        return 0
 
     # ------------------------------------------------------------------ C API (nogil)
 
     cdef Py_ssize_t scratch_size(self) noexcept nogil:
         """Bytes of scratch for one match at a time; must be zero-filled before its first use.
 
-        Layout: a uint64 generation counter, a uint64 stamp per node and per distinct id
-        (64 bits never wrap, so the scratch is never cleared again), then two uint32 active-node
-        lists of one slot per node (a node is active at most once per step).
+        Layout: the DFA cache header (gt_cache), a uint64 generation counter and a uint64 stamp
+        per node and per distinct id (64 bits never wrap, so the scratch is never cleared
+        again), the cached states (gt_dstate), their transition table (a row per state: an
+        int32 per byte class, then GT_ROW_EXTRA int32), the hash table (int32 slots), the node
+        pool (int32 slots), then two uint32 node lists of one slot per node (the state being
+        built, or the NFA's active sets). Only the header and the hash table need the zeros.
         """
-        return (1 + self._n_nodes + self._n_ids) * sizeof(uint64_t) + 2 * self._n_nodes * sizeof(uint32_t)
+        return self._scratch_bytes
 
     cdef Py_ssize_t result_capacity(self) noexcept nogil:
         """Slots the out buffer of match_into() needs: each distinct id is written at most once."""
@@ -301,107 +921,114 @@ cdef class GlobTrie:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef Py_ssize_t _run(self, const unsigned char* text, Py_ssize_t n, void* scratch,
-                         int32_t* out) noexcept nogil:
-        """Simulate the NFA over text; emit dense ids into out (unsorted) and return their count.
-
-        With out == NULL, return 1 as soon as a match is certain, else 0.
-        """
-        cdef uint64_t* counter = <uint64_t*>scratch
+    cdef Py_ssize_t _match(self, const unsigned char* text, Py_ssize_t n, void* scratch,
+                           int32_t* out) noexcept nogil:
+        """Sorted pattern ids matching text into out, returning their count; with out NULL,
+        1 if some pattern matches, else 0."""
+        cdef char* base = <char*>scratch
+        cdef gt_cache* cache = <gt_cache*>base
+        cdef const int32_t* trans = <const int32_t*>(base + self._off_trans)
+        cdef const int32_t* meta
+        cdef const int32_t* ids
+        cdef const uint8_t* cls = self._cls
+        cdef const uint8_t* fold = self._fold
+        cdef int32_t s = 0, v = 0
+        cdef Py_ssize_t i = 0, k, count
+        cdef bint dfa = self._max_states != 0
+        if dfa:
+            cache.calls += 1
+            if cache.nfa_left > 0:  # the cache was thrashing: NFA-only period
+                cache.nfa_left -= 1
+                cache.nfa_calls += 1
+                dfa = False
+        if self._prefix_len:  # every pattern starts with these bytes: compare them at once
+            if n < self._prefix_len:
+                return 0
+            for k in range(self._prefix_len):
+                if fold[text[k]] != self._prefix[k]:
+                    return 0
+            i = self._prefix_len
+        if dfa:
+            cache.bytes += n
+            s = cache.start
+            if s > 0 and out != NULL:
+                # Fast path: every transition cached. Self-loops are stored as GT_SELF, so while
+                # the state does not change the next lookup need not wait for this one.
+                while i < n:
+                    v = trans[s + cls[text[i]]]
+                    if v != GT_SELF:
+                        if v <= 0:
+                            break
+                        s = v
+                    i += 1
+                if i < n and v < 0:  # terminal: the result is final
+                    s = -v
+                    i = n
+                if i == n:
+                    meta = trans + s + self._n_cls
+                    if meta[GT_ROW_ACC] >= 0:
+                        ids = <const int32_t*>(base + self._off_pool) + meta[GT_ROW_ACC]
+                        count = meta[GT_ROW_NACC]
+                        for k in range(count):
+                            out[k] = ids[k]
+                        return count
+        # General path: compute what is missing (or simulate the NFA).
+        cdef uint64_t* counter = <uint64_t*>(base + self._off_stamps)
         cdef gt_run r
         r.nodes = self._nodes
+        r.edge_bytes = self._edge_bytes
+        r.edge_targets = self._edge_targets
         r.acc = self._acc
+        r.fold = self._fold
         r.node_stamp = counter + 1
         r.id_stamp = r.node_stamp + self._n_nodes
+        r.call_gen = counter[0] + 1
+        r.gen = r.call_gen  # incremented before each use: this call's node stamps exceed call_gen
         r.out = out
         r.n_out = 0
-        r.call_gen = counter[0] + 1
-        r.gen = r.call_gen + 1
-        cdef uint32_t* cur = <uint32_t*>(r.id_stamp + self._n_ids)
-        cdef uint32_t* nxt = cur + self._n_nodes
-        cdef uint32_t* swap
-        cdef const gt_node* nodes = self._nodes
-        cdef const uint8_t* fold = self._fold
-        cdef const uint8_t* edge_bytes = self._edge_bytes
-        cdef const int32_t* edge_targets = self._edge_targets
-        cdef const gt_node* nd
-        cdef Py_ssize_t i = 0, j, q, n_cur, n_nxt, width
-        cdef uint32_t s
-        cdef int32_t t
-
-        n_nxt = _enter(&r, 0, nxt, 0)
-        while i < n and n_nxt > 0:
-            swap = cur
-            cur = nxt
-            nxt = swap
-            n_cur = n_nxt
-            n_nxt = 0
+        cdef gt_dfa d
+        d.cache = cache
+        d.states = <gt_dstate*>(base + self._off_states)
+        d.trans = <int32_t*>(base + self._off_trans)
+        d.slots = <int32_t*>(base + self._off_hash)
+        d.pool = <int32_t*>(base + self._off_pool)
+        d.tmp_a = <uint32_t*>(base + self._off_lists)
+        d.tmp_b = d.tmp_a + self._n_nodes
+        d.n_cls = self._n_cls
+        d.stride = self._stride
+        d.max_states = self._max_states
+        d.pool_cap = self._pool_cap
+        d.hash_mask = self._hash_mask
+        cdef Py_ssize_t result, n_act
+        if dfa:
+            result = _dfa_match(&r, &d, cls, text, n, self._ids, s, i, self._prefix_node)
+        else:
             r.gen += 1
-            width = _SEQ_LEN[text[i]]
-            if width > n - i:
-                width = n - i
-            for j in range(n_cur):
-                s = cur[j]
-                nd = &nodes[s]
-                if nd.loop:
-                    n_nxt = _enter(&r, <int32_t>s, nxt, n_nxt)
-                if nd.qmark >= 0 and n_nxt >= 0:
-                    n_nxt = _enter(&r, nd.qmark, nxt, n_nxt)
-                t = <int32_t>s
-                for q in range(width):  # literal edges spell the code point byte by byte
-                    t = _child(&nodes[t], edge_bytes, edge_targets, fold[text[i + q]])
-                    if t < 0:
-                        break
-                if t >= 0 and n_nxt >= 0:
-                    n_nxt = _enter(&r, t, nxt, n_nxt)
-                if n_nxt < 0:
-                    break
-            i += width
+            n_act = _enter(&r, self._prefix_node, d.tmp_a, 0)
+            result = 1 if n_act < 0 else _nfa(&r, text, n, i, d.tmp_a, n_act, d.tmp_b)
+            if out != NULL:
+                _sort_ids(out, result, self._ids)
         counter[0] = r.gen  # later calls with this scratch start above every stamp used here
-        if n_nxt < 0:
-            return 1
-        # Input consumed (or no node left): the active nodes are the end states. Accepting
-        # '*' nodes were reported by _enter() already.
-        for j in range(n_nxt):
-            nd = &nodes[nxt[j]]
-            if nd.acc_count and not nd.loop:
-                if out == NULL:
-                    return 1
-                _emit(&r, nd)
-        return r.n_out if out != NULL else 0
+        return result
 
     cdef Py_ssize_t match_into(self, const unsigned char* text, Py_ssize_t n, void* scratch,
                                int32_t* out) noexcept nogil:
         """Sorted unique ids matching text into out (result_capacity() slots); -1 if not frozen."""
         if not self.frozen:
             return -1
-        cdef Py_ssize_t count = self._run(text, n, scratch, out)
-        cdef Py_ssize_t k, m
-        cdef int32_t v
-        if count > 16:
-            qsort(out, count, sizeof(int32_t), _cmp_int32)  # dense order == id order
-        else:  # insertion sort: cheaper than qsort's indirect calls for the usual few results
-            for k in range(1, count):
-                v = out[k]
-                m = k
-                while m > 0 and out[m - 1] > v:
-                    out[m] = out[m - 1]
-                    m -= 1
-                out[m] = v
-        for k in range(count):
-            out[k] = self._ids[out[k]]
-        return count
+        return GlobTrie._match(self, text, n, scratch, out)  # direct call, not through the vtable
 
     cdef int match_any(self, const unsigned char* text, Py_ssize_t n, void* scratch) noexcept nogil:
         """1 if some pattern matches text, 0 if none, -1 if not frozen."""
         if not self.frozen:
             return -1
-        return <int>self._run(text, n, scratch, NULL)
+        return <int>GlobTrie._match(self, text, n, scratch, NULL)
 
     # ------------------------------------------------------------------ Python API
 
     cdef void* _borrow(self) except NULL:
-        """Scratch plus result buffer for one call; reuses a spare so calls rarely allocate.
+        """Scratch plus result buffer for one call; reuses a spare so calls rarely allocate (and
+        find the DFA cache of earlier calls warm).
 
         Runs with the GIL held, which serializes access to the spare list.
         """
@@ -421,9 +1048,7 @@ cdef class GlobTrie:
             free(buf)
 
     cdef object _search(self, str text, bint want_ids):
-        if not self.frozen:
-            raise ValueError("GlobTrie must be frozen with freeze() before matching")
-        cdef Py_ssize_t n, count, k
+        cdef Py_ssize_t n
         cdef const unsigned char* data
         cdef bytes encoded
         try:
@@ -433,19 +1058,30 @@ cdef class GlobTrie:
             encoded = text.encode("utf-8", "surrogatepass")
             data = encoded
             n = len(encoded)
+        return self._search_utf8(data, n, want_ids)
+
+    cdef object _search_utf8(self, const unsigned char* data, Py_ssize_t n, bint want_ids):
+        if not self.frozen:
+            raise ValueError("GlobTrie must be frozen with freeze() before matching")
+        cdef Py_ssize_t count, k
         cdef void* buf = self._borrow()
         cdef int32_t* out = <int32_t*>(<char*>buf + self.scratch_size())
         try:
             if n < _NOGIL_MIN_BYTES:
-                count = self.match_into(data, n, buf, out) if want_ids else self.match_any(data, n, buf)
+                count = self._match(data, n, buf, out if want_ids else NULL)
             else:
                 with nogil:
-                    count = self.match_into(data, n, buf, out) if want_ids else self.match_any(data, n, buf)
+                    count = self._match(data, n, buf, out if want_ids else NULL)
             if want_ids:
                 return [out[k] for k in range(count)]
             return count > 0
         finally:
             self._give_back(buf)
+
+    def _match_utf8(self, bytes data not None):
+        """match() on raw bytes, which need not be valid UTF-8 (for tests: any bytes give the
+        same result with or without the DFA)."""
+        return self._search_utf8(data, len(data), True)
 
     def match(self, str text not None):
         """Sorted list of the distinct ids of all patterns matching text (ValueError if not frozen)."""
@@ -457,7 +1093,15 @@ cdef class GlobTrie:
 
     def get_stats(self):
         """Size of the trie: nodes, edges (byte, '?' and '*'), patterns added, distinct ids,
-        bytes of C memory held by the frozen arrays and bytes of scratch per concurrent match."""
+        bytes of C memory held by the frozen arrays and bytes of scratch per concurrent match.
+
+        Frozen tries also give the lazy-DFA geometry (byte classes, states and pool slots per
+        scratch) and counters summed over the idle scratch buffers of the Python-level match():
+        states cached now, states built, cache flushes, matches finished by the NFA because the
+        cache filled up, matches run by the NFA alone (the cache was thrashing), matches run.
+        """
+        cdef gt_cache* cache
+        cdef int k
         if self.frozen:
             wild = sum((self._nodes[i].qmark >= 0) + (self._nodes[i].star >= 0) for i in range(self._n_nodes))
             nodes, edges, n_ids = self._n_nodes, self._n_edges + wild, self._n_ids
@@ -470,5 +1114,16 @@ cdef class GlobTrie:
                      + sum(s >= 0 for s in self._b_star))
             n_ids = len({i for a in self._b_acc for i in a})
             memory = scratch = 0
-        return {"nodes": nodes, "edges": edges, "patterns": self._n_patterns, "ids": n_ids,
-                "memory_bytes": memory, "scratch_bytes": scratch, "frozen": bool(self.frozen)}
+        stats = {"nodes": nodes, "edges": edges, "patterns": self._n_patterns, "ids": n_ids,
+                 "memory_bytes": memory, "scratch_bytes": scratch, "frozen": bool(self.frozen)}
+        if self.frozen:
+            names = ("dfa_states", "dfa_built", "dfa_flushes", "dfa_fallbacks", "dfa_nfa_matches", "dfa_matches")
+            counters = dict.fromkeys(names, 0)
+            for k in range(self._n_spare):
+                cache = <gt_cache*>self._spare[k]
+                for name, value in zip(names, (max(cache.n_states - 1, 0), cache.built, cache.flushes,
+                                               cache.fallbacks, cache.nfa_calls, cache.calls)):
+                    counters[name] += value
+            stats.update({"dfa_classes": self._n_cls, "dfa_max_states": max(self._max_states - 1, 0),
+                          "dfa_pool_slots": self._pool_cap, **counters})
+        return stats

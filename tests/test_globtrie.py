@@ -1,7 +1,10 @@
 """Tests for the compiled wildcard trie (evaluator._globtrie).
 
 Results are checked against an independent oracle: Python's ``re`` with escaped literals,
-``.*`` for ``*`` and ``.`` for ``?``.
+``.*`` for ``*`` and ``.`` for ``?``. Each scratch buffer caches DFA states; tries are built
+with several cache geometries (``freeze(dfa_states=..., dfa_pool=...)``): the default, no DFA
+at all (the NFA simulation), and caches too small for the inputs, so that the paths where the
+cache is full (flush, NFA fallback, NFA-only periods after thrashing) run too.
 """
 import importlib.machinery
 import random
@@ -17,12 +20,21 @@ from hypothesis import strategies as st
 # ---------------------------------------------------------------------- helpers
 
 
-def build(entries, ignore_case=False):
+def build(entries, ignore_case=False, **geometry):
     trie = GlobTrie(ignore_case)
     for pattern, pattern_id in entries:
         trie.add(pattern, pattern_id)
-    trie.freeze()
+    trie.freeze(**geometry)
     return trie
+
+
+# Cache geometries: default, NFA only, and tiny caches (1 to 4 states, pools that hold few node
+# ids or not even the start state's).
+DEFAULT = {}
+NFA_ONLY = {"dfa_states": 0}
+TINY_CACHES = [{"dfa_states": 1, "dfa_pool": 64}, {"dfa_states": 4, "dfa_pool": 12},
+               {"dfa_states": 3, "dfa_pool": 1}]
+GEOMETRIES = [DEFAULT, NFA_ONLY, *TINY_CACHES]
 
 
 def tokens_of(pattern):
@@ -54,9 +66,9 @@ def test_compiled_extension_is_loaded():
 
 # ---------------------------------------------------------------------- property test vs re
 
-PATTERN_CHARS = "abA:/é*?"
-LITERAL_CHARS = "ab:/*?Aé😀"  # inside literal tokens '*' and '?' are plain characters
-INPUT_CHARS = "abAB:/*?é😀"
+PATTERN_CHARS = "abA:/é日*?"
+LITERAL_CHARS = "ab:/*?Aé日😀"  # inside literal tokens '*' and '?' are plain characters
+INPUT_CHARS = "abAB:/*?é日😀"  # 1- to 4-byte UTF-8 sequences
 
 patterns = st.one_of(
     st.text(PATTERN_CHARS, max_size=8),
@@ -81,15 +93,38 @@ def instantiate(data, pattern):
 @settings(max_examples=300, deadline=None)
 @given(entries=entries_strategy, ignore_case=st.booleans(), data=st.data())
 def test_matches_regex_oracle(entries, ignore_case, data):
-    trie = build(entries, ignore_case)
+    tries = [build(entries, ignore_case, **geometry) for geometry in GEOMETRIES]
     inputs = data.draw(st.lists(st.text(INPUT_CHARS, max_size=10), max_size=5))
     inputs += [instantiate(data, pattern) for pattern, _ in entries]
     if ignore_case:
         inputs += [s.swapcase() for s in inputs]
-    for text in inputs:
-        expected = oracle(entries, text, ignore_case)
-        assert trie.match(text) == expected, (entries, text)
-        assert trie.matches(text) == bool(expected)
+    expected = [oracle(entries, text, ignore_case) for text in inputs]
+    for trie in tries:
+        for _ in range(2):  # cold, then with the states the first pass cached
+            for text, ids in zip(inputs, expected, strict=True):
+                assert trie.match(text) == ids, (entries, text, trie.get_stats())
+                assert trie.matches(text) == bool(ids)
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=entries_strategy, ignore_case=st.booleans(),
+       inputs=st.lists(st.binary(max_size=12), max_size=6), data=st.data())
+def test_any_bytes_give_the_nfa_result(entries, ignore_case, inputs, data):
+    """Invalid UTF-8 (truncated or stray sequences) included: the DFA, warm or cold, with any
+    cache size, agrees with the NFA simulation; on valid UTF-8 both agree with the oracle."""
+    inputs += [text.encode() for text in data.draw(st.lists(st.text(INPUT_CHARS, max_size=6), max_size=3))]
+    inputs += [text[:cut] for text in list(inputs) for cut in range(1, len(text))]  # cut anywhere
+    reference = build(entries, ignore_case, **NFA_ONLY)
+    expected = [reference._match_utf8(text) for text in inputs]
+    for text, ids in zip(inputs, expected, strict=True):
+        try:
+            assert ids == oracle(entries, text.decode(), ignore_case)
+        except UnicodeDecodeError:
+            pass
+    for geometry in [DEFAULT, *TINY_CACHES]:
+        trie = build(entries, ignore_case, **geometry)
+        for _ in range(2):
+            assert [trie._match_utf8(text) for text in inputs] == expected, (entries, geometry)
 
 
 # ---------------------------------------------------------------------- focused cases
@@ -232,27 +267,184 @@ def test_empty_trie():
     assert not trie.matches("abc")
 
 
+# ---------------------------------------------------------------------- lazy DFA
+
+
+def seedlike_entries():
+    """Resource patterns shaped like the seed workload's: '*' runs kept active along the ARN."""
+    return [(p, i) for i, p in enumerate([
+        "arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*::image/*", "arn:aws:ec2:*:*:volume/*",
+        "arn:aws:sns:*:*:*imagebuilder*", "arn:aws:logs:*:*:log-group:/aws/imagebuilder/*",
+        "arn:aws:iam::*:role/*imagebuilder*", "arn:aws:s3:::*", "arn:aws:s3::*:*imagebuilder*",
+        "arn:aws:s3:::ec2imagebuilder*", "arn:aws:ssm:*:*:document/AWS-RunShellScript",
+        "arn:aws:*:*:*:*/?-*", "arn:aws:kms:*:*:key/*?*",
+    ])]
+
+
+def arns(count, seed=5):
+    rng = random.Random(seed)
+    services = ["ec2", "sns", "logs", "iam", "s3", "ssm", "kms", "sqs"]
+    kinds = ["instance", "image", "volume", "role", "key", "document", "log-group:/aws/imagebuilder"]
+    names = ["my-imagebuilder-pipeline", "i-0abc", "ec2imagebuilder-logs", "AWS-RunShellScript", "x", "é日😀"]
+    out = []
+    for _ in range(count):
+        region = rng.choice(["us-east-1", "", "eu-west-1"])
+        account = rng.choice(["111122223333", ""])
+        out.append(f"arn:aws:{rng.choice(services)}:{region}:{account}:{rng.choice(kinds)}/"
+                   f"{rng.choice(names)}{rng.getrandbits(24):06x}")
+    return out
+
+
+def test_warm_cache_gives_the_cold_results():
+    entries = seedlike_entries()
+    inputs = arns(500)
+    expected = [oracle(entries, text, False) for text in inputs]
+    assert 0 < sum(map(bool, expected)) < len(inputs)
+    trie = build(entries)
+    for _ in range(3):  # one scratch (the Python API reuses its idle buffer): cold, then warm
+        assert [trie.match(text) for text in inputs] == expected
+        assert [trie.matches(text) for text in inputs] == [bool(ids) for ids in expected]
+    stats = trie.get_stats()
+    assert stats["dfa_built"] == stats["dfa_states"] > 0  # states were cached ...
+    assert stats["dfa_flushes"] == stats["dfa_fallbacks"] == stats["dfa_nfa_matches"] == 0  # ... and all fit
+    assert stats["dfa_matches"] == 6 * len(inputs)
+
+
+@pytest.mark.parametrize("geometry", TINY_CACHES + [{"dfa_states": 40, "dfa_pool": 4000}],
+                         ids=lambda g: f"{g['dfa_states']}-states-{g['dfa_pool']}-slots")
+def test_cache_full_paths_give_the_nfa_results(geometry):
+    entries = seedlike_entries()
+    inputs = arns(300, seed=9)
+    expected = [build(entries, **NFA_ONLY).match(text) for text in inputs]
+    trie = build(entries, **geometry)
+    for _ in range(2):
+        assert [trie.match(text) for text in inputs] == expected
+        assert [trie.matches(text) for text in inputs] == [bool(ids) for ids in expected]
+    stats = trie.get_stats()
+    assert stats["dfa_max_states"] == geometry["dfa_states"]
+    assert stats["dfa_flushes"] > 0
+    assert stats["dfa_fallbacks"] + stats["dfa_nfa_matches"] > 0
+
+
+def test_thrashing_cache_hands_over_to_the_nfa_then_retries():
+    entries = seedlike_entries()
+    inputs = arns(400, seed=11)
+    expected = [oracle(entries, text, False) for text in inputs]
+    trie = build(entries, dfa_states=8, dfa_pool=1000)
+    assert [trie.match(text) for text in inputs] == expected
+    stats = trie.get_stats()
+    assert stats["dfa_nfa_matches"] > 0  # NFA-only periods ...
+    assert stats["dfa_built"] > 2 * 8  # ... after which the DFA was tried again
+    assert stats["dfa_nfa_matches"] < stats["dfa_matches"]
+
+
+def test_non_ascii_qmark_with_warm_cache():
+    entries = [("a?b", 1), ("a??b", 2), ("*?", 3), ("日?", 4), ("?😀*", 5), ("é*日", 6)]
+    trie = build(entries)
+    cases = {"aéb": [1, 3], "a日b": [1, 3], "a😀b": [1, 3, 5], "a😀😀b": [2, 3, 5], "a\ud800b": [1, 3],
+             "日本": [3, 4], "日😀": [3, 4, 5], "x😀yz": [3, 5], "é日": [3, 6], "": [], "ab": [3]}
+    for _ in range(3):
+        for text, ids in cases.items():
+            assert trie.match(text) == ids == oracle(entries, text, False), text
+    # The same code points cut short (invalid UTF-8) end where the bytes end.
+    nfa = build(entries, **NFA_ONLY)
+    for text in cases:
+        data = text.encode("utf-8", "surrogatepass")
+        for cut in range(len(data) + 1):
+            assert trie._match_utf8(data[:cut]) == nfa._match_utf8(data[:cut])
+
+
+def test_case_folding_with_byte_classes():
+    entries = [("EC2:Describe*", 1), ("ec2:describeinstances", 2), ("S3:Get?bject", 3), ("*:List*", 4)]
+    trie = build(entries, ignore_case=True)
+    for _ in range(2):
+        assert trie.match("ec2:DESCRIBEINSTANCES") == [1, 2]
+        assert trie.match("Ec2:DescribeImages") == [1]
+        assert trie.match("s3:getObject") == [3]
+        assert trie.match("S3:GET_BJECT") == [3]
+        assert trie.match("IAM:LISTROLES") == [4]
+        assert trie.match("iam:listroles") == [4]
+        assert trie.match("ec2:describe") == [1]
+    assert trie.get_stats()["dfa_classes"] < 256
+
+
+@pytest.mark.parametrize("geometry", [DEFAULT, NFA_ONLY], ids=["dfa", "nfa"])
+def test_common_prefix_of_all_patterns(geometry):
+    # Every pattern starts with "arn:aws:": compared at once, before the automaton runs.
+    arn = build([("arn:aws:s3:::*", 1), ("arn:aws:ec2:*:*:instance/*", 2), ("arn:aws:s3:::b?", 3)], **geometry)
+    for _ in range(2):
+        assert arn.match("arn:aws:s3:::bx") == [1, 3]
+        assert arn.match("arn:aws:ec2:r:1:instance/i") == [2]
+        assert arn.match("arn:aws:") == []
+        assert arn.match("arn:aw") == []
+        assert arn.match("arn:aws-cn:s3:::b") == []
+        assert arn.match("ARN:aws:s3:::b") == []
+        assert arn.matches("arn:aws:s3:::") and not arn.matches("arn")
+    # Folded like the input; one literal pattern is all prefix; a shared first byte of
+    # different 2-byte characters is not a prefix of whole characters.
+    folded = build([("EC2:Describe*", 1), ("ec2:list*", 2)], ignore_case=True, **geometry)
+    assert folded.match("ec2:DESCRIBEx") == [1] and folded.match("EC2:ListRoles") == [2]
+    assert folded.match("ec3:list") == []
+    single = build([("abc", 1)], **geometry)
+    assert [single.match(t) for t in ["abc", "ab", "abcd", "", "xbc"]] == [[1], [], [], [], []]
+    split = build([("éa*", 1), ("êb", 2), ("日本?", 3)], **geometry)
+    assert [split.match(t) for t in ["éa", "êb", "éb", "日本語", "日本"]] == [[1], [2], [], [3], []]
+    kana = build([("日本?", 3), ("日本*x", 4)], **geometry)
+    assert [kana.match(t) for t in ["日本語", "日本x", "日x", "日本"]] == [[3], [3, 4], [], []]
+    for trie, entries in [(split, [("éa*", 1), ("êb", 2), ("日本?", 3)]), (kana, [("日本?", 3), ("日本*x", 4)])]:
+        nfa = build(entries, **NFA_ONLY)
+        for text in ["éa", "êb", "日本語", "日本x"]:
+            data = text.encode()
+            for cut in range(len(data) + 1):
+                assert trie._match_utf8(data[:cut]) == nfa._match_utf8(data[:cut])
+
+
+def test_geometry_arguments():
+    assert build([("a*", 1)], **NFA_ONLY).get_stats()["dfa_max_states"] == 0
+    stats = build([("a*", 1)]).get_stats()
+    assert stats["dfa_max_states"] > 0 and stats["dfa_pool_slots"] > 0
+    small = build([("a*", 1)], dfa_states=2, dfa_pool=0)
+    assert small.match("abc") == [1] and small.match("b") == []
+    for bad in [{"dfa_states": -1}, {"dfa_pool": -1}, {"dfa_states": 1 << 40}]:
+        trie = GlobTrie(False)
+        trie.add("a", 1)
+        with pytest.raises(ValueError):
+            trie.freeze(**bad)
+        assert not trie.frozen
+        trie.freeze()  # still usable
+        assert trie.match("a") == [1]
+
+
 # ---------------------------------------------------------------------- worst cases
 # These must finish quickly (well under a second each); only results are asserted.
 
 
-def test_many_stars_against_long_run():
-    trie = build([("a*a*a*a*a*a*a*a*b", 1)])
-    assert trie.match("a" * 100_000) == []
-    assert trie.match("a" * 100_000 + "b") == [1]
-    assert not trie.matches("a" * 100_000)
+WORST_CASE_GEOMETRIES = [DEFAULT, NFA_ONLY, {"dfa_states": 16, "dfa_pool": 256}]
+worst_case_geometry = pytest.mark.parametrize("geometry", WORST_CASE_GEOMETRIES, ids=["default", "nfa", "tiny"])
 
 
-def test_pattern_with_500_stars():
-    trie = build([("*".join(["ab"] * 501), 1), ("?*" * 500, 2), ("*" * 500, 3)])
+@worst_case_geometry
+def test_many_stars_against_long_run(geometry):
+    trie = build([("a*a*a*a*a*a*a*a*b", 1)], **geometry)
+    for _ in range(2):
+        assert trie.match("a" * 100_000) == []
+        assert trie.match("a" * 100_000 + "b") == [1]
+        assert not trie.matches("a" * 100_000)
+
+
+@worst_case_geometry
+def test_pattern_with_500_stars(geometry):
+    trie = build([("*".join(["ab"] * 501), 1), ("?*" * 500, 2), ("*" * 500, 3)], **geometry)
     assert trie.match("ab" * 600) == [1, 2, 3]
     assert trie.match("ab" * 5_000) == [1, 2, 3]
     assert trie.match("ab" * 500) == [2, 3]  # needs 501 "ab"
     assert trie.match("ab" * 600 + "a") == [2, 3]
     assert trie.match("x" * 499) == [3]
+    assert trie.match("ab" * 600) == [1, 2, 3]
 
 
-def test_10000_patterns_against_10000_char_arn():
+@worst_case_geometry
+def test_10000_patterns_against_10000_char_arn(geometry):
     prefix = "arn:aws:s3:::"
     segments, length = [], 0
     k = 0
@@ -282,11 +474,12 @@ def test_10000_patterns_against_10000_char_arn():
         if f"/{i}/" in tail:
             expected.add(8_000 + i)
 
-    trie = build(entries)
+    trie = build(entries, **geometry)
     assert trie.get_stats()["patterns"] == 10_000
     assert trie.match(arn) == sorted(expected)
     assert len(expected) > 4_000
     assert trie.matches(arn)
+    assert trie.match(arn) == sorted(expected)
 
 
 # ---------------------------------------------------------------------- threads
@@ -321,8 +514,10 @@ def test_threads_share_a_frozen_trie_short_inputs():
     assert_threads_agree(trie, inputs)
 
 
-def test_threads_share_a_frozen_trie_long_inputs():
-    # Inputs of several hundred bytes: the Python API matches them without holding the GIL.
+@pytest.mark.parametrize("geometry", [DEFAULT, {"dfa_states": 64, "dfa_pool": 2048}], ids=["default", "small"])
+def test_threads_share_a_frozen_trie_long_inputs(geometry):
+    # Inputs of several hundred bytes: the Python API matches them without holding the GIL,
+    # each thread in its own scratch buffer (and DFA cache).
     rng = random.Random(4321)
 
     def key():
@@ -331,7 +526,7 @@ def test_threads_share_a_frozen_trie_long_inputs():
     entries = [(f"arn:aws:s3:::bucket-{i % 40}/{key()[:rng.randrange(30)]}*", i) for i in range(400)]
     entries += [(f"arn:aws:s3:::*/{d}/*/{d}/*{t}", 400 + k) for k, (d, t) in
                 enumerate((d, t) for d in ["logs", "tmp", "x"] for t in ["a", "é", "?4"])]
-    trie = build(entries)
+    trie = build(entries, **geometry)
     inputs = [f"arn:aws:s3:::bucket-{rng.randrange(60)}/{key()}" for _ in range(1_000)]
     assert min(map(len, inputs)) > 256
     assert_threads_agree(trie, inputs)
