@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import pytest
-from workloads import seed_policy_set, seed_requests
+from workloads import requests_table, seed_policy_set, seed_requests
 
 from evaluator import reference
+from evaluator.arrow import evaluate_arrow
 from evaluator.compile import CompiledPolicySet
 
 N = 50_000
@@ -80,3 +81,13 @@ def test_compiled_context_columns_two_threads(benchmark, workload):
     _, _, compiled, columns, context_columns = workload
     benchmark.extra_info["checks"] = N
     benchmark.pedantic(lambda: compiled.evaluate_columns(*columns[:3], context_columns, threads=2), rounds=5)
+
+
+@pytest.mark.benchmark(group="seed end to end")
+def test_compiled_arrow(benchmark, workload):
+    _, requests, compiled, *_ = workload
+    table = requests_table(requests)
+    assert evaluate_arrow(compiled, table).column("decision").to_pylist() == \
+        [str(d) for d in compiled.evaluate_batch(requests)]
+    benchmark.extra_info["checks"] = N
+    benchmark.pedantic(lambda: evaluate_arrow(compiled, table), rounds=5)

@@ -204,3 +204,19 @@ def corpus_requests(n: int) -> list[Request]:
             except RequestError:
                 continue
     return requests
+
+
+def requests_table(requests: list[Request]):
+    """Requests as an Arrow table: the input of the Arrow API and of batch jobs (context as a struct;
+    a key given as a list anywhere is a list column)."""
+    import pyarrow as pa
+
+    keys = sorted({key for r in requests for key in r.context})
+    lists = {key for r in requests for key, value in r.context.items() if not isinstance(value, str)}
+    context = pa.StructArray.from_arrays(
+        [pa.array([None if key not in r.context else list(r.context[key]) if key in lists else r.context[key]
+                   for r in requests], pa.list_(pa.string()) if key in lists else pa.string()) for key in keys],
+        names=keys) if keys else pa.array([{}] * len(requests), pa.struct([]))
+    return pa.table({"principal": [r.principal for r in requests], "action": [r.action for r in requests],
+                     "resource": [r.resource for r in requests],
+                     "resource_account": [r.resource_account for r in requests], "context": context})

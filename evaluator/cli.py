@@ -125,7 +125,15 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _batch_modules() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise UsageError("batch jobs need pyarrow: pip install 'iam-evaluator[batch]'") from None
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
+    _batch_modules()
     from batch.policies import PolicySource
     from batch.readers import MalformedRecord
     from batch.runner import run_local
@@ -167,6 +175,7 @@ def _print_usage(usage: dict, path: Path) -> None:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    _batch_modules()
     from batch.diff import run_diff
     from batch.policies import PolicySource
 
