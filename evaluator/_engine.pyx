@@ -1024,9 +1024,11 @@ def convert_arrow(Engine engine, principal_indices, list principal_rows, list ca
     cdef cstr account
     cdef const strcol* items
     cdef bytes account_bytes
+    cdef uint64_t* seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))  # key given in row i: i + 1
+    cdef bint twice
     try:
         if (strings == NULL or lists == NULL or field_keys == NULL or is_list == NULL or rows == NULL
-                or caller_accounts == NULL or caller_account_len == NULL):
+                or caller_accounts == NULL or caller_account_len == NULL or seen == NULL):
             raise MemoryError()
         for k, row in enumerate(principal_rows):
             rows[k] = row
@@ -1081,6 +1083,7 @@ def convert_arrow(Engine engine, principal_indices, list principal_rows, list ca
                     rq.resource.ptr + account_start, caller_accounts[k], account_len) == 0
             else:
                 rq.same_account = True
+            twice = False
             for f in range(n_fields):
                 if is_list[f]:
                     if not _valid(lists[f].validity, lists[f].bit_offset + i):
@@ -1094,6 +1097,10 @@ def convert_arrow(Engine engine, principal_indices, list principal_rows, list ca
                     start = i
                     count = 1
                     items = &strings[f]
+                if seen[field_keys[f]] == <uint64_t>(i + 1):  # two spellings of one key in this row
+                    twice = True
+                    break
+                seen[field_keys[f]] = i + 1
                 batch.grow(1, count)
                 batch.entries[batch.n_entries].key = field_keys[f]
                 batch.entries[batch.n_entries].entry.count = <int32_t>count
@@ -1103,10 +1110,16 @@ def convert_arrow(Engine engine, principal_indices, list principal_rows, list ca
                     batch.values[batch.n_values] = _item(items, k)
                     batch.n_values += 1
                 batch.n_entries += 1
+            if twice:
+                batch.errors[i] = f"context key {context_fields[f][1]!r} is given twice (key names are case-insensitive)"
+                batch.n_entries = rq.ctx_start
+                rq.caller = -1
+                continue
             rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
         for k in range(batch.n_entries):  # the values array has stopped moving: offsets -> pointers
             batch.entries[k].entry.values = batch.values + <size_t>batch.entries[k].entry.values
     finally:
+        free(seen)
         free(strings)
         free(lists)
         free(field_keys)

@@ -55,15 +55,11 @@ def _context_fields(compiled: CompiledPolicySet, batch: pa.RecordBatch) -> list[
     if not pa.types.is_struct(context.type):
         raise SchemaError(f"column 'context' must be a struct of context keys, not {context.type}")
     fields = []
-    seen: dict[int, str] = {}
     for field, values in zip(context.type, context.flatten(), strict=True):
         key_id = compiled.key_ids.get(field.name.lower())
         if key_id is None:
             continue  # no policy tests this key
-        if key_id in seen:
-            raise SchemaError(f"context keys {seen[key_id]!r} and {field.name!r} are the same key "
-                              "(key names are case-insensitive)")
-        seen[key_id] = field.name
+        # Two spellings of one key may be two fields; a row that gives both fails alone.
         if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
             fields.append((key_id, field.name, values.cast(pa.string()), False))
         elif pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
