@@ -949,26 +949,27 @@ cdef inline bint _valid(const uint8_t* validity, Py_ssize_t bit) noexcept nogil:
 cdef const char* _EMPTY = ""
 
 
-cdef int _strcol(object array, strcol* out) except -1:
+cdef list _header(object array, const uint8_t** validity, Py_ssize_t* bit_offset,
+                  const int32_t** offsets):
+    """The validity bitmap and offsets that string and list arrays share; returns the buffers."""
     buffers = array.buffers()
-    out.bit_offset = array.offset
-    out.validity = NULL
-    if buffers[0] is not None:
-        out.validity = <const uint8_t*><size_t>buffers[0].address
     cdef Py_ssize_t shift = array.offset
-    out.offsets = (<const int32_t*><size_t>buffers[1].address) + shift
+    bit_offset[0] = shift
+    validity[0] = NULL
+    if buffers[0] is not None:
+        validity[0] = <const uint8_t*><size_t>buffers[0].address
+    offsets[0] = (<const int32_t*><size_t>buffers[1].address) + shift
+    return buffers
+
+
+cdef int _strcol(object array, strcol* out) except -1:
+    buffers = _header(array, &out.validity, &out.bit_offset, &out.offsets)
     out.data = _EMPTY if buffers[2] is None or buffers[2].size == 0 else <const char*><size_t>buffers[2].address
     return 0
 
 
 cdef int _listcol(object array, listcol* out) except -1:
-    buffers = array.buffers()
-    out.bit_offset = array.offset
-    out.validity = NULL
-    if buffers[0] is not None:
-        out.validity = <const uint8_t*><size_t>buffers[0].address
-    cdef Py_ssize_t shift = array.offset
-    out.offsets = (<const int32_t*><size_t>buffers[1].address) + shift
+    _header(array, &out.validity, &out.bit_offset, &out.offsets)
     _strcol(array.values, &out.items)
     return 0
 
