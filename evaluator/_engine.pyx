@@ -469,6 +469,26 @@ cdef class Engine:
         finally:
             self.release(sc)
 
+    cdef int open_explain(self, explain_t* ex) except -1:
+        """Buffers for one thread's explanations: every statement may apply, every key be missing."""
+        ex.applicable = <int32_t*>malloc(max(1, self.n_statements) * sizeof(int32_t))
+        ex.missing = <int32_t*>malloc(self.n_names * sizeof(int32_t))
+        if ex.applicable == NULL or ex.missing == NULL:
+            close_explain(ex)
+            raise MemoryError()
+        return 0
+
+    cdef int decide_explained(self, Batch batch, Py_ssize_t i, scratch_t* sc, explain_t* ex) noexcept nogil:
+        """Decide request i of a batch into its code, recording what explains it in ``ex``."""
+        cdef const request_t* rq = &batch.requests[i]
+        ex.n_applicable = ex.n_missing = 0
+        ex.failed_statement = -1
+        cdef int code = D_FAILED
+        if rq.caller >= 0:
+            code = self.decide(rq, batch.entries + rq.ctx_start, batch.grants + rq.caller * self.n_slots, sc, ex)
+        batch.codes[i] = code
+        return code
+
     @cython.boundscheck(False)
     @cython.wraparound(False)
     def tally_range(self, Batch batch, Py_ssize_t start, Py_ssize_t stop, uint64_t[::1] applied,
@@ -482,27 +502,18 @@ cdef class Engine:
         if applied.shape[0] < self.n_statements or decided.shape[0] < self.n_statements \
                 or action_patterns.shape[0] < self.n_statement_actions:
             raise ValueError("count arrays are smaller than the compiled set")
-        cdef scratch_t* sc = self.acquire()
         cdef explain_t ex
-        ex.applicable = <int32_t*>malloc(max(1, self.n_statements) * sizeof(int32_t))
-        ex.missing = <int32_t*>malloc(self.n_names * sizeof(int32_t))
-        cdef const request_t* rq
+        self.open_explain(&ex)
+        cdef scratch_t* sc = NULL
         cdef const statement_t* st
         cdef int code
         cdef Py_ssize_t i, k, p
         cdef int32_t s
         try:
-            if ex.applicable == NULL or ex.missing == NULL:
-                raise MemoryError()
+            sc = self.acquire()
             with nogil:
                 for i in range(start, stop):
-                    rq = &batch.requests[i]
-                    ex.n_applicable = ex.n_missing = 0
-                    code = D_FAILED
-                    if rq.caller >= 0:
-                        code = self.decide(rq, batch.entries + rq.ctx_start, batch.grants + rq.caller * self.n_slots,
-                                           sc, &ex)
-                    batch.codes[i] = code
+                    code = self.decide_explained(batch, i, sc, &ex)
                     if code == D_FAILED:
                         continue
                     for k in range(ex.n_applicable):
@@ -516,43 +527,38 @@ cdef class Engine:
                                 if sc.pattern_mark[self.statement_actions[p]] == sc.gen:
                                     action_patterns[p] += 1
         finally:
-            free(ex.applicable)
-            free(ex.missing)
-            self.release(sc)
+            close_explain(&ex)
+            if sc != NULL:
+                self.release(sc)
 
     def explain_range(self, Batch batch, Py_ssize_t start, Py_ssize_t stop):
         """Per request of a slice: (code, applicable statement ids, missing key-spelling ids,
         the statement whose condition failed to read a context value or -1)."""
         if not 0 <= start <= stop <= batch.n:
             raise IndexError("range outside the batch")
-        cdef scratch_t* sc = self.acquire()
         cdef explain_t ex
-        ex.applicable = <int32_t*>malloc(max(1, self.n_statements) * sizeof(int32_t))
-        ex.missing = <int32_t*>malloc(self.n_names * sizeof(int32_t))
-        cdef const request_t* rq
+        self.open_explain(&ex)
+        cdef scratch_t* sc = NULL
         cdef int code
         cdef Py_ssize_t i
         results = []
         try:
-            if ex.applicable == NULL or ex.missing == NULL:
-                raise MemoryError()
+            sc = self.acquire()
             for i in range(start, stop):
-                rq = &batch.requests[i]
-                ex.n_applicable = ex.n_missing = 0
-                ex.failed_statement = -1
-                if rq.caller < 0:
-                    code = D_FAILED
-                else:
-                    code = self.decide(rq, batch.entries + rq.ctx_start, batch.grants + rq.caller * self.n_slots,
-                                       sc, &ex)
-                batch.codes[i] = code
+                code = self.decide_explained(batch, i, sc, &ex)
                 results.append((code, sorted([ex.applicable[k] for k in range(ex.n_applicable)]),
                                 [ex.missing[k] for k in range(ex.n_missing)], ex.failed_statement))
         finally:
-            free(ex.applicable)
-            free(ex.missing)
-            self.release(sc)
+            close_explain(&ex)
+            if sc != NULL:
+                self.release(sc)
         return results
+
+
+cdef void close_explain(explain_t* ex) noexcept:
+    free(ex.applicable)
+    free(ex.missing)
+    ex.applicable = ex.missing = NULL
 
 
 cdef void free_scratch(scratch_t* sc) noexcept:
