@@ -91,14 +91,6 @@ class Request:
             data.get("context"), data.get("resource_account"),
         )
 
-    @property
-    def caller(self) -> Caller:
-        return Caller.parse(self.principal)
-
-    @property
-    def same_account(self) -> bool:
-        return self.resource_account == self.caller.account
-
 
 Levels = tuple[tuple[Policy, ...], ...]
 

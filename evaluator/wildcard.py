@@ -22,21 +22,9 @@ QMARK = Wildcard.QMARK
 Pattern = tuple["str | Wildcard", ...]
 
 
-def literal(text: str) -> Pattern:
-    return tuple(text)
-
-
 def compile_glob(text: str) -> Pattern:
     """Read ``*`` and ``?`` in ``text`` as wildcards, everything else literally."""
     return tuple(STAR if ch == "*" else QMARK if ch == "?" else ch for ch in text)
-
-
-def has_wildcard(pattern: Pattern) -> bool:
-    return any(isinstance(item, Wildcard) for item in pattern)
-
-
-def pattern_text(pattern: Pattern) -> str:
-    return "".join(item.value if isinstance(item, Wildcard) else item for item in pattern)
 
 
 def glob_match(pattern: Pattern, text: str, ignore_case: bool = False) -> bool:
