@@ -55,8 +55,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .compile import CompiledPolicySet
-from .decision import Decision, DecisionKind
+from ._engine import FAILED
+from .compile import BatchDecisions, CompiledPolicySet
+from .decision import Decision, DecisionKind, failed
 from .findings import Finding, PolicyValidationError, Severity, pointer
 from .model import Policy
 from .parse import PolicyKind, decode_json, parse_policy
@@ -602,7 +603,12 @@ def _policy_set_key(policy_set: PolicySet) -> tuple:
 
 
 def _unknown_principal(principal_arn: str) -> Decision:
-    """A principal the store does not hold has no permissions: an implicit deny that says so."""
+    """A principal the store does not hold has no permissions: an implicit deny that says so.
+    A principal that is not even an IAM principal ARN is a malformed request: an error."""
+    try:
+        Caller.parse(principal_arn)
+    except RequestError as exc:
+        return failed(str(exc))
     return Decision(DecisionKind.IMPLICIT_DENY, "principal",
                     reason=f"the principal {principal_arn} is not in the policy store")
 
@@ -613,6 +619,9 @@ class CompiledStore:
     Each distinct policy set is compiled once and shared by every principal
     with the very same policies; a resource policy makes a variant per
     resource, so the cache keeps the ``capacity`` most recently used sets.
+    What the store knows of a principal (``principal_context``: its ARN,
+    account, tags, organisation) is added to each request's context and wins
+    over what the request says, as in AWS, where the caller cannot set it.
     Safe to share between threads.
     """
 
@@ -623,6 +632,12 @@ class CompiledStore:
         self._lock = threading.Lock()
         self._compilations = 0
         self._hits = 0
+        used_keys = {key for policy in store.all_policies() for key in policy.context_keys()}
+        self._principal_contexts = {  # only the keys some policy tests: the rest would be dead weight
+            arn: {key.lower(): _value(value) for key, value in store.principal_context(arn).items()
+                  if key.lower() in used_keys}
+            for arn in store.principals
+        }
 
     def compiled_set(self, policy_set: PolicySet) -> CompiledPolicySet:
         key = _policy_set_key(policy_set)
@@ -641,38 +656,144 @@ class CompiledStore:
                 self._compiled.popitem(last=False)
         return compiled
 
+    def warm(self) -> int:
+        """Compile every principal's policy set (without resource policies) now, not at its first
+        request; returns how many distinct sets that took."""
+        keys = set()
+        for arn in self.store.principals:
+            policy_set = self.store.policy_set(arn, "*")
+            self.compiled_set(policy_set)
+            keys.add(_policy_set_key(policy_set))
+        return len(keys)
+
+    def principal_context(self, principal_arn: str) -> Mapping[str, str | tuple[str, ...]]:
+        """The keys the store sets for a principal that some policy tests, lower-cased ({} if none)."""
+        record = self.store.principal(principal_arn)
+        return {} if record is None else self._principal_contexts[record.arn]
+
     def evaluate(self, request: Request) -> Decision:
         """Decide one request, with the statements that decided it."""
         policy_set = self.store.policy_set(request.principal, request.resource, request.resource_account)
         if policy_set is None:
             return _unknown_principal(request.principal)
+        known = self.principal_context(request.principal)
+        if known:
+            request = replace(request, context=_with_known(request.context, known))
         return self.compiled_set(policy_set).evaluate(request)
 
     def evaluate_batch(self, requests: Sequence[Request]) -> list[Decision]:
-        """Decide many requests: grouped by policy set, each group in one batch; decisions in request order."""
-        decisions: list[Decision | None] = [None] * len(requests)
-        groups: dict[tuple, tuple[PolicySet, list[int]]] = {}
-        group_keys: dict[tuple[str, str, str], tuple | None] = {}
-        for i, request in enumerate(requests):
-            asked = (request.principal, request.resource, request.resource_account)
-            if asked not in group_keys:
-                policy_set = self.store.policy_set(*asked)
-                group_keys[asked] = None if policy_set is None else _policy_set_key(policy_set)
-                if policy_set is not None:
-                    groups.setdefault(group_keys[asked], (policy_set, []))
-            key = group_keys[asked]
-            if key is None:
-                decisions[i] = _unknown_principal(request.principal)
+        """Decide many requests, with their explanations; decisions in request order."""
+        return self.evaluate_columns(
+            [r.principal for r in requests], [r.action for r in requests], [r.resource for r in requests],
+            [r.context for r in requests], [r.resource_account for r in requests], explain=True,
+        )  # type: ignore[return-value] - explain gives decisions
+
+    def evaluate_columns(
+        self,
+        principals: Sequence[str],
+        actions: Sequence[str],
+        resources: Sequence[str],
+        contexts: Sequence[Mapping[str, Any] | None] | Mapping[str, Sequence[Any]] | None = None,
+        resource_accounts: Sequence[str | None] | None = None,
+        explain: bool = False,
+    ) -> BatchDecisions | list[Decision]:
+        """``CompiledPolicySet.evaluate_columns`` for a store: rows are grouped by the compiled
+        set that applies to them (principals with the very same policies share one), each group
+        decided in one call, and the results put back in row order. An unknown principal is an
+        implicit deny (``decided_by="principal"``)."""
+        store = self.store
+        n = len(principals)
+        split_resources = bool(store.resource_policies or store.rcps)
+        set_keys: dict[Any, tuple | None] = {}  # (principal[, resource variant]) -> policy set key
+        sets: dict[tuple, PolicySet] = {}
+        groups: dict[Any, list[int]] = {}  # policy set key, or the unknown principal -> rows
+        for i, principal in enumerate(principals):
+            asked: Any = principal
+            if split_resources:  # the resource's own policy, and its owner for RCPs, select a variant
+                resource = resources[i]
+                owner = resource_accounts[i] if resource_accounts else None
+                asked = (principal, id(store.resource_policy(resource)),
+                         (owner or _arn_account(resource)) if store.rcps else None)
+            if asked in set_keys:
+                key = set_keys[asked]
             else:
-                groups[key][1].append(i)
-        for policy_set, indices in groups.values():
-            batch = self.compiled_set(policy_set).evaluate_batch([requests[i] for i in indices], explain=True)
-            for i, decision in zip(indices, batch, strict=True):
-                decisions[i] = decision
-        return decisions  # type: ignore[return-value] - every slot is filled above
+                policy_set = store.policy_set(principal, resources[i], resource_accounts[i] if resource_accounts
+                                              else None)
+                key = set_keys[asked] = None if policy_set is None else _policy_set_key(policy_set)
+                if policy_set is not None:
+                    sets.setdefault(key, policy_set)
+            group = key if key is not None else ("unknown", principal)
+            rows = groups.get(group)
+            if rows is None:
+                groups[group] = [i]
+            else:
+                rows.append(i)
+        codes = bytearray(n)
+        errors: dict[int, str] = {}
+        decisions: list[Decision | None] = [None] * n
+        for group, rows in groups.items():
+            if group not in sets:
+                unknown = _unknown_principal(group[1])
+                for i in rows:
+                    decisions[i] = unknown
+                    codes[i] = FAILED if unknown.error else 0
+                    if unknown.error:
+                        errors[i] = unknown.error
+                continue
+            whole = len(rows) == n
+            pick = (lambda column: column) if whole else _picker(rows)
+            group_principals = pick(principals)
+            decided = self.compiled_set(sets[group]).evaluate_columns(
+                group_principals, pick(actions), pick(resources), self._known_contexts(contexts, pick,
+                                                                                       group_principals),
+                None if resource_accounts is None else pick(resource_accounts), explain=explain)
+            if whole:
+                return decided
+            if explain:
+                for i, decision in zip(rows, decided, strict=True):
+                    decisions[i] = decision
+            else:
+                for i, code in zip(rows, decided.codes, strict=True):
+                    codes[i] = code
+                errors.update((rows[j], message) for j, message in decided.errors.items())
+        if explain:
+            return decisions  # type: ignore[return-value] - every slot is filled above
+        return BatchDecisions(bytes(codes), errors)
+
+    def _known_contexts(self, contexts, pick, principals: list[str]):
+        """A group's contexts (per request, or per key as columns) with the store's keys for each
+        request's principal in place of the request's own."""
+        known_of = {principal: self.principal_context(principal) for principal in set(principals)}
+        if not any(known_of.values()):
+            if isinstance(contexts, Mapping):
+                return {key: pick(column) for key, column in contexts.items()}
+            return None if contexts is None else pick(contexts)
+        if isinstance(contexts, Mapping):
+            known_keys = {key for known in known_of.values() for key in known}
+            columns = {key: pick(column) for key, column in contexts.items() if key.lower() not in known_keys}
+            columns.update((key, [known_of[p].get(key) for p in principals]) for key in known_keys)
+            return columns
+        contexts = [None] * len(principals) if contexts is None else pick(contexts)
+        return [_with_known(context, known_of[p]) for context, p in zip(contexts, principals, strict=True)]
 
     def get_stats(self) -> dict[str, int]:
         """How well sharing works: compiled sets held, compilations so far, and cache hits."""
         with self._lock:
             return {"cached": len(self._compiled), "capacity": self.capacity,
                     "compilations": self._compilations, "hits": self._hits}
+
+
+def _picker(rows: list[int]):
+    """Takes the group's rows out of a column."""
+    return lambda column: [column[i] for i in rows]
+
+
+def _value(value: str | list[str]) -> str | tuple[str, ...]:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _with_known(context: Mapping[str, Any] | None, known: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's context with the store's keys for its principal (lower-cased) replacing its own."""
+    if not context:
+        return dict(known)
+    return {**{key: value for key, value in context.items() if key.lower() not in known}, **known}

@@ -422,3 +422,44 @@ def test_bad_snapshot_is_located(snapshot, source, pointer):
     with pytest.raises(StoreError) as raised:
         PolicyStore.from_json(snapshot)
     assert raised.value.source == source and raised.value.findings[0].pointer == pointer
+
+
+# -- what the store knows of a principal joins each request's context ---------------------------------------
+
+
+@pytest.mark.parametrize("form", ["per request", "columns"])
+@pytest.mark.parametrize("which", ["example", "export"])
+def test_store_context_is_added_to_requests_that_lack_it(store, exported, which, form):
+    """Requests that carry no principal keys are decided as if they did: the store sets
+    aws:PrincipalTag/…, aws:PrincipalArn and the rest, whatever the request says of them."""
+    chosen, spec = (store, EXAMPLE_REQUESTS) if which == "example" else (exported, EXPORT_REQUESTS)
+    with_known = requests_for(chosen, **spec)
+    engine = CompiledStore(chosen)
+    forged = {"aws:PrincipalTag/team": "forged", "aws:PrincipalArn": "arn:aws:iam::999999999999:role/forged"}
+    contexts = [{**{k: v for k, v in r.context.items() if not k.startswith(("aws:principal", "aws:username"))},
+                 **forged} for r in with_known]
+    if form == "columns":
+        keys = {key for context in contexts for key in context}
+        contexts = {key: [context.get(key) for context in contexts] for key in keys}
+    decided = engine.evaluate_columns([r.principal for r in with_known], [r.action for r in with_known],
+                                      [r.resource for r in with_known], contexts, explain=True)
+    for request, got in zip(with_known, decided, strict=True):
+        where = (request.principal, request.action, request.resource)
+        policy_set = chosen.policy_set(request.principal, request.resource)
+        if policy_set is None:
+            assert got.decided_by == "principal", where
+            continue
+        want = reference.evaluate(policy_set, request)
+        assert_same(want, got, where)
+    if which == "export":  # its policies test principal keys: the store's values decided, not the forged ones
+        assert engine.principal_context(BOB), "the export's policies should test some principal key"
+
+
+def test_columns_and_requests_agree_when_rows_mix_principals_and_resources(store):
+    requests = requests_for(store, **EXAMPLE_REQUESTS)[::7]
+    engine = CompiledStore(store)
+    columns = engine.evaluate_columns([r.principal for r in requests], [r.action for r in requests],
+                                      [r.resource for r in requests], [r.context for r in requests])
+    explained = engine.evaluate_batch(requests)
+    assert [str(kind) for kind in columns] == [str(d.decision) for d in explained]
+    assert set(columns.errors) == {i for i, d in enumerate(explained) if d.error}
