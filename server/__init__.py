@@ -1,0 +1,1 @@
+"""The gRPC service: a thin transport over ``evaluator`` (see README, "The service")."""
