@@ -1,9 +1,14 @@
-"""Builds the Cython extensions; all metadata lives in pyproject.toml.
+"""Builds the Cython extensions and the gRPC stubs; all metadata lives in pyproject.toml.
 
 Set IAM_EVAL_CYTHON_DEBUG=1 for a debug build: line tracing (for coverage and
 profilers) and annotated HTML next to each .pyx.
+
+The stubs are generated from proto/ into server/api/ on every build (they are
+not committed), with their imports made relative to that package.
 """
 import os
+import re
+import tempfile
 from pathlib import Path
 
 from Cython.Build import cythonize
@@ -11,6 +16,23 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("IAM_EVAL_CYTHON_DEBUG") == "1"
 
+
+def generate_stubs() -> None:
+    from grpc_tools import protoc
+
+    stubs = Path("server/api")
+    with tempfile.TemporaryDirectory() as out:
+        for proto in sorted(Path("proto").rglob("*.proto")):
+            args = ["protoc", "-Iproto", f"-I{protoc._get_resource_file_name('grpc_tools', '_proto')}",
+                    f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", str(proto)]
+            if protoc.main(args) != 0:
+                raise SystemExit(f"protoc failed on {proto}")
+        for generated in Path(out).rglob("*_pb2*.py*"):
+            text = re.sub(r"^from [\w.]+ import (\w+_pb2)", r"from . import \1", generated.read_text(), flags=re.M)
+            (stubs / generated.name).write_text(text)
+
+
+generate_stubs()
 macros = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
 extensions = [
     Extension(f"evaluator.{pyx.stem}", [str(pyx)], define_macros=macros, extra_compile_args=["-O3"])

@@ -28,7 +28,7 @@ class UsageError(Exception):
     """Bad command-line input: reported on stderr, exit code 2."""
 
 
-def _read(path: str) -> str:
+def read_file(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -36,15 +36,15 @@ def _read(path: str) -> str:
 
 
 def _load(path: str, kind: PolicyKind = PolicyKind.IDENTITY) -> Policy:
-    return parse_policy(_read(path), kind=kind, name=path)
+    return parse_policy(read_file(path), kind=kind, name=path)
 
 
-def _context(pairs: list[str], context_file: str | None) -> dict[str, Any]:
+def read_context(pairs: list[str], context_file: str | None) -> dict[str, Any]:
     """``key=value`` pairs; a repeated key becomes a list, ``key=[...]`` is a JSON list."""
     context: dict[str, Any] = {}
     if context_file:
         try:
-            loaded = json.loads(_read(context_file))
+            loaded = json.loads(read_file(context_file))
         except json.JSONDecodeError as exc:
             raise UsageError(f"{context_file}: not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
@@ -90,7 +90,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         rcp=tuple(tuple(_load(p, PolicyKind.RESOURCE) for p in level) for level in args.rcp) if args.rcp else None,
     )
     request = Request.create(args.principal, args.action, args.resource,
-                             _context(args.context, args.context_file), args.resource_account)
+                             read_context(args.context, args.context_file), args.resource_account)
     decision = ENGINES[args.engine](policies, request)
     _print_decision(decision, args.json)
     return 0 if decision.allowed else 1
@@ -101,7 +101,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if catalog is None and not args.json:
         print(f"note: no IAM catalog (--catalog DIR or ${CATALOG_ENV}); action and condition-key checks skipped",
               file=sys.stderr)
-    report = {path: validate_policy(_read(path), kind=PolicyKind(args.type), catalog=catalog) for path in args.files}
+    report = {path: validate_policy(read_file(path), kind=PolicyKind(args.type), catalog=catalog)
+              for path in args.files}
     if args.json:
         print(json.dumps({path: [{"code": f.code, "severity": str(f.severity), "pointer": f.pointer,
                                   "message": f.message} for f in findings]
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("cases", nargs="+", metavar="CASES.jsonl")
     test.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE)
     test.set_defaults(run=cmd_test)
+
+    from server.cli import add_commands  # the service's commands; grpc is imported only when they run
+    add_commands(commands)
     return parser
 
 

@@ -1,0 +1,178 @@
+"""The server: build it from a configuration, run it until SIGTERM, drain, stop.
+
+``create_server`` returns a started server whose health is NOT_SERVING; the
+store is then loaded and compiled (``Service.load``), and only then does health
+say SERVING and do the Authorizer and PolicyAdmin APIs answer (before: UNAVAILABLE).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from evaluator.catalog import Catalog
+
+from .admin import PolicyAdminServicer
+from .api import iam_evaluator_pb2 as pb
+from .api import iam_evaluator_pb2_grpc as pb_grpc
+from .authorizer import AuthorizerServicer
+from .config import ServerConfig
+from .interceptors import CallGuard, ServiceError
+from .live_store import LiveStore, Serving, load_store
+from .metrics import ServiceMetrics
+from .store_versions import VersionedStore
+
+log = logging.getLogger("iam_eval.server")
+SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Authorizer", "PolicyAdmin"))
+
+
+@dataclass
+class Service:
+    """A running server and what it serves."""
+
+    config: ServerConfig
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    metrics: ServiceMetrics
+    metrics_port: int | None = None
+    live: LiveStore | None = None
+
+    def serving(self) -> Serving:
+        return self.live_store().current
+
+    def live_store(self) -> LiveStore:
+        live = self.live
+        if live is None:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the policy store is still loading; retry shortly")
+        return live
+
+    def load(self) -> None:
+        """Load (or reopen) the store's versions, compile the newest, and start serving it."""
+        config = self.config
+        started = time.perf_counter()
+        versions = VersionedStore(config.versions_dir, lambda: load_store(config.store),
+                                  seed_description=f"loaded from {config.store}")
+        self.live = LiveStore(versions, on_publish=self._published)
+        for name in ("", *SERVICES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"fields": {"store_version": self.live.current.version.number,
+                                              "load_seconds": round(time.perf_counter() - started, 3)}})
+
+    def _published(self, serving: Serving) -> None:
+        self.metrics.store_version.set(serving.version.number)
+        self.metrics.compile_seconds.set(serving.compile_seconds)
+        log.info("store version published", extra={"fields": {
+            "store_version": serving.version.number, "description": serving.version.description,
+            "compile_seconds": round(serving.compile_seconds, 3),
+            "principals": len(serving.version.store.principals)}})
+
+    def stop(self, grace: float | None = None) -> None:
+        """Say NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        self.metrics.stop()
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
+    pair = [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+    if config.tls_client_ca:
+        return grpc.ssl_server_credentials(pair, root_certificates=Path(config.tls_client_ca).read_bytes(),
+                                           require_client_auth=True)
+    return grpc.ssl_server_credentials(pair)
+
+
+def create_server(config: ServerConfig) -> Service:
+    """A started server on ``config.listen`` (port 0: a free port, in ``Service.port``), NOT_SERVING
+    until ``load``."""
+    metrics = ServiceMetrics()
+    options = [("grpc.max_receive_message_length", config.max_message_bytes),
+               ("grpc.max_send_message_length", config.max_message_bytes),
+               ("grpc.so_reuseport", 0)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+                         interceptors=[CallGuard(config, metrics)], options=options,
+                         maximum_concurrent_rpcs=None)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    for name in ("", *SERVICES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    service = Service(config, server, 0, health_servicer, metrics)
+    pb_grpc.add_AuthorizerServicer_to_server(AuthorizerServicer(service.serving, config, metrics), server)
+    pb_grpc.add_PolicyAdminServicer_to_server(PolicyAdminServicer(service.live_store, Catalog.from_environment()),
+                                              server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    credentials = _credentials(config)
+    if credentials is None:
+        service.port = server.add_insecure_port(config.listen)
+    else:
+        service.port = server.add_secure_port(config.listen, credentials)
+    if service.port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    server.start()
+    if config.metrics_listen:
+        service.metrics_port = metrics.serve(config.metrics_listen)
+    return service
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        if hasattr(record, "method"):
+            entry["method"] = record.method
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(config: ServerConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        formatter = JsonLogFormatter()
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s %(fields)s",
+                                               defaults={"fields": ""}))
+    root = logging.getLogger("iam_eval")
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+    root.propagate = False
+
+
+def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM or SIGINT, then drain; returns the exit status."""
+    configure_logging(config)
+    service = create_server(config)
+    log.info("listening", extra={"fields": {"address": config.listen, "port": service.port,
+                                            "metrics_port": service.metrics_port, "tls": bool(config.tls_cert),
+                                            "mutual_tls": bool(config.tls_client_ca)}})
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, frame: stopping.set())
+    try:
+        service.load()
+    except Exception as exc:
+        log.error("cannot load the policy store", extra={"fields": {"error": str(exc)}})
+        service.stop(0)
+        return 2
+    stopping.wait()
+    log.info("draining", extra={"fields": {"grace_seconds": config.grace_seconds}})
+    service.stop()
+    log.info("stopped")
+    return 0

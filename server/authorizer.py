@@ -1,0 +1,112 @@
+"""The Authorizer service: decode, decide with the evaluator, encode.
+
+Every batch reads the served store version once, so all its results come from
+that one version even if the store changes meanwhile.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from evaluator.compile import BatchDecisions, CompiledPolicySet
+
+from . import convert
+from .api import iam_evaluator_pb2 as pb
+from .api import iam_evaluator_pb2_grpc as pb_grpc
+from .config import ServerConfig
+from .interceptors import ServiceError, status
+from .live_store import Serving
+from .metrics import ServiceMetrics
+
+INLINE_CACHE = 64
+"""Inline policy sets kept compiled, for clients that send the same ones again."""
+
+
+class AuthorizerServicer(pb_grpc.AuthorizerServicer):
+    def __init__(self, serving: Callable[[], Serving], config: ServerConfig, metrics: ServiceMetrics) -> None:
+        self._serving = serving  # raises ServiceError(UNAVAILABLE) until the store is compiled
+        self._config = config
+        self._metrics = metrics
+        self._inline: OrderedDict[bytes, CompiledPolicySet] = OrderedDict()
+        self._inline_lock = threading.Lock()
+
+    def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+        checked = convert.request(request)
+        if request.HasField("policies"):
+            decision = self._compiled_inline(request.policies).evaluate(checked, explain=request.explain)
+            version = 0
+        else:
+            serving = self._serving()
+            decision, version = serving.compiled.evaluate(checked), serving.version.number
+        self._metrics.count(bytes([3 if decision.error else convert.CODES[decision.decision]]))
+        return pb.CheckResponse(result=convert.result(decision, request.explain), store_version=version)
+
+    def CheckBatch(self, request: pb.CheckBatchRequest, context: grpc.ServicerContext) -> pb.CheckBatchResponse:
+        return self._decide(request, context)
+
+    def CheckStream(self, requests: Iterator[pb.CheckBatchRequest],
+                    context: grpc.ServicerContext) -> Iterator[pb.CheckBatchResponse]:
+        for request in requests:
+            try:
+                yield self._decide(request, context)
+            except ServiceError as exc:
+                if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                yield pb.CheckBatchResponse(batch_id=request.batch_id, error=str(exc))
+            except ValueError as exc:  # a malformed batch: say so, and go on with the next
+                yield pb.CheckBatchResponse(batch_id=request.batch_id, error=status(exc)[1])
+
+    def _decide(self, request: pb.CheckBatchRequest, context: grpc.ServicerContext) -> pb.CheckBatchResponse:
+        if request.requests and request.HasField("columns"):
+            raise ValueError("give the batch's requests either as requests or as columns, not both")
+        size = len(request.requests) or len(request.columns.principals)
+        if size == 0:
+            raise ValueError("the batch holds no requests")
+        if size > self._config.max_batch:
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the batch holds {size} requests, more than max_batch ({self._config.max_batch}); "
+                               "split it")
+        self._metrics.batch_size.observe(size)
+        if request.requests:
+            for i, item in enumerate(request.requests):
+                if item.HasField("policies"):
+                    raise ValueError(f"request {i}: inline policies go on the batch (CheckBatchRequest.policies), "
+                                     "not on its requests")
+            principals, actions, resources, contexts, owners = convert.columns(request.requests)
+        else:
+            principals, actions, resources, contexts, owners = convert.request_columns(request.columns)
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the batch was decided")
+        if request.HasField("policies"):
+            compiled, version = self._compiled_inline(request.policies), 0
+            decided = compiled.evaluate_columns(principals, actions, resources, contexts, owners,
+                                                explain=request.explain)
+        else:
+            serving = self._serving()
+            version = serving.version.number
+            decided = serving.compiled.evaluate_columns(principals, actions, resources, contexts, owners,
+                                                        explain=request.explain)
+        if isinstance(decided, BatchDecisions):
+            self._metrics.count(decided.codes)
+        else:
+            self._metrics.count(bytes(3 if d.error else convert.CODES[d.decision] for d in decided))
+        return pb.CheckBatchResponse(results=convert.results(decided, request.explain), store_version=version,
+                                     batch_id=request.batch_id)
+
+    def _compiled_inline(self, policies: pb.InlinePolicies) -> CompiledPolicySet:
+        key = policies.SerializeToString(deterministic=True)
+        with self._inline_lock:
+            compiled = self._inline.get(key)
+            if compiled is not None:
+                self._inline.move_to_end(key)
+                return compiled
+        compiled = CompiledPolicySet(convert.inline_policies(policies))
+        with self._inline_lock:
+            self._inline[key] = compiled
+            while len(self._inline) > INLINE_CACHE:
+                self._inline.popitem(last=False)
+        return compiled

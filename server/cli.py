@@ -1,0 +1,232 @@
+"""``iam-eval serve`` and ``iam-eval client …``: run the service, and talk to it.
+
+Client exit codes: ``check`` 0 Allow, 1 deny, 2 bad input or a failed call;
+the other commands 0 on success, 2 on failure (the status and message on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import serve
+    from .config import ConfigError, load_config
+    try:
+        config = load_config(args.config, store=args.store, listen=args.listen, metrics_listen=args.metrics_listen,
+                             state_dir=args.state_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return serve(config)
+
+
+def _calling(command):
+    """Report a failed call (its status and message) on stderr, with exit code 2."""
+    def run(args: argparse.Namespace) -> int:
+        import grpc
+        try:
+            return command(args)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 2
+        except TimeoutError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _client(args: argparse.Namespace):
+    from .client import Client
+    client = Client(args.target, token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                    timeout=args.timeout)
+    if args.wait:
+        try:
+            client.wait_until_serving(args.wait)
+        except TimeoutError:
+            client.close()
+            raise
+    return client
+
+
+def _print_message(message) -> None:
+    from google.protobuf.json_format import MessageToDict
+    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2))
+
+
+def cmd_client_check(args: argparse.Namespace) -> int:
+    from evaluator.cli import read_context
+
+    from .api import iam_evaluator_pb2 as pb
+    with _client(args) as client:
+        response = client.check(args.principal, args.action, args.resource, read_context(args.context,
+                                args.context_file), args.resource_account, explain=args.explain)
+    result = response.result
+    if args.json:
+        _print_message(response)
+    else:
+        print(pb.Decision.Name(result.decision))
+        if result.error:
+            print(f"  error: {result.error}")
+        for statement in result.statements:
+            print(f"  {statement.policy}#{statement.index}" + (f" ({statement.sid})" if statement.sid else ""))
+        if result.missing_keys:
+            print(f"  missing keys: {', '.join(result.missing_keys)}")
+        if result.reason:
+            print(f"  {result.reason} (store version {response.store_version})")
+    return 0 if result.decision == pb.ALLOW else 1
+
+
+def cmd_client_batch(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from .api import iam_evaluator_pb2 as pb
+
+    def requests():
+        with open(args.input, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{args.input}:{number}: not JSON: {exc}") from None
+
+    counts: Counter[str] = Counter()
+    output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        with _client(args) as client:
+            for result, version in client.check_batch(requests(), args.batch_size, args.explain):
+                counts["Error" if result.error else pb.Decision.Name(result.decision)] += 1
+                row = MessageToDict(result, preserving_proto_field_name=True)
+                row["store_version"] = version
+                output.write(json.dumps(row) + "\n")
+    finally:
+        if output is not sys.stdout:
+            output.close()
+    print(", ".join(f"{count} {name}" for name, count in sorted(counts.items())) or "no requests", file=sys.stderr)
+    return 0
+
+
+def _policy_name(args: argparse.Namespace):
+    from .api import iam_evaluator_pb2 as pb
+    from .client import POLICY_KINDS
+    return pb.PolicyName(kind=POLICY_KINDS[args.kind], name=args.name)
+
+
+def _admin(build):
+    """A command that sends one admin request (built from the arguments) and prints the response."""
+    def run(args: argparse.Namespace) -> int:
+        method, request = build(args)
+        with _client(args) as client:
+            _print_message(client.call(getattr(client.admin, method), request))
+        return 0
+    return run
+
+
+def _admin_commands():
+    from .api import iam_evaluator_pb2 as pb
+    from .client import POLICY_KINDS
+
+    def principal(path: str) -> pb.Principal:
+        entry = json.loads(Path(path).read_text(encoding="utf-8"))
+        return pb.Principal(arn=entry.get("arn", ""), managed_policies=entry.get("managed_policies", []),
+                            inline_policies={k: json.dumps(v) for k, v in entry.get("inline_policies", {}).items()},
+                            groups=entry.get("groups", []), permissions_boundary=entry.get("permissions_boundary", ""),
+                            tags=entry.get("tags", {}))
+
+    return {
+        "validate": lambda a: ("ValidatePolicy", pb.ValidatePolicyRequest(
+            document=Path(a.file).read_text(encoding="utf-8"), kind=POLICY_KINDS[a.kind])),
+        "put-policy": lambda a: ("PutPolicy", pb.PutPolicyRequest(policy=pb.StoredPolicy(
+            kind=POLICY_KINDS[a.kind], name=a.name, document=Path(a.file).read_text(encoding="utf-8")),
+            expected_version=a.expected_version)),
+        "get-policy": lambda a: ("GetPolicy", _policy_name(a)),
+        "list-policies": lambda a: ("ListPolicies", pb.ListPoliciesRequest(kind=POLICY_KINDS.get(a.kind, 0))),
+        "delete-policy": lambda a: ("DeletePolicy", pb.DeletePolicyRequest(policy=_policy_name(a),
+                                                                          expected_version=a.expected_version)),
+        "put-principal": lambda a: ("PutPrincipal", pb.PutPrincipalRequest(principal=principal(a.file),
+                                                                          expected_version=a.expected_version)),
+        "get-principal": lambda a: ("GetPrincipal", pb.PrincipalName(arn=a.arn)),
+        "list-principals": lambda a: ("ListPrincipals", pb.ListPrincipalsRequest()),
+        "delete-principal": lambda a: ("DeletePrincipal", pb.DeletePrincipalRequest(
+            arn=a.arn, expected_version=a.expected_version)),
+        "version": lambda a: ("GetStoreVersion", pb.GetStoreVersionRequest()),
+        "versions": lambda a: ("ListStoreVersions", pb.ListStoreVersionsRequest()),
+        "rollback": lambda a: ("Rollback", pb.RollbackRequest(version=a.version, expected_version=a.expected_version)),
+    }
+
+
+def add_commands(commands) -> None:
+    """Add ``serve`` and ``client`` to the ``iam-eval`` parser."""
+    serve = commands.add_parser("serve", help="run the gRPC service on a policy store (docs: README, Service)")
+    serve.add_argument("--store", metavar="DIR|FILE",
+                       help="store directory, store snapshot, or get-account-authorization-details JSON")
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration (see server/config.py)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT", help="Prometheus address (default 127.0.0.1:9464)")
+    serve.add_argument("--state-dir", metavar="DIR", help="where store versions are kept")
+    serve.set_defaults(run=cmd_serve)
+
+    client = commands.add_parser("client", help="ask a running service")
+    client.add_argument("--target", default=os.environ.get("IAM_EVAL_TARGET", DEFAULT_TARGET),
+                        help=f"server HOST:PORT (default $IAM_EVAL_TARGET or {DEFAULT_TARGET})")
+    client.add_argument("--token", default=os.environ.get("IAM_EVAL_TOKEN"),
+                        help="bearer token (default $IAM_EVAL_TOKEN)")
+    client.add_argument("--tls-ca", metavar="PEM", help="connect over TLS, trusting this CA")
+    client.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mutual TLS")
+    client.add_argument("--tls-key", metavar="PEM", help="client key, for mutual TLS")
+    client.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, in seconds")
+    client.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="first wait up to this long for the server to be serving (e.g. just after it starts)")
+    calls = client.add_subparsers(dest="call", required=True)
+
+    check = calls.add_parser("check", help="decide one request")
+    check.add_argument("--principal", required=True)
+    check.add_argument("--action", required=True)
+    check.add_argument("--resource", required=True)
+    check.add_argument("--resource-account")
+    check.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                       help="a context key; repeat a key for a list")
+    check.add_argument("--context-file", metavar="FILE", help="JSON object of context keys")
+    check.add_argument("--explain", action="store_true", help="deciding statements and missing keys")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(run=_calling(cmd_client_check))
+
+    batch = calls.add_parser("batch", help="decide a JSON Lines file of requests, in batches")
+    batch.add_argument("--input", required=True, metavar="FILE.jsonl",
+                       help='one request a line: {"principal", "action", "resource", "context"}')
+    batch.add_argument("--output", metavar="FILE.jsonl", help="one result a line, in input order (default stdout)")
+    batch.add_argument("--batch-size", type=int, default=1000)
+    batch.add_argument("--explain", action="store_true")
+    batch.set_defaults(run=_calling(cmd_client_batch))
+
+    kinds = ["managed", "scp", "rcp", "resource"]
+    admin = _admin_commands
+    specs = {
+        "validate": [("file", {}), ("--kind", {"choices": kinds, "default": "managed"})],
+        "put-policy": [("file", {}), ("--kind", {"choices": kinds, "required": True}), ("--name", {"required": True})],
+        "get-policy": [("--kind", {"choices": kinds, "required": True}), ("--name", {"required": True})],
+        "list-policies": [("--kind", {"choices": kinds})],
+        "delete-policy": [("--kind", {"choices": kinds, "required": True}), ("--name", {"required": True})],
+        "put-principal": [("file", {"help": "a principal as in a store directory's principals/*.json"})],
+        "get-principal": [("arn", {})],
+        "list-principals": [],
+        "delete-principal": [("arn", {})],
+        "version": [],
+        "versions": [],
+        "rollback": [("version", {"type": int})],
+    }
+    for name, arguments in specs.items():
+        command = calls.add_parser(name, help=f"admin: {name.replace('-', ' ')}")
+        for flag, options in arguments:
+            command.add_argument(flag, **options)
+        if name.startswith(("put-", "delete-", "rollback")):
+            command.add_argument("--expected-version", type=int, default=0,
+                                 help="apply only if this is the current version")
+        command.set_defaults(run=_calling(_admin(lambda a, name=name: admin()[name](a))))

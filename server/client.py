@@ -1,0 +1,131 @@
+"""A Python client for the service: one check, batches of any size, and the admin API.
+
+    with Client("127.0.0.1:50051") as client:
+        client.check("arn:aws:iam::111122223333:role/Builder", "imagebuilder:GetImage", "arn:…").result.decision
+
+Large inputs are cut into batches of ``batch_size`` and sent as columns (the
+fastest form); results come back in input order.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from .api import iam_evaluator_pb2 as pb
+from .api import iam_evaluator_pb2_grpc as pb_grpc
+
+POLICY_KINDS = {"managed": pb.MANAGED, "scp": pb.SCP, "rcp": pb.RCP, "resource": pb.RESOURCE}
+
+
+def context_values(value: Any) -> pb.ContextValues:
+    """A JSON context value (a string, a bool or number, or a list of them) as the message."""
+    def text(item: Any) -> str:
+        return ("true" if item else "false") if isinstance(item, bool) else item if isinstance(item, str) \
+            else json.dumps(item)
+    if isinstance(value, (list, tuple)):
+        return pb.ContextValues(values=[text(v) for v in value], is_list=True)
+    return pb.ContextValues(values=[text(value)])
+
+
+def request_columns(requests: list[Mapping[str, Any]]) -> pb.RequestColumns:
+    """Requests as JSON objects ({"principal", "action", "resource", "context", "resource_account"})
+    turned into columns."""
+    columns = pb.RequestColumns(principals=[r.get("principal", "") for r in requests],
+                                actions=[r.get("action", "") for r in requests],
+                                resources=[r.get("resource", "") for r in requests])
+    if any(r.get("resource_account") for r in requests):
+        columns.resource_accounts.extend(r.get("resource_account") or "" for r in requests)
+    keys: dict[str, None] = {}
+    for r in requests:
+        keys.update(dict.fromkeys(r.get("context") or {}))
+    for key in keys:
+        cells = [(r.get("context") or {}).get(key) for r in requests]
+        present = [i for i, cell in enumerate(cells) if cell is not None]
+        column = columns.context.add(key=key)
+        if len(present) < len(cells):
+            column.rows.extend(present)
+        listed = [context_values(cells[i]) for i in present]
+        if any(cell.is_list for cell in listed):
+            column.is_list = True
+            column.lengths.extend(len(cell.values) for cell in listed)
+            for cell in listed:
+                column.values.extend(cell.values)
+        else:
+            column.values.extend(cell.values[0] for cell in listed)
+    return columns
+
+
+class Client:
+    """A connection to one server. ``token`` is sent as a bearer token on every call; give
+    ``tls_ca`` (and for mutual TLS ``tls_cert`` and ``tls_key``) to connect over TLS."""
+
+    def __init__(self, target: str, *, token: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None, timeout: float = 30.0,
+                 max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if tls_ca:
+            read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+            credentials = grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
+            self.channel = grpc.secure_channel(target, credentials, options)
+        else:
+            self.channel = grpc.insecure_channel(target, options)
+        self.authorizer = pb_grpc.AuthorizerStub(self.channel)
+        self.admin = pb_grpc.PolicyAdminStub(self.channel)
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_until_serving(self, timeout: float) -> None:
+        """Block until the server's health says SERVING; raises ``TimeoutError`` after ``timeout`` seconds."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout
+        status = "not reachable"
+        while time.monotonic() < deadline:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=max(0.1, deadline - time.monotonic()),
+                                     wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                status = exc.code().name
+            time.sleep(0.1)
+        raise TimeoutError(f"the server was not serving within {timeout:g} s (last status: {status})")
+
+    def call(self, method, request):
+        """Call any stub method with this client's credential and deadline."""
+        return method(request, timeout=self.timeout, metadata=self._metadata)
+
+    def check(self, principal: str, action: str, resource: str, context: Mapping[str, Any] | None = None,
+              resource_account: str | None = None, explain: bool = False) -> pb.CheckResponse:
+        request = pb.CheckRequest(principal=principal, action=action, resource=resource,
+                                  context={k: context_values(v) for k, v in (context or {}).items()},
+                                  resource_account=resource_account or "", explain=explain)
+        return self.call(self.authorizer.Check, request)
+
+    def check_batch(self, requests: Iterable[Mapping[str, Any]], batch_size: int = 1000,
+                    explain: bool = False) -> Iterator[tuple[pb.CheckResult, int]]:
+        """Decide any number of requests (JSON objects), ``batch_size`` per call; yields each result
+        with the store version that decided it, in input order."""
+        iterator = iter(requests)
+        while chunk := list(itertools.islice(iterator, batch_size)):
+            response = self.call(self.authorizer.CheckBatch,
+                                 pb.CheckBatchRequest(columns=request_columns(chunk), explain=explain))
+            for result in response.results:
+                yield result, response.store_version

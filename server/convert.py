@@ -1,0 +1,199 @@
+"""Between protobuf messages and evaluator types: the one place that knows both.
+
+The batch path works on columns: it pulls each field of every request into a
+plain list and builds results from the engine's decision codes, so that no
+evaluator object is built per request.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from evaluator import PolicySet, Request
+from evaluator.compile import BatchDecisions
+from evaluator.decision import Decision, DecisionKind
+from evaluator.findings import Finding
+from evaluator.parse import PolicyKind as DocumentKind
+from evaluator.parse import parse_policy
+
+from .api import iam_evaluator_pb2 as pb
+
+DECISIONS = {DecisionKind.ALLOW: pb.ALLOW, DecisionKind.EXPLICIT_DENY: pb.EXPLICIT_DENY,
+             DecisionKind.IMPLICIT_DENY: pb.IMPLICIT_DENY}
+CODES = {DecisionKind.IMPLICIT_DENY: 0, DecisionKind.ALLOW: 1, DecisionKind.EXPLICIT_DENY: 2}
+"""The engine's code for each decision (3: could not be evaluated)."""
+_CODE_RESULTS = (pb.CheckResult(decision=pb.IMPLICIT_DENY), pb.CheckResult(decision=pb.ALLOW),
+                 pb.CheckResult(decision=pb.EXPLICIT_DENY))
+"""The result of each engine code without explanation, built once and copied into responses."""
+
+SECTIONS = {pb.MANAGED: "managed_policies", pb.SCP: "scps", pb.RCP: "rcps", pb.RESOURCE: "resource_policies"}
+"""The store section that holds each kind of policy."""
+_NAME_FIELDS = {"managed_policies": "arn", "scps": "name", "rcps": "name", "resource_policies": "resource"}
+
+
+def context_value(values: pb.ContextValues) -> str | tuple[str, ...]:
+    if values.is_list or len(values.values) != 1:
+        return tuple(values.values)
+    return values.values[0]
+
+
+def context(message: Mapping[str, pb.ContextValues]) -> dict[str, str | tuple[str, ...]]:
+    return {key: context_value(values) for key, values in message.items()}
+
+
+def request(message: pb.CheckRequest) -> Request:
+    """A checked request; raises ``RequestError`` saying what is wrong with it."""
+    return Request.create(message.principal, message.action, message.resource, context(message.context),
+                          message.resource_account or None)
+
+
+def columns(requests: Sequence[pb.CheckRequest]) -> tuple[list, list, list, list, list | None]:
+    """Principals, actions, resources, contexts and resource owners of a batch, as lists."""
+    principals = [r.principal for r in requests]
+    actions = [r.action for r in requests]
+    resources = [r.resource for r in requests]
+    contexts = [context(r.context) if len(r.context) else None for r in requests]
+    owners = [r.resource_account or None for r in requests]
+    return principals, actions, resources, contexts, owners if any(owners) else None
+
+
+def request_columns(message: pb.RequestColumns) -> tuple[list, list, list, dict[str, list], list | None]:
+    """The columns as lists, contexts as one list per key (None where a request lacks it);
+    raises ``ValueError`` for columns of different lengths."""
+    principals, actions, resources = list(message.principals), list(message.actions), list(message.resources)
+    n = len(principals)
+    if len(actions) != n or len(resources) != n:
+        raise ValueError(f"columns differ in length: {n} principals, {len(actions)} actions, "
+                         f"{len(resources)} resources")
+    owners = list(message.resource_accounts)
+    if owners and len(owners) != n:
+        raise ValueError(f"resource_accounts has {len(owners)} entries for {n} requests")
+    context_columns: dict[str, list] = {}
+    for column in message.context:
+        if column.key in context_columns:
+            raise ValueError(f"context column {column.key!r} is given twice")
+        context_columns[column.key] = _context_column(column, n)
+    return principals, actions, resources, context_columns, [o or None for o in owners] if any(owners) else None
+
+
+def _context_column(column: pb.ContextColumn, n: int) -> list:
+    rows = list(column.rows)
+    if rows and (rows[-1] >= n or any(a >= b for a, b in zip(rows, rows[1:], strict=False))):
+        raise ValueError(f"context column {column.key!r}: rows must be ascending positions below {n}")
+    count = len(rows) if rows else n
+    values = list(column.values)
+    if column.is_list:
+        lengths = list(column.lengths)
+        if len(lengths) != count or sum(lengths) != len(values):
+            raise ValueError(f"context column {column.key!r}: lengths must give one count per request with the "
+                             f"key ({count}), adding up to the {len(values)} values")
+        cells, start = [], 0
+        for length in lengths:
+            cells.append(tuple(values[start:start + length]))
+            start += length
+    else:
+        if len(values) != count:
+            raise ValueError(f"context column {column.key!r} has {len(values)} values for {count} requests")
+        cells = values
+    if not rows:
+        return cells
+    spread: list = [None] * n
+    for row, cell in zip(rows, cells, strict=True):
+        spread[row] = cell
+    return spread
+
+
+def inline_policies(message: pb.InlinePolicies) -> PolicySet:
+    """The policies a request brought; raises ``PolicyValidationError`` naming the bad one."""
+    def parse(documents: Iterable[str], layer: str, kind: DocumentKind = DocumentKind.IDENTITY):
+        return tuple(parse_policy(text, kind=kind, name=f"{layer}[{i}]") for i, text in enumerate(documents))
+
+    def levels(levels: Sequence[pb.PolicyLevel], layer: str, kind: DocumentKind):
+        return tuple(parse(level.documents, f"{layer}[{i}]", kind) for i, level in enumerate(levels)) or None
+
+    return PolicySet(
+        identity=parse(message.identity, "identity"),
+        resource=parse_policy(message.resource, kind=DocumentKind.RESOURCE, name="resource")
+        if message.resource else None,
+        permissions_boundary=parse(message.permissions_boundary, "permissions_boundary") or None,
+        session=parse(message.session, "session") or None,
+        scp=levels(message.scp, "scp", DocumentKind.IDENTITY),
+        rcp=levels(message.rcp, "rcp", DocumentKind.RESOURCE),
+    )
+
+
+def result(decision: Decision, explain: bool) -> pb.CheckResult:
+    message = pb.CheckResult(decision=DECISIONS[decision.decision], error=decision.error or "")
+    if explain:
+        message.decided_by = decision.decided_by
+        message.reason = decision.reason
+        message.missing_keys.extend(decision.missing_keys)
+        message.statements.extend(pb.StatementRef(policy=s.policy, sid=s.sid or "", index=s.index)
+                                  for s in decision.statements)
+    return message
+
+
+def results(decided: BatchDecisions | list[Decision], explain: bool) -> list[pb.CheckResult]:
+    """One result a request, in order: explained decisions, or bare decision codes."""
+    if explain:
+        return [result(decision, True) for decision in decided]
+    messages = [_CODE_RESULTS[code] if code < 3 else None for code in decided.codes]
+    for i, error in decided.errors.items():
+        messages[i] = pb.CheckResult(decision=pb.IMPLICIT_DENY, error=error)
+    return messages
+
+
+def finding(item: Finding) -> pb.Finding:
+    return pb.Finding(code=item.code, severity=str(item.severity), pointer=item.pointer, message=item.message)
+
+
+def document_kind(kind: int) -> DocumentKind:
+    """Resource policies and RCPs name principals; the other kinds must not."""
+    return DocumentKind.RESOURCE if kind in (pb.RESOURCE, pb.RCP) else DocumentKind.IDENTITY
+
+
+def policy_entry(policy: pb.StoredPolicy) -> tuple[str, dict[str, Any]]:
+    """The store section and entry of a policy; raises ``ValueError`` for a document that is not JSON."""
+    section = SECTIONS[policy.kind]
+    try:
+        document = json.loads(policy.document)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"policy document is not JSON: {exc}") from None
+    return section, {_NAME_FIELDS[section]: policy.name, "document": document}
+
+
+def stored_policy(kind: int, entry: Mapping[str, Any]) -> pb.StoredPolicy:
+    return pb.StoredPolicy(kind=kind, name=entry[_NAME_FIELDS[SECTIONS[kind]]],
+                           document=json.dumps(entry["document"], indent=2))
+
+
+def principal_entry(principal: pb.Principal) -> dict[str, Any]:
+    """A principal as a store directory's file holds it; empty fields are left out."""
+    entry: dict[str, Any] = {"arn": principal.arn}
+    if principal.managed_policies:
+        entry["managed_policies"] = list(principal.managed_policies)
+    if principal.inline_policies:
+        inline = {}
+        for name, text in principal.inline_policies.items():
+            try:
+                inline[name] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"inline policy {name!r} is not JSON: {exc}") from None
+        entry["inline_policies"] = inline
+    if principal.groups:
+        entry["groups"] = list(principal.groups)
+    if principal.permissions_boundary:
+        entry["permissions_boundary"] = principal.permissions_boundary
+    if principal.tags:
+        entry["tags"] = dict(principal.tags)
+    return entry
+
+
+def principal(entry: Mapping[str, Any]) -> pb.Principal:
+    return pb.Principal(
+        arn=entry["arn"], managed_policies=entry.get("managed_policies", []),
+        inline_policies={name: json.dumps(doc, indent=2) for name, doc in entry.get("inline_policies", {}).items()},
+        groups=entry.get("groups", []), permissions_boundary=entry.get("permissions_boundary") or "",
+        tags=entry.get("tags", {}),
+    )

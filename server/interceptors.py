@@ -1,0 +1,140 @@
+"""What happens around every call of our services: the caller's credential, decoding, the
+latency metric, and the one mapping from evaluator errors to gRPC status codes.
+
+Servicers raise; this module decides the status. Health and reflection pass through.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from evaluator.findings import PolicyValidationError, Severity
+from evaluator.principals import RequestError
+from evaluator.store import StoreError
+
+from .config import ServerConfig
+from .metrics import ServiceMetrics
+from .store_versions import EntryNotFound, VersionConflict
+
+PACKAGE = "/iam_evaluator.v1."
+log = logging.getLogger("iam_eval.server")
+
+
+class ServiceError(Exception):
+    """A call the service refuses for a reason of its own, with the status to say so."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def status(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status and message a call ends with when it raises ``exc``."""
+    if isinstance(exc, ServiceError):
+        return exc.code, str(exc)
+    if isinstance(exc, StoreError):  # a change that would leave the store inconsistent changes nothing
+        references = all(f.code == "S002" for f in exc.findings if f.severity is Severity.ERROR)
+        return (grpc.StatusCode.FAILED_PRECONDITION if references else grpc.StatusCode.INVALID_ARGUMENT), str(exc)
+    if isinstance(exc, (RequestError, PolicyValidationError, ValueError, DecodeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, EntryNotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc.args[0]) if exc.args else "not found"
+    if isinstance(exc, VersionConflict):
+        return grpc.StatusCode.ABORTED, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
+
+
+def _bearer(metadata: tuple) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):]
+    return None
+
+
+class CallGuard(grpc.ServerInterceptor):
+    """Checks the bearer token each service needs, decodes the request, times the call and turns
+    exceptions into statuses."""
+
+    def __init__(self, config: ServerConfig, metrics: ServiceMetrics) -> None:
+        self._config = config
+        self._metrics = metrics
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        method = details.method
+        if handler is None or not method.startswith(PACKAGE):
+            return handler
+        refusal = self._refusal(method, details.invocation_metadata)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary, handler.request_deserializer, refusal),
+                response_serializer=handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(method, handler.stream_stream, handler.request_deserializer, refusal),
+            response_serializer=handler.response_serializer)
+
+    def _refusal(self, method: str, metadata: tuple) -> ServiceError | None:
+        admin = method.startswith(PACKAGE + "PolicyAdmin/")
+        token = self._config.admin_token if admin else self._config.check_token
+        if admin and not token:
+            return ServiceError(grpc.StatusCode.PERMISSION_DENIED,
+                                "the admin API is disabled: the server has no admin_token configured")
+        if not token:
+            return None
+        given = _bearer(metadata)
+        if given is None:
+            return ServiceError(grpc.StatusCode.UNAUTHENTICATED,
+                                "this API needs a credential: send metadata 'authorization: Bearer <token>'")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return ServiceError(grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid for this API")
+        return None
+
+    def _fail(self, method: str, context: grpc.ServicerContext, exc: Exception):
+        code, message = status(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("call failed", exc_info=exc, extra={"method": method})
+        self._metrics.rpc_errors.labels(method, code.name).inc()
+        context.abort(code, message)
+
+    def _unary(self, method: str, behavior: Callable, decode: Callable, refusal: ServiceError | None):
+        def call(raw: bytes, context: grpc.ServicerContext):
+            started = time.perf_counter()
+            try:
+                if refusal:
+                    raise refusal
+                return behavior(_decode(decode, raw), context)
+            except Exception as exc:  # every failure becomes a status; none escapes as a crash
+                if context.code() is not None:  # already aborted
+                    raise
+                self._fail(method, context, exc)
+            finally:
+                self._metrics.latency.labels(method).observe(time.perf_counter() - started)
+        return call
+
+    def _stream(self, method: str, behavior: Callable, decode: Callable, refusal: ServiceError | None):
+        def call(raws: Iterator[bytes], context: grpc.ServicerContext):
+            started = time.perf_counter()
+            try:
+                if refusal:
+                    raise refusal
+                yield from behavior((_decode(decode, raw) for raw in raws), context)
+            except Exception as exc:
+                if context.code() is not None:
+                    raise
+                self._fail(method, context, exc)
+            finally:
+                self._metrics.latency.labels(method).observe(time.perf_counter() - started)
+        return call
+
+
+def _decode(decode: Callable, raw: bytes):
+    try:
+        return decode(raw)
+    except DecodeError as exc:
+        name = getattr(decode, "__self__", None)
+        raise ValueError(f"the request is not a valid {getattr(name, '__name__', 'message')}: {exc}") from None

@@ -1,0 +1,76 @@
+"""The store being served: one compiled version, replaced whole when the store changes.
+
+A change is validated, persisted (``store_versions``) and compiled beside the
+version in service, then published by rebinding one attribute, so a call that
+has read ``current`` finishes on that version and the next call sees the new
+one: no request ever sees half an update.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluator.account_export import load_account_export
+from evaluator.store import SECTIONS, CompiledStore, PolicyStore, store_error
+
+from .store_versions import StoreVersion, VersionedStore
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A store version and its compiled form, published together."""
+
+    version: StoreVersion
+    compiled: CompiledStore
+    compile_seconds: float
+
+
+def load_store(path: str | Path) -> PolicyStore:
+    """A store directory, a store snapshot (``PolicyStore.to_json``), or the JSON that
+    ``aws iam get-account-authorization-details`` prints."""
+    path = Path(path)
+    if path.is_dir():
+        return PolicyStore.from_directory(path)
+    try:
+        head = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise store_error(str(path), (), "S001", f"cannot read a store from it: {exc}") from None
+    if isinstance(head, dict) and set(head) <= set(SECTIONS):
+        return PolicyStore.from_json(path.read_bytes(), source=str(path))
+    return load_account_export(path)
+
+
+class LiveStore:
+    """Serves the newest version of a ``VersionedStore``; changes are serialised."""
+
+    def __init__(self, versions: VersionedStore, cache_capacity: int = 1024,
+                 on_publish: Callable[[Serving], None] | None = None) -> None:
+        self.versions = versions
+        self._cache_capacity = cache_capacity
+        self._on_publish = on_publish
+        self._lock = threading.Lock()
+        self.current = self._publish(versions.current)
+
+    def _publish(self, version: StoreVersion) -> Serving:
+        started = time.perf_counter()
+        compiled = CompiledStore(version.store, self._cache_capacity)
+        compiled.warm()
+        serving = Serving(version, compiled, time.perf_counter() - started)
+        self.current = serving
+        if self._on_publish:
+            self._on_publish(serving)
+        return serving
+
+    def change(self, edit: Callable[[dict], None], description: str, expected_version: int = 0) -> Serving:
+        """Apply ``edit`` to a copy of the snapshot; raises (and changes nothing) if it fails or
+        leaves an invalid store."""
+        with self._lock:
+            return self._publish(self.versions.change(edit, description, expected_version))
+
+    def rollback(self, number: int, expected_version: int = 0) -> Serving:
+        with self._lock:
+            return self._publish(self.versions.rollback(number, expected_version))
