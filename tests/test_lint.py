@@ -1,4 +1,4 @@
-"""Lint runs with the tests, so style problems fail CI like any other defect."""
+"""Lint and layering checks run with the tests, so they fail CI like any other defect."""
 from __future__ import annotations
 
 import subprocess
@@ -8,6 +8,33 @@ from .conftest import REPO
 
 
 def test_ruff_is_clean():
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "evaluator", "batch", "tests", "benchmarks"],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "evaluator", "batch", "server", "tests",
+                             "benchmarks"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_evaluator_never_imports_the_transport():
+    """evaluator/ is the library; grpc and protobuf belong to server/ alone, even for the CLI's parser."""
+    probe = ("import sys, evaluator, evaluator.store, evaluator.compile, evaluator.cli;"
+             "evaluator.cli.build_parser();"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google')))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_generated_stubs_match_the_contracts(tmp_path):
+    """The stubs in server/api are generated from proto/ by the build: a stale build fails here."""
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
+
+    from server.api import iam_evaluator_pb2
+
+    out = tmp_path / "contracts.pb"
+    assert protoc.main(["protoc", f"-I{REPO / 'proto'}", f"--descriptor_set_out={out}",
+                        str(REPO / "proto/iam_evaluator/v1/iam_evaluator.proto")]) == 0
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
+    for message in fresh.message_type:  # the generator leaves out the derived JSON names
+        for field in (*message.field, *(f for nested in message.nested_type for f in nested.field)):
+            field.ClearField("json_name")
+    built = descriptor_pb2.FileDescriptorProto.FromString(iam_evaluator_pb2.DESCRIPTOR.serialized_pb)
+    assert built == fresh, "server/api is stale: rebuild (pip install -e .) after changing proto/"
