@@ -61,7 +61,8 @@ class Service:
         """Load (or reopen) the store's versions, compile the newest, and start serving it."""
         config = self.config
         started = time.perf_counter()
-        versions = VersionedStore(config.versions_dir, lambda: load_store(config.store),
+        versions = VersionedStore(config.versions_dir,
+                                  lambda: load_store(config.store, config.aws_managed_policies or None),
                                   seed_description=f"loaded from {config.store}")
         self.live = LiveStore(versions, on_publish=self._published)
         for name in ("", *SERVICES):

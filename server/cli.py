@@ -20,7 +20,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
     try:
         config = load_config(args.config, store=args.store, listen=args.listen, metrics_listen=args.metrics_listen,
-                             state_dir=args.state_dir)
+                             state_dir=args.state_dir, aws_managed_policies=args.aws_managed_policies)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -171,6 +171,9 @@ def add_commands(commands) -> None:
     serve.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT", help="Prometheus address (default 127.0.0.1:9464)")
     serve.add_argument("--state-dir", metavar="DIR", help="where store versions are kept")
+    serve.add_argument("--aws-managed-policies", metavar="PATH",
+                       help="for an account export: AWS managed policies it attaches (JSON Lines of {arn, document}, "
+                            "e.g. ../shared/corpus/aws_managed_policies.jsonl)")
     serve.set_defaults(run=cmd_serve)
 
     client = commands.add_parser("client", help="ask a running service")

@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 class ServerConfig:
     store: str = ""                 # a store directory, a store snapshot, or an account export (JSON)
     state_dir: str = ""             # where versions are kept; default: DIR/.versions or FILE.versions
+    aws_managed_policies: str = ""  # for an account export: where AWS's own managed policies are (JSON Lines)
     listen: str = "127.0.0.1:50051"  # host:port; port 0 picks a free port
     metrics_listen: str = "127.0.0.1:9464"  # Prometheus /metrics over HTTP; "" turns it off
     tls_cert: str = ""              # PEM server certificate chain; with tls_key, serve TLS
@@ -58,6 +59,8 @@ class ServerConfig:
             raise ConfigError("tls_cert and tls_key: give both (TLS) or neither (plaintext)")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
+        if self.aws_managed_policies and not Path(self.aws_managed_policies).exists():
+            raise ConfigError(f"aws_managed_policies: {self.aws_managed_policies} does not exist")
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
             path = getattr(self, name)
             if path and not Path(path).is_file():

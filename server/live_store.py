@@ -29,9 +29,10 @@ class Serving:
     compile_seconds: float
 
 
-def load_store(path: str | Path) -> PolicyStore:
+def load_store(path: str | Path, aws_managed_policies: str | None = None) -> PolicyStore:
     """A store directory, a store snapshot (``PolicyStore.to_json``), or the JSON that
-    ``aws iam get-account-authorization-details`` prints."""
+    ``aws iam get-account-authorization-details`` prints (AWS managed policies it attaches
+    but leaves out are read from ``aws_managed_policies``)."""
     path = Path(path)
     if path.is_dir():
         return PolicyStore.from_directory(path)
@@ -41,7 +42,7 @@ def load_store(path: str | Path) -> PolicyStore:
         raise store_error(str(path), (), "S001", f"cannot read a store from it: {exc}") from None
     if isinstance(head, dict) and set(head) <= set(SECTIONS):
         return PolicyStore.from_json(path.read_bytes(), source=str(path))
-    return load_account_export(path)
+    return load_account_export(path, aws_managed_policies)
 
 
 class LiveStore:
