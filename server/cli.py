@@ -84,9 +84,18 @@ def cmd_client_check(args: argparse.Namespace) -> int:
 
 
 def cmd_client_batch(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict
-
     from .api import iam_evaluator_pb2 as pb
+
+    decisions = {value: name for name, value in pb.Decision.items()}
+
+    def row(result: pb.CheckResult, version: int) -> dict:
+        found = {"decision": decisions[result.decision], "store_version": version}
+        if result.error:
+            found["error"] = result.error
+        if args.explain:
+            found.update(decided_by=result.decided_by, reason=result.reason, missing_keys=list(result.missing_keys),
+                         statements=[{"policy": s.policy, "sid": s.sid, "index": s.index} for s in result.statements])
+        return found
 
     def requests():
         with open(args.input, encoding="utf-8") as lines:
@@ -102,10 +111,8 @@ def cmd_client_batch(args: argparse.Namespace) -> int:
     try:
         with _client(args) as client:
             for result, version in client.check_batch(requests(), args.batch_size, args.explain):
-                counts["Error" if result.error else pb.Decision.Name(result.decision)] += 1
-                row = MessageToDict(result, preserving_proto_field_name=True)
-                row["store_version"] = version
-                output.write(json.dumps(row) + "\n")
+                counts["Error" if result.error else decisions[result.decision]] += 1
+                output.write(json.dumps(row(result, version)) + "\n")
     finally:
         if output is not sys.stdout:
             output.close()

@@ -23,41 +23,46 @@ from .api import iam_evaluator_pb2_grpc as pb_grpc
 POLICY_KINDS = {"managed": pb.MANAGED, "scp": pb.SCP, "rcp": pb.RCP, "resource": pb.RESOURCE}
 
 
+def _text(item: Any) -> str:
+    """A JSON context value as IAM reads it: booleans and numbers become their text."""
+    if isinstance(item, str):
+        return item
+    return ("true" if item else "false") if isinstance(item, bool) else json.dumps(item)
+
+
 def context_values(value: Any) -> pb.ContextValues:
     """A JSON context value (a string, a bool or number, or a list of them) as the message."""
-    def text(item: Any) -> str:
-        return ("true" if item else "false") if isinstance(item, bool) else item if isinstance(item, str) \
-            else json.dumps(item)
     if isinstance(value, (list, tuple)):
-        return pb.ContextValues(values=[text(v) for v in value], is_list=True)
-    return pb.ContextValues(values=[text(value)])
+        return pb.ContextValues(values=[_text(v) for v in value], is_list=True)
+    return pb.ContextValues(values=[_text(value)])
 
 
 def request_columns(requests: list[Mapping[str, Any]]) -> pb.RequestColumns:
     """Requests as JSON objects ({"principal", "action", "resource", "context", "resource_account"})
-    turned into columns."""
+    turned into columns; a context key only some requests have lists their positions."""
     columns = pb.RequestColumns(principals=[r.get("principal", "") for r in requests],
                                 actions=[r.get("action", "") for r in requests],
                                 resources=[r.get("resource", "") for r in requests])
     if any(r.get("resource_account") for r in requests):
         columns.resource_accounts.extend(r.get("resource_account") or "" for r in requests)
-    keys: dict[str, None] = {}
-    for r in requests:
-        keys.update(dict.fromkeys(r.get("context") or {}))
-    for key in keys:
-        cells = [(r.get("context") or {}).get(key) for r in requests]
-        present = [i for i, cell in enumerate(cells) if cell is not None]
+    by_key: dict[str, tuple[list[int], list[Any]]] = {}
+    for i, request in enumerate(requests):
+        for key, value in (request.get("context") or {}).items():
+            if value is not None:
+                rows, values = by_key.setdefault(key, ([], []))
+                rows.append(i)
+                values.append(value)
+    for key, (rows, values) in by_key.items():
         column = columns.context.add(key=key)
-        if len(present) < len(cells):
-            column.rows.extend(present)
-        listed = [context_values(cells[i]) for i in present]
-        if any(cell.is_list for cell in listed):
+        if len(rows) < len(requests):
+            column.rows.extend(rows)
+        if any(isinstance(value, (list, tuple)) for value in values):
             column.is_list = True
-            column.lengths.extend(len(cell.values) for cell in listed)
-            for cell in listed:
-                column.values.extend(cell.values)
+            lists = [value if isinstance(value, (list, tuple)) else [value] for value in values]
+            column.lengths.extend(map(len, lists))
+            column.values.extend(_text(item) for items in lists for item in items)
         else:
-            column.values.extend(cell.values[0] for cell in listed)
+            column.values.extend(map(_text, values))
     return columns
 
 
