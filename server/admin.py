@@ -22,7 +22,8 @@ from .store_versions import delete_entry, entry_keys, find_entry, put_entry
 
 def _section(kind: int) -> str:
     if kind not in convert.SECTIONS:
-        raise ValueError(f"policy kind must be MANAGED, SCP, RCP or RESOURCE, not {pb.PolicyKind.Name(kind)}")
+        named = pb.PolicyKind.Name(kind) if kind in pb.PolicyKind.values() else kind  # an open enum: any number
+        raise ValueError(f"policy kind must be MANAGED, SCP, RCP or RESOURCE, not {named}")
     return convert.SECTIONS[kind]
 
 

@@ -123,6 +123,8 @@ class CallGuard(grpc.ServerInterceptor):
                 if refusal:
                     raise refusal
                 yield from behavior((_decode(decode, raw) for raw in raws), context)
+            except grpc.RpcError:  # reading the request stream failed: the client cancelled or its deadline passed
+                return
             except Exception as exc:
                 if context.code() is not None:
                     raise

@@ -33,7 +33,7 @@ from typing import Any
 
 from evaluator.store import PolicyStore
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("iam_eval.store_versions")
 
 KEYS = {"principals": "arn", "groups": "arn", "managed_policies": "arn", "scps": "name", "rcps": "name",
         "resource_policies": "resource"}
