@@ -704,24 +704,35 @@ class CompiledStore:
         store = self.store
         n = len(principals)
         split_resources = bool(store.resource_policies or store.rcps)
-        set_keys: dict[Any, tuple | None] = {}  # (principal[, resource variant]) -> policy set key
         sets: dict[tuple, PolicySet] = {}
-        groups: dict[Any, list[int]] = {}  # policy set key, or the unknown principal -> rows
+
+        def set_key(principal: str, resource: str, owner: str | None) -> tuple | None:
+            policy_set = store.policy_set(principal, resource, owner)
+            if policy_set is None:
+                return None
+            key = _policy_set_key(policy_set)
+            sets.setdefault(key, policy_set)
+            return key
+
+        def variant(resource: str, owner: str | None) -> tuple:
+            """What of a resource selects the policy set: its own policy, and its owner for RCPs."""
+            return (id(store.resource_policy(resource)),
+                    (owner or _arn_account(resource)) if store.rcps else None) if split_resources else ()
+
+        # Most batches need one compiled set: found from the distinct values alone, with no per-row work.
+        distinct_principals = set(principals)
+        distinct_resources = set(resources) if split_resources else ()
+        if n and resource_accounts is None and len({variant(r, None) for r in distinct_resources}) <= 1:
+            keys = {set_key(p, resources[0], None) for p in distinct_principals}
+            if len(keys) == 1 and None not in keys:
+                return self._decide(sets[keys.pop()], principals, actions, resources, contexts, None, explain)
+        set_keys: dict[Any, tuple | None] = {}  # (principal, resource variant) -> policy set key
+        groups: dict[Any, list[int]] = {}  # policy set key, or ("unknown", principal) -> rows
         for i, principal in enumerate(principals):
-            asked: Any = principal
-            if split_resources:  # the resource's own policy, and its owner for RCPs, select a variant
-                resource = resources[i]
-                owner = resource_accounts[i] if resource_accounts else None
-                asked = (principal, id(store.resource_policy(resource)),
-                         (owner or _arn_account(resource)) if store.rcps else None)
-            if asked in set_keys:
-                key = set_keys[asked]
-            else:
-                policy_set = store.policy_set(principal, resources[i], resource_accounts[i] if resource_accounts
-                                              else None)
-                key = set_keys[asked] = None if policy_set is None else _policy_set_key(policy_set)
-                if policy_set is not None:
-                    sets.setdefault(key, policy_set)
+            owner = resource_accounts[i] if resource_accounts else None
+            asked = (principal, variant(resources[i], owner))
+            key = set_keys[asked] if asked in set_keys else set_keys.setdefault(
+                asked, set_key(principal, resources[i], owner))
             group = key if key is not None else ("unknown", principal)
             rows = groups.get(group)
             if rows is None:
@@ -740,15 +751,10 @@ class CompiledStore:
                     if unknown.error:
                         errors[i] = unknown.error
                 continue
-            whole = len(rows) == n
-            pick = (lambda column: column) if whole else _picker(rows)
-            group_principals = pick(principals)
-            decided = self.compiled_set(sets[group]).evaluate_columns(
-                group_principals, pick(actions), pick(resources), self._known_contexts(contexts, pick,
-                                                                                       group_principals),
-                None if resource_accounts is None else pick(resource_accounts), explain=explain)
-            if whole:
-                return decided
+            pick = _picker(rows)
+            decided = self._decide(sets[group], pick(principals), pick(actions), pick(resources),
+                                   _pick_contexts(contexts, pick), None if resource_accounts is None
+                                   else pick(resource_accounts), explain)
             if explain:
                 for i, decision in zip(rows, decided, strict=True):
                     decisions[i] = decision
@@ -760,27 +766,33 @@ class CompiledStore:
             return decisions  # type: ignore[return-value] - every slot is filled above
         return BatchDecisions(bytes(codes), errors)
 
-    def _known_contexts(self, contexts, pick, principals: list[str]):
-        """A group's contexts (per request, or per key as columns) with the store's keys for each
-        request's principal in place of the request's own."""
+    def _decide(self, policy_set: PolicySet, principals, actions, resources, contexts, resource_accounts,
+                explain: bool) -> BatchDecisions | list[Decision]:
+        """Decide rows that share one policy set, with the store's keys for each row's principal
+        in place of the request's own."""
         known_of = {principal: self.principal_context(principal) for principal in set(principals)}
-        if not any(known_of.values()):
+        if any(known_of.values()):
             if isinstance(contexts, Mapping):
-                return {key: pick(column) for key, column in contexts.items()}
-            return None if contexts is None else pick(contexts)
-        if isinstance(contexts, Mapping):
-            known_keys = {key for known in known_of.values() for key in known}
-            columns = {key: pick(column) for key, column in contexts.items() if key.lower() not in known_keys}
-            columns.update((key, [known_of[p].get(key) for p in principals]) for key in known_keys)
-            return columns
-        contexts = [None] * len(principals) if contexts is None else pick(contexts)
-        return [_with_known(context, known_of[p]) for context, p in zip(contexts, principals, strict=True)]
+                known_keys = {key for known in known_of.values() for key in known}
+                contexts = {key: column for key, column in contexts.items() if key.lower() not in known_keys}
+                contexts.update((key, [known_of[p].get(key) for p in principals]) for key in known_keys)
+            else:
+                contexts = [_with_known(context, known_of[p])
+                            for context, p in zip(contexts or [None] * len(principals), principals, strict=True)]
+        return self.compiled_set(policy_set).evaluate_columns(principals, actions, resources, contexts,
+                                                              resource_accounts, explain=explain)
 
     def get_stats(self) -> dict[str, int]:
         """How well sharing works: compiled sets held, compilations so far, and cache hits."""
         with self._lock:
             return {"cached": len(self._compiled), "capacity": self.capacity,
                     "compilations": self._compilations, "hits": self._hits}
+
+
+def _pick_contexts(contexts, pick):
+    if isinstance(contexts, Mapping):
+        return {key: pick(column) for key, column in contexts.items()}
+    return None if contexts is None else pick(contexts)
 
 
 def _picker(rows: list[int]):

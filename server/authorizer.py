@@ -44,11 +44,11 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         self._metrics.count(bytes([3 if decision.error else convert.CODES[decision.decision]]))
         return pb.CheckResponse(result=convert.result(decision, request.explain), store_version=version)
 
-    def CheckBatch(self, request: pb.CheckBatchRequest, context: grpc.ServicerContext) -> pb.CheckBatchResponse:
+    def CheckBatch(self, request: pb.CheckBatchRequest, context: grpc.ServicerContext) -> pb.CheckBatchResponse | bytes:
         return self._decide(request, context)
 
     def CheckStream(self, requests: Iterator[pb.CheckBatchRequest],
-                    context: grpc.ServicerContext) -> Iterator[pb.CheckBatchResponse]:
+                    context: grpc.ServicerContext) -> Iterator[pb.CheckBatchResponse | bytes]:
         for request in requests:
             try:
                 yield self._decide(request, context)
@@ -59,7 +59,8 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
             except ValueError as exc:  # a malformed batch: say so, and go on with the next
                 yield pb.CheckBatchResponse(batch_id=request.batch_id, error=status(exc)[1])
 
-    def _decide(self, request: pb.CheckBatchRequest, context: grpc.ServicerContext) -> pb.CheckBatchResponse:
+    def _decide(self, request: pb.CheckBatchRequest, context: grpc.ServicerContext) -> pb.CheckBatchResponse | bytes:
+        """The response to one batch; unexplained ones come already encoded (see ``convert.encoded_response``)."""
         if request.requests and request.HasField("columns"):
             raise ValueError("give the batch's requests either as requests or as columns, not both")
         size = len(request.requests) or len(request.columns.principals)
@@ -92,9 +93,9 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
                                                         explain=request.explain)
         if isinstance(decided, BatchDecisions):
             self._metrics.count(decided.codes)
-        else:
-            self._metrics.count(bytes(3 if d.error else convert.CODES[d.decision] for d in decided))
-        return pb.CheckBatchResponse(results=convert.results(decided, request.explain), store_version=version,
+            return convert.encoded_response(decided, version, request.batch_id)
+        self._metrics.count(bytes(3 if d.error else convert.CODES[d.decision] for d in decided))
+        return pb.CheckBatchResponse(results=[convert.result(d, True) for d in decided], store_version=version,
                                      batch_id=request.batch_id)
 
     def _compiled_inline(self, policies: pb.InlinePolicies) -> CompiledPolicySet:

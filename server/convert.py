@@ -27,6 +27,10 @@ _CODE_RESULTS = (pb.CheckResult(decision=pb.IMPLICIT_DENY), pb.CheckResult(decis
                  pb.CheckResult(decision=pb.EXPLICIT_DENY))
 """The result of each engine code without explanation, built once and copied into responses."""
 
+_ENCODED_RESULTS = tuple(pb.CheckBatchResponse(results=[result]).SerializeToString() for result in _CODE_RESULTS)
+"""Each code's result as a CheckBatchResponse holding it alone: encoded messages concatenate into one
+whose repeated fields are the parts' in order, so a response is these pieces joined."""
+
 SECTIONS = {pb.MANAGED: "managed_policies", pb.SCP: "scps", pb.RCP: "rcps", pb.RESOURCE: "resource_policies"}
 """The store section that holds each kind of policy."""
 _NAME_FIELDS = {"managed_policies": "arn", "scps": "name", "rcps": "name", "resource_policies": "resource"}
@@ -79,7 +83,7 @@ def request_columns(message: pb.RequestColumns) -> tuple[list, list, list, dict[
 
 def _context_column(column: pb.ContextColumn, n: int) -> list:
     rows = list(column.rows)
-    if rows and (rows[-1] >= n or any(a >= b for a, b in zip(rows, rows[1:], strict=False))):
+    if rows and (rows[-1] >= n or len(set(rows)) != len(rows) or rows != sorted(rows)):
         raise ValueError(f"context column {column.key!r}: rows must be ascending positions below {n}")
     count = len(rows) if rows else n
     values = list(column.values)
@@ -134,14 +138,14 @@ def result(decision: Decision, explain: bool) -> pb.CheckResult:
     return message
 
 
-def results(decided: BatchDecisions | list[Decision], explain: bool) -> list[pb.CheckResult]:
-    """One result a request, in order: explained decisions, or bare decision codes."""
-    if explain:
-        return [result(decision, True) for decision in decided]
-    messages = [_CODE_RESULTS[code] if code < 3 else None for code in decided.codes]
+def encoded_response(decided: BatchDecisions, store_version: int, batch_id: int) -> bytes:
+    """The CheckBatchResponse for unexplained decisions, encoded without building a message per result."""
+    pieces = [_ENCODED_RESULTS[code] if code < 3 else b"" for code in decided.codes]
     for i, error in decided.errors.items():
-        messages[i] = pb.CheckResult(decision=pb.IMPLICIT_DENY, error=error)
-    return messages
+        pieces[i] = pb.CheckBatchResponse(results=[pb.CheckResult(decision=pb.IMPLICIT_DENY, error=error)]
+                                          ).SerializeToString()
+    pieces.append(pb.CheckBatchResponse(store_version=store_version, batch_id=batch_id).SerializeToString())
+    return b"".join(pieces)
 
 
 def finding(item: Finding) -> pb.Finding:

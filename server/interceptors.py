@@ -1,5 +1,5 @@
-"""What happens around every call of our services: the caller's credential, decoding, the
-latency metric, and the one mapping from evaluator errors to gRPC status codes.
+"""What happens around every call of our services: the caller's credential, decoding and
+encoding, the latency metric, and the one mapping from evaluator errors to gRPC status codes.
 
 Servicers raise; this module decides the status. Health and reflection pass through.
 """
@@ -70,13 +70,14 @@ class CallGuard(grpc.ServerInterceptor):
         if handler is None or not method.startswith(PACKAGE):
             return handler
         refusal = self._refusal(method, details.invocation_metadata)
+        encode = _encoder(handler.response_serializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary, handler.request_deserializer, refusal),
-                response_serializer=handler.response_serializer)
+                response_serializer=encode)
         return grpc.stream_stream_rpc_method_handler(
             self._stream(method, handler.stream_stream, handler.request_deserializer, refusal),
-            response_serializer=handler.response_serializer)
+            response_serializer=encode)
 
     def _refusal(self, method: str, metadata: tuple) -> ServiceError | None:
         admin = method.startswith(PACKAGE + "PolicyAdmin/")
@@ -132,6 +133,11 @@ class CallGuard(grpc.ServerInterceptor):
             finally:
                 self._metrics.latency.labels(method).observe(time.perf_counter() - started)
         return call
+
+
+def _encoder(serialize: Callable) -> Callable:
+    """A servicer may return its response already encoded (bytes), as the batch path does."""
+    return lambda response: response if type(response) is bytes else serialize(response)
 
 
 def _decode(decode: Callable, raw: bytes):
