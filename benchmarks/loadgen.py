@@ -463,24 +463,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(store: Path, state_dir: Path, token: str, log: Path) -> tuple[subprocess.Popen, str]:
-    """``iam-eval serve`` on the store, in a subprocess; returns once health says SERVING."""
+def start_server(store: Path, state_dir: Path, token: str, log: Path,
+                 processes: int) -> tuple[subprocess.Popen, str]:
+    """``iam-eval serve`` on the store, in a subprocess; returns once health says SERVING on enough fresh
+    connections that every server process has answered (the kernel spreads connections over them)."""
     target = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "IAM_EVAL_ADMIN_TOKEN": token, "IAM_EVAL_LOG_LEVEL": "warning"}
+    env = {**os.environ, "IAM_EVAL_ADMIN_TOKEN": token, "IAM_EVAL_LOG_LEVEL": "warning",
+           "IAM_EVAL_PROCESSES": str(processes)}
     process = subprocess.Popen([sys.executable, "-m", "evaluator.cli", "serve", "--store", str(store), "--state-dir",
                                 str(state_dir), "--listen", target, "--metrics-listen", ""],
                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.monotonic() + 120
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline and process.poll() is None:
+    serving_in_a_row = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        with grpc.insecure_channel(target) as channel:
             try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1,
-                                wait_for_ready=True).status == health_pb2.HealthCheckResponse.SERVING:
-                    return process, target
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1,
+                                                                   wait_for_ready=True).status
             except grpc.RpcError:
-                pass
-            time.sleep(0.05)
+                status = None
+        serving_in_a_row = serving_in_a_row + 1 if status == health_pb2.HealthCheckResponse.SERVING else 0
+        if serving_in_a_row >= 10 * processes:
+            return process, target
+        time.sleep(0.02)
     process.kill()
     raise RuntimeError(f"the server did not come up; its log:\n{log.read_text()[-4000:]}")
 
@@ -501,9 +506,16 @@ def machine_busy_seconds() -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User and system CPU time so far of a process and its children (the server's processes)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process has gone
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # --- the run -------------------------------------------------------------------------------------------------
@@ -593,7 +605,8 @@ def run(args: argparse.Namespace, target: str, token: str | None, server_pid: in
         "config": {"target": target, "serve": server_pid is not None, "workload": args.workload,
                    "clients": args.clients, "batch_size": args.batch_size, "duration": args.duration,
                    "mix": args.mix, "rate": args.rate, "update_every": args.update_every,
-                   "requests": len(requests), "cpus": os.cpu_count()},
+                   "requests": len(requests), "cpus": os.cpu_count(),
+                   "server_processes": args.server_processes if server_pid else None},
         "elapsed_s": round(elapsed, 3),
         "workloads": summary,
         "total": {"checks": sum(s["checks"] for s in summary.values()),
@@ -644,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--mix", type=parse_mix, default={"batch": 1.0}, help="check=W,batch=W,stream=W")
     parser.add_argument("--rate", type=float, help="total calls per second, open loop (default: closed loop)")
+    parser.add_argument("--server-processes", type=int, default=os.cpu_count() or 1,
+                        help="with --serve: server processes (the server's processes setting; default: all cores)")
     parser.add_argument("--update-every", type=float, metavar="SECONDS", help="swap the guard rails this often")
     parser.add_argument("--requests", type=int, default=16_000, help="distinct requests prepared")
     parser.add_argument("--admin-token", default=os.environ.get("IAM_EVAL_ADMIN_TOKEN"))
@@ -660,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="loadgen-") as scratch:
             root = Path(scratch)
             store = write_store(root / "store", seed_snapshot(request_dicts(seed_requests(args.requests))))
-            process, target = start_server(store, root / "versions", token, root / "server.log")
+            process, target = start_server(store, root / "versions", token, root / "server.log",
+                                           args.server_processes)
             try:
                 report = run(args, target, token, process.pid)
             finally:

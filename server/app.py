@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -29,7 +34,7 @@ from .authorizer import AuthorizerServicer
 from .config import ServerConfig
 from .interceptors import CallGuard, ServiceError
 from .live_store import LiveStore, Serving, load_store
-from .metrics import ServiceMetrics
+from .metrics import ServiceMetrics, serve_all_processes
 from .store_versions import VersionedStore
 
 log = logging.getLogger("iam_eval.server")
@@ -65,6 +70,7 @@ class Service:
                                   lambda: load_store(config.store, config.aws_managed_policies or None),
                                   seed_description=f"loaded from {config.store}")
         self.live = LiveStore(versions, on_publish=self._published)
+        self.live.watch(config.watch_seconds)
         for name in ("", *SERVICES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"fields": {"store_version": self.live.current.version.number,
@@ -83,6 +89,8 @@ class Service:
         self.health.enter_graceful_shutdown()
         self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
         self.metrics.stop()
+        if self.live is not None:
+            self.live.stop()
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -101,7 +109,7 @@ def create_server(config: ServerConfig) -> Service:
     metrics = ServiceMetrics()
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes),
-               ("grpc.so_reuseport", 0)]
+               ("grpc.so_reuseport", int(config.processes > 1))]  # else a second server fails to bind
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
                          interceptors=[CallGuard(config, metrics)], options=options,
                          maximum_concurrent_rpcs=None)
@@ -156,16 +164,27 @@ def configure_logging(config: ServerConfig) -> None:
     root.propagate = False
 
 
-def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM or SIGINT, then drain; returns the exit status."""
-    configure_logging(config)
-    service = create_server(config)
-    log.info("listening", extra={"fields": {"address": config.listen, "port": service.port,
-                                            "metrics_port": service.metrics_port, "tls": bool(config.tls_cert),
-                                            "mutual_tls": bool(config.tls_client_ca)}})
+def _until_signalled() -> threading.Event:
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: stopping.set())
+    return stopping
+
+
+def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM or SIGINT, then drain; returns the exit status."""
+    configure_logging(config)
+    if config.processes > 1:
+        return _supervise(config)
+    return _serve_one(config)
+
+
+def _serve_one(config: ServerConfig) -> int:
+    service = create_server(config)
+    log.info("listening", extra={"fields": {"address": config.listen, "port": service.port,
+                                            "metrics_port": service.metrics_port, "tls": bool(config.tls_cert),
+                                            "mutual_tls": bool(config.tls_client_ca), "pid": os.getpid()}})
+    stopping = _until_signalled()
     try:
         service.load()
     except Exception as exc:
@@ -173,7 +192,72 @@ def serve(config: ServerConfig) -> int:
         service.stop(0)
         return 2
     stopping.wait()
-    log.info("draining", extra={"fields": {"grace_seconds": config.grace_seconds}})
+    log.info("draining", extra={"fields": {"grace_seconds": config.grace_seconds, "pid": os.getpid()}})
     service.stop()
-    log.info("stopped")
+    log.info("stopped", extra={"fields": {"pid": os.getpid()}})
     return 0
+
+
+def _process_main(config: ServerConfig, parent: int) -> None:
+    """One of several server processes; it drains and ends when its parent is gone, too."""
+    configure_logging(config)
+
+    def orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
+    sys.exit(_serve_one(config))
+
+
+def _supervise(config: ServerConfig) -> int:
+    """Start ``processes`` servers on one port (the kernel spreads connections over them) and one
+    state directory, each with its own GIL; forward SIGTERM to them and wait for them to drain.
+
+    Version 1 is seeded here first, so the processes never race to create it; the parent serves
+    their summed metrics.
+    """
+    try:
+        VersionedStore(config.versions_dir, lambda: load_store(config.store, config.aws_managed_policies or None),
+                       seed_description=f"loaded from {config.store}")
+    except Exception as exc:
+        log.error("cannot load the policy store", extra={"fields": {"error": str(exc)}})
+        return 2
+    host, _, port = config.listen.rpartition(":")
+    if port == "0":  # every process must bind the same port: choose it here
+        with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as probe:
+            probe.bind((host.strip("[]"), 0))
+            port = str(probe.getsockname()[1])
+    metrics_dir = tempfile.mkdtemp(prefix="iam-eval-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client in each process
+    each = replace(config, listen=f"{host}:{port}", metrics_listen="")
+    context = multiprocessing.get_context("spawn")  # grpc must not be forked
+    children = [context.Process(target=_process_main, args=(each, os.getpid()), name=f"server-{i}")
+                for i in range(config.processes)]
+    stopping = _until_signalled()
+    for child in children:
+        child.start()
+    metrics_http = serve_all_processes(config.metrics_listen, metrics_dir) if config.metrics_listen else None
+    log.info("supervising", extra={"fields": {"processes": [child.pid for child in children],
+                                              "address": each.listen, "metrics_port":
+                                              metrics_http.server_port if metrics_http else None}})
+    while not stopping.wait(0.5):
+        if any(child.exitcode is not None for child in children):
+            log.error("a server process ended on its own; stopping the others",
+                      extra={"fields": {"exit_codes": [child.exitcode for child in children]}})
+            break
+    for child in children:
+        if child.exitcode is None:
+            os.kill(child.pid, signal.SIGTERM)
+    for child in children:
+        child.join(config.grace_seconds + 10)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+    if metrics_http is not None:
+        metrics_http.shutdown()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    codes = [child.exitcode for child in children]
+    log.info("stopped", extra={"fields": {"exit_codes": codes}})
+    return 0 if stopping.is_set() and all(code == 0 for code in codes) else 1

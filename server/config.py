@@ -33,7 +33,9 @@ class ServerConfig:
     check_token: str = ""           # bearer token the Authorizer API requires; "" lets any caller check
     max_batch: int = 10_000         # requests in one CheckBatch (or one stream message)
     max_message_bytes: int = 64 * 1024 * 1024  # largest request or response message
-    workers: int = 16               # threads serving calls
+    workers: int = 16               # threads serving calls, in each process
+    processes: int = 1              # server processes sharing the port (SO_REUSEPORT) and the state directory
+    watch_seconds: float = 0.5      # how often each process looks for versions another one wrote
     grace_seconds: float = 10.0     # how long SIGTERM waits for in-flight calls
     log_level: str = "info"
     log_format: str = "json"        # json (one object a line) or text
@@ -65,9 +67,11 @@ class ServerConfig:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name}: {path} is not a readable file")
-        for name in ("max_batch", "max_message_bytes", "workers"):
+        for name in ("max_batch", "max_message_bytes", "workers", "processes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, not {getattr(self, name)}")
+        if self.watch_seconds <= 0:
+            raise ConfigError(f"watch_seconds: must be positive, not {self.watch_seconds}")
         if self.grace_seconds < 0:
             raise ConfigError(f"grace_seconds: must not be negative, not {self.grace_seconds}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

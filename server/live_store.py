@@ -1,9 +1,10 @@
 """The store being served: one compiled version, replaced whole when the store changes.
 
 A change is validated, persisted (``store_versions``) and compiled beside the
-version in service, then published by rebinding one attribute, so a call that
-has read ``current`` finishes on that version and the next call sees the new
-one: no request ever sees half an update.
+version in service (so is a version another server process wrote, which
+``watch`` notices), then published by rebinding one attribute: a call that has
+read ``current`` finishes on that version and the next call sees the new one,
+so no request ever sees half an update.
 """
 from __future__ import annotations
 
@@ -54,7 +55,20 @@ class LiveStore:
         self._cache_capacity = cache_capacity
         self._on_publish = on_publish
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
         self.current = self._publish(versions.current)
+
+    def watch(self, every: float) -> None:
+        """Serve versions other processes write to the state directory, looking every ``every`` seconds."""
+        def look() -> None:
+            while not self._stopped.wait(every):
+                with self._lock:
+                    if self.versions.refresh():
+                        self._publish(self.versions.current)
+        threading.Thread(target=look, name="store-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
 
     def _publish(self, version: StoreVersion) -> Serving:
         started = time.perf_counter()

@@ -1,15 +1,29 @@
 """Prometheus metrics of one server, served over HTTP at /metrics.
 
 Each server has its own registry, so that several servers in one process (as in
-the tests) keep apart.
+the tests) keep apart; with several server processes, the parent serves their sum.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000)
 _DECISIONS = ("ImplicitDeny", "Allow", "ExplicitDeny", "Error")  # by engine code; errors deny implicitly
+
+
+def _serve(address: str, registry: CollectorRegistry):
+    host, _, port = address.rpartition(":")
+    http, _ = start_http_server(int(port), host.strip("[]"), registry=registry)
+    return http
+
+
+def serve_all_processes(address: str, directory: str):
+    """Serve the metrics that every server process writes to ``directory`` (prometheus_client's
+    multiprocess mode, on when PROMETHEUS_MULTIPROC_DIR is set before the processes start), summed."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return _serve(address, registry)
 
 
 class ServiceMetrics:
@@ -23,9 +37,10 @@ class ServiceMetrics:
                                   ["method", "code"], registry=self.registry)
         self.batch_size = Histogram("iam_eval_batch_size", "Requests in each CheckBatch or stream message",
                                     buckets=_BATCH_BUCKETS, registry=self.registry)
-        self.store_version = Gauge("iam_eval_store_version", "Store version being served", registry=self.registry)
+        self.store_version = Gauge("iam_eval_store_version", "Store version being served",
+                                   registry=self.registry, multiprocess_mode="livemax")
         self.compile_seconds = Gauge("iam_eval_store_compile_seconds", "Time the served version took to compile",
-                                     registry=self.registry)
+                                     registry=self.registry, multiprocess_mode="livemax")
         self._by_code = [self.checks.labels(decision) for decision in _DECISIONS]
         self._http = None
 
@@ -38,8 +53,7 @@ class ServiceMetrics:
 
     def serve(self, address: str) -> int:
         """Serve /metrics at host:port (port 0: any free port); returns the port."""
-        host, _, port = address.rpartition(":")
-        self._http, _ = start_http_server(int(port), host.strip("[]"), registry=self.registry)
+        self._http = _serve(address, self.registry)
         return self._http.server_port
 
     def stop(self) -> None:

@@ -13,12 +13,14 @@ a mix. On opening, leftover temporary files are removed; a version file that sti
 filesystem that lost synced data, or a hand edit, could cause that) is skipped with a warning, falling back to
 the next older one.
 
-One process owns a state directory at a time; within it, changes are serialised by a lock, and readers take
-``current``, which is replaced (never mutated) on each change.
+Several processes may share a state directory (the server's ``processes`` setting): a change holds an
+exclusive lock on ``.lock`` there, first takes in any version another process wrote (``refresh``), and only
+then applies; readers take ``current``, which is replaced (never mutated) on each change.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -87,29 +89,52 @@ class VersionedStore:
             leftover.unlink()
         self._lock = threading.Lock()
         self._history: list[VersionInfo] = []
-        numbers = sorted(int(match[1]) for path in self.directory.iterdir()
-                         if (match := _VERSION_FILE.fullmatch(path.name)))
-        self._next_number = numbers[-1] + 1 if numbers else 1
-        current = None
+        self._next_number = 1
+        self._unreadable: list[int] = []
+        with _exclusive(self.directory / ".lock"):
+            found = self._take_in_new_versions()
+            if found is None and self._next_number > 1:
+                raise RuntimeError(f"{self.directory}: none of its {len(self._unreadable)} version files can be read; "
+                                   f"restore one, or move them all aside to start again from the seed store")
+            if found is None:
+                store = seed()
+                self._commit(json.loads(store.to_json()), store, seed_description)
+            else:
+                self.current = found
+
+    def _take_in_new_versions(self) -> StoreVersion | None:
+        """Read the versions on disk numbered past those known (all, at first): add them to the history
+        and return the newest readable one, or None if there is none."""
+        numbers = sorted(number for path in self.directory.iterdir()
+                         if (match := _VERSION_FILE.fullmatch(path.name)) and (number := int(match[1]))
+                         >= self._next_number)
+        if not numbers:
+            return None
+        self._next_number = numbers[-1] + 1
+        newest = None
+        found: list[VersionInfo] = []
         for number in reversed(numbers):
             try:
                 data = self._read(number)
-                if current is None:
+                if newest is None:
                     store = PolicyStore.from_json(json.dumps(data["store"]), source=str(self._path(number)))
-                    current = StoreVersion(number, data["created"], data["description"], store)
+                    newest = StoreVersion(number, data["created"], data["description"], store)
             except (OSError, ValueError) as exc:  # a StoreError is a ValueError
                 logger.warning("skipping version file %s: it cannot be read: %s", self._path(number), exc)
+                self._unreadable.append(number)
                 continue
-            self._history.append(VersionInfo(number, data["created"], data["description"]))
-        self._history.reverse()
-        if current is not None:
-            self.current = current
-        elif numbers:
-            raise RuntimeError(f"{self.directory}: none of its {len(numbers)} version files can be read; "
-                               f"restore one, or move them all aside to start again from the seed store")
-        else:
-            store = seed()
-            self._commit(json.loads(store.to_json()), store, seed_description)
+            found.append(VersionInfo(number, data["created"], data["description"]))
+        self._history += reversed(found)
+        return newest
+
+    def refresh(self) -> bool:
+        """Take in the versions another process has written since; True when ``current`` changed."""
+        with self._lock:
+            newest = self._take_in_new_versions()
+            if newest is None:
+                return False
+            self.current = newest
+            return True
 
     def history(self) -> list[VersionInfo]:
         """Every kept version, oldest first."""
@@ -122,7 +147,8 @@ class VersionedStore:
         ``expected_version`` (0: any) must be the current version, else ``VersionConflict``. An
         ``EntryNotFound`` from ``edit``, or a ``StoreError`` for the edited snapshot, writes nothing.
         """
-        with self._lock:
+        with self._lock, _exclusive(self.directory / ".lock"):
+            self.current = self._take_in_new_versions() or self.current
             self._check_expected(expected_version)
             snapshot = json.loads(self.current.store.to_json())
             edit(snapshot)
@@ -131,7 +157,8 @@ class VersionedStore:
 
     def rollback(self, number: int, expected_version: int = 0) -> StoreVersion:
         """Commit a new version whose store is version ``number``'s."""
-        with self._lock:
+        with self._lock, _exclusive(self.directory / ".lock"):
+            self.current = self._take_in_new_versions() or self.current
             self._check_expected(expected_version)
             if number not in {info.number for info in self._history}:
                 kept = _number_ranges([info.number for info in self._history])
@@ -181,6 +208,17 @@ class VersionedStore:
                 and isinstance(data.get("description"), str) and isinstance(data.get("store"), dict)):
             raise ValueError(f"not a version file of version {number}")
         return data
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path):
+    """Hold the state directory's lock: one process writes versions at a time."""
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -244,3 +244,41 @@ def test_a_store_that_cannot_load_exits_2_with_a_log_line(tmp_path):
         process.stop()
     failure = next(r for r in process.records() if r["message"] == "cannot load the policy store")
     assert failure["level"] == "error" and "E010" in failure["error"] and "FullAWSAccess" in failure["error"]
+
+
+def test_several_processes_share_the_port_and_each_change(server_process):
+    """processes = 2: both processes answer on the one port, a change made through either is served
+    by both, and SIGTERM drains both."""
+    process = server_process(IAM_EVAL_PROCESSES="2", IAM_EVAL_ADMIN_TOKEN=ADMIN_TOKEN,
+                             IAM_EVAL_WATCH_SECONDS="0.2")
+    supervising = process.wait_for_log("supervising")
+    target = supervising["address"]
+    assert len(supervising["processes"]) == 2
+    wait_until(lambda: sum(r.get("message") == "serving" for r in process.records()) == 2, 30,
+               "both server processes to serve")
+    store = PolicyStore.from_directory(EXAMPLE_STORE)
+    item = {"principal": ROLE, "action": "imagebuilder:CreateImage", "resource": IMAGE,
+            "context": {"aws:RequestedRegion": "us-east-1"}}
+    assert expected_decision(store, item).allowed
+
+    def fresh_answer():  # a new connection each time: the kernel spreads them over the processes
+        with Client(target, token=ADMIN_TOKEN, timeout=RPC_TIMEOUT) as client:
+            return client.check(ROLE, item["action"], IMAGE, item["context"], explain=True)
+
+    assert all(fresh_answer().result.decision == pb.ALLOW for _ in range(10))
+    with Client(target, token=ADMIN_TOKEN, timeout=RPC_TIMEOUT) as admin:
+        change = admin.call(admin.admin.DeletePrincipal, pb.DeletePrincipalRequest(arn=ROLE))
+    assert change.version == 2
+
+    def every_process_serves_the_change():
+        answers = [fresh_answer() for _ in range(10)]
+        return all((a.store_version, a.result.decided_by) == (2, "principal") for a in answers)
+
+    wait_until(every_process_serves_the_change, 10, "both processes to serve version 2")
+    published = [r for r in process.records() if r.get("message") == "store version published"]
+    assert sorted(r["store_version"] for r in published) == [1, 1, 2, 2]
+
+    process.process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    messages = [record["message"] for record in process.records()]
+    assert messages.count("draining") == 2 and messages[-1] == "stopped"

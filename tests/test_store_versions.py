@@ -57,7 +57,8 @@ def not_called() -> PolicyStore:
 
 
 def files(directory: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+    """The directory's files but the writers' lock file, which holds nothing."""
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.name != ".lock"}
 
 
 @pytest.fixture
@@ -110,6 +111,24 @@ def test_change_is_persisted_and_survives_reopening(versions: VersionedStore):
     assert [(v.number, v.description) for v in reopened.history()] == [
         (1, "initial store"), (2, "put managed policy Added")]
     assert reopened.change(lambda s: None, "no-op").number == 3
+
+
+def test_processes_sharing_a_directory_build_on_each_others_versions(versions: VersionedStore):
+    """Two openers stand for two server processes: each change starts from the newest version on
+    disk, whoever wrote it, and refresh() takes in the other's versions."""
+    other = VersionedStore(versions.directory, not_called)
+    first, second = managed_policy("First"), managed_policy("Second")
+    versions.change(lambda s: put_entry(s, "managed_policies", first), "put First")
+    assert other.current.number == 1
+    with pytest.raises(VersionConflict):
+        other.change(lambda s: None, "stale", expected_version=1)
+    assert other.current.number == 2, "a refused change still takes in the newer version"
+    other.change(lambda s: put_entry(s, "managed_policies", second), "put Second", expected_version=2)
+    assert versions.refresh() is True
+    assert versions.current.number == 3
+    assert {first["arn"], second["arn"]} <= set(versions.current.store.managed_policies)
+    assert [v.number for v in versions.history()] == [1, 2, 3]
+    assert versions.refresh() is False
 
 
 @pytest.mark.parametrize("edit, error", [
@@ -274,7 +293,7 @@ def test_concurrent_changes_are_consecutive_and_none_is_lost(versions: Versioned
     total = 1 + threads * changes_each
     assert versions.current.number == total
     assert [v.number for v in versions.history()] == list(range(1, total + 1))
-    assert sorted(path.name for path in versions.directory.iterdir()) == [
+    assert sorted(path.name for path in versions.directory.iterdir() if path.name != ".lock") == [
         f"v{n:08d}.json" for n in range(1, total + 1)]
     names = {arn.rsplit("/", 1)[1] for arn in entry_keys(versions.current.store, "managed_policies")}
     assert {f"Thread{t}Change{i}" for t in range(threads) for i in range(changes_each)} <= names
@@ -334,7 +353,7 @@ def test_a_writer_killed_mid_write_restarts_on_a_whole_version(tmp_path: Path, c
         with caplog.at_level(logging.WARNING):
             current = VersionedStore(directory, not_called).current
         assert [r.getMessage()[:200] for r in caplog.records if r.levelno >= logging.WARNING] == []  # none torn
-        assert sorted(path.name for path in directory.iterdir()) == [
+        assert sorted(path.name for path in directory.iterdir() if path.name != ".lock") == [
             f"v{n:08d}.json" for n in range(1, current.number + 1)]
         assert current.description == ("initial store" if current.number == 1
                                        else f"counter {current.number} " + "." * PADDING)
