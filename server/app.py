@@ -164,11 +164,24 @@ def configure_logging(config: ServerConfig) -> None:
     root.propagate = False
 
 
-def _until_signalled() -> threading.Event:
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda number, frame: stopping.set())
-    return stopping
+class _StopSignal:
+    """Set by SIGTERM or SIGINT. The handler only flips a flag: a handler that set an Event could
+    deadlock on the Event's own lock if the signal landed while the main thread held it."""
+
+    def __init__(self) -> None:
+        self.received = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._receive)
+
+    def _receive(self, signum, frame) -> None:
+        self.received = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until a stop signal came (True) or ``timeout`` passed (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.received and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.1)
+        return self.received
 
 
 def serve(config: ServerConfig) -> int:
@@ -184,14 +197,14 @@ def _serve_one(config: ServerConfig) -> int:
     log.info("listening", extra={"fields": {"address": config.listen, "port": service.port,
                                             "metrics_port": service.metrics_port, "tls": bool(config.tls_cert),
                                             "mutual_tls": bool(config.tls_client_ca), "pid": os.getpid()}})
-    stopping = _until_signalled()
+    stop = _StopSignal()
     try:
         service.load()
     except Exception as exc:
         log.error("cannot load the policy store", extra={"fields": {"error": str(exc)}})
         service.stop(0)
         return 2
-    stopping.wait()
+    stop.wait()
     log.info("draining", extra={"fields": {"grace_seconds": config.grace_seconds, "pid": os.getpid()}})
     service.stop()
     log.info("stopped", extra={"fields": {"pid": os.getpid()}})
@@ -235,14 +248,14 @@ def _supervise(config: ServerConfig) -> int:
     context = multiprocessing.get_context("spawn")  # grpc must not be forked
     children = [context.Process(target=_process_main, args=(each, os.getpid()), name=f"server-{i}")
                 for i in range(config.processes)]
-    stopping = _until_signalled()
+    stop = _StopSignal()
     for child in children:
         child.start()
     metrics_http = serve_all_processes(config.metrics_listen, metrics_dir) if config.metrics_listen else None
     log.info("supervising", extra={"fields": {"processes": [child.pid for child in children],
                                               "address": each.listen, "metrics_port":
                                               metrics_http.server_port if metrics_http else None}})
-    while not stopping.wait(0.5):
+    while not stop.wait(0.5):
         if any(child.exitcode is not None for child in children):
             log.error("a server process ended on its own; stopping the others",
                       extra={"fields": {"exit_codes": [child.exitcode for child in children]}})
@@ -260,4 +273,4 @@ def _supervise(config: ServerConfig) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     codes = [child.exitcode for child in children]
     log.info("stopped", extra={"fields": {"exit_codes": codes}})
-    return 0 if stopping.is_set() and all(code == 0 for code in codes) else 1
+    return 0 if stop.received and all(code == 0 for code in codes) else 1
