@@ -28,6 +28,7 @@ from evaluator.principals import RequestError
 from evaluator.request import Request
 from evaluator.store import PolicyStore
 from server.api import iam_evaluator_pb2 as pb
+from server.client import Client
 
 from .conftest import REPO
 
@@ -158,6 +159,16 @@ def wait_serving(target: str, timeout: float = 30.0, process: subprocess.Popen |
                 pass
             time.sleep(0.05)
     pytest.fail(f"{target} did not say SERVING within {timeout} s")
+
+
+def refuses_new_calls(target: str) -> bool:
+    """Whether a new connection's call gets UNAVAILABLE, as from a server that is stopping."""
+    with Client(target, timeout=1) as newcomer:
+        try:
+            newcomer.check(ROLE, "s3:GetObject", "*")
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAVAILABLE
+        return False
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -49,6 +49,7 @@ from .service_helpers import (
     health_status,
     make_certificates,
     outcome,
+    refuses_new_calls,
     result_outcome,
     result_refs,
     rpc_error,
@@ -818,15 +819,7 @@ def test_stop_lets_an_in_flight_stream_finish_and_refuses_new_calls(tmp_path, ex
             stopping = threading.Thread(target=service.stop, kwargs={"grace": 5})
             stopping.start()
 
-            def refused():
-                with Client(target, timeout=1) as newcomer:
-                    try:
-                        newcomer.check(ROLE, "s3:GetObject", "*")
-                    except grpc.RpcError as exc:
-                        return exc.code() == grpc.StatusCode.UNAVAILABLE
-                    return False
-
-            wait_until(refused, 10, "the stopping server to refuse new calls")
+            wait_until(lambda: refuses_new_calls(target), 10, "the stopping server to refuse new calls")
             assert stopping.is_alive(), "stop waits for the in-flight stream"
             second = stream.send(pb.CheckBatchRequest(batch_id=2, columns=request_columns(items[::-1])))
             assert second.batch_id == 2 and [result_outcome(r) for r in second.results] == expected[::-1]

@@ -34,6 +34,7 @@ from .service_helpers import (
     document,
     expected_decision,
     outcome,
+    refuses_new_calls,
     result_outcome,
     sample_requests,
     wait_until,
@@ -120,15 +121,7 @@ def test_sigterm_lets_the_in_flight_stream_finish_then_exits_0(server_process):
         draining = process.wait_for_log("draining")
         assert draining["level"] == "info" and draining["grace_seconds"] == 20
 
-        def refused():
-            with Client(target, timeout=1) as newcomer:
-                try:
-                    newcomer.check(ROLE, "s3:GetObject", "*")
-                except grpc.RpcError as exc:
-                    return exc.code() == grpc.StatusCode.UNAVAILABLE
-                return False
-
-        wait_until(refused, 10, "the draining server to refuse new calls")
+        wait_until(lambda: refuses_new_calls(target), 10, "the draining server to refuse new calls")
         assert process.process.poll() is None, "the process waits for the in-flight stream"
         second = stream.send(pb.CheckBatchRequest(batch_id=2, columns=request_columns(items[::-1])))
         assert second.batch_id == 2 and [result_outcome(r) for r in second.results] == expected[::-1]
