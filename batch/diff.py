@@ -40,9 +40,10 @@ def run_diff(before: PolicySource, after: PolicySource, inputs: list[str], outpu
     problems = Problems()
     groups: Counter = Counter()
     rows = 0
+    keys = before.evaluator().context_keys() | after.evaluator().context_keys()
     with DecisionWriter(output, explain=False) as writer:
         for changed, old, new, size in changed_rows(before, after, read_requests(inputs, batch_rows, problems,
-                                                                                  strict)):
+                                                                                  strict, keys)):
             rows += size
             if not changed.num_rows:
                 continue

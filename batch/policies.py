@@ -75,6 +75,10 @@ class BatchEvaluator:
             usage = self.usage[id(compiled)] = StatementUsage(compiled)
         return usage
 
+    def context_keys(self) -> frozenset[str]:
+        """The context keys (lower case) that the policies test: a reader need keep no other."""
+        return frozenset(self.compiled.key_ids) if self.compiled is not None else self._store_keys()
+
     def evaluate(self, batch: pa.RecordBatch, explain: bool = False, count: bool = False) -> pa.RecordBatch:
         """Decisions for ``batch`` in row order (the Arrow API's columns)."""
         if self.compiled is not None:

@@ -23,20 +23,30 @@ Parquet files hold the columns ``principal``, ``action``, ``resource``, optional
 by ``cloudtrail.request_from_record``. Folders are walked depth first in name order, taking the files named
 ``*.json``, ``*.jsonl``, ``*.ndjson`` (each also ``.gz``) and ``*.parquet``, and skipping CloudTrail digests.
 
+``context_keys`` (lower-case key names) keeps only those keys in the context, for a reader that knows which keys
+its policies test: Parquet then reads only their columns. Records are checked whole all the same.
+
+``split_requests`` cuts logs into parts that ``PartReader`` reads on their own, so that worker processes can each
+read a share: a JSON Lines file in ranges of whole lines, a Parquet file in runs of row groups, anything else
+(gzip, CloudTrail) whole.
+
 Problem kinds: ``bad JSON``, ``not an object``, ``unknown field``, ``missing field``, ``wrong type``,
 ``bad context`` (a record), ``unreadable file`` (the rest of a file), and the CloudTrail kinds of ``cloudtrail``.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import json
 import os
 import re
+import tempfile
 import zlib
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +57,9 @@ import pyarrow.parquet as pq
 from . import cloudtrail
 
 DEFAULT_BATCH_ROWS = 8192
+DEFAULT_PART_BYTES = 16 << 20
+DEFAULT_PART_ROWS = 16384
+DEFAULT_ROW_GROUP_ROWS = 131072
 
 UNREADABLE_FILE = "unreadable file"
 WIDENED = "context values widened to list<string>"
@@ -64,6 +77,8 @@ _RECORDS_START = re.compile(_RECORDS_OPENING)  # finds where the records begin i
 _JSON_WHITESPACE = re.compile(r"[ \t\r\n]*")
 _CHUNK_CHARS = 1 << 20
 _STRING_LIST = pa.list_(pa.string())
+_DICTIONARY_COLUMNS = ("principal", "action")  # few distinct values: as Parquet stores them, for PartReader
+_JSON = json.JSONDecoder()
 _UNREADABLE_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError, pa.ArrowException)
 
 
@@ -84,6 +99,12 @@ class Problems:
 
     def note(self, kind: str, count: int = 1) -> None:
         self.notes[kind] += count
+
+    def merge(self, later: Problems) -> None:
+        """Add the problems of the records that come after this object's (another part of the input)."""
+        self.counts.update(later.counts)
+        self.notes.update(later.notes)
+        self.first += later.first[:self.keep - len(self.first)]
 
     @property
     def total(self) -> int:
@@ -106,6 +127,10 @@ class MalformedRecord(ValueError):
         super().__init__(f"{location}: {kind}: {detail}")
         self.kind = kind
         self.location = location
+        self.detail = detail
+
+    def __reduce__(self) -> tuple:  # rebuilt from its parts when a worker process sends it
+        return MalformedRecord, (self.kind, self.location, self.detail)
 
 
 class _Invalid(Exception):
@@ -122,6 +147,7 @@ def read_requests(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     problems: Problems | None = None,
     strict: bool = False,
+    context_keys: Collection[str] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream the requests of the logs at ``paths`` (files, or folders walked in name order) as record batches.
 
@@ -129,48 +155,222 @@ def read_requests(
     name, CloudTrail by its ``{"Records": [`` opening; anything else is JSON Lines. Unreadable records go
     to ``problems``, or raise ``MalformedRecord`` when ``strict``.
     """
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
     problems = Problems() if problems is None else problems
-    named = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(path) for path in paths]
-    missing = [str(path) for path in named if not path.exists()]
-    if missing:
-        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
-    builder = _BatchBuilder(batch_rows, problems, strict)
-    for path in _log_files(named, problems):
+    builder = _BatchBuilder(batch_rows, problems, strict, context_keys)
+    for path in _log_files(_existing(paths), problems):
         yield from _read_file(path, builder)
     if len(builder):
         yield builder.flush()
 
 
-def write_requests_parquet(batches: Iterable[pa.RecordBatch], path: str | os.PathLike[str]) -> int:
+def _existing(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    named = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(path) for path in paths]
+    missing = [str(path) for path in named if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    return named
+
+
+@dataclass(frozen=True)
+class LogPart:
+    """A share of the input that can be read on its own: a whole file (``stop`` 0), the lines in bytes
+    [start, stop) of a JSON Lines file (``first``: the number of the first), or row groups [start, stop) of a
+    Parquet file (``first``: the number of its first row; ``rows``: how many)."""
+
+    path: str
+    start: int = 0
+    stop: int = 0
+    first: int = 1
+    rows: int | None = None
+    parquet: bool = False
+
+
+def split_requests(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], problems: Problems,
+                   part_bytes: int = DEFAULT_PART_BYTES, part_rows: int = DEFAULT_PART_ROWS,
+                   footers: dict[str, pq.FileMetaData] | None = None) -> Iterator[LogPart]:
+    """The parts of the logs at ``paths``, in input order: JSON Lines in about ``part_bytes``, Parquet in runs
+    of row groups of at least ``part_rows`` rows. A JSON Lines file is read through to find its line breaks.
+    ``footers`` (by path) receives the Parquet footers read, for a ``PartReader``."""
+    for path in _log_files(_existing(paths), problems):
+        yield from _split_file(path, part_bytes, part_rows, footers)
+
+
+def _split_file(path: Path, part_bytes: int, part_rows: int,
+                footers: dict[str, pq.FileMetaData] | None) -> Iterator[LogPart]:
+    """A file that cannot be split (gzip, CloudTrail, or unreadable: its reader then says why) is one part."""
+    name = str(path)
+    try:
+        with open(path, "rb") as probe:
+            head = probe.read(4096)
+        if head[:4] == _PARQUET_MAGIC or path.suffix == ".parquet":
+            metadata = pq.read_metadata(name)
+            _check_parquet_schema(metadata.schema.to_arrow_schema(), metadata.num_rows)
+    except (_Invalid, *_UNREADABLE_ERRORS):
+        yield LogPart(name)
+        return
+    if head[:4] == _PARQUET_MAGIC or path.suffix == ".parquet":
+        if footers is not None:
+            footers[name] = metadata
+        yield from _row_group_parts(name, metadata, part_rows)
+    elif head[:2] == _GZIP_MAGIC or path.suffix == ".gz" or _CLOUDTRAIL_START.match(head):
+        yield LogPart(name)
+    else:
+        yield from _line_parts(name, part_bytes)
+
+
+def _row_group_parts(name: str, metadata: pq.FileMetaData, part_rows: int) -> Iterator[LogPart]:
+    start = first = rows = 0
+    for group in range(metadata.num_row_groups):
+        rows += metadata.row_group(group).num_rows
+        if rows >= part_rows or group == metadata.num_row_groups - 1:
+            yield LogPart(name, start, group + 1, first, rows, parquet=True)
+            start, first, rows = group + 1, first + rows, 0
+
+
+def _line_parts(name: str, part_bytes: int) -> Iterator[LogPart]:
+    """Ranges of about ``part_bytes`` that end at a line break (or the end of the file)."""
+    start, line = 0, 1
+    buffer = bytearray(part_bytes)  # one buffer for the whole file: fresh memory per read costs more than reading
+    with open(name, "rb") as stream:
+        while size := stream.readinto(buffer):
+            cut = buffer.rfind(b"\n", 0, size) + 1
+            line_breaks = buffer.count(b"\n", 0, cut)
+            if not cut:  # a line longer than a part: on to its end
+                cut = size
+                while more := stream.read(part_bytes):
+                    end = more.find(b"\n")
+                    if end >= 0:
+                        cut, line_breaks = cut + end + 1, 1
+                        break
+                    cut += len(more)
+            yield LogPart(name, start, start + cut, line)
+            line += line_breaks
+            start += cut
+            stream.seek(start)  # the next part starts after the last line break read
+
+
+class PartReader:
+    """Reads ``LogPart``s as record batches (none spans two parts), keeping the last Parquet file open: its
+    footer, with a column per context key, can be large (``footers``: those already read, by path).
+
+    Parquet principals and actions stay dictionary-encoded as the file has them: deciding, counting and
+    writing them again all cost less so."""
+
+    def __init__(self, batch_rows: int = DEFAULT_BATCH_ROWS, strict: bool = False,
+                 context_keys: Collection[str] | None = None,
+                 footers: Mapping[str, pq.FileMetaData] | None = None) -> None:
+        self.batch_rows = batch_rows
+        self.strict = strict
+        self.context_keys = None if context_keys is None else frozenset(context_keys)
+        self.footers = footers or {}
+        self._parquet: _ParquetLog | None = None
+
+    def read(self, part: LogPart, problems: Problems) -> Iterator[pa.RecordBatch]:
+        builder = _BatchBuilder(self.batch_rows, problems, self.strict, self.context_keys)
+        if part.parquet:
+            yield from self._read_row_groups(part, builder)
+        elif part.stop:
+            yield from self._read_lines(part, builder)
+        else:
+            yield from _read_file(Path(part.path), builder)
+        if len(builder):
+            yield builder.flush()
+
+    def _read_lines(self, part: LogPart, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+        try:
+            with open(part.path, "rb") as stream:
+                stream.seek(part.start)
+                lines = stream.read(part.stop - part.start)
+        except OSError as error:
+            builder.reject(UNREADABLE_FILE, f"{part.path}:{part.first}",
+                           f"{type(error).__name__}: {error} (bytes {part.start} to {part.stop} are not read)")
+            return
+        yield from _read_json_lines(io.BytesIO(lines), part.path, builder, part.first)
+
+    def _read_row_groups(self, part: LogPart, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+        try:
+            if self._parquet is None or self._parquet.name != part.path:
+                if self._parquet is not None:
+                    self._parquet.close()
+                    self._parquet = None
+                self._parquet = _ParquetLog(part.path, self.context_keys, self.footers.get(part.path),
+                                            dictionaries=True)
+            yield from self._parquet.batches(builder, range(part.start, part.stop), part.first)
+        except _UNREADABLE_ERRORS as error:
+            builder.reject(UNREADABLE_FILE, f"{part.path}#{part.first}",
+                           f"{type(error).__name__}: {error} (the rest of rows {part.first} to "
+                           f"{part.first + part.rows - 1} is not read)")
+
+
+def write_requests_parquet(batches: Iterable[pa.RecordBatch], path: str | os.PathLike[str],
+                           row_group_rows: int = DEFAULT_ROW_GROUP_ROWS) -> int:
     """Write request batches (e.g. a JSON Lines log read by ``read_requests``) as Parquet; returns the rows.
 
-    The context is written as a JSON text column: a Parquet file has one schema, and the context keys of a
-    stream are known only at its end.
+    The context is a struct with a field per key of the whole stream, ``list<string>`` where any batch holds
+    a list (single values then become one-element lists), else ``string``: a reader can then read just the
+    keys its policies test. Those keys are known only at the end of a stream, so the batches are first spooled
+    to a scratch folder beside ``path``. Runs of row groups are the parts that workers share (``split_requests``);
+    each row group has a column per key, so with many keys, fewer and larger row groups keep the footer small.
     """
-    schema = pa.schema([
-        pa.field("principal", pa.string(), nullable=False),
-        pa.field("action", pa.string(), nullable=False),
-        pa.field("resource", pa.string(), nullable=False),
-        pa.field("resource_account", pa.string()),
-        pa.field("context", pa.string()),
-    ])
-    rows = 0
-    with pq.ParquetWriter(path, schema) as writer:
-        for batch in batches:
-            contexts = [
-                json.dumps(present, separators=(",", ":")) if (present := _present_keys(row)) else None
-                for row in batch.column("context").to_pylist()
-            ]
-            columns = [batch.column(name) for name in (*_REQUIRED, "resource_account")]
-            writer.write_batch(pa.record_batch([*columns, pa.array(contexts, pa.string())], schema=schema))
-            rows += batch.num_rows
+    path = Path(path)
+    key_types: dict[str, pa.DataType] = {}
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.spool-", dir=path.parent) as scratch:
+        spooled = []
+        for number, batch in enumerate(batches):
+            context_type = batch.schema.field("context").type
+            keep = [*_REQUIRED, "resource_account", *(["context"] if context_type.num_fields else [])]
+            spooled.append(Path(scratch) / f"{number:08d}.parquet")
+            pq.write_table(pa.Table.from_batches([batch.select(keep)]), spooled[-1])
+            for field in context_type:
+                if key_types.get(field.name) != _STRING_LIST:
+                    key_types[field.name] = field.type
+        context_type = pa.struct(sorted(key_types.items()))
+        schema = pa.schema([
+            pa.field("principal", pa.string(), nullable=False),
+            pa.field("action", pa.string(), nullable=False),
+            pa.field("resource", pa.string(), nullable=False),
+            pa.field("resource_account", pa.string()),
+            *([pa.field("context", context_type)] if key_types else []),  # Parquet has no empty struct
+        ])
+        rows = 0
+        # No stored Arrow schema nor statistics for the keys: with a field per key they would double the footer
+        # that every reader decodes.
+        with pq.ParquetWriter(path, schema, store_schema=False,
+                              write_statistics=[*_REQUIRED, "resource_account"]) as writer:
+            pending = schema.empty_table()
+            for spool in spooled:
+                for batch in pq.read_table(spool).to_batches():
+                    columns = [batch.column(name) for name in (*_REQUIRED, "resource_account")]
+                    if key_types:
+                        context = batch.column("context") if "context" in batch.schema.names else None
+                        columns.append(_conformed_context(context, batch.num_rows, context_type))
+                    pending = pa.concat_tables([pending, pa.table(columns, schema=schema)])
+                    rows += batch.num_rows
+                full = pending.num_rows - pending.num_rows % row_group_rows
+                if full:
+                    writer.write_table(pending.slice(0, full), row_group_size=row_group_rows)
+                    pending = pending.slice(full)
+                spool.unlink()
+            if pending.num_rows:
+                writer.write_table(pending, row_group_size=row_group_rows)
     return rows
 
 
-def _present_keys(context: dict[str, Any] | None) -> dict[str, Any]:
-    return {key: value for key, value in (context or {}).items() if value is not None}
+def _conformed_context(context: pa.StructArray | None, rows: int, context_type: pa.StructType) -> pa.StructArray:
+    """One batch's context with every field of ``context_type``: nulls for keys it lacks, lists for widened keys."""
+    fields = {} if context is None else dict(zip((field.name for field in context.type), context.flatten(),
+                                                 strict=True))
+    arrays = []
+    absent: dict[pa.DataType, pa.Array] = {}  # one all-null array per type, shared by the keys the batch lacks
+    for field in context_type:
+        values = fields.get(field.name)
+        if values is None:
+            values = absent.get(field.type) or absent.setdefault(field.type, pa.nulls(rows, field.type))
+        elif _is_list(field.type) and not _is_list(values.type):  # single values of a key that is a list elsewhere
+            values = pa.ListArray.from_arrays(pa.array(range(len(values) + 1), pa.int32()), values,
+                                              mask=values.is_null())
+        arrays.append(values)
+    return pa.StructArray.from_arrays(arrays, fields=list(context_type))
 
 
 def _log_files(paths: list[Path], problems: Problems) -> Iterator[Path]:
@@ -197,7 +397,11 @@ def _read_file(path: Path, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
         with open(path, "rb") as probe:
             magic = probe.read(4)
         if magic == _PARQUET_MAGIC or path.suffix == ".parquet":
-            yield from _read_parquet(path, builder)
+            parquet = _ParquetLog(name, builder.context_keys)
+            try:
+                yield from parquet.batches(builder)
+            finally:
+                parquet.close()
             return
         gzipped = magic[:2] == _GZIP_MAGIC or path.suffix == ".gz"
         with gzip.open(path, "rb") if gzipped else open(path, "rb") as stream:
@@ -211,18 +415,30 @@ def _read_file(path: Path, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
         builder.reject(UNREADABLE_FILE, name, f"{type(error).__name__}: {error} (the rest of the file is not read)")
 
 
-def _read_json_lines(stream: IO[bytes], name: str, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
-    for number, line in enumerate(stream, 1):
+def _read_json_lines(stream: IO[bytes], name: str, builder: _BatchBuilder,
+                     first_line: int = 1) -> Iterator[pa.RecordBatch]:
+    for number, line in enumerate(stream, first_line):
         if line.isspace():
             continue
         try:
-            record = json.loads(line)
+            record = _decoded(line)
         except (ValueError, RecursionError) as error:
             builder.reject("bad JSON", f"{name}:{number}", str(error))
             continue
         builder.add_record(record, f"{name}:{number}")
         if builder.full:
             yield builder.flush()
+
+
+def _decoded(line: bytes) -> Any:
+    """``json.loads(line)``, less its encoding detection when the line is plain UTF-8 (as logs are)."""
+    if line.startswith(codecs.BOM_UTF8) or b"\0" in line[:4]:  # UTF-8 with a BOM, UTF-16 or UTF-32
+        return json.loads(line)
+    try:
+        text = line.decode()
+    except UnicodeDecodeError:
+        return json.loads(line)
+    return _JSON.decode(text)
 
 
 def _read_cloudtrail(text: IO[str], name: str, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
@@ -278,28 +494,51 @@ def _cloudtrail_records(text: IO[str]) -> Iterator[Any]:
         yield record
 
 
-def _read_parquet(path: Path, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
-    """Columns are read as they are when the context is a struct; a JSON-text context is decoded row by row."""
-    with pq.ParquetFile(path) as parquet:
-        schema = parquet.schema_arrow
-        _check_parquet_schema(schema, parquet.metadata.num_rows)
-        columns = [name for name in (*_REQUIRED, "resource_account", "context")
-                   if name in schema.names and not pa.types.is_null(schema.field(name).type)]
-        json_context = "context" in columns and _is_text(schema.field("context").type)
-        first_row = 0
-        for batch in parquet.iter_batches(batch_size=builder.batch_rows, columns=columns):
-            if json_context:
-                yield from _add_json_context_rows(batch, str(path), first_row, builder)
+class _ParquetLog:
+    """An open Parquet log, its schema checked and the columns to read chosen once: the context struct's
+    wanted keys only, or the whole context when it is JSON text (then decoded row by row)."""
+
+    def __init__(self, path: str, context_keys: frozenset[str] | None, metadata: pq.FileMetaData | None = None,
+                 dictionaries: bool = False) -> None:
+        self.name = path
+        self.dictionaries = dictionaries
+        self.file = pq.ParquetFile(path, metadata=metadata,
+                                   read_dictionary=_DICTIONARY_COLUMNS if dictionaries else None)
+        try:
+            schema = self.file.schema_arrow
+            _check_parquet_schema(schema, self.file.metadata.num_rows)
+        except _Invalid:
+            self.file.close()
+            raise
+        self.columns = [column for column in (*_REQUIRED, "resource_account", "context")
+                        if column in schema.names and not pa.types.is_null(schema.field(column).type)]
+        self.json_context = "context" in self.columns and _is_text(schema.field("context").type)
+        if "context" in self.columns and not self.json_context and context_keys is not None:
+            self.columns.remove("context")
+            self.columns += [f"context.{field.name}" for field in schema.field("context").type
+                             if field.name.lower() in context_keys]
+
+    def batches(self, builder: _BatchBuilder, row_groups: Iterable[int] | None = None,
+                first_row: int = 0) -> Iterator[pa.RecordBatch]:
+        """One thread: the caller decides how many cores a job uses."""
+        for batch in self.file.iter_batches(batch_size=builder.batch_rows, row_groups=row_groups,
+                                            columns=self.columns, use_threads=False):
+            if self.json_context:
+                yield from _add_json_context_rows(batch, self.name, first_row, builder)
             else:
                 if len(builder):
                     yield builder.flush()
-                converted = _convert_parquet_batch(batch, str(path), first_row, builder)
+                converted = _convert_parquet_batch(batch, self.name, first_row, builder, self.dictionaries)
                 if converted.num_rows:
                     yield converted
             first_row += batch.num_rows
 
+    def close(self) -> None:
+        self.file.close()
+
 
 def _check_parquet_schema(schema: pa.Schema, rows: int) -> None:
+    """``_Invalid`` unless the columns are of types requests can be read from."""
     lost = f"{rows} rows not read"
     for name in _REQUIRED:
         if name not in schema.names:
@@ -312,10 +551,14 @@ def _check_parquet_schema(schema: pa.Schema, rows: int) -> None:
         context_type = schema.field("context").type
         if not (_is_text(context_type) or pa.types.is_struct(context_type) or pa.types.is_null(context_type)):
             raise _Invalid("bad context", f"column 'context' is {context_type}, neither a struct nor JSON text: {lost}")
+        readable: set[pa.DataType] = set()  # thousands of keys, a few types
         for field in context_type if pa.types.is_struct(context_type) else ():
+            if field.type in readable:
+                continue
             value_type = field.type.value_type if _is_list(field.type) else field.type
             if not (_is_text(value_type) or _is_scalar(value_type) or pa.types.is_null(value_type)):
                 raise _Invalid("bad context", f"context key {field.name!r} is {field.type}: {lost}")
+            readable.add(field.type)
 
 
 def _is_text(data_type: pa.DataType) -> bool:
@@ -348,23 +591,51 @@ def _add_json_context_rows(batch: pa.RecordBatch, name: str, first_row: int,
             yield builder.flush()
 
 
-def _convert_parquet_batch(batch: pa.RecordBatch, name: str, first_row: int, builder: _BatchBuilder) -> pa.RecordBatch:
-    """A Parquet batch in the batch schema, without the rows that lack a principal, action or resource."""
+def _convert_parquet_batch(batch: pa.RecordBatch, name: str, first_row: int, builder: _BatchBuilder,
+                           dictionaries: bool = False) -> pa.RecordBatch:
+    """A Parquet batch in the batch schema, without the rows that lack a principal, action or resource;
+    with ``dictionaries``, dictionary-encoded columns stay so."""
     rows = batch.num_rows
-    required = {field: pc.cast(batch.column(field), pa.string()) for field in _REQUIRED}
-    missing = {field: pc.or_kleene(pc.is_null(column), pc.equal(column, "")) for field, column in required.items()}
-    any_missing = pc.or_kleene(pc.or_kleene(missing["principal"], missing["action"]), missing["resource"])
-    for index in pc.indices_nonzero(any_missing).to_pylist():
-        fields = [field for field in _REQUIRED if missing[field][index].as_py()]
-        builder.reject("missing field", f"{name}#{first_row + index}", f"{', '.join(fields)} null or empty")
-    account = (pc.cast(batch.column("resource_account"), pa.string()) if "resource_account" in batch.schema.names
+    required = {field: _text(batch.column(field), dictionaries) for field in _REQUIRED}
+    missing = {field: blank for field, column in required.items() if (blank := _blank(column)) is not None}
+    if missing:
+        blanks = list(missing.values())
+        any_missing = blanks[0]
+        for blank in blanks[1:]:
+            any_missing = pc.or_(any_missing, blank)
+        for index in pc.indices_nonzero(any_missing).to_pylist():
+            fields = [field for field, blank in missing.items() if blank[index].as_py()]
+            builder.reject("missing field", f"{name}#{first_row + index}", f"{', '.join(fields)} null or empty")
+    account = (_text(batch.column("resource_account"), False) if "resource_account" in batch.schema.names
                else pa.nulls(rows, pa.string()))
     context = (_normalised_context(batch.column("context")) if "context" in batch.schema.names
-               else pa.array([{}] * rows, pa.struct([])))
-    sources = pa.array([f"{name}#{row}" for row in range(first_row, first_row + rows)], pa.string())
+               else _empty_context(rows))
+    numbers = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), rows), start=first_row - 1)
+    sources = pc.binary_join_element_wise(f"{name}#", numbers.cast(pa.string()), "")
     converted = _request_batch(required["principal"], required["action"], required["resource"], account,
                                context, sources, pa.repeat(False, rows))
-    return converted.filter(pc.invert(any_missing)) if any_missing.true_count else converted
+    return converted.filter(pc.invert(any_missing)) if missing and any_missing.true_count else converted
+
+
+def _text(column: pa.Array, dictionaries: bool) -> pa.Array:
+    if dictionaries and pa.types.is_dictionary(column.type):
+        return column.cast(pa.dictionary(column.type.index_type, pa.string()))
+    return column.cast(pa.string())
+
+
+def _blank(column: pa.Array) -> pa.Array | None:
+    """Where ``column`` is null or empty; None when nowhere (the common case, found without a pass per row)."""
+    values = column.dictionary if pa.types.is_dictionary(column.type) else column
+    empty = pc.equal(pc.binary_length(values), 0)
+    if not column.null_count and not empty.true_count:
+        return None
+    if pa.types.is_dictionary(column.type):
+        empty = pc.take(empty, column.indices)
+    return pc.fill_null(empty, True)
+
+
+def _empty_context(rows: int) -> pa.StructArray:
+    return pa.StructArray.from_buffers(pa.struct([]), rows, [None])
 
 
 def _normalised_context(context: pa.StructArray) -> pa.StructArray:
@@ -376,16 +647,16 @@ def _normalised_context(context: pa.StructArray) -> pa.StructArray:
         names.append(field.name)
         arrays.append(pc.cast(values, _STRING_LIST if _is_list(field.type) else pa.string()))
     if not arrays:
-        return pa.array([{}] * len(context), pa.struct([]))
+        return _empty_context(len(context))
     return pa.StructArray.from_arrays(arrays, names=names)
 
 
 def _request_batch(principal: pa.Array, action: pa.Array, resource: pa.Array, resource_account: pa.Array,
                    context: pa.StructArray, source: pa.Array, resource_fallback: pa.Array) -> pa.RecordBatch:
     schema = pa.schema([
-        pa.field("principal", pa.string(), nullable=False),
-        pa.field("action", pa.string(), nullable=False),
-        pa.field("resource", pa.string(), nullable=False),
+        pa.field("principal", principal.type, nullable=False),
+        pa.field("action", action.type, nullable=False),
+        pa.field("resource", resource.type, nullable=False),
         pa.field("resource_account", pa.string()),
         pa.field("context", context.type),
         pa.field("source", pa.string(), nullable=False),
@@ -458,10 +729,16 @@ class _BatchBuilder:
     the rows that have it and their values; a struct field is then one ``take`` from its values.
     """
 
-    def __init__(self, batch_rows: int, problems: Problems, strict: bool) -> None:
+    def __init__(self, batch_rows: int, problems: Problems, strict: bool,
+                 context_keys: Collection[str] | None = None) -> None:
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
         self.batch_rows = batch_rows
         self.problems = problems
         self.strict = strict
+        self.context_keys = None if context_keys is None else frozenset(context_keys)
+        self._seen: set[str] = set()  # context keys as spelled, and of those,
+        self._kept: set[str] = set()  # the ones in context_keys (set operations in C, not a loop per key)
         self._start()
 
     def _start(self) -> None:
@@ -499,7 +776,15 @@ class _BatchBuilder:
             context: dict[str, Any] | None, source: str, resource_fallback: bool = False) -> None:
         row = len(self.principals)
         columns = self.context_columns
-        for key, value in (context or {}).items():
+        items = (context or {}).items()
+        if self.context_keys is not None and context:
+            keys = context.keys()
+            for key in keys - self._seen:
+                self._seen.add(key)
+                if key.lower() in self.context_keys:
+                    self._kept.add(key)
+            items = [(key, context[key]) for key in keys & self._kept]
+        for key, value in items:
             column = columns.get(key)
             if column is None:
                 column = columns[key] = ([], [None])
@@ -532,7 +817,7 @@ class _BatchBuilder:
                 value_of_row[row] = position
             names.append(key)
             fields.append(present.take(pa.Array.from_buffers(pa.int32(), rows, [None, pa.py_buffer(value_of_row)])))
-        context = pa.StructArray.from_arrays(fields, names=names) if fields else pa.array([{}] * rows, pa.struct([]))
+        context = pa.StructArray.from_arrays(fields, names=names) if fields else _empty_context(rows)
         batch = _request_batch(
             pa.array(self.principals, pa.string()), pa.array(self.actions, pa.string()),
             pa.array(self.resources, pa.string()), pa.array(self.accounts, pa.string()), context,

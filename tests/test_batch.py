@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batch import runner
 from batch.policies import PolicySource
-from batch.readers import read_requests, write_requests_parquet
-from batch.runner import run_local
+from batch.readers import MalformedRecord, read_requests, write_requests_parquet
+from batch.runner import WorkerFailed, run_local
+from batch.writers import JoinedOutput, RowsWriter, decision_schema
 from evaluator import PolicySet, parse_policy
 from evaluator.cli import main
 from evaluator.compile import CompiledPolicySet
@@ -40,7 +44,7 @@ def log(tmp_path_factory):
     lines.insert(2000, json.dumps({"principal": 5, "action": "s3:GetObject", "resource": "*"}))
     (folder / "log.jsonl").write_text("\n".join(lines) + "\n")
     (folder / "log.jsonl.gz").write_bytes(gzip.compress(((folder / "log.jsonl").read_bytes())))
-    write_requests_parquet(read_requests([str(folder / "log.jsonl")]), folder / "log.parquet")
+    write_requests_parquet(read_requests([str(folder / "log.jsonl")]), folder / "log.parquet", row_group_rows=256)
     return folder, requests
 
 
@@ -128,3 +132,149 @@ def test_bad_job_input_exits_two(capsys, tmp_path, monkeypatch, argv, message):
     assert main(["batch", *argv]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.glob("o.*"))
+
+
+# parts: each worker reads, decides and writes its own shares; the output keeps the input's order -----------
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Parts of a few dozen lines or one row group, so that a small log makes many."""
+    monkeypatch.setattr(runner, "PART_BYTES", 8192)
+    monkeypatch.setattr(runner, "PART_ROWS", 1)
+
+
+def read_output(path) -> list[dict]:
+    path = str(path)
+    if path.endswith(".parquet"):
+        return pq.read_table(path).to_pylist()
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+@pytest.mark.parametrize("name", ["log.jsonl", "log.parquet"])
+@pytest.mark.parametrize("output", ["out.parquet", "out.jsonl"])
+def test_many_parts_are_joined_in_input_order(log, tmp_path, small_parts, name, output):
+    folder, requests = log
+    source = PolicySource.from_paths(policies=POLICIES)
+    summary, problems = run_local(source, [str(folder / name)], str(tmp_path / output), workers=2)
+    rows = read_output(tmp_path / output)
+    assert [row["decision"] for row in rows] == expected(requests)
+    assert [(row["principal"], row["action"], row["resource"]) for row in rows] == [
+        (r.principal, r.action, r.resource) for r in requests]
+    if name == "log.jsonl":  # line numbers count the malformed lines 11 and 2001 too
+        lines = [n for n in range(1, len(requests) + 3) if n not in (11, 2001)]
+        assert [row["source"] for row in rows] == [f"{folder / name}:{n}" for n in lines]
+        assert [location for location, _ in problems.first] == [f"{folder / name}:11", f"{folder / name}:2001"]
+    else:
+        assert [row["source"] for row in rows] == [f"{folder / name}#{n}" for n in range(len(requests))]
+    assert summary.rows == len(requests) and sum(summary.decisions.values()) == len(requests)
+    assert set(summary.decisions) <= {"Allow", "ImplicitDeny", "ExplicitDeny"}
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*"))
+
+
+def test_the_summary_counts_what_one_process_would(log, tmp_path, small_parts):
+    folder, requests = log
+    source = PolicySource.from_paths(policies=POLICIES)
+    one, _ = run_local(source, [str(folder / "log.jsonl")], str(tmp_path / "a.parquet"), workers=1, stats=True)
+    rows = read_output(tmp_path / "a.parquet")
+    denied = [row for row in rows if row["decision"] != "Allow"]
+    assert one.decisions == {decision: expected(requests).count(decision) for decision in set(expected(requests))}
+    assert one.denied_actions == {a: sum(r["action"] == a for r in denied) for a in {r["action"] for r in denied}}
+    assert one.denied_principals == {p: sum(r["principal"] == p for r in denied)
+                                     for p in {r["principal"] for r in denied}}
+    two, _ = run_local(source, [str(folder / "log.jsonl")], str(tmp_path / "b.parquet"), workers=2, stats=True)
+    assert (two.decisions, two.denied_actions, two.denied_principals, two.usage) == (
+        one.decisions, one.denied_actions, one.denied_principals, one.usage)
+    assert sum(applied for applied, _, _ in one.usage.values()) > 0
+
+
+def test_strict_stops_at_the_first_malformed_record_in_input_order(log, tmp_path, small_parts):
+    folder, _ = log
+    source = PolicySource.from_paths(policies=POLICIES)
+    for workers in (1, 2):
+        with pytest.raises(MalformedRecord) as raised:
+            run_local(source, [str(folder / "log.jsonl")], str(tmp_path / "out.parquet"), workers=workers,
+                      strict=True)
+        assert raised.value.location == f"{folder / 'log.jsonl'}:11" and raised.value.kind == "bad JSON"
+        assert not list(tmp_path.iterdir())
+
+
+def test_explain_through_parts(log, tmp_path, small_parts):
+    folder, requests = log
+    source = PolicySource.from_paths(policies=POLICIES)
+    run_local(source, [str(folder / "log.parquet")], str(tmp_path / "out.jsonl"), workers=2, explain=True)
+    rows = read_output(tmp_path / "out.jsonl")
+    assert [row["decision"] for row in rows] == expected(requests)
+    allowed = next(row for row in rows if row["decision"] == "Allow")
+    assert allowed["decided_by"] == "identity" and allowed["statements"][0]["effect"] == "Allow"
+
+
+def test_store_mode_reads_parquet_as_json_lines(tmp_path, small_parts):
+    requests = [{"principal": f"arn:aws:iam::111122223333:role/{role}", "action": "imagebuilder:GetImage",
+                 "resource": "*", "context": {"aws:RequestedRegion": region}}
+                for role in ("ImageBuilderRole", "NotInTheStore") for region in ("us-east-1", "ap-south-1")] * 50
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(map(json.dumps, requests)) + "\n")
+    write_requests_parquet(read_requests(log), tmp_path / "log.parquet", row_group_rows=32)
+    source = PolicySource.from_paths(store=str(STORE))
+    outputs = []
+    for name in ("log.jsonl", "log.parquet"):
+        run_local(source, [str(tmp_path / name)], str(tmp_path / f"{name}.out.jsonl"), workers=2, explain=True)
+        outputs.append([(r["principal"], r["decision"], r["decided_by"])
+                        for r in read_output(tmp_path / f"{name}.out.jsonl")])
+    assert outputs[0] == outputs[1]
+    assert outputs[0][:4] == [
+        ("arn:aws:iam::111122223333:role/ImageBuilderRole", "Allow", "identity"),
+        ("arn:aws:iam::111122223333:role/ImageBuilderRole", "ExplicitDeny", "scp[0]"),
+        ("arn:aws:iam::111122223333:role/NotInTheStore", "ImplicitDeny", "principal"),
+        ("arn:aws:iam::111122223333:role/NotInTheStore", "ImplicitDeny", "principal")]
+
+
+@pytest.mark.parametrize("output", ["out.parquet", "out.jsonl"])
+def test_an_empty_log_gives_an_empty_output(tmp_path, output):
+    (tmp_path / "empty.jsonl").write_text("")
+    summary, _ = run_local(PolicySource.from_paths(policies=POLICIES), [str(tmp_path / "empty.jsonl")],
+                           str(tmp_path / output), workers=2)
+    assert summary.rows == 0
+    if output.endswith(".parquet"):
+        assert pq.read_table(tmp_path / output).schema.names == decision_schema(False).names
+    else:
+        assert (tmp_path / output).read_text() == ""
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="spawned workers do not see the patch")
+def test_a_worker_that_dies_fails_the_job(log, tmp_path, monkeypatch):
+    def die(*args):
+        os._exit(3)
+
+    monkeypatch.setattr(runner, "_decide_part", die)
+    with pytest.raises(WorkerFailed, match="exit code 3"):
+        run_local(PolicySource.from_paths(policies=POLICIES), [str(log[0] / "log.jsonl")],
+                  str(tmp_path / "out.parquet"), workers=2)
+    assert not list(tmp_path.iterdir())
+
+
+def test_joined_parquet_parts_read_as_one_file(tmp_path):
+    """Row groups with dictionary pages, nulls and nested lists, moved from several parts into one file."""
+    schema = decision_schema(explain=True)
+    statement = {"policy": "p", "index": 0, "sid": "s", "effect": "Allow"}
+    tables = []
+    for part in range(4):
+        rows = [{"source": f"log:{part}-{row}", "principal": f"arn:aws:iam::1:user/u{row % 3}", "action": "s3:Get",
+                 "resource": "*" if row % 2 else None, "resource_fallback": bool(row % 2), "decision": "Allow",
+                 "error": None, "decided_by": "identity", "statements": [statement] * (row % 3),
+                 "missing_keys": ["k"] if row % 5 == 0 else []} for row in range(part * 7)]
+        tables.append(pa.Table.from_pylist(rows, schema))
+    with JoinedOutput(str(tmp_path / "joined.parquet"), schema) as joined:
+        for number, table in enumerate(tables):
+            writer = RowsWriter(joined.part_path(number), ".parquet", schema)
+            for start in range(0, table.num_rows, 4):  # several row groups per part
+                writer.write(table.slice(start, 4))
+            writer.close()
+            joined.join(number)
+    expected_rows = pa.concat_tables(tables).to_pylist()
+    assert pq.read_table(tmp_path / "joined.parquet").to_pylist() == expected_rows
+    metadata = pq.read_metadata(tmp_path / "joined.parquet")
+    assert metadata.num_rows == len(expected_rows) and metadata.num_row_groups == 0 + 2 + 4 + 6  # 4 rows each
+    assert [row.get("source") for row in pq.read_table(tmp_path / "joined.parquet", columns=["source"]).to_pylist()
+            ] == [row["source"] for row in expected_rows]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["joined.parquet"]

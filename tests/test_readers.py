@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import pickle
 import shutil
 import tracemalloc
 from pathlib import Path
@@ -14,7 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch import cloudtrail, readers
-from batch.readers import MalformedRecord, Problems, read_requests, write_requests_parquet
+from batch.readers import (
+    LogPart,
+    MalformedRecord,
+    PartReader,
+    Problems,
+    read_requests,
+    split_requests,
+    write_requests_parquet,
+)
 
 LOGS = Path(__file__).resolve().parent / "data" / "logs"
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -436,3 +445,108 @@ def test_the_first_2000_corpus_requests_read_unchanged():
     assert as_requests(batches) == expected
     assert batches[-1].column("source")[-1].as_py() == f"{sample}:2000"
     assert problems.total == 0 and not problems.notes
+
+
+# the keys a reader wants, and parts that workers read on their own ------------------------------------------
+
+def test_only_the_context_keys_asked_for_are_kept_but_every_record_is_checked(tmp_path):
+    lines = [json.dumps(REQUESTS[0]), json.dumps({**REQUESTS[1], "context": {"AWS:SourceIP": "10.0.0.9"}}),
+             json.dumps({**REQUESTS[2], "context": {"svc:Unused": {"nested": 1}}}), json.dumps(REQUESTS[3])]
+    jsonl = write_lines(tmp_path / "r.jsonl", lines)
+    struct_parquet = write_struct_parquet(tmp_path / "r.parquet", [REQUESTS[0], REQUESTS[3]])
+    problems = Problems()
+    [batch] = read_requests(jsonl, problems=problems, context_keys={"aws:sourceip", "aws:tagkeys"})
+    assert batch.column("context").to_pylist() == [
+        {"aws:SourceIp": "10.0.0.1", "AWS:SourceIP": None, "aws:TagKeys": None},
+        {"aws:SourceIp": None, "AWS:SourceIP": "10.0.0.9", "aws:TagKeys": None},
+        {"aws:SourceIp": None, "AWS:SourceIP": None, "aws:TagKeys": ["team", "env"]}]
+    assert problems.first == [(f"{jsonl}:3", "bad context: context key 'svc:Unused': values are strings, numbers, "
+                                             "booleans or lists of them, not {'nested': 1}")]
+    [batch] = read_requests(struct_parquet, context_keys={"aws:sourceip", "aws:tagkeys"})
+    assert batch.column("context").type.names == ["aws:SourceIp", "aws:TagKeys"]
+    assert as_requests([batch])[1]["context"] == {"aws:TagKeys": ["team", "env"]}
+
+
+def test_json_lines_parts_cover_every_line_once_with_its_number(tmp_path):
+    lines = [json.dumps(request) for request in REQUESTS * 40]
+    lines[7] = "{not json"
+    lines[50] = ""
+    lines[60] = json.dumps({**REQUESTS[0], "context": {"aws:UserAgent": "x" * 600}})  # longer than a part
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(lines))  # no line break at the end
+    parts = list(split_requests(path, Problems(), part_bytes=500))
+    assert len(parts) > 10 and parts[0].start == 0 and parts[-1].stop == path.stat().st_size
+    assert all(before.stop == after.start for before, after in itertools.pairwise(parts))
+    reader, problems = PartReader(batch_rows=7), Problems()
+    batches = [batch for part in parts for batch in reader.read(part, problems)]
+    expected_problems = Problems()
+    assert as_requests(batches) == as_requests(read_requests(path, problems=expected_problems))
+    sources = [source for batch in batches for source in batch.column("source").to_pylist()]
+    assert sources == [f"{path}:{n}" for n in range(1, len(lines) + 1) if n not in (8, 51)]
+    assert problems.first == expected_problems.first == [(f"{path}:8", problems.first[0][1])]
+
+
+def test_parquet_parts_are_runs_of_row_groups(tmp_path):
+    path = tmp_path / "r.parquet"
+    write_requests_parquet(read_requests(write_jsonl(tmp_path / "r.jsonl", REQUESTS * 10)), path, row_group_rows=3)
+    footers = {}
+    parts = list(split_requests(path, Problems(), part_rows=5, footers=footers))
+    # 13 row groups of 3 rows and one of 1; a part takes row groups until it has 5 rows
+    assert [(part.start, part.stop, part.first, part.rows) for part in parts] == [
+        (group, group + 2, 3 * group, 6) for group in range(0, 12, 2)] + [(12, 14, 36, 4)]
+    assert set(footers) == {str(path)}
+    reader = PartReader(batch_rows=4, context_keys={"aws:sourceip"}, footers=footers)
+    batches = [batch for part in parts for batch in reader.read(part, Problems())]
+    sources = [source for batch in batches for source in batch.column("source").to_pylist()]
+    assert sources == [f"{path}#{n}" for n in range(40)]
+    assert pa.types.is_dictionary(batches[0].schema.field("principal").type)  # as Parquet stores it
+    assert [row["principal"] for batch in batches for row in batch.to_pylist()] == \
+        [request["principal"] for request in REQUESTS * 10]
+
+
+def test_files_that_cannot_be_split_are_one_part(tmp_path):
+    gzipped = write_jsonl(tmp_path / "r.jsonl.gz", REQUESTS)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    problems = Problems()
+    parts = list(split_requests([gzipped, broken], problems))
+    assert parts == [LogPart(str(gzipped)), LogPart(str(broken))]
+    reader = PartReader()
+    assert as_requests(reader.read(parts[0], problems)) == REQUESTS
+    assert list(reader.read(parts[1], problems)) == [] and problems.counts == {readers.UNREADABLE_FILE: 1}
+
+
+def test_written_parquet_has_a_context_struct_of_every_key(tmp_path):
+    base = {"principal": "arn:aws:iam::111122223333:user/u", "action": "s3:ListBucket", "resource": "*"}
+    requests = [{**base, "context": {"k": "a"}}, {**base, "context": {"k": ["b", "c"], "j": "x"}}, base, base]
+    path = tmp_path / "r.parquet"
+    assert write_requests_parquet(read_requests(write_jsonl(tmp_path / "r.jsonl", requests), batch_rows=2),
+                                  path, row_group_rows=3) == 4
+    context = pq.read_schema(path).field("context").type
+    assert {field.name: pa.types.is_list(field.type) for field in context} == {"j": False, "k": True}
+    assert pq.read_metadata(path).num_row_groups == 2
+    assert [request.get("context") for request in as_requests(read_requests(path))] == [
+        {"k": ["a"]}, {"k": ["b", "c"], "j": "x"}, None, None]
+    no_context = tmp_path / "none.parquet"
+    write_requests_parquet(read_requests(write_jsonl(tmp_path / "n.jsonl", [base] * 3)), no_context)
+    assert "context" not in pq.read_schema(no_context).names
+    assert as_requests(read_requests(no_context)) == [base] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.jsonl", "none.parquet", "r.jsonl", "r.parquet"]
+
+
+def test_problems_of_later_parts_merge_in_order():
+    first, later = Problems(keep=3), Problems()
+    first.add("bad JSON", "a:1", "x")
+    first.add("bad JSON", "a:2", "x")
+    for line in range(3, 6):
+        later.add("missing field", f"a:{line}", "y")
+    later.note(readers.WIDENED, 2)
+    first.merge(later)
+    assert [location for location, _ in first.first] == ["a:1", "a:2", "a:3"]
+    assert first.counts == {"bad JSON": 2, "missing field": 3} and first.notes == {readers.WIDENED: 2}
+
+
+def test_a_malformed_record_error_crosses_processes():
+    error = pickle.loads(pickle.dumps(MalformedRecord("bad JSON", "log.jsonl:3", "Expecting value")))
+    assert (error.kind, error.location) == ("bad JSON", "log.jsonl:3")
+    assert str(error) == "log.jsonl:3: bad JSON: Expecting value"
