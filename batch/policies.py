@@ -67,7 +67,6 @@ class BatchEvaluator:
         self.compiled = compiled
         self.store = store
         self.usage: dict[int, StatementUsage] = {}  # per compiled set (by id), when counting
-        self._keys: frozenset[str] | None = None
 
     def usage_for(self, compiled: CompiledPolicySet) -> StatementUsage:
         usage = self.usage.get(id(compiled))
@@ -77,7 +76,7 @@ class BatchEvaluator:
 
     def context_keys(self) -> frozenset[str]:
         """The context keys (lower case) that the policies test: a reader need keep no other."""
-        return frozenset(self.compiled.key_ids) if self.compiled is not None else self._store_keys()
+        return frozenset(self.compiled.key_ids) if self.compiled is not None else self.store.context_keys
 
     def evaluate(self, batch: pa.RecordBatch, explain: bool = False, count: bool = False) -> pa.RecordBatch:
         """Decisions for ``batch`` in row order (the Arrow API's columns)."""
@@ -145,7 +144,7 @@ class BatchEvaluator:
         index = batch.schema.get_field_index("context")
         if index < 0:
             return batch
-        used = self._store_keys()
+        used = self.store.context_keys
         context = batch.column(index)
         kept = [(field.name, values) for field, values in zip(context.type, context.flatten(), strict=True)
                 if field.name.lower() in used]
@@ -153,10 +152,6 @@ class BatchEvaluator:
             else pa.array([{}] * batch.num_rows, pa.struct([]))
         return batch.set_column(index, "context", slim)
 
-    def _store_keys(self) -> frozenset[str]:
-        if self._keys is None:
-            self._keys = frozenset(key for policy in self.store.store.all_policies() for key in policy.context_keys())
-        return self._keys
 
 
 def _malformed(principal: str | None) -> str | None:

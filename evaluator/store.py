@@ -632,10 +632,11 @@ class CompiledStore:
         self._lock = threading.Lock()
         self._compilations = 0
         self._hits = 0
-        used_keys = {key for policy in store.all_policies() for key in policy.context_keys()}
+        self.context_keys = frozenset(key for policy in store.all_policies() for key in policy.context_keys())
+        """The context keys (lower case) some policy of the store tests."""
         self._principal_contexts = {  # only the keys some policy tests: the rest would be dead weight
             arn: {key.lower(): _value(value) for key, value in store.principal_context(arn).items()
-                  if key.lower() in used_keys}
+                  if key.lower() in self.context_keys}
             for arn in store.principals
         }
 

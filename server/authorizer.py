@@ -41,7 +41,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         else:
             serving = self._serving()
             decision, version = serving.compiled.evaluate(checked), serving.version.number
-        self._metrics.count(bytes([3 if decision.error else convert.CODES[decision.decision]]))
+        self._metrics.count(convert.codes([decision]))
         return pb.CheckResponse(result=convert.result(decision, request.explain), store_version=version)
 
     def CheckBatch(self, request: pb.CheckBatchRequest, context: grpc.ServicerContext) -> pb.CheckBatchResponse | bytes:
@@ -94,7 +94,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         if isinstance(decided, BatchDecisions):
             self._metrics.count(decided.codes)
             return convert.encoded_response(decided, version, request.batch_id)
-        self._metrics.count(bytes(3 if d.error else convert.CODES[d.decision] for d in decided))
+        self._metrics.count(convert.codes(decided))
         return pb.CheckBatchResponse(results=[convert.result(d, True) for d in decided], store_version=version,
                                      batch_id=request.batch_id)
 

@@ -137,15 +137,12 @@ def _admin(build):
 
 
 def _admin_commands():
+    from . import convert
     from .api import iam_evaluator_pb2 as pb
     from .client import POLICY_KINDS
 
     def principal(path: str) -> pb.Principal:
-        entry = json.loads(Path(path).read_text(encoding="utf-8"))
-        return pb.Principal(arn=entry.get("arn", ""), managed_policies=entry.get("managed_policies", []),
-                            inline_policies={k: json.dumps(v) for k, v in entry.get("inline_policies", {}).items()},
-                            groups=entry.get("groups", []), permissions_boundary=entry.get("permissions_boundary", ""),
-                            tags=entry.get("tags", {}))
+        return convert.principal(json.loads(Path(path).read_text(encoding="utf-8")))
 
     return {
         "validate": lambda a: ("ValidatePolicy", pb.ValidatePolicyRequest(

@@ -21,8 +21,12 @@ from .api import iam_evaluator_pb2 as pb
 
 DECISIONS = {DecisionKind.ALLOW: pb.ALLOW, DecisionKind.EXPLICIT_DENY: pb.EXPLICIT_DENY,
              DecisionKind.IMPLICIT_DENY: pb.IMPLICIT_DENY}
-CODES = {DecisionKind.IMPLICIT_DENY: 0, DecisionKind.ALLOW: 1, DecisionKind.EXPLICIT_DENY: 2}
-"""The engine's code for each decision (3: could not be evaluated)."""
+_CODES = {DecisionKind.IMPLICIT_DENY: 0, DecisionKind.ALLOW: 1, DecisionKind.EXPLICIT_DENY: 2}
+
+
+def codes(decisions: Iterable[Decision]) -> bytes:
+    """The engine's code for each decision (3: could not be evaluated), as the metrics count them."""
+    return bytes(3 if d.error else _CODES[d.decision] for d in decisions)
 _CODE_RESULTS = (pb.CheckResult(decision=pb.IMPLICIT_DENY), pb.CheckResult(decision=pb.ALLOW),
                  pb.CheckResult(decision=pb.EXPLICIT_DENY))
 """The result of each engine code without explanation, built once and copied into responses."""
@@ -195,8 +199,9 @@ def principal_entry(principal: pb.Principal) -> dict[str, Any]:
 
 
 def principal(entry: Mapping[str, Any]) -> pb.Principal:
+    """A principal entry (a store's, or a principals/*.json file) as the message."""
     return pb.Principal(
-        arn=entry["arn"], managed_policies=entry.get("managed_policies", []),
+        arn=entry.get("arn", ""), managed_policies=entry.get("managed_policies", []),
         inline_policies={name: json.dumps(doc, indent=2) for name, doc in entry.get("inline_policies", {}).items()},
         groups=entry.get("groups", []), permissions_boundary=entry.get("permissions_boundary") or "",
         tags=entry.get("tags", {}),
