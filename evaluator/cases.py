@@ -3,6 +3,11 @@
 A case is one JSON object per line: ``{"id", "policies", "request",
 "expect": {"decision"}}`` (see ``../shared/conformance/README.md``). Users keep
 such files beside their policies as regression tests, as ``opa test`` users do.
+
+A case passes only when its request is decided without an evaluation error and
+the decision is the expected one. An error denies the request (ImplicitDeny,
+decided by "error"), but that is the engine failing closed, not the decision
+AWS would make, and the format has no way to expect one.
 """
 from __future__ import annotations
 
@@ -40,12 +45,16 @@ class CaseResult:
 
     @property
     def passed(self) -> bool:
-        return self.decision is not None and str(self.decision.decision) == self.expected
+        decision = self.decision
+        return decision is not None and decision.error is None and str(decision.decision) == self.expected
 
     def describe_failure(self) -> str:
         if self.decision is None:
             return f"FAIL {self.case_id}: {self.problem}"
         d = self.decision
+        if d.error is not None:
+            return (f"FAIL {self.case_id} [{self.category}]: expected {self.expected}, but the evaluation failed "
+                    f"(denied as {d.decision}): {d.error}")
         lines = [f"FAIL {self.case_id} [{self.category}]: expected {self.expected}, got {d.decision} "
                  f"(decided by {d.decided_by}: {d.reason})"]
         lines += [f"    statement: {ref}" for ref in d.statements]

@@ -132,6 +132,30 @@ def test_test_runner_reports_failures_and_counts(capsys, tmp_path):
     assert any(f"{cases}:3" in line and "not valid JSON" in line for line in lines)
 
 
+@pytest.mark.parametrize("engine", ["compiled", "reference"])
+def test_test_runner_fails_a_case_decided_by_an_evaluation_error(capsys, tmp_path, engine):
+    """IAM denies a request it cannot evaluate, so an error "matches" every ImplicitDeny expectation; the case
+    must still fail, saying why, since no AWS decision was reproduced."""
+    listing = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::logs",
+        "Condition": {"NumericLessThanEquals": {"s3:max-keys": "10"}}}]}
+    request = {"principal": ROLE, "action": "s3:ListBucket", "resource": "arn:aws:s3:::logs",
+               "resource_account": "111122223333"}
+    readable = {"id": "readable", "policies": {"identity": [listing]},
+                "request": {**request, "context": {"s3:max-keys": "5"}}, "expect": {"decision": "Allow"}}
+    unreadable = {"id": "unreadable", "policies": {"identity": [listing]},
+                  "request": {**request, "context": {"s3:max-keys": "abc"}}, "expect": {"decision": "ImplicitDeny"}}
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(json.dumps(readable) + "\n" + json.dumps(unreadable) + "\n")
+    code, out, _ = run(capsys, "test", str(cases), "--engine", engine)
+    lines = out.strip().splitlines()
+    assert code == 1
+    assert lines[-1] == "1 passed, 1 failed"
+    failures = [line for line in lines if line.startswith("FAIL")]
+    assert len(failures) == 1 and failures[0].startswith("FAIL unreadable [")
+    assert "evaluation failed" in failures[0] and "s3:max-keys" in failures[0]
+
+
 def test_test_runner_on_the_sanity_cases(capsys):
     code, out, _ = run(capsys, "test", str(require(CONFORMANCE / "sanity_cases.jsonl")), "--engine", "reference")
     assert code == 0

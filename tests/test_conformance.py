@@ -1,4 +1,5 @@
-"""Every public conformance case, through the same runner as ``iam-eval test``."""
+"""Every public conformance case, through the same runner as ``iam-eval test``: a case passes only when
+its decision matches and no evaluation error occurred (``CaseResult.passed``)."""
 from __future__ import annotations
 
 import pytest
