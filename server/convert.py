@@ -13,9 +13,9 @@ from typing import Any
 from evaluator import PolicySet, Request
 from evaluator.compile import BatchDecisions
 from evaluator.decision import Decision, DecisionKind
-from evaluator.findings import Finding
+from evaluator.findings import Finding, PolicyValidationError
 from evaluator.parse import PolicyKind as DocumentKind
-from evaluator.parse import parse_policy
+from evaluator.parse import decode_json, parse_policy
 
 from .api import iam_evaluator_pb2 as pb
 
@@ -161,13 +161,22 @@ def document_kind(kind: int) -> DocumentKind:
     return DocumentKind.RESOURCE if kind in (pb.RESOURCE, pb.RCP) else DocumentKind.IDENTITY
 
 
-def policy_entry(policy: pb.StoredPolicy) -> tuple[str, dict[str, Any]]:
-    """The store section and entry of a policy; raises ``ValueError`` for a document that is not JSON."""
-    section = SECTIONS[policy.kind]
+def _document(text: str, kind: DocumentKind, name: str) -> Any:
+    """A policy document sent as text, decoded and checked by the parser; raises ``PolicyValidationError``
+    naming ``name``, with every finding. The store keeps documents re-encoded, which would silently keep
+    only the last of a key given twice, so such a document (E002) must be refused here."""
     try:
-        document = json.loads(policy.document)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"policy document is not JSON: {exc}") from None
+        document = decode_json(text)
+    except PolicyValidationError as exc:
+        raise PolicyValidationError(exc.findings, source=name) from None
+    parse_policy(document, kind=kind, name=name)
+    return document
+
+
+def policy_entry(policy: pb.StoredPolicy) -> tuple[str, dict[str, Any]]:
+    """The store section and entry of a policy; raises ``PolicyValidationError`` for an invalid document."""
+    section = SECTIONS[policy.kind]
+    document = _document(policy.document, document_kind(policy.kind), policy.name)
     return section, {_NAME_FIELDS[section]: policy.name, "document": document}
 
 
@@ -177,18 +186,14 @@ def stored_policy(kind: int, entry: Mapping[str, Any]) -> pb.StoredPolicy:
 
 
 def principal_entry(principal: pb.Principal) -> dict[str, Any]:
-    """A principal as a store directory's file holds it; empty fields are left out."""
+    """A principal as a store directory's file holds it; empty fields are left out. Raises
+    ``PolicyValidationError`` for an invalid inline policy."""
     entry: dict[str, Any] = {"arn": principal.arn}
     if principal.managed_policies:
         entry["managed_policies"] = list(principal.managed_policies)
     if principal.inline_policies:
-        inline = {}
-        for name, text in principal.inline_policies.items():
-            try:
-                inline[name] = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"inline policy {name!r} is not JSON: {exc}") from None
-        entry["inline_policies"] = inline
+        entry["inline_policies"] = {name: _document(text, DocumentKind.IDENTITY, f"inline policy {name!r}")
+                                    for name, text in principal.inline_policies.items()}
     if principal.groups:
         entry["groups"] = list(principal.groups)
     if principal.permissions_boundary:

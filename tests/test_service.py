@@ -491,7 +491,7 @@ BAD_INPUT = {
     "policy-malformed": (_admin("PutPolicy", put_policy(pb.MANAGED, MANAGED_NAME, document(
         {"Effect": 1, "Action": "s3:GetObject", "Resource": "*"}))), grpc.StatusCode.INVALID_ARGUMENT, "E010"),
     "policy-not-json": (_admin("PutPolicy", put_policy(pb.MANAGED, MANAGED_NAME, "{'Version': ")),
-                        grpc.StatusCode.INVALID_ARGUMENT, "not JSON"),
+                        grpc.StatusCode.INVALID_ARGUMENT, "E001"),
     "policy-principal-in-identity-policy": (_admin("PutPolicy", put_policy(pb.SCP, "NewSCP", document(
         {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "*"}))),
         grpc.StatusCode.INVALID_ARGUMENT, "E018"),
@@ -528,7 +528,7 @@ BAD_INPUT = {
             {"Effect": 0, "Action": "s3:*", "Resource": "*"})}))), grpc.StatusCode.INVALID_ARGUMENT, "E010"),
     "principal-inline-not-json": (_admin("PutPrincipal", pb.PutPrincipalRequest(principal=pb.Principal(
         arn=f"arn:aws:iam::{ACCOUNT}:role/New", inline_policies={"Bad": "nope"}))),
-        grpc.StatusCode.INVALID_ARGUMENT, "not JSON"),
+        grpc.StatusCode.INVALID_ARGUMENT, "E001"),
     "principal-not-an-arn": (_admin("PutPrincipal", pb.PutPrincipalRequest(principal=pb.Principal(arn="bob"))),
                              grpc.StatusCode.INVALID_ARGUMENT, "bob"),
     "principal-stale-version": (_admin("DeletePrincipal", pb.DeletePrincipalRequest(arn=ALICE,
