@@ -5,7 +5,9 @@ policies, groups, permissions boundary, tags), groups, roles (the same, and
 the trust policy, which becomes the resource policy of the role's ARN) and
 managed policies with all their versions, of which the default one is used.
 Policy documents are objects when printed by the CLI and URL-encoded JSON text
-from the API; both are read.
+from the API; both are read. A key given twice anywhere in the export (a role's
+RolePolicyList as well as a policy's Effect) is an error (E002), never read as
+the last one written.
 
 It does not hold the AWS managed policies its principals use unless they were
 asked for, nor SCPs, RCPs or other services' resource policies. Pass the AWS
@@ -118,7 +120,7 @@ def read_aws_managed_policies(path: str | Path, arns: set[str]) -> dict[str, tup
             if not line.strip():
                 continue
             try:
-                entry = decode_json(line)
+                entry = decode_json(line, unique_keys=True)
             except PolicyValidationError as exc:
                 raise StoreError(source, exc.findings) from None
             if isinstance(entry, dict) and entry.get("arn") in arns:
@@ -130,7 +132,7 @@ def load_account_export(path: str | Path, aws_managed_policies: str | Path | Non
     """A store of the account in the export at ``path``; raises ``StoreError`` naming what is wrong."""
     source = str(path)
     try:
-        export = decode_json(Path(path).read_bytes())
+        export = decode_json(Path(path).read_bytes(), unique_keys=True)  # the export's own keys too
     except OSError as exc:
         raise store_error(source, (), "S001", f"cannot read: {exc.strerror}") from None
     except PolicyValidationError as exc:

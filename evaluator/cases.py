@@ -11,7 +11,6 @@ AWS would make, and the format has no way to expect one.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from . import reference
 from .compile import CompiledPolicySet
 from .decision import Decision, DecisionKind
 from .findings import PolicyValidationError
+from .parse import decode_json
 from .principals import RequestError
 from .request import PolicySet, Request
 
@@ -71,9 +71,9 @@ def read_cases(path: Path) -> Iterator[tuple[str, dict | None, str]]:
                 continue
             location = f"{path}:{number}"
             try:
-                case = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield location, None, f"not valid JSON: {exc.msg}"
+                case = decode_json(line, unique_keys=True)  # a key given twice is an error, not the last one
+            except PolicyValidationError as exc:
+                yield location, None, "; ".join(map(str, exc.findings))
                 continue
             if not isinstance(case, dict) or not {"policies", "request", "expect"} <= set(case):
                 yield location, None, "a case needs policies, request and expect"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -52,11 +52,17 @@ def _object_with_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
-def decode_json(source: str | bytes) -> Any:
-    """Decode JSON text, keeping track of duplicate keys; raises ``PolicyValidationError``."""
+def decode_json(source: str | bytes, *, unique_keys: bool = False) -> Any:
+    """Decode JSON text, keeping track of duplicate keys; raises ``PolicyValidationError``.
+
+    Each object remembers the keys it was given twice (``json`` keeps only the last), for the parser and
+    the store's checker to report. With ``unique_keys`` a key given twice anywhere is an error here (E002 at
+    its pointer): for text whose objects are not all checked that way, or that is re-encoded before they
+    are (``json.dumps`` writes each key once, and the duplicate is lost without a trace).
+    """
     try:
         text = source.decode("utf-8") if isinstance(source, bytes) else source
-        return json.loads(text, object_pairs_hook=_object_with_duplicates)
+        value = json.loads(text, object_pairs_hook=_object_with_duplicates)
     except UnicodeDecodeError as exc:
         raise PolicyValidationError(
             [Finding("E001", Severity.ERROR, "", f"policy is not UTF-8 text: {exc}")]
@@ -65,6 +71,22 @@ def decode_json(source: str | bytes) -> Any:
         raise PolicyValidationError(
             [Finding("E001", Severity.ERROR, "", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]
         ) from None
+    if unique_keys:
+        duplicates = list(_duplicate_keys(value, ()))
+        if duplicates:
+            raise PolicyValidationError(duplicates)
+    return value
+
+
+def _duplicate_keys(value: Any, where: tuple) -> Iterator[Finding]:
+    if isinstance(value, dict):
+        for key in getattr(value, "duplicates", ()):
+            yield Finding("E002", Severity.ERROR, pointer(*where, key), f"the key {key!r} is given more than once")
+        for key, item in value.items():
+            yield from _duplicate_keys(item, (*where, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _duplicate_keys(item, (*where, index))
 
 
 def _type_name(value: Any) -> str:

@@ -137,12 +137,22 @@ def _admin(build):
 
 
 def _admin_commands():
+    from evaluator.findings import PolicyValidationError
+    from evaluator.parse import decode_json
+    from evaluator.store import StoreError
+
     from . import convert
     from .api import iam_evaluator_pb2 as pb
     from .client import POLICY_KINDS
 
     def principal(path: str) -> pb.Principal:
-        return convert.principal(json.loads(Path(path).read_text(encoding="utf-8")))
+        """The principal in a store entry file. Its inline policies are sent re-encoded, which would lose a key
+        given twice without a trace, so the file is decoded strictly: such a file is refused here (E002)."""
+        try:
+            entry = decode_json(Path(path).read_bytes(), unique_keys=True)
+        except PolicyValidationError as exc:
+            raise StoreError(path, exc.findings) from None
+        return convert.principal(entry)
 
     return {
         "validate": lambda a: ("ValidatePolicy", pb.ValidatePolicyRequest(

@@ -8,7 +8,6 @@ so no request ever sees half an update.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluator.account_export import load_account_export
-from evaluator.store import SECTIONS, CompiledStore, PolicyStore, store_error
+from evaluator.findings import PolicyValidationError
+from evaluator.parse import decode_json
+from evaluator.store import SECTIONS, CompiledStore, PolicyStore, StoreError, store_error
 
 from .store_versions import StoreVersion, VersionedStore
 
@@ -38,9 +39,13 @@ def load_store(path: str | Path, aws_managed_policies: str | None = None) -> Pol
     if path.is_dir():
         return PolicyStore.from_directory(path)
     try:
-        head = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise store_error(str(path), (), "S001", f"cannot read a store from it: {exc}") from None
+        # Strictly: a key given twice is never read as the last one, and the store's checker does not look
+        # at every object (an inline policy's name given twice would pass it).
+        head = decode_json(path.read_bytes(), unique_keys=True)
+    except OSError as exc:
+        raise store_error(str(path), (), "S001", f"cannot read a store from it: {exc.strerror}") from None
+    except PolicyValidationError as exc:
+        raise StoreError(str(path), exc.findings) from None
     if isinstance(head, dict) and set(head) <= set(SECTIONS):
         return PolicyStore.from_json(path.read_bytes(), source=str(path))
     return load_account_export(path, aws_managed_policies)

@@ -33,7 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from evaluator.store import PolicyStore
+from evaluator.findings import PolicyValidationError
+from evaluator.parse import decode_json
+from evaluator.store import PolicyStore, StoreError
 
 logger = logging.getLogger("iam_eval.store_versions")
 
@@ -202,8 +204,15 @@ class VersionedStore:
         return self.directory / f"v{number:08d}.json"
 
     def _read(self, number: int) -> dict[str, Any]:
-        """A version file's content, checked for shape; ValueError (or OSError) when it cannot be used."""
-        data = json.loads(self._path(number).read_bytes())
+        """A version file's content, checked for shape; ValueError (or OSError) when it cannot be used.
+
+        The file is decoded strictly: its store is re-encoded before it is checked, which would lose a key
+        given twice (in a file edited by hand) without a trace, so such a file is refused here (E002)."""
+        path = self._path(number)
+        try:
+            data = decode_json(path.read_bytes(), unique_keys=True)
+        except PolicyValidationError as exc:
+            raise StoreError(str(path), exc.findings) from None
         if not (isinstance(data, dict) and data.get("version") == number and isinstance(data.get("created"), str)
                 and isinstance(data.get("description"), str) and isinstance(data.get("store"), dict)):
             raise ValueError(f"not a version file of version {number}")
