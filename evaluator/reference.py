@@ -8,9 +8,11 @@ the same decisions and statements, faster. Policy layers are combined by
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from .conditions import EvaluationError, comparator, condition_holds
 from .decision import Decision, LayerResult, Layers, StatementRef, combine, failed
+from .facts import effective_context
 from .model import Effect, Policy, Statement
 from .principals import Caller, Grant, RequestError, statement_grant
 from .request import PolicySet, Request
@@ -106,9 +108,15 @@ def resource_layer(
     return LayerResult(tuple(denies), tuple(allows)), grant
 
 
-def evaluate(policies: PolicySet, request: Request) -> Decision:
-    """Decide one request. Any error denies it, with the reason in the decision."""
+def evaluate(policies: PolicySet, request: Request, facts: Mapping[str, object] | None = None) -> Decision:
+    """Decide one request. Any error denies it, with the reason in the decision.
+
+    ``facts``: what a store knows of the principal (``facts`` module; lower-cased keys),
+    which replaces what the request says of it; the session's tags join either way.
+    """
     try:
+        if facts is not None or request.session_tags:
+            request = replace(request, context=effective_context(request.context, facts, request.session_tags))
         caller = Caller.parse(request.principal)
         missing: set[str] = set()
 

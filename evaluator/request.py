@@ -20,32 +20,63 @@ ContextValue = str | tuple[str, ...]
 _ACTION = re.compile(r"[A-Za-z0-9_-]+:[A-Za-z0-9_-]+")
 
 
-def _scalar(key: str, value: Any) -> str:
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 200 else shown[:200] + "…"
+
+
+def text(value: Any, what: str) -> str:
+    """A request string as IAM reads it: the characters of a ``str`` (a subclass is read for
+    what it holds, never through its own methods), which must encode to UTF-8 (no lone
+    surrogates). Every path that takes a request (``Request.create``, both converters of the
+    compiled engine) reads strings by this rule."""
+    if not isinstance(value, str):
+        raise RequestError(f"{what} must be a string, not {_shown(value)}")
+    if type(value) is not str:
+        value = str.__str__(value)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestError(f"{what} is not valid Unicode text (a lone surrogate at {exc.start})") from None
+    return value
+
+
+def context_text(value: Any, key: str) -> str:
+    """One context value as IAM reads it: a string by ``text``, JSON booleans and numbers as
+    their JSON text (subclasses of int and float by their value, never their own ``repr``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return repr(value)
-    raise RequestError(f"context key {key!r}: values must be strings (or lists of strings), not {value!r}")
+        return text(value, f"context key {_shown(key)}")
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return float.__repr__(value)
+    raise RequestError(f"context key {_shown(key)}: values must be strings (or lists of strings), not {_shown(value)}")
 
 
 def _context_value(key: str, value: Any) -> ContextValue:
     if isinstance(value, (list, tuple)):
-        return tuple(_scalar(key, item) for item in value)
-    return _scalar(key, value)
+        return tuple(context_text(item, key) for item in tuple(value))
+    return context_text(value, key)
 
 
 @dataclass(frozen=True)
 class Request:
     """One authorization question. Context keys are stored lower-cased: IAM compares
-    key names case-insensitively."""
+    key names case-insensitively.
+
+    ``session_tags`` are the tags of an assumed-role session (the principal must be
+    one): they are what ``aws:PrincipalTag/…`` says for the session, over the role's own
+    tags of the same keys (see ``facts``)."""
 
     principal: str
     action: str
     resource: str
     resource_account: str
     context: Mapping[str, ContextValue] = field(default_factory=dict)
+    session_tags: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -55,40 +86,55 @@ class Request:
         resource: str,
         context: Mapping[str, Any] | None = None,
         resource_account: str | None = None,
+        session_tags: Mapping[str, Any] | None = None,
     ) -> Request:
         """Check and normalise a request; raises ``RequestError`` with what is wrong."""
-        for name, value in (("principal", principal), ("action", action), ("resource", resource)):
-            if not isinstance(value, str) or not value:
-                raise RequestError(f"request {name} must be a non-empty string, not {value!r}")
+        principal = text(principal, "request principal")
+        action = text(action, "request action")
+        resource = text(resource, "request resource")
         caller = Caller.parse(principal)
         if not _ACTION.fullmatch(action):
-            raise RequestError(f"request action {action!r} is not service:Action")
+            raise RequestError(f"request action {_shown(action)} is not service:Action")
         fields = resource.split(":", 5)
         if resource != "*" and (len(fields) != 6 or fields[0] != "arn"):
-            raise RequestError(f"request resource {resource!r} is neither an ARN nor \"*\"")
+            raise RequestError(f"request resource {_shown(resource)} is neither an ARN nor \"*\"")
         if resource_account is None:
             resource_account = fields[4] if resource != "*" and fields[4] else caller.account
+        else:
+            resource_account = text(resource_account, "resource account")
         if not isinstance(context, Mapping) and context is not None:
-            raise RequestError(f"request context must be an object, not {context!r}")
+            raise RequestError(f"request context must be an object, not {type(context).__name__}")
         normalised: dict[str, ContextValue] = {}
-        for key, value in (context or {}).items():
-            if not isinstance(key, str) or not key:
-                raise RequestError(f"context key {key!r} must be a non-empty string")
+        for key, value in dict(context or {}).items():
+            key = text(key, "context key")
+            if not key:
+                raise RequestError("context key names must be non-empty")
             if key.lower() in normalised:
-                raise RequestError(f"context key {key!r} is given twice (key names are case-insensitive)")
+                raise RequestError(f"context key {_shown(key)} is given twice (key names are case-insensitive)")
             normalised[key.lower()] = _context_value(key, value)
-        return cls(principal, action, resource, resource_account, normalised)
+        tags: dict[str, str] = {}
+        if session_tags is not None:
+            if not isinstance(session_tags, Mapping):
+                raise RequestError("session tags must map tag keys to values")
+            if caller.kind != "assumed-role":
+                raise RequestError("session tags belong to an assumed-role session principal")
+            for key, value in dict(session_tags).items():
+                key = text(key, "session tag key")
+                if any(key.lower() == other.lower() for other in tags):
+                    raise RequestError(f"session tag {_shown(key)} is given twice (tag keys ignore case)")
+                tags[key] = text(value, "session tag value")
+        return cls(principal, action, resource, resource_account, normalised, tags)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Request:
         if not isinstance(data, Mapping):
-            raise RequestError(f"a request must be an object, not {data!r}")
-        unknown = set(data) - {"principal", "action", "resource", "resource_account", "context"}
+            raise RequestError(f"a request must be an object, not {type(data).__name__}")
+        unknown = set(data) - {"principal", "action", "resource", "resource_account", "context", "session_tags"}
         if unknown:
-            raise RequestError(f"unknown request field(s): {', '.join(sorted(unknown))}")
+            raise RequestError(f"unknown request field(s): {', '.join(sorted(map(str, unknown)))}")
         return cls.create(
             data.get("principal"), data.get("action"), data.get("resource"),  # type: ignore[arg-type]
-            data.get("context"), data.get("resource_account"),
+            data.get("context"), data.get("resource_account"), data.get("session_tags"),
         )
 
 
