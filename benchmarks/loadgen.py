@@ -48,9 +48,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from workloads import ACCOUNT, EXAMPLES, GUARD_RAILS, REPO, seed_requests
 
-from evaluator import DecisionKind, Request, reference
+from evaluator import DecisionKind, Request
+from evaluator.compiled_store import CompiledStore
 from evaluator.principals import Caller
-from evaluator.store import CompiledStore, PolicyStore
+from evaluator.store import PolicyStore, reference_decision
 from server.api import iam_evaluator_pb2 as pb
 from server.api import iam_evaluator_pb2_grpc as pb_grpc
 from server.client import context_values, request_columns
@@ -121,10 +122,7 @@ def expected_codes(snapshot: dict, requests: list[dict]) -> tuple[bytes, dict[in
     decided = compiled.evaluate_columns([r["principal"] for r in requests], [r["action"] for r in requests],
                                         [r["resource"] for r in requests], [r["context"] for r in requests])
     for i, r in enumerate(requests[:REFERENCE_SAMPLE]):
-        context = {key.lower(): value for key, value in r["context"].items()}
-        context.update((key.lower(), value) for key, value in store.principal_context(r["principal"]).items())
-        request = Request.create(r["principal"], r["action"], r["resource"], context)
-        want = reference.evaluate(store.policy_set(r["principal"], r["resource"]), request)
+        want = reference_decision(store, Request.create(r["principal"], r["action"], r["resource"], r["context"]))
         code = 3 if want.error else REFERENCE_CODES[want.decision]
         if code != decided.codes[i]:
             raise AssertionError(f"request {i}: the compiled store says {decided.codes[i]}, the reference "

@@ -1,23 +1,23 @@
 # cython: language_level=3, embedsignature=True
 """The compiled engine's hot path: candidate statements from two indexes, then conditions, then IAM's rule.
 
-For one request: the resource trie marks the statements whose Resource (or
-NotResource) patterns match; the action trie yields the statements whose
-Action patterns match (NotAction statements are candidates unless one of their
-patterns matched); only those candidates are checked further (resource, the
-caller for resource-policy statements, conditions), and the layers are
-combined exactly as ``decision.combine`` does. Everything after the batch's
-conversion runs in C without the GIL.
-
-Statements are numbered in layer order (identity, resource, boundary, session,
-SCP levels, RCP levels; policies and statements in their own order), so sorted
-statement ids list matched statements in the order the reference lists them.
+An engine holds the statements of many policies (one policy set, or a whole
+store); each statement knows its policy. A request names a *profile*: the
+role every policy plays for it (identity, resource, boundary, session, or an
+SCP or RCP level; a policy may play several). For one request the resource
+trie marks the statements whose Resource (or NotResource) patterns match; the
+action trie yields the statements whose Action patterns match (NotAction
+statements are candidates unless one of their patterns matched); a candidate
+whose policy plays no role for the request is dropped at once; the rest are
+checked further (resource, the caller for resource-policy statements,
+conditions), and the layers are combined exactly as ``decision.combine``
+does. Everything after the batch's conversion runs in C without the GIL.
 """
 cimport cython
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie
@@ -26,7 +26,10 @@ from ._types cimport cstr, ctx_entry
 
 from collections.abc import Mapping
 
-# Layers, in statement-id order.
+from .principals import RequestError
+from .request import context_text, text
+
+# The roles a policy plays for a request (the layers of ``decision.Layers``).
 LAYER_IDENTITY, LAYER_RESOURCE, LAYER_BOUNDARY, LAYER_SESSION, LAYER_SCP, LAYER_RCP = range(6)
 # Statement flags.
 FLAG_DENY = 1
@@ -37,14 +40,14 @@ FLAG_NOT_RESOURCE_STAR = 16  # NotResource holds "*": it excludes every request 
 FLAG_RESOURCE_INDEXED = 32  # only fixed Resource patterns: found through the resource trie alone
 # Decision codes of the batch API.
 IMPLICIT_DENY, ALLOW, EXPLICIT_DENY, FAILED = range(4)
+# Rows that never reach the engine: converted with an error, or a principal the resolver does not know.
+ROW_FAILED, ROW_UNKNOWN = -1, -2
 
 cdef enum:
-    L_IDENTITY = 0
-    L_RESOURCE = 1
-    L_BOUNDARY = 2
-    L_SESSION = 3
-    L_SCP = 4
-    L_RCP = 5
+    R_IDENTITY = 1
+    R_RESOURCE = 2
+    R_BOUNDARY = 4
+    R_SESSION = 8
     F_DENY = 1
     F_NOT_ACTION = 2
     F_NOT_RESOURCE = 4
@@ -61,24 +64,46 @@ cdef enum:
     G_DIRECT = 3
     MAX_LEVELS = 64
     SPARE_SCRATCH = 8
+    ENGINE_MAGIC = 0x49414d45
+    C_ROW_FAILED = -1
+    C_ROW_UNKNOWN = -2
+
+cdef object OWNER_SPAN = 1 << 32  # owner classes are numbers below it
 
 
 ctypedef struct statement_t:
-    uint8_t layer
+    int32_t policy           # the policy it belongs to
     uint8_t flags
-    uint16_t level           # organisation level of an SCP or RCP
     int32_t group            # condition group, -1 without conditions
     int32_t dyn_start        # first of this statement's resource patterns with policy variables
     int32_t dyn_count
-    int32_t slot             # index among resource-policy statements (for the caller's grants), else -1
+    int32_t slot             # its index in its policy (the caller's grants of a resource policy)
     int32_t act_start        # this statement's action pattern ids in Engine.statement_actions
     int32_t act_count
+
+
+ctypedef struct role_t:      # what one policy is for the requests of a profile
+    int32_t policy
+    uint8_t bits             # R_* roles
+    uint64_t scp             # SCP levels it stands at
+    uint64_t rcp             # RCP levels it stands at
+
+
+ctypedef struct profile_t:   # the layers of a request, as policies and what is present
+    int32_t role_start       # its roles in Batch.roles
+    int32_t role_count
+    uint8_t has_boundary
+    uint8_t has_session
+    uint8_t n_scp
+    uint8_t n_rcp
 
 
 ctypedef struct request_t:
     cstr action
     cstr resource
-    int32_t caller           # row of the batch's grant table; -1: the request failed conversion
+    int32_t caller           # row of the batch's caller table; ROW_FAILED or ROW_UNKNOWN: never decided
+    int32_t profile          # index in Batch.profiles
+    int32_t grants           # offset of the caller's grants for the profile's resource policy; -1: none
     uint8_t same_account
     int32_t ctx_start        # this request's context entries in the batch
     int32_t ctx_count
@@ -89,7 +114,16 @@ ctypedef struct keyed_entry:
     ctx_entry entry
 
 
+ctypedef struct mark_t:      # per policy: its roles for the profile last marked, valid when gen matches
+    uint64_t gen
+    uint8_t bits
+    uint64_t scp
+    uint64_t rcp
+
+
 ctypedef struct scratch_t:
+    uint32_t magic           # ENGINE_MAGIC while owned by an engine
+    void* owner              # the Engine it was made for
     void* action_scratch
     void* resource_scratch
     int32_t* action_ids
@@ -99,6 +133,10 @@ ctypedef struct scratch_t:
     uint64_t* pattern_mark   # per action pattern: generation in which it matched
     uint64_t* name_mark      # per condition-key spelling: generation in which it was noted missing
     uint64_t gen
+    mark_t* policy_mark      # per policy: its roles for the current profile
+    uint64_t profile_gen
+    uint64_t marked_batch    # serial of the batch whose profile is marked, 0: none
+    int32_t marked_profile
     int32_t* candidates
     ctx_entry* ctx           # dense context of the current request; count -1 between requests
     pseg* condition_scratch
@@ -121,15 +159,21 @@ cdef extern from *:
     int engine_is_star(const char* p, Py_ssize_t n) nogil
 
 
+cdef uint64_t _batch_serial = 0
+
+cdef class Batch
+
+
 cdef class Engine:
-    """A compiled policy set's C tables; built once by ``compile.py``, immutable after."""
+    """Compiled policies' C tables; built once by ``compile.py``, immutable after."""
 
     cdef GlobTrie action_trie
     cdef GlobTrie resource_trie
     cdef PatternSet patterns
     cdef ConditionSet conditions
     cdef statement_t* statements
-    cdef int32_t n_statements
+    cdef readonly int32_t n_statements
+    cdef readonly int32_t n_policies
     cdef int32_t* action_start       # CSR: action pattern id -> statements
     cdef int32_t* action_statements
     cdef int32_t* resource_start     # CSR: static resource pattern id -> statements
@@ -141,11 +185,8 @@ cdef class Engine:
     cdef int32_t n_not_action
     cdef int32_t* dynamic_patterns   # PatternSet indices, per statement a run [dyn_start, +dyn_count)
     cdef readonly int32_t n_keys
-    cdef readonly int32_t n_slots
-    cdef readonly bint has_boundary
-    cdef readonly bint has_session
-    cdef readonly int n_scp
-    cdef readonly int n_rcp
+    cdef uint8_t* principal_keys     # per key id: a key AWS sets for the principal (``facts``)
+    cdef int32_t* policy_sizes       # per policy: its number of statements
     cdef int32_t max_group_missing
     cdef int32_t n_names
     cdef scratch_t* spare[SPARE_SCRATCH]  # scratch kept for reuse: allocating and zeroing it is costly
@@ -156,6 +197,8 @@ cdef class Engine:
         self.action_start = self.action_statements = NULL
         self.resource_start = self.resource_statements = NULL
         self.not_action = self.dynamic_patterns = self.statement_actions = NULL
+        self.principal_keys = NULL
+        self.policy_sizes = NULL
 
     def __dealloc__(self):
         while self.n_spare:
@@ -169,55 +212,64 @@ cdef class Engine:
         free(self.not_action)
         free(self.dynamic_patterns)
         free(self.statement_actions)
+        free(self.principal_keys)
+        free(self.policy_sizes)
 
     def __init__(self, statements, action_trie, action_lists, resource_trie, resource_lists,
-                 list dynamic, PatternSet patterns, ConditionSet conditions, dict key_ids,
-                 int n_slots, bint has_boundary, bint has_session, int n_scp, int n_rcp):
+                 list dynamic, PatternSet patterns, ConditionSet conditions, dict key_ids, int n_policies,
+                 principal_key_ids):
         """Take the tables built in Python.
 
-        ``statements``: (layer, flags, level, group, dynamic pattern indices, slot, action
-        pattern ids) per statement; ``action_lists``/``resource_lists``: per pattern id, the
-        statements found through it (resource-indexed statements are absent from the former).
+        ``statements``: (policy, flags, group, dynamic pattern indices, index in its policy,
+        action pattern ids) per statement; ``action_lists``/``resource_lists``: per pattern id,
+        the statements found through it (resource-indexed statements are absent from the
+        former); ``principal_key_ids``: the key ids of keys AWS sets for the principal.
         """
-        if n_scp > MAX_LEVELS or n_rcp > MAX_LEVELS:
-            raise ValueError(f"at most {MAX_LEVELS} SCP or RCP levels")
         self.action_trie = action_trie
         self.resource_trie = resource_trie
         self.patterns = patterns
         self.conditions = conditions
         self.n_keys = len(key_ids)
-        self.n_slots = n_slots
-        self.has_boundary = has_boundary
-        self.has_session = has_session
-        self.n_scp = n_scp
-        self.n_rcp = n_rcp
+        self.n_policies = n_policies
         self.n_statements = len(statements)
         self.statements = <statement_t*>calloc(max(1, self.n_statements), sizeof(statement_t))
         self.dynamic_patterns = <int32_t*>calloc(max(1, len(dynamic)), sizeof(int32_t))
-        if self.statements == NULL or self.dynamic_patterns == NULL:
+        self.principal_keys = <uint8_t*>calloc(max(1, self.n_keys), sizeof(uint8_t))
+        self.policy_sizes = <int32_t*>calloc(max(1, n_policies), sizeof(int32_t))
+        if self.statements == NULL or self.dynamic_patterns == NULL or self.principal_keys == NULL \
+                or self.policy_sizes == NULL:
             raise MemoryError()
         for i, p in enumerate(dynamic):
             self.dynamic_patterns[i] = p
+        for k in principal_key_ids:
+            if not 0 <= k < self.n_keys:
+                raise ValueError("principal key id out of range")
+            self.principal_keys[k] = 1
         cdef int32_t s = 0, start = 0
         self.n_action_patterns = len(action_lists)
-        self.n_statement_actions = sum(len(st[6]) for st in statements)
+        self.n_statement_actions = sum(len(st[5]) for st in statements)
         self.statement_actions = <int32_t*>calloc(max(1, self.n_statement_actions), sizeof(int32_t))
         if self.statement_actions == NULL:
             raise MemoryError()
-        for layer, flags, level, group, dyn, slot, action_ids in statements:
+        for policy, flags, group, dyn, slot, action_ids in statements:
+            if not 0 <= policy < n_policies:
+                raise ValueError("statement policy out of range")
             self.statements[s].act_start = start
             self.statements[s].act_count = len(action_ids)
             for pid in action_ids:
                 self.statement_actions[start] = pid
                 start += 1
-            self.statements[s].layer = layer
+            self.statements[s].policy = policy
+            self.policy_sizes[policy] += 1
             self.statements[s].flags = flags
-            self.statements[s].level = level
             self.statements[s].group = group
             self.statements[s].dyn_start = dyn[0] if dyn else 0
             self.statements[s].dyn_count = len(dyn)
             self.statements[s].slot = slot
             s += 1
+        for s in range(self.n_statements):
+            if not 0 <= self.statements[s].slot < self.policy_sizes[self.statements[s].policy]:
+                raise ValueError("a statement's index lies outside its policy")
         _csr(action_lists, &self.action_start, &self.action_statements)
         _csr(resource_lists, &self.resource_start, &self.resource_statements)
         not_action = [i for i, st in enumerate(statements)
@@ -247,6 +299,7 @@ cdef class Engine:
         sc.resource_mark = <uint64_t*>calloc(n, sizeof(uint64_t))
         sc.pattern_mark = <uint64_t*>calloc(max(1, self.n_action_patterns), sizeof(uint64_t))
         sc.name_mark = <uint64_t*>calloc(self.n_names, sizeof(uint64_t))
+        sc.policy_mark = <mark_t*>calloc(max(1, self.n_policies), sizeof(mark_t))
         sc.candidates = <int32_t*>malloc(n * sizeof(int32_t))
         sc.ctx = <ctx_entry*>calloc(max(1, self.n_keys), sizeof(ctx_entry))
         sc.condition_scratch = <pseg*>calloc(self.conditions.scratch_segments(), sizeof(pseg))
@@ -254,21 +307,29 @@ cdef class Engine:
         sc.group_missing = <int32_t*>malloc(self.max_group_missing * sizeof(int32_t))
         if (sc.action_scratch == NULL or sc.resource_scratch == NULL or sc.action_ids == NULL
                 or sc.resource_ids == NULL or sc.action_mark == NULL or sc.resource_mark == NULL
-                or sc.pattern_mark == NULL
+                or sc.pattern_mark == NULL or sc.policy_mark == NULL
                 or sc.name_mark == NULL or sc.candidates == NULL or sc.ctx == NULL
                 or sc.condition_scratch == NULL or sc.pattern_scratch == NULL or sc.group_missing == NULL):
             free_scratch(sc)
             raise MemoryError()
         for k in range(self.n_keys):
             sc.ctx[k].count = -1
+        sc.magic = ENGINE_MAGIC
+        sc.owner = <void*>self
         return sc
 
     cdef scratch_t* acquire(self) except NULL:
         """A scratch for one thread's use; called with the GIL held, which guards the spares."""
+        cdef scratch_t* sc
         if self.n_spare:
             self.n_spare -= 1
-            return self.spare[self.n_spare]
-        return self.new_scratch()
+            sc = self.spare[self.n_spare]
+        else:
+            sc = self.new_scratch()
+        if sc.magic != ENGINE_MAGIC or sc.owner != <void*>self:
+            raise RuntimeError("a scratch buffer does not belong to this engine")
+        sc.marked_batch = 0  # profiles are numbered per batch: mark afresh
+        return sc
 
     cdef void release(self, scratch_t* sc) noexcept:
         if self.n_spare < SPARE_SCRATCH:
@@ -276,6 +337,15 @@ cdef class Engine:
             self.n_spare += 1
         else:
             free_scratch(sc)
+
+    cdef int check_batch(self, Batch batch, Py_ssize_t start, Py_ssize_t stop) except -1:
+        """A batch is decided only by the engine it was converted for, and only inside its rows
+        (as Hyperscan checks that a scratch belongs to its database)."""
+        if batch.engine is not self or batch.n_keys != self.n_keys or batch.n_policies != self.n_policies:
+            raise ValueError("this batch was converted for another engine")
+        if not 0 <= start <= stop <= batch.n:
+            raise IndexError("range outside the batch")
+        return 0
 
     # ---------------------------------------------------------------- hot path
 
@@ -315,18 +385,47 @@ cdef class Engine:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef int decide(self, const request_t* rq, const keyed_entry* entries, const uint8_t* grants,
-                    scratch_t* sc, explain_t* ex) noexcept nogil:
+    cdef void mark_profile(self, Batch batch, int32_t profile, scratch_t* sc) noexcept nogil:
+        """Note what each policy is for the requests of ``profile`` (skipped when already noted)."""
+        if sc.marked_batch == batch.serial and sc.marked_profile == profile:
+            return
+        sc.marked_batch = batch.serial
+        sc.marked_profile = profile
+        sc.profile_gen += 1
+        cdef const profile_t* pr = &batch.profiles[profile]
+        cdef const role_t* role
+        cdef mark_t* mark
+        cdef int32_t r
+        for r in range(pr.role_start, pr.role_start + pr.role_count):
+            role = &batch.roles[r]
+            mark = &sc.policy_mark[role.policy]
+            if mark.gen != sc.profile_gen:
+                mark.gen = sc.profile_gen
+                mark.bits = 0
+                mark.scp = mark.rcp = 0
+            mark.bits |= role.bits
+            mark.scp |= role.scp
+            mark.rcp |= role.rcp
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int decide(self, Batch batch, const request_t* rq, scratch_t* sc, explain_t* ex) noexcept nogil:
         """One request's decision code; with ``ex``, also its applicable statements and missing keys."""
         cdef Py_ssize_t n, k
         cdef int32_t i, j, s, pid, n_candidates = 0, n_group_missing
         cdef const statement_t* st
+        cdef const mark_t* mark
+        cdef const keyed_entry* entries = batch.entries + rq.ctx_start
+        cdef const uint8_t* grants = batch.grant_bytes + rq.grants if rq.grants >= 0 else NULL
+        cdef const profile_t* profile = &batch.profiles[rq.profile]
         cdef bint star_request = engine_is_star(rq.resource.ptr, rq.resource.len)
         cdef bint unresolvable
         cdef int held, result = -1
         cdef bint any_deny = False, identity_allow = False, boundary_allow = False, session_allow = False
         cdef uint64_t scp_allow = 0, rcp_allow = 0
-        cdef uint8_t grant = G_NONE, names
+        cdef uint8_t grant = G_NONE, names, bits
+        self.mark_profile(batch, rq.profile, sc)
+        cdef uint64_t profile_gen = sc.profile_gen
         sc.gen += 1
         cdef uint64_t gen = sc.gen
 
@@ -342,12 +441,13 @@ cdef class Engine:
                 s = self.action_statements[j]
                 if sc.action_mark[s] != gen:
                     sc.action_mark[s] = gen
-                    if not (self.statements[s].flags & F_NOT_ACTION):
+                    if not (self.statements[s].flags & F_NOT_ACTION) \
+                            and sc.policy_mark[self.statements[s].policy].gen == profile_gen:
                         sc.candidates[n_candidates] = s
                         n_candidates += 1
         for i in range(self.n_not_action):
             s = self.not_action[i]
-            if sc.action_mark[s] != gen:
+            if sc.action_mark[s] != gen and sc.policy_mark[self.statements[s].policy].gen == profile_gen:
                 sc.candidates[n_candidates] = s
                 n_candidates += 1
         # Resource side: mark statements whose fixed patterns match; resource-indexed ones
@@ -362,18 +462,24 @@ cdef class Engine:
                     if sc.resource_mark[s] == gen:
                         continue
                     sc.resource_mark[s] = gen
-                    if self.statements[s].flags & F_RESOURCE_INDEXED and self.actions_match(s, sc, gen):
+                    if self.statements[s].flags & F_RESOURCE_INDEXED \
+                            and sc.policy_mark[self.statements[s].policy].gen == profile_gen \
+                            and self.actions_match(s, sc, gen):
                         sc.candidates[n_candidates] = s
                         n_candidates += 1
 
         for i in range(n_candidates):
             s = sc.candidates[i]
             st = &self.statements[s]
+            mark = &sc.policy_mark[st.policy]
+            bits = mark.bits
             names = G_NONE
-            if st.layer == L_RESOURCE:
-                names = grants[st.slot]
-                if names == G_NONE:
-                    continue
+            if bits & R_RESOURCE:
+                names = grants[st.slot] if grants != NULL else G_NONE
+                if names == G_NONE:  # a resource-policy statement applies only to the callers it names
+                    bits &= ~R_RESOURCE
+                    if bits == 0 and mark.scp == 0 and mark.rcp == 0:
+                        continue
             unresolvable = False
             if not (st.flags & F_RESOURCE_INDEXED) and not self.resource_applies(st, s, rq, star_request, sc,
                                                                                  &unresolvable):
@@ -402,47 +508,24 @@ cdef class Engine:
                 ex.n_applicable += 1
             if st.flags & F_DENY:
                 any_deny = True
-            elif st.layer == L_IDENTITY:
+                continue
+            if bits & R_IDENTITY:
                 identity_allow = True
-            elif st.layer == L_RESOURCE:
-                if names > grant:
-                    grant = names
-            elif st.layer == L_BOUNDARY:
+            if bits & R_RESOURCE and names > grant:
+                grant = names
+            if bits & R_BOUNDARY:
                 boundary_allow = True
-            elif st.layer == L_SESSION:
+            if bits & R_SESSION:
                 session_allow = True
-            elif st.layer == L_SCP:
-                scp_allow |= (<uint64_t>1) << st.level
-            else:
-                rcp_allow |= (<uint64_t>1) << st.level
+            scp_allow |= mark.scp
+            rcp_allow |= mark.rcp
 
         for i in range(rq.ctx_count):
             sc.ctx[entries[i].key].count = -1
         if result == D_FAILED:
             return D_FAILED
-        return self.combine(any_deny, identity_allow, boundary_allow, session_allow, scp_allow, rcp_allow,
-                            grant, rq.same_account)
-
-    cdef inline int combine(self, bint any_deny, bint identity_allow, bint boundary_allow, bint session_allow,
-                            uint64_t scp_allow, uint64_t rcp_allow, uint8_t grant,
-                            bint same_account) noexcept nogil:
-        """``decision.combine`` in C (the decision only): deny wins; every SCP and RCP level must
-        allow; then the identity path within boundary and session policy, or the resource
-        policy's grant (on its own in the same account, beside the identity path across)."""
-        if any_deny:
-            return D_EXPLICIT
-        cdef uint64_t all_scp = ((<uint64_t>1) << self.n_scp) - 1 if self.n_scp < 64 else ~(<uint64_t>0)
-        cdef uint64_t all_rcp = ((<uint64_t>1) << self.n_rcp) - 1 if self.n_rcp < 64 else ~(<uint64_t>0)
-        if (scp_allow & all_scp) != all_scp or (rcp_allow & all_rcp) != all_rcp:
-            return D_IMPLICIT
-        cdef bint boundary_ok = not self.has_boundary or boundary_allow
-        cdef bint session_ok = not self.has_session or session_allow
-        cdef bint identity_path = identity_allow and boundary_ok and session_ok
-        if same_account:
-            if identity_path or grant == G_DIRECT or (grant == G_BOUNDED and boundary_ok and session_ok):
-                return D_ALLOW
-            return D_IMPLICIT
-        return D_ALLOW if identity_path and grant != G_NONE else D_IMPLICIT
+        return combine(profile, any_deny, identity_allow, boundary_allow, session_allow, scp_allow, rcp_allow,
+                       grant, rq.same_account)
 
     # ---------------------------------------------------------------- batches
 
@@ -452,16 +535,16 @@ cdef class Engine:
         cdef const request_t* rq
         for i in range(start, stop):
             rq = &batch.requests[i]
-            if rq.caller < 0:
+            if rq.caller == C_ROW_UNKNOWN:
+                batch.codes[i] = D_IMPLICIT
+            elif rq.caller < 0:
                 batch.codes[i] = D_FAILED
             else:
-                batch.codes[i] = self.decide(rq, batch.entries + rq.ctx_start,
-                                             batch.grants + rq.caller * self.n_slots, sc, NULL)
+                batch.codes[i] = self.decide(batch, rq, sc, NULL)
 
     def evaluate_range(self, Batch batch, Py_ssize_t start, Py_ssize_t stop):
         """Decide a slice of a converted batch without the GIL (threads may share one batch)."""
-        if not 0 <= start <= stop <= batch.n:
-            raise IndexError("range outside the batch")
+        self.check_batch(batch, start, stop)
         cdef scratch_t* sc = self.acquire()
         try:
             with nogil:
@@ -484,8 +567,10 @@ cdef class Engine:
         ex.n_applicable = ex.n_missing = 0
         ex.failed_statement = -1
         cdef int code = D_FAILED
-        if rq.caller >= 0:
-            code = self.decide(rq, batch.entries + rq.ctx_start, batch.grants + rq.caller * self.n_slots, sc, ex)
+        if rq.caller == C_ROW_UNKNOWN:
+            code = D_IMPLICIT
+        elif rq.caller >= 0:
+            code = self.decide(batch, rq, sc, ex)
         batch.codes[i] = code
         return code
 
@@ -497,8 +582,7 @@ cdef class Engine:
         to (``applied``) and how many of those it decided (an Allow in an allowed request, a
         Deny in a denied one: ``decided``), and per action pattern of each statement how many
         applied requests it matched (``action_patterns``, in ``statement_action_patterns`` order)."""
-        if not 0 <= start <= stop <= batch.n:
-            raise IndexError("range outside the batch")
+        self.check_batch(batch, start, stop)
         if applied.shape[0] < self.n_statements or decided.shape[0] < self.n_statements \
                 or action_patterns.shape[0] < self.n_statement_actions:
             raise ValueError("count arrays are smaller than the compiled set")
@@ -534,8 +618,7 @@ cdef class Engine:
     def explain_range(self, Batch batch, Py_ssize_t start, Py_ssize_t stop):
         """Per request of a slice: (code, applicable statement ids, missing key-spelling ids,
         the statement whose condition failed to read a context value or -1)."""
-        if not 0 <= start <= stop <= batch.n:
-            raise IndexError("range outside the batch")
+        self.check_batch(batch, start, stop)
         cdef explain_t ex
         self.open_explain(&ex)
         cdef scratch_t* sc = NULL
@@ -555,6 +638,28 @@ cdef class Engine:
         return results
 
 
+cdef inline int combine(const profile_t* profile, bint any_deny, bint identity_allow, bint boundary_allow,
+                        bint session_allow, uint64_t scp_allow, uint64_t rcp_allow, uint8_t grant,
+                        bint same_account) noexcept nogil:
+    """``decision.combine`` in C (the decision only): deny wins; every SCP and RCP level must
+    allow; then the identity path within boundary and session policy, or the resource
+    policy's grant (on its own in the same account, beside the identity path across)."""
+    if any_deny:
+        return D_EXPLICIT
+    cdef uint64_t all_scp = ((<uint64_t>1) << profile.n_scp) - 1 if profile.n_scp < 64 else ~(<uint64_t>0)
+    cdef uint64_t all_rcp = ((<uint64_t>1) << profile.n_rcp) - 1 if profile.n_rcp < 64 else ~(<uint64_t>0)
+    if (scp_allow & all_scp) != all_scp or (rcp_allow & all_rcp) != all_rcp:
+        return D_IMPLICIT
+    cdef bint boundary_ok = not profile.has_boundary or boundary_allow
+    cdef bint session_ok = not profile.has_session or session_allow
+    cdef bint identity_path = identity_allow and boundary_ok and session_ok
+    if same_account:
+        if identity_path or grant == G_DIRECT or (grant == G_BOUNDED and boundary_ok and session_ok):
+            return D_ALLOW
+        return D_IMPLICIT
+    return D_ALLOW if identity_path and grant != G_NONE else D_IMPLICIT
+
+
 cdef void close_explain(explain_t* ex) noexcept:
     free(ex.applicable)
     free(ex.missing)
@@ -564,6 +669,7 @@ cdef void close_explain(explain_t* ex) noexcept:
 cdef void free_scratch(scratch_t* sc) noexcept:
     if sc == NULL:
         return
+    sc.magic = 0
     free(sc.action_scratch)
     free(sc.resource_scratch)
     free(sc.action_ids)
@@ -572,6 +678,7 @@ cdef void free_scratch(scratch_t* sc) noexcept:
     free(sc.resource_mark)
     free(sc.pattern_mark)
     free(sc.name_mark)
+    free(sc.policy_mark)
     free(sc.candidates)
     free(sc.ctx)
     free(sc.condition_scratch)
@@ -610,13 +717,6 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
-    static inline PyObject* engine_list_item(PyObject* list, Py_ssize_t i) { return PyList_GET_ITEM(list, i); }
-    """
-    PyObject* engine_list_item(PyObject* list, Py_ssize_t i)
-
-
-cdef extern from *:
-    """
     /* service:Action with letters, digits, '_' and '-' on both sides, as Request.create wants. */
     static int engine_valid_action(const char* p, Py_ssize_t n) {
         Py_ssize_t i, colon = -1;
@@ -645,29 +745,88 @@ cdef extern from *:
     int engine_arn_account(const char* p, Py_ssize_t n, Py_ssize_t* start, Py_ssize_t* len)
 
 
+def pack_roles(roles):
+    """A profile's roles as the engine reads them: one record per policy with every role it
+    plays ((policy, layer, level) triples merged); returns (bytes, highest policy number or -1)."""
+    merged = {}
+    for policy, layer, level in roles:
+        if policy < 0 or not 0 <= layer <= LAYER_RCP or not 0 <= level < MAX_LEVELS:
+            raise ValueError("a role names a policy, layer or level the engine cannot have")
+        bits, scp, rcp = merged.get(policy, (0, 0, 0))
+        if layer == LAYER_SCP:
+            scp |= 1 << level
+        elif layer == LAYER_RCP:
+            rcp |= 1 << level
+        else:
+            bits |= (R_IDENTITY, R_RESOURCE, R_BOUNDARY, R_SESSION)[layer]
+        merged[policy] = (bits, scp, rcp)
+    cdef bytearray packed = bytearray(len(merged) * sizeof(role_t))
+    cdef role_t* out = <role_t*><char*>packed
+    cdef Py_ssize_t k = 0
+    for policy, (bits, scp, rcp) in merged.items():
+        out[k].policy = policy
+        out[k].bits = bits
+        out[k].scp = scp
+        out[k].rcp = rcp
+        k += 1
+    return bytes(packed), max(merged, default=-1)
+
+
 cdef class Batch:
     """Requests converted to C data once, with the GIL; evaluated in slices without it.
 
-    Holds a reference to every Python string it points into, so the pointers stay valid.
+    It owns everything its C data points into: its own arrays, and a reference to every
+    Python string (exact ``str``, immutable) or Arrow array whose bytes it reads, so no
+    caller can free or change them while the batch lives. It knows the engine it was
+    converted for, and that engine refuses any other batch.
     """
 
+    cdef readonly Engine engine
+    cdef uint64_t serial
+    cdef int32_t n_keys, n_policies
     cdef request_t* requests
     cdef keyed_entry* entries
     cdef cstr* values
-    cdef uint8_t* grants
+    cdef uint8_t* grant_bytes  # grant_table, once converted
     cdef uint8_t* codes
+    cdef profile_t* profiles
+    cdef role_t* roles
     cdef readonly Py_ssize_t n
     cdef Py_ssize_t n_entries, cap_entries, n_values, cap_values
-    cdef list keep_alive
+    cdef list owned              # the Python objects the C data points into
+    cdef bytearray grant_table   # grants, while converting
     cdef readonly dict errors    # request index -> why it could not be evaluated
-    cdef readonly list callers   # grant-table row -> principal ARN
+    cdef readonly dict unknown   # request index -> a principal the resolver does not know (implicit deny)
+    cdef readonly list callers   # caller row -> principal ARN
+    cdef readonly list profile_objects  # profile index -> the resolver's profile
+
+    def __cinit__(self, Engine engine, Py_ssize_t n):
+        global _batch_serial
+        _batch_serial += 1
+        self.serial = _batch_serial
+        self.engine = engine
+        self.n_keys = engine.n_keys
+        self.n_policies = engine.n_policies
+        self.n = n
+        self.owned = []
+        self.grant_table = bytearray()
+        self.errors = {}
+        self.unknown = {}
+        self.callers = []
+        self.profile_objects = []
+        self.requests = <request_t*>calloc(max(1, n), sizeof(request_t))
+        self.codes = <uint8_t*>calloc(max(1, n), sizeof(uint8_t))
+        if self.requests == NULL or self.codes == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
         free(self.requests)
         free(self.entries)
         free(self.values)
-        free(self.grants)
+        free(self.grant_bytes)
         free(self.codes)
+        free(self.profiles)
+        free(self.roles)
 
     def codes_view(self):
         """The decision codes, one byte a request."""
@@ -677,9 +836,21 @@ cdef class Batch:
         return bool(self.requests[i].same_account)
 
     def caller(self, Py_ssize_t i):
-        """The principal ARN of request i, or None when the request failed conversion."""
+        """The principal ARN of request i, or None when the request was never decided."""
         row = self.requests[i].caller
         return self.callers[row] if row >= 0 else None
+
+    def profile(self, Py_ssize_t i):
+        """The resolver's profile of request i, or None when the request was never decided."""
+        return self.profile_objects[self.requests[i].profile] if self.requests[i].caller >= 0 else None
+
+    def grants(self, Py_ssize_t i):
+        """How the resource policy of request i names its caller, per statement; None without one."""
+        cdef int32_t at = self.requests[i].grants
+        if self.requests[i].caller < 0 or at < 0:
+            return None
+        cdef int32_t policy = self.profile_objects[self.requests[i].profile].resource_policy
+        return bytes(self.grant_table[at:at + self.engine.policy_sizes[policy]])
 
     cdef int grow(self, Py_ssize_t entries, Py_ssize_t values) except -1:
         cdef void* p
@@ -697,238 +868,437 @@ cdef class Batch:
             self.values = <cstr*>p
         return 0
 
-    cdef int add_value(self, object text) except -1:
+    cdef int32_t add_profile(self, object profile) except -1:
+        """Number a profile of this batch (checked against the engine: its roles were packed by ``pack_roles``)."""
+        if not 0 <= profile.n_scp <= MAX_LEVELS or not 0 <= profile.n_rcp <= MAX_LEVELS \
+                or profile.highest_policy >= self.n_policies or profile.resource_policy >= self.n_policies \
+                or len(profile.packed) % sizeof(role_t):
+            raise ValueError("a profile names a policy or level the engine does not have")
+        self.profile_objects.append(profile)
+        return <int32_t>(len(self.profile_objects) - 1)
+
+    cdef int32_t add_grants(self, object grants, int32_t policy) except -2:
+        """Append a caller's grants for the statements of a resource policy; returns their offset."""
+        if len(grants) != self.engine.policy_sizes[policy]:
+            raise ValueError("grants must give one byte per statement of the resource policy")
+        cdef Py_ssize_t at = len(self.grant_table)
+        self.grant_table += grants
+        return <int32_t>at
+
+    cdef int finish(self) except -1:
+        """The arrays stop moving: value offsets become pointers; profiles and grants become C arrays."""
+        cdef Py_ssize_t k, r = 0, p = 0
+        for k in range(self.n_entries):
+            self.entries[k].entry.values = self.values + <size_t>self.entries[k].entry.values
+        self.grant_bytes = <uint8_t*>malloc(max(1, len(self.grant_table)))
+        if self.grant_bytes == NULL:
+            raise MemoryError()
+        for k in range(len(self.grant_table)):
+            self.grant_bytes[k] = self.grant_table[k]
+        cdef Py_ssize_t total = sum(len(profile.packed) for profile in self.profile_objects)
+        cdef const char* packed
+        self.profiles = <profile_t*>calloc(max(1, len(self.profile_objects)), sizeof(profile_t))
+        self.roles = <role_t*>malloc(max(1, total))
+        if self.profiles == NULL or self.roles == NULL:
+            raise MemoryError()
+        for profile in self.profile_objects:
+            packed = profile.packed
+            self.profiles[p].role_start = <int32_t>r
+            self.profiles[p].role_count = <int32_t>(len(profile.packed) // sizeof(role_t))
+            self.profiles[p].has_boundary = profile.has_boundary
+            self.profiles[p].has_session = profile.has_session
+            self.profiles[p].n_scp = profile.n_scp
+            self.profiles[p].n_rcp = profile.n_rcp
+            memcpy(&self.roles[r], packed, len(profile.packed))
+            r += self.profiles[p].role_count
+            p += 1
+        return 0
+
+    cdef inline int add_entry(self, int32_t key, object texts, bint is_list) except -1:
+        """Append one context entry of exact, encodable strings (a list or tuple ``texts``, whose
+        strings the batch must own; no code of the caller's runs while it is read)."""
         cdef Py_ssize_t size
-        cdef const char* data = PyUnicode_AsUTF8AndSize(text, &size)
+        cdef const char* data
+        self.grow(1, len(texts))
+        self.entries[self.n_entries].key = key
+        self.entries[self.n_entries].entry.count = <int32_t>len(texts)
+        self.entries[self.n_entries].entry.is_list = is_list
+        self.entries[self.n_entries].entry.values = <const cstr*><size_t>self.n_values  # an offset until finish()
+        for value in texts:
+            data = PyUnicode_AsUTF8AndSize(value, &size)
+            self.values[self.n_values].ptr = data
+            self.values[self.n_values].len = size
+            self.n_values += 1
+        self.n_entries += 1
+        return 0
+
+    cdef inline int add_text(self, int32_t key, str value) except -1:
+        """Append a single-valued context entry of an exact, encodable string, which the batch now owns."""
+        cdef Py_ssize_t size
+        cdef const char* data = PyUnicode_AsUTF8AndSize(value, &size)
+        self.grow(1, 1)
+        self.entries[self.n_entries].key = key
+        self.entries[self.n_entries].entry.count = 1
+        self.entries[self.n_entries].entry.is_list = False
+        self.entries[self.n_entries].entry.values = <const cstr*><size_t>self.n_values
         self.values[self.n_values].ptr = data
         self.values[self.n_values].len = size
         self.n_values += 1
+        self.n_entries += 1
+        self.owned.append(value)
         return 0
 
 
-cdef object _as_text(object value):
-    """A context value as IAM reads it: JSON booleans and numbers become their text."""
+cdef object _exact(object value, object rule, object what):
+    """``value`` as an exact ``str`` that encodes to UTF-8, by ``rule`` (``request.text`` or
+    ``request.context_text``), which raises ``RequestError`` with the reason otherwise. The
+    common case, an exact encodable string, is settled here without calling the rule."""
+    cdef Py_ssize_t size
     if type(value) is str:
-        return value
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return None
+        try:
+            PyUnicode_AsUTF8AndSize(value, &size)
+            return value
+        except UnicodeEncodeError:
+            pass
+    return rule(value, what)
 
 
-cdef str _add_context(Batch batch, dict context, dict key_cache, dict key_ids, uint64_t* seen, uint64_t stamp):
-    """Append one request's context entries (keys the policies use); returns why it is unusable, or None."""
-    cdef object key, value, kid_obj, problem
-    cdef int32_t kid
-    for key, value in context.items():
-        kid_obj = key_cache.get(key)
-        if kid_obj is None:
-            if type(key) is not str or not key:
-                return f"context key {key!r} must be a non-empty string"
-            kid_obj = key_ids.get(key.lower(), -1)
-            key_cache[key] = kid_obj
-        kid = kid_obj
-        if kid < 0:
-            continue
-        if seen[kid] == stamp:
-            return f"context key {key!r} is given twice (key names are case-insensitive)"
-        seen[kid] = stamp
-        problem = _add_value(batch, kid, key, value)
-        if problem is not None:
-            return problem
-    return None
+cdef list _texts(object key, object value):
+    """A list context value as the exact strings IAM reads, all materialised before any is used
+    (a list subclass may run code as it is iterated)."""
+    return [_exact(item, context_text, key) for item in tuple(value)]
 
 
-cdef str _add_value(Batch batch, int32_t kid, object key, object value):
-    """Append one context entry (a string, a list of strings, or a JSON scalar)."""
-    cdef Py_ssize_t start, count = 1
-    cdef object text
-    cdef bint is_list = type(value) is tuple or type(value) is list
-    if type(value) is str:
-        batch.grow(1, 1)
-        start = batch.n_values
-        batch.add_value(value)
-    elif is_list:
-        batch.grow(1, len(value))
-        start = batch.n_values
-        for item in value:
-            text = _as_text(item)
-            if text is None:
-                return f"context key {key!r}: values must be strings (or lists of strings), not {item!r}"
-            if text is not item:
-                batch.keep_alive.append(text)
-            batch.add_value(text)
-        count = len(value)
-    else:
-        text = _as_text(value)
-        if text is None:
-            return f"context key {key!r}: values must be strings (or lists of strings), not {value!r}"
-        batch.keep_alive.append(text)
-        batch.grow(1, 1)
-        start = batch.n_values
-        batch.add_value(text)
-    batch.entries[batch.n_entries].key = kid
-    batch.entries[batch.n_entries].entry.count = <int32_t>count
-    batch.entries[batch.n_entries].entry.is_list = is_list
-    batch.entries[batch.n_entries].entry.values = <const cstr*><size_t>start  # an offset until fixed up
-    batch.n_entries += 1
-    return None
+cdef bint _plain_strings(object value):
+    """Whether ``value`` is an exact list or tuple of exact, encodable strings: read as it is, no
+    code of the caller's can run while it is (nothing to materialise first)."""
+    cdef Py_ssize_t size
+    if type(value) is not list and type(value) is not tuple:
+        return False
+    for item in value:
+        if type(item) is not str:
+            return False
+        try:
+            PyUnicode_AsUTF8AndSize(item, &size)
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
-def convert(Engine engine, principals, actions, resources, contexts, resource_accounts, dict key_ids,
-            describe_caller):
-    """Convert parallel sequences of requests into a ``Batch``.
+cdef class _Converter:
+    """Turns requests into a ``Batch``, asking the resolver once per distinct principal,
+    resource, owner, profile and (caller, resource policy); both converters use it."""
 
-    ``contexts`` is None, or one mapping (or None) per request. ``resource_accounts`` is None
-    or one account id (or None) per request; a missing one is the account in the resource
-    ARN, else the caller's. ``describe_caller(principal)`` returns (account, grants) for a
-    principal, or raises ``ValueError`` with the reason it cannot be evaluated.
-    A request that cannot be evaluated is not an exception: it fails (denied) with its reason.
+    cdef Engine engine
+    cdef object resolver
+    cdef dict key_ids
+    cdef readonly Batch batch
+    cdef dict rows            # principal -> caller row, or ROW_UNKNOWN
+    cdef dict caller_errors   # principal -> why it cannot be evaluated
+    cdef list accounts        # caller row -> account (bytes)
+    cdef list identities      # caller row -> identity (what selects its identity policies)
+    cdef list own_owners      # caller row -> owner class of its own account
+    cdef list facts           # caller row -> ((key id, texts, is_list), ...) the store sets, or None
+    cdef list sessions        # caller row -> an assumed-role session
+    cdef dict resource_memo   # resource -> (resource policy, owner class or None)
+    cdef dict owner_memo      # account -> owner class
+    cdef dict profile_memo    # (identity, resource policy, owner class) as one number -> profile index
+    cdef dict grant_memo      # (caller row, resource policy) as one number -> grants offset
+    cdef dict key_cache       # context key as given -> key id (-1: no policy tests it)
+    cdef uint64_t* seen       # per key id: the row that gave it (stamp)
+    cdef uint64_t* overridden # per key id: the row whose session tags or facts set it (stamp)
+
+    def __cinit__(self, Engine engine, object resolver, Py_ssize_t n):
+        self.engine = engine
+        self.resolver = resolver
+        self.key_ids = resolver.key_ids
+        self.batch = Batch(engine, n)
+        self.rows = {}
+        self.caller_errors = {}
+        self.accounts = []
+        self.identities = []
+        self.own_owners = []
+        self.facts = []
+        self.sessions = []
+        self.resource_memo = {}
+        self.owner_memo = {}
+        self.profile_memo = {}
+        self.grant_memo = {}
+        self.key_cache = {}
+        self.seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
+        self.overridden = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
+        if self.seen == NULL or self.overridden == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.seen)
+        free(self.overridden)
+
+    cpdef int32_t caller_row(self, object principal) except -3:
+        """The caller row of an exact principal string (registered on first sight), or
+        ROW_UNKNOWN; raises RequestError for a principal that cannot be evaluated."""
+        cdef object row = self.rows.get(principal)
+        if row is not None:
+            return row
+        message = self.caller_errors.get(principal)
+        if message is not None:
+            raise RequestError(message)
+        try:
+            view = self.resolver.caller(principal)
+        except ValueError as exc:
+            self.caller_errors[principal] = str(exc)
+            raise RequestError(str(exc)) from None
+        if view is None:
+            self.rows[principal] = ROW_UNKNOWN
+            return ROW_UNKNOWN
+        account, identity, own_owner, facts, session = view
+        number = len(self.accounts)
+        self.accounts.append(text(account, "caller account").encode())
+        self.identities.append(identity)
+        self.own_owners.append(own_owner)
+        self.sessions.append(bool(session))
+        if facts is not None:
+            for kid, texts, is_list in facts:
+                if not 0 <= kid < self.engine.n_keys or not _plain_strings(texts):
+                    raise ValueError("the resolver gave facts the engine cannot read")
+            self.batch.owned.append(facts)
+        self.facts.append(facts)
+        self.batch.callers.append(principal)
+        self.rows[principal] = number
+        return number
+
+    def locate(self, int32_t row, object resource, object owner):
+        """(profile, grants offset or -1) of a caller's request on an exact resource string (an
+        ARN or "*"), owned by ``owner`` (an exact account string) or else as the ARN says."""
+        cdef int32_t profile, grants
+        self.locate_into(row, resource, owner, &profile, &grants)
+        return profile, grants
+
+    cdef int locate_into(self, int32_t row, object resource, object owner, int32_t* profile_out,
+                         int32_t* grants_out) except -1:
+        """``locate``, written to the request; memo keys are numbers (no container per row)."""
+        described = self.resource_memo.get(resource)
+        if described is None:
+            described = self.resource_memo[resource] = tuple(self.resolver.resource(resource))
+        policy, owner_class = described
+        if owner is not None:
+            owner_class = self.owner_memo.get(owner)
+            if owner_class is None:
+                owner_class = self.owner_memo[owner] = self.resolver.owner(owner)
+        if owner_class is None:
+            owner_class = self.own_owners[row]
+        identity = self.identities[row]
+        if not 0 <= owner_class < OWNER_SPAN or identity < 0 or not -1 <= policy < self.engine.n_policies:
+            raise ValueError("the resolver gave an identity, policy or owner out of range")
+        profile_key = (identity * (self.engine.n_policies + 1) + policy + 1) * OWNER_SPAN + owner_class
+        profile = self.profile_memo.get(profile_key)
+        if profile is None:
+            profile = self.profile_memo[profile_key] = self.batch.add_profile(
+                self.resolver.profile(identity, policy, owner_class))
+        profile_out[0] = profile
+        grants_out[0] = -1
+        if policy >= 0:
+            grant_key = row * self.engine.n_policies + policy
+            grants = self.grant_memo.get(grant_key)
+            if grants is None:
+                grants = self.grant_memo[grant_key] = self.batch.add_grants(
+                    self.resolver.grants(self.batch.callers[row], identity, policy), policy)
+            grants_out[0] = grants
+        return 0
+
+    cdef object key_id(self, object key):
+        """The id of a context key as given (-1: no policy tests it); raises RequestError for a bad key."""
+        cdef object kid = self.key_cache.get(key) if type(key) is str else None
+        if kid is None:
+            exact = _exact(key, text, "context key")
+            if not exact:
+                raise RequestError("context key names must be non-empty")
+            kid = self.key_ids.get(exact.lower(), -1)
+            if type(key) is str:
+                self.key_cache[key] = kid
+        return kid
+
+    cdef int add_request_value(self, int32_t kid, object key, object value, uint64_t stamp, bint known) except -1:
+        """One context entry of the request itself; raises RequestError if it cannot be read."""
+        if known and self.engine.principal_keys[kid]:
+            return 0  # the store alone says who the principal is
+        if self.overridden[kid] == stamp:
+            return 0  # the session's tags win
+        if self.seen[kid] == stamp:
+            raise RequestError(f"context key {_shown(key)} is given twice (key names are case-insensitive)")
+        self.seen[kid] = stamp
+        if type(value) is str:
+            self.batch.add_text(kid, _exact(value, context_text, key))
+        elif isinstance(value, (list, tuple)):
+            texts = value if _plain_strings(value) else _texts(key, value)
+            if type(texts) is tuple:
+                self.batch.owned.append(texts)
+            else:  # a list can change later: the batch holds its strings, without a new container
+                self.batch.owned.extend(texts)
+            self.batch.add_entry(kid, texts, True)
+        else:
+            self.batch.add_text(kid, context_text(value, key))
+        return 0
+
+    cdef int add_context(self, Py_ssize_t i, int32_t row, object context, object tags, list columns) except -1:
+        """Request i's context: its session tags, the store's facts of its caller, then its own keys."""
+        cdef uint64_t stamp = <uint64_t>(i + 1)
+        cdef int32_t kid
+        cdef tuple facts = self.facts[row]
+        cdef bint known = facts is not None
+        if tags is not None:
+            if not isinstance(tags, Mapping):
+                raise RequestError("session tags must map tag keys to values")
+            if not self.sessions[row]:
+                raise RequestError("session tags belong to an assumed-role session principal")
+            for tag, value in dict(tags).items():
+                kid = self.key_id("aws:PrincipalTag/" + _exact(tag, text, "session tag key"))
+                if kid >= 0:
+                    self.overridden[kid] = stamp
+                    self.batch.add_text(kid, _exact(value, text, "session tag value"))
+        if known:
+            for kid, texts, is_list in facts:
+                if self.overridden[kid] != stamp:
+                    self.overridden[kid] = stamp
+                    self.batch.add_entry(kid, texts, is_list)
+        if context is not None:
+            if not isinstance(context, Mapping):
+                raise RequestError(f"request context must be an object, not {type(context).__name__}")
+            for key, value in (context.items() if type(context) is dict else dict(context).items()):
+                kid = self.key_id(key)
+                if kid >= 0:
+                    self.add_request_value(kid, key, value, stamp, known)
+        for column_key, key, column in columns:
+            value = column[i]
+            if value is not None:
+                if type(column_key) is str:
+                    raise RequestError(column_key)
+                self.add_request_value(column_key, key, value, stamp, known)
+        return 0
+
+    cdef int convert_row(self, Py_ssize_t i, object principal, object action, object resource, object owner,
+                         object context, object tags, list columns) except -1:
+        cdef request_t* rq = &self.batch.requests[i]
+        cdef Py_ssize_t size, account_start = 0, account_len = 0
+        cdef const char* data
+        cdef int32_t row
+        rq.caller = ROW_FAILED
+        rq.grants = -1
+        rq.ctx_start = <int32_t>self.batch.n_entries
+        try:
+            row = self.caller_row(_exact(principal, text, "request principal"))
+            if row == ROW_UNKNOWN:
+                rq.caller = ROW_UNKNOWN
+                self.batch.unknown[i] = principal
+                return 0
+            exact_action = _exact(action, text, "request action")
+            exact_resource = _exact(resource, text, "request resource")
+            if exact_action is not action or exact_resource is not resource:
+                self.batch.owned.append((exact_action, exact_resource))
+            data = PyUnicode_AsUTF8AndSize(exact_action, &size)
+            rq.action.ptr = data
+            rq.action.len = size
+            if not engine_valid_action(data, size):
+                raise RequestError(f"request action {_shown(exact_action)} is not service:Action")
+            data = PyUnicode_AsUTF8AndSize(exact_resource, &size)
+            rq.resource.ptr = data
+            rq.resource.len = size
+            if engine_is_star(data, size):
+                account_len = 0
+            elif not engine_arn_account(data, size, &account_start, &account_len):
+                raise RequestError(f"request resource {_shown(exact_resource)} is neither an ARN nor \"*\"")
+            caller_account = self.accounts[row]
+            if owner is not None:
+                owner = _exact(owner, text, "resource account")
+                rq.same_account = owner.encode() == caller_account
+            elif account_len:
+                rq.same_account = account_len == len(caller_account) and memcmp(
+                    data + account_start, <const char*>caller_account, account_len) == 0
+            else:
+                rq.same_account = True
+            self.locate_into(row, exact_resource, owner, &rq.profile, &rq.grants)
+            self.add_context(i, row, context, tags, columns)
+            rq.caller = row
+            rq.ctx_count = <int32_t>(self.batch.n_entries - rq.ctx_start)
+        except ValueError as exc:  # RequestError and the like: the request fails alone, and says why
+            self.batch.n_entries = rq.ctx_start
+            rq.caller = ROW_FAILED
+            rq.ctx_count = 0
+            self.batch.errors[i] = str(exc)
+        return 0
+
+
+cdef str _shown(object value):
+    """A value for an error message, cut short: messages travel in logs and gRPC trailers."""
+    shown = repr(value)
+    return shown if len(shown) <= 200 else shown[:200] + "…"
+
+
+def converter(Engine engine, resolver, Py_ssize_t n):
+    """A converter of ``n`` requests for ``evaluator.arrow``, which registers the distinct
+    principals and (caller, resource, owner) places itself, then calls ``convert_arrow``."""
+    return _Converter(engine, resolver, n)
+
+
+def convert(Engine engine, resolver, principals, actions, resources, contexts=None, resource_accounts=None,
+            session_tags=None):
+    """Convert parallel sequences of requests into a ``Batch`` (the resolver's protocol is in
+    ``compile.py``).
+
+    ``contexts`` is None, one mapping (or None) per request, or a mapping of columns (one
+    value or None per request; columns whose names differ only in case are one key, and a
+    request that gives both fails). ``resource_accounts`` and ``session_tags`` are None or one
+    entry (or None) per request. Every sequence is copied first, so nothing the caller does
+    afterwards reaches the batch. A request that cannot be evaluated is not an exception: it
+    fails (denied) with its reason.
     """
-    cdef list principal_list = principals if type(principals) is list else list(principals)
-    cdef list action_list = actions if type(actions) is list else list(actions)
-    cdef list resource_list = resources if type(resources) is list else list(resources)
-    cdef list context_list = None
-    cdef list column_keys = []      # (key id, key as given, column) for context columns the policies use
-    cdef list account_list = None
-    cdef Py_ssize_t n = len(principal_list)
+    cdef list principal_list = list(principals)
+    cdef list action_list = list(actions)
+    cdef list resource_list = list(resources)
+    cdef Py_ssize_t n = len(principal_list), i
+    cdef list context_list = None, account_list = None, tag_list = None
+    cdef list columns = []
     if len(action_list) != n or len(resource_list) != n:
         raise ValueError("principals, actions and resources must have the same length")
     if isinstance(contexts, Mapping):
-        for key, column in contexts.items():
-            if type(key) is not str or not key:
-                raise ValueError(f"context column names must be non-empty strings, not {key!r}")
-            column = column if type(column) is list else list(column)
+        for key, column in dict(contexts).items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"context column names must be non-empty strings, not {_shown(key)}")
+            column = list(column)
             if len(column) != n:
-                raise ValueError(f"context column {key!r} must have one entry per request")
-            column_id = key_ids.get(key.lower(), -1)
-            if column_id >= 0:
-                if any(column_id == other[0] for other in column_keys):
-                    raise ValueError(f"context column {key!r} is given twice (key names are case-insensitive)")
-                column_keys.append((column_id, key, column))
+                raise ValueError(f"context column {_shown(key)} must have one entry per request")
+            columns.append((key, column))
     elif contexts is not None:
-        context_list = contexts if type(contexts) is list else list(contexts)
+        context_list = list(contexts)
         if len(context_list) != n:
             raise ValueError("contexts must have one entry per request")
     if resource_accounts is not None:
-        account_list = resource_accounts if type(resource_accounts) is list else list(resource_accounts)
+        account_list = list(resource_accounts)
         if len(account_list) != n:
             raise ValueError("resource_accounts must have one entry per request")
-    cdef Batch batch = Batch()
-    batch.n = n
-    batch.errors = {}
-    batch.callers = []
-    batch.keep_alive = [principal_list, action_list, resource_list, context_list, account_list]
-    batch.requests = <request_t*>calloc(max(1, n), sizeof(request_t))
-    batch.codes = <uint8_t*>calloc(max(1, n), sizeof(uint8_t))
-    cdef uint64_t* seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
-    cdef Py_ssize_t n_columns = len(column_keys)
-    cdef list columns = [column for _, _, column in column_keys]
-    cdef list column_names = [key for _, key, _ in column_keys]
-    cdef list column_ids = [key_id for key_id, _, _ in column_keys]
-    if context_list is not None or column_keys:
-        batch.grow(4 * n, 4 * n)  # most contexts give a few of the policies' keys
-    if batch.requests == NULL or batch.codes == NULL or seen == NULL:
-        free(seen)
-        raise MemoryError()
-    cdef dict rows = {}
-    cdef dict caller_errors = {}
-    cdef list accounts = []
-    cdef bytearray grant_table = bytearray()
-    cdef dict key_cache = {}
-    cdef Py_ssize_t i, k, size, account_start = 0, account_len = 0
-    cdef request_t* rq
-    cdef object principal, action, resource, context, row, problem, account, given_account, value
-    cdef PyObject* item
-    cdef bytes caller_account
-    cdef const char* data
-    try:
-        for i in range(n):
-            rq = &batch.requests[i]
-            rq.caller = -1
-            rq.ctx_start = <int32_t>batch.n_entries
-            principal = principal_list[i]
-            action = action_list[i]
-            resource = resource_list[i]
-            problem = None
-            row = rows.get(principal) if type(principal) is str else None
-            if row is None:
-                if type(principal) is not str:
-                    problem = f"request principal must be a string, not {principal!r}"
-                elif principal in caller_errors:
-                    problem = caller_errors[principal]
-                else:
-                    try:
-                        account, grants = describe_caller(principal)
-                    except ValueError as exc:
-                        problem = caller_errors[principal] = str(exc)
-                    else:
-                        row = rows[principal] = len(accounts)
-                        accounts.append(account.encode())
-                        batch.callers.append(principal)
-                        grant_table += grants
-            if problem is None and (type(action) is not str or type(resource) is not str):
-                problem = f"request action and resource must be strings, not {action!r} and {resource!r}"
-            if problem is None:
-                data = PyUnicode_AsUTF8AndSize(action, &size)
-                rq.action.ptr = data
-                rq.action.len = size
-                if not engine_valid_action(data, size):
-                    problem = f"request action {action!r} is not service:Action"
-            if problem is None:
-                data = PyUnicode_AsUTF8AndSize(resource, &size)
-                rq.resource.ptr = data
-                rq.resource.len = size
-                if engine_is_star(data, size):
-                    account_len = 0
-                elif not engine_arn_account(data, size, &account_start, &account_len):
-                    problem = f"request resource {resource!r} is neither an ARN nor \"*\""
-            if problem is None:
-                given_account = account_list[i] if account_list is not None else None
-                if given_account is not None:
-                    rq.same_account = str(given_account).encode() == accounts[row]
-                elif account_len:
-                    caller_account = accounts[row]
-                    rq.same_account = account_len == len(caller_account) and memcmp(
-                        data + account_start, <const char*>caller_account, account_len) == 0
-                else:
-                    rq.same_account = True
-            if problem is None and context_list is not None:
-                context = context_list[i]
-                if context is not None:
-                    if type(context) is not dict:
-                        context = dict(context) if isinstance(context, Mapping) else None
-                    if context is None:
-                        problem = f"request context must be an object, not {context_list[i]!r}"
-                    else:
-                        problem = _add_context(batch, context, key_cache, key_ids, seen, <uint64_t>(i + 1))
-            if problem is None and n_columns:
-                for k in range(n_columns):  # borrowed references: no per-request tuple or refcount work
-                    item = engine_list_item(engine_list_item(<PyObject*>columns, k), i)
-                    if item != <PyObject*>None:
-                        problem = _add_value(batch, <int32_t><long>(<object>engine_list_item(<PyObject*>column_ids, k)),
-                                             <object>engine_list_item(<PyObject*>column_names, k), <object>item)
-                        if problem is not None:
-                            break
-            if problem is None:
-                rq.caller = row
-                rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
-            else:
-                batch.n_entries = rq.ctx_start  # drop the entries of a request that failed
-                rq.ctx_count = 0
-                batch.errors[i] = problem
-        for k in range(batch.n_entries):  # the values array has stopped moving: offsets -> pointers
-            batch.entries[k].entry.values = batch.values + <size_t>batch.entries[k].entry.values
-        batch.grants = <uint8_t*>malloc(max(1, len(grant_table)))
-        if batch.grants == NULL:
-            raise MemoryError()
-        for k in range(len(grant_table)):
-            batch.grants[k] = grant_table[k]
-    finally:
-        free(seen)
+    if session_tags is not None:
+        tag_list = list(session_tags)
+        if len(tag_list) != n:
+            raise ValueError("session_tags must have one entry per request")
+    cdef _Converter conversion = _Converter(engine, resolver, n)
+    cdef Batch batch = conversion.batch
+    batch.owned.append((principal_list, action_list, resource_list, context_list, account_list, tag_list))
+    cdef list used_columns = []
+    for key, column in columns:
+        try:
+            kid = conversion.key_id(key)
+        except RequestError as exc:  # fails each request that gives a value under this name
+            kid = str(exc)
+        if kid != -1:
+            used_columns.append((kid, key, column))
+            batch.owned.append(column)
+    batch.grow(4 * n + 1 if context_list is not None or used_columns else 1, 4 * n + 1)
+    for i in range(n):
+        conversion.convert_row(i, principal_list[i], action_list[i], resource_list[i],
+                               None if account_list is None else account_list[i],
+                               None if context_list is None else context_list[i],
+                               None if tag_list is None else tag_list[i], used_columns)
+    batch.finish()
     return batch
 
 
@@ -987,111 +1357,128 @@ cdef inline cstr _item(const strcol* column, Py_ssize_t i) noexcept nogil:
     return text
 
 
-def convert_arrow(Engine engine, principal_indices, list principal_rows, list callers, bytes grants,
-                  list caller_accounts_bytes, actions, resources, resource_accounts, list context_fields):
-    """Convert Arrow columns into a ``Batch`` without creating a Python object per row.
+cdef const int32_t* _int32s(object array) except NULL:
+    """The values of an int32 array without nulls."""
+    if str(array.type) != "int32" or array.null_count:
+        raise ValueError("row indices must be int32, without nulls")
+    return (<const int32_t*><size_t>array.buffers()[1].address) + <Py_ssize_t>array.offset
 
-    ``principal_indices``: int32 indices into the distinct principals; ``principal_rows``:
-    each distinct principal's row of the grant table (-1: it cannot be evaluated, and the
-    caller reports why); ``callers``, ``grants`` and ``caller_accounts_bytes``: per row, the
-    principal, its grants (``n_slots`` bytes each) and account; ``actions``/``resources``:
-    string arrays; ``resource_accounts``: string
-    array or None; ``context_fields``: (key id, key, array, is_list) with string or
-    list<string> arrays, already carrying the struct's nulls.
+
+def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_of_row, actions, resources,
+                  resource_accounts, list context_fields):
+    """Finish the ``Batch`` of ``conversion`` from Arrow columns, with no Python object per row.
+
+    ``caller_of_row``, ``profile_of_row``, ``grants_of_row``: int32 arrays from the
+    converter's ``caller_row`` and ``locate`` on each row's distinct values (a row whose
+    caller is ROW_FAILED or ROW_UNKNOWN carries its reason in ``batch.errors`` or
+    ``batch.unknown`` already); ``actions``/``resources``: string arrays, already checked
+    for nulls and for text the rules refuse; ``resource_accounts``: string array or None;
+    ``context_fields``: (key id, key, array, is_list) with string or list<string> arrays,
+    already carrying the struct's nulls.
     """
-    cdef Py_ssize_t n = len(actions)
-    cdef Batch batch = Batch()
-    batch.n = n
-    batch.errors = {}
-    batch.callers = callers
-    batch.keep_alive = [principal_indices, actions, resources, resource_accounts, context_fields, caller_accounts_bytes]
-    batch.requests = <request_t*>calloc(max(1, n), sizeof(request_t))
-    batch.codes = <uint8_t*>calloc(max(1, n), sizeof(uint8_t))
-    if batch.requests == NULL or batch.codes == NULL:
-        raise MemoryError()
+    cdef Batch batch = conversion.batch
+    cdef Engine engine = batch.engine
+    cdef Py_ssize_t n = batch.n
+    if not (len(caller_of_row) == len(profile_of_row) == len(grants_of_row) == len(actions) == len(resources) == n):
+        raise ValueError("every column must have one entry per request")
+    batch.owned.append([caller_of_row, profile_of_row, grants_of_row, actions, resources, resource_accounts,
+                        context_fields])
+    cdef const int32_t* callers = _int32s(caller_of_row)
+    cdef const int32_t* profiles = _int32s(profile_of_row)
+    cdef const int32_t* grant_offsets = _int32s(grants_of_row)
     cdef strcol action_col, resource_col, account_col
     _strcol(actions, &action_col)
     _strcol(resources, &resource_col)
     cdef bint has_accounts = resource_accounts is not None
     if has_accounts:
         _strcol(resource_accounts, &account_col)
-    index_buffers = principal_indices.buffers()
-    cdef Py_ssize_t index_shift = principal_indices.offset
-    cdef const int32_t* indices = (<const int32_t*><size_t>index_buffers[1].address) + index_shift
+    cdef Py_ssize_t n_callers = len(conversion.accounts)
     cdef Py_ssize_t n_fields = len(context_fields)
     cdef Py_ssize_t f, i, k, start, count, account_start = 0, account_len = 0
     cdef strcol* strings = <strcol*>calloc(max(1, n_fields), sizeof(strcol))
     cdef listcol* lists = <listcol*>calloc(max(1, n_fields), sizeof(listcol))
     cdef int32_t* field_keys = <int32_t*>calloc(max(1, n_fields), sizeof(int32_t))
     cdef bint* is_list = <bint*>calloc(max(1, n_fields), sizeof(bint))
-    cdef int32_t* rows = <int32_t*>calloc(max(1, len(principal_rows)), sizeof(int32_t))
-    cdef const char** caller_accounts = <const char**>calloc(max(1, len(callers)), sizeof(char*))
-    cdef Py_ssize_t* caller_account_len = <Py_ssize_t*>calloc(max(1, len(callers)), sizeof(Py_ssize_t))
+    cdef const char** caller_accounts = <const char**>calloc(max(1, n_callers), sizeof(char*))
+    cdef Py_ssize_t* caller_account_len = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
+    cdef Py_ssize_t* fact_start = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
+    cdef Py_ssize_t* fact_count = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
     cdef request_t* rq
     cdef cstr account
     cdef const strcol* items
     cdef bytes account_bytes
     cdef uint64_t* seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))  # key given in row i: i + 1
-    cdef bint twice
+    cdef bint twice, known
+    cdef int32_t c
     try:
-        if (strings == NULL or lists == NULL or field_keys == NULL or is_list == NULL or rows == NULL
-                or caller_accounts == NULL or caller_account_len == NULL or seen == NULL):
+        if (strings == NULL or lists == NULL or field_keys == NULL or is_list == NULL or caller_accounts == NULL
+                or caller_account_len == NULL or fact_start == NULL or fact_count == NULL or seen == NULL):
             raise MemoryError()
-        for k, row in enumerate(principal_rows):
-            rows[k] = row
-        for k, account_bytes in enumerate(caller_accounts_bytes):
+        for k, account_bytes in enumerate(conversion.accounts):
             caller_accounts[k] = account_bytes
             caller_account_len[k] = len(account_bytes)
-        batch.grants = <uint8_t*>malloc(max(1, len(grants)))
-        if batch.grants == NULL:
-            raise MemoryError()
-        for k in range(len(grants)):
-            batch.grants[k] = grants[k]
+        batch.grow(n * n_fields // 2 + 64, n * n_fields // 2 + 64)
+        for k, facts in enumerate(conversion.facts):  # each caller's facts once; rows copy them
+            fact_start[k] = batch.n_entries
+            if facts is None:
+                fact_count[k] = -1
+                continue
+            for kid, texts, list_value in facts:
+                batch.add_entry(kid, texts, list_value)
+            fact_count[k] = batch.n_entries - fact_start[k]
         for f, (key_id, _, array, field_is_list) in enumerate(context_fields):
+            if not 0 <= key_id < engine.n_keys:
+                raise ValueError("context field key id out of range")
             field_keys[f] = key_id
             is_list[f] = field_is_list
             if is_list[f]:
                 _listcol(array, &lists[f])
             else:
                 _strcol(array, &strings[f])
-        batch.grow(n * n_fields // 2 + 64, n * n_fields // 2 + 64)
         for i in range(n):
             rq = &batch.requests[i]
-            rq.caller = rows[indices[i]]
+            c = callers[i]
+            rq.caller = c if c < 0 else ROW_FAILED
+            rq.grants = -1
             rq.ctx_start = <int32_t>batch.n_entries
-            if rq.caller < 0:
-                continue  # the principal's reason is reported by the caller
+            if c < 0:
+                continue  # the reason is in batch.errors or batch.unknown already
+            if c >= n_callers or not 0 <= profiles[i] < len(batch.profile_objects) \
+                    or not -1 <= grant_offsets[i] < max(1, len(batch.grant_table)):
+                raise ValueError("row indices outside the converter's tables")
+            rq.profile = profiles[i]
+            rq.grants = grant_offsets[i]
             rq.action = _item(&action_col, i)
             rq.resource = _item(&resource_col, i)
-            if not _valid(action_col.validity, action_col.bit_offset + i) \
-                    or not _valid(resource_col.validity, resource_col.bit_offset + i):
-                batch.errors[i] = "request action and resource must not be null"
-                rq.caller = -1
-                continue
             if not engine_valid_action(rq.action.ptr, rq.action.len):
-                batch.errors[i] = f"request action {rq.action.ptr[:rq.action.len].decode(errors='replace')!r} " \
+                batch.errors[i] = f"request action {_shown(rq.action.ptr[:rq.action.len].decode(errors='replace'))} " \
                                   "is not service:Action"
-                rq.caller = -1
                 continue
             if engine_is_star(rq.resource.ptr, rq.resource.len):
                 account_len = 0
             elif not engine_arn_account(rq.resource.ptr, rq.resource.len, &account_start, &account_len):
-                batch.errors[i] = (f"request resource {rq.resource.ptr[:rq.resource.len].decode(errors='replace')!r}"
+                batch.errors[i] = (f"request resource {_shown(rq.resource.ptr[:rq.resource.len].decode(errors='replace'))}"
                                    " is neither an ARN nor \"*\"")
-                rq.caller = -1
                 continue
-            k = rq.caller
             if has_accounts and _valid(account_col.validity, account_col.bit_offset + i):
                 account = _item(&account_col, i)
-                rq.same_account = account.len == caller_account_len[k] and memcmp(
-                    account.ptr, caller_accounts[k], account.len) == 0
+                rq.same_account = account.len == caller_account_len[c] and memcmp(
+                    account.ptr, caller_accounts[c], account.len) == 0
             elif account_len:
-                rq.same_account = account_len == caller_account_len[k] and memcmp(
-                    rq.resource.ptr + account_start, caller_accounts[k], account_len) == 0
+                rq.same_account = account_len == caller_account_len[c] and memcmp(
+                    rq.resource.ptr + account_start, caller_accounts[c], account_len) == 0
             else:
                 rq.same_account = True
+            known = fact_count[c] >= 0
+            if known and fact_count[c]:
+                batch.grow(fact_count[c], 0)
+                for k in range(fact_start[c], fact_start[c] + fact_count[c]):
+                    batch.entries[batch.n_entries] = batch.entries[k]
+                    batch.n_entries += 1
             twice = False
             for f in range(n_fields):
+                if known and engine.principal_keys[field_keys[f]]:
+                    continue  # the store alone says who the principal is
                 if is_list[f]:
                     if not _valid(lists[f].validity, lists[f].bit_offset + i):
                         continue
@@ -1118,20 +1505,21 @@ def convert_arrow(Engine engine, principal_indices, list principal_rows, list ca
                     batch.n_values += 1
                 batch.n_entries += 1
             if twice:
-                batch.errors[i] = f"context key {context_fields[f][1]!r} is given twice (key names are case-insensitive)"
+                batch.errors[i] = f"context key {_shown(context_fields[f][1])} is given twice " \
+                                  "(key names are case-insensitive)"
                 batch.n_entries = rq.ctx_start
-                rq.caller = -1
                 continue
+            rq.caller = c
             rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
-        for k in range(batch.n_entries):  # the values array has stopped moving: offsets -> pointers
-            batch.entries[k].entry.values = batch.values + <size_t>batch.entries[k].entry.values
+        batch.finish()
     finally:
         free(seen)
         free(strings)
         free(lists)
         free(field_keys)
         free(is_list)
-        free(rows)
         free(caller_accounts)
         free(caller_account_len)
+        free(fact_start)
+        free(fact_count)
     return batch

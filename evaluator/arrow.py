@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import _engine
-from .compile import CompiledPolicySet
-from .decision import Decision, failed
+from .compile import CompiledPolicies
+from .decision import Decision
 from .usage import StatementUsage
 
 DECISIONS = pa.array(["ImplicitDeny", "Allow", "ExplicitDeny"])
@@ -47,7 +47,7 @@ def _strings(batch: pa.RecordBatch, name: str, required: bool = True) -> pa.Arra
     return column.cast(pa.string())
 
 
-def _context_fields(compiled: CompiledPolicySet, batch: pa.RecordBatch) -> list[tuple[int, str, pa.Array, bool]]:
+def _context_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple[int, str, pa.Array, bool]]:
     index = batch.schema.get_field_index("context")
     if index < 0:
         return []
@@ -69,44 +69,73 @@ def _context_fields(compiled: CompiledPolicySet, batch: pa.RecordBatch) -> list[
     return fields
 
 
-def _decide(compiled: CompiledPolicySet, batch: pa.RecordBatch, explain: bool,
+def _places(conversion, principals: pa.Array, resources: pa.Array,
+            accounts: pa.Array | None) -> tuple[pa.Array, pa.Array, pa.Array, dict[int, str], pa.Array]:
+    """Per row its caller row, profile and grants offset, asking the converter once per distinct
+    (principal, resource, owner); why the combinations whose principal fails are denied; and
+    per row its combination."""
+    encoded = [principals.dictionary_encode(), resources.dictionary_encode()]
+    if accounts is not None:
+        encoded.append(accounts.dictionary_encode())
+    distinct = [column.dictionary.to_pylist() for column in encoded]
+    key = None
+    for column, values in zip(encoded, distinct, strict=True):  # one int64 per distinct combination
+        index = column.indices.cast(pa.int64()).fill_null(len(values))
+        key = index if key is None else pc.add(pc.multiply(key, len(values) + 1), index)
+    unique = pc.unique(key)
+    callers, profiles, offsets = [], [], []
+    reasons: dict[int, str] = {}
+    for number, combined in enumerate(unique.to_pylist()):
+        parts = []
+        for values in reversed(distinct):
+            combined, at = divmod(combined, len(values) + 1)
+            parts.append(values[at] if at < len(values) else None)
+        principal, resource, *owner = reversed(parts)
+        caller, profile, grants = _engine.ROW_FAILED, 0, -1
+        if principal is None:
+            reasons[number] = "request principal must not be null"
+        else:
+            try:
+                caller = conversion.caller_row(principal)
+                if caller >= 0 and resource is not None:
+                    profile, grants = conversion.locate(caller, resource, owner[0] if owner else None)
+            except ValueError as exc:
+                caller, reasons[number] = _engine.ROW_FAILED, str(exc)
+        callers.append(caller)
+        profiles.append(profile)
+        offsets.append(grants)
+    position = pc.index_in(key, unique)
+    of_rows = [pc.take(pa.array(values, pa.int32()), position) for values in (callers, profiles, offsets)]
+    return (*of_rows, reasons, position)
+
+
+def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
             usage: StatementUsage | None) -> pa.RecordBatch:
     principals = _strings(batch, "principal")
     actions, resources = _strings(batch, "action"), _strings(batch, "resource")
     accounts = _strings(batch, "resource_account", required=False)
-    encoded = principals.dictionary_encode()
-    distinct = encoded.dictionary.to_pylist()
-    principal_rows: list[int] = []
-    callers: list[str] = []
-    caller_accounts: list[bytes] = []
-    grants = bytearray()
-    reasons: dict[int, str] = {}
-    for number, principal in enumerate(distinct):
-        try:
-            account, caller_grants = compiled._describe_caller(principal)
-        except ValueError as exc:
-            principal_rows.append(-1)
-            reasons[number] = str(exc)
-            continue
-        principal_rows.append(len(callers))
-        callers.append(principal)
-        caller_accounts.append(account.encode())
-        grants += caller_grants
-    indices = encoded.indices.fill_null(len(distinct))  # a null principal: one more, failing, entry
-    principal_rows.append(-1)
-    reasons[len(distinct)] = "request principal must not be null"
-    converted = _engine.convert_arrow(compiled._engine, indices.cast(pa.int32()), principal_rows, callers,
-                                      bytes(grants), caller_accounts, actions, resources, accounts,
-                                      _context_fields(compiled, batch))
+    conversion = _engine.converter(compiled._engine, compiled, batch.num_rows)
+    callers, profiles, offsets, reasons, position = _places(conversion, principals, resources, accounts)
+    missing = pc.or_(actions.is_null(), resources.is_null())
+    if missing.true_count:
+        callers = pc.if_else(missing, pa.scalar(_engine.ROW_FAILED, pa.int32()), callers)
+    converted = _engine.convert_arrow(conversion, callers, profiles, offsets, actions.fill_null(""),
+                                      resources.fill_null(""), accounts, _context_fields(compiled, batch))
+    failing = pc.less(callers, 0)
+    if failing.true_count:
+        for row in pc.indices_nonzero(failing).to_pylist():
+            number = position[row].as_py()
+            if number in reasons:
+                converted.errors[row] = reasons[number]
+            elif missing[row].as_py():
+                converted.errors[row] = "request action and resource must not be null"
+            else:
+                converted.unknown[row] = principals[row].as_py()
     errors = dict(converted.errors)
-    failing = pc.is_in(indices, value_set=pa.array(list(reasons), indices.type))
-    for row in pc.indices_nonzero(failing).to_pylist():
-        errors[row] = reasons[indices[row].as_py()]
     if usage is not None:
         usage.tally(converted)
     if explain:
-        return _explained([failed(errors[row]) if row in errors else decision
-                           for row, decision in enumerate(compiled._explain(converted))])
+        return _explained(compiled._explain(converted))
     if usage is None:
         compiled._engine.evaluate_range(converted, 0, converted.n)
     codes = converted.codes_view()
@@ -142,7 +171,7 @@ def _explained(decisions: list[Decision]) -> pa.RecordBatch:
     ], ["decision", "error", "decided_by", "statements", "missing_keys"])
 
 
-def evaluate_arrow(compiled: CompiledPolicySet, requests: pa.RecordBatch | pa.Table, explain: bool = False,
+def evaluate_arrow(compiled: CompiledPolicies, requests: pa.RecordBatch | pa.Table, explain: bool = False,
                    usage: StatementUsage | None = None) -> pa.RecordBatch | pa.Table:
     """Decide every row of ``requests``; the result has one row per request, in order.
 

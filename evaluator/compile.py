@@ -1,17 +1,19 @@
-"""Compile a policy set into the C engine, and evaluate requests with it.
+"""Compile policies into the C engine, and evaluate requests with it.
 
-Compilation numbers every statement of every layer, indexes their action
+Compilation numbers every statement of every policy, indexes their action
 patterns in one wildcard trie (case-folded) and their static resource patterns
 in another, compiles their conditions to C structs, and keeps resource
-patterns with policy variables apart (they are expanded per request). A
-``CompiledPolicySet`` is immutable and safe to share between threads.
+patterns with policy variables apart (they are expanded per request). Which
+policies apply to a request, and in which layer, is the request's *profile*,
+given per request by a resolver: one fixed profile for a ``CompiledPolicySet``,
+one per principal and resource for a whole store (``compiled_store``). Compiled
+policies are immutable and safe to share between threads.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from . import _engine
@@ -19,7 +21,8 @@ from ._conditions import ConditionSet
 from ._globtrie import GlobTrie
 from ._pattern import PatternSet
 from .decision import Decision, DecisionKind, LayerResult, Layers, StatementRef, combine, failed
-from .model import Effect, Policy, Statement
+from .facts import is_principal_key
+from .model import Effect, Policy
 from .principals import Caller, Grant, statement_grant
 from .request import PolicySet, Request
 
@@ -36,8 +39,8 @@ class _Compiled:
     """What the Python side keeps of a statement: how to name it and where it came from."""
 
     ref: StatementRef
-    layer: str  # "identity", "resource", "permissions_boundary", "session", "scp[i]", "rcp[i]"
-    slot: int  # position among resource-policy statements (their grants), else -1
+    policy: int  # the engine's number of its policy
+    slot: int  # its position in its policy
     condition_keys: frozenset[str]
     actions: tuple[str, ...]  # Action (or NotAction) patterns as written, in the engine's order
     not_action: bool
@@ -60,28 +63,79 @@ class BatchDecisions:
         return (CODES[code] for code in self.codes)
 
 
-def _layers(policies: PolicySet) -> list[tuple[str, int, int, tuple[Policy, ...]]]:
-    """(layer name, engine layer code, level, policies) in statement-id order."""
-    layers = [("identity", _engine.LAYER_IDENTITY, 0, policies.identity)]
-    if policies.resource is not None:
-        layers.append(("resource", _engine.LAYER_RESOURCE, 0, (policies.resource,)))
-    if policies.permissions_boundary is not None:
-        layers.append(("permissions_boundary", _engine.LAYER_BOUNDARY, 0, policies.permissions_boundary))
-    if policies.session is not None:
-        layers.append(("session", _engine.LAYER_SESSION, 0, policies.session))
-    layers += [(f"scp[{i}]", _engine.LAYER_SCP, i, level) for i, level in enumerate(policies.scp or ())]
-    layers += [(f"rcp[{i}]", _engine.LAYER_RCP, i, level) for i, level in enumerate(policies.rcp or ())]
-    return layers
+LAYER_NAMES = {_engine.LAYER_IDENTITY: "identity", _engine.LAYER_RESOURCE: "resource",
+               _engine.LAYER_BOUNDARY: "permissions_boundary", _engine.LAYER_SESSION: "session"}
 
 
-class CompiledPolicySet:
-    """A policy set compiled for fast evaluation; gives the reference evaluator's answers."""
+def layer_name(layer: int, level: int) -> str:
+    """The name decisions give a layer: ``identity``, …, ``scp[i]``, ``rcp[i]``."""
+    if layer == _engine.LAYER_SCP:
+        return f"scp[{level}]"
+    if layer == _engine.LAYER_RCP:
+        return f"rcp[{level}]"
+    return LAYER_NAMES[layer]
 
-    def __init__(self, policies: PolicySet) -> None:
-        self.policies = policies
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The layers of a request as the engine's policy numbers: the role each policy plays.
+
+    ``roles`` lists (policy, layer, level) in the order decisions list statements:
+    identity, resource, boundary, session, SCP levels, RCP levels, each layer's policies
+    in their own order. A policy may play several roles.
+    """
+
+    roles: tuple[tuple[int, int, int], ...]
+    resource_policy: int  # -1: the resource has no policy
+    has_boundary: bool
+    has_session: bool
+    n_scp: int
+    n_rcp: int
+    packed: bytes  # the roles merged per policy, as the engine reads them (``_engine.pack_roles``)
+    highest_policy: int
+
+    @classmethod
+    def of(cls, policies: PolicySet, number: Callable[[Policy], int]) -> Profile:
+        """The profile of a policy set whose policies the engine numbers with ``number`` (called
+        once for each place a policy stands, in the order of ``roles``)."""
+        roles = [(number(p), _engine.LAYER_IDENTITY, 0) for p in policies.identity]
+        resource = -1
+        if policies.resource is not None:
+            resource = number(policies.resource)
+            roles.append((resource, _engine.LAYER_RESOURCE, 0))
+        roles += [(number(p), _engine.LAYER_BOUNDARY, 0) for p in policies.permissions_boundary or ()]
+        roles += [(number(p), _engine.LAYER_SESSION, 0) for p in policies.session or ()]
+        for layer, levels in ((_engine.LAYER_SCP, policies.scp), (_engine.LAYER_RCP, policies.rcp)):
+            roles += [(number(p), layer, level) for level, pool in enumerate(levels or ()) for p in pool]
+        return cls(tuple(roles), resource, policies.permissions_boundary is not None, policies.session is not None,
+                   len(policies.scp or ()), len(policies.rcp or ()), *_engine.pack_roles(roles))
+
+
+class CompiledPolicies:
+    """Policies compiled once into one engine, each statement knowing its policy.
+
+    A subclass says which policies apply to a request by answering the converter's
+    questions (the *resolver* protocol), each asked once per distinct value of a batch:
+
+    * ``caller(principal)``: (account, identity, owner class of its own account, facts,
+      is a session), or None for a principal it does not know (an implicit deny decided
+      by ``principal``); raises ``RequestError`` for one that cannot be evaluated. ``facts``
+      are the principal's context entries that the policies test, when the caller's identity
+      is known (``facts`` module), as (key id, values, is a list); else None. Identities
+      and owner classes are small numbers: what selects the identity layers, and the RCP
+      levels of a resource owner.
+    * ``resource(resource)``: (resource policy number or -1, owner class, or None for the
+      caller's own account).
+    * ``owner(account)``: the owner class of an explicit resource account.
+    * ``profile(identity, resource policy, owner class)``: the request's ``Profile``.
+    * ``grants(principal, identity, resource policy)``: per statement of that policy, how its
+      Principal names the caller (``principals.Grant``).
+    """
+
+    def __init__(self, policies: Sequence[Policy]) -> None:
+        self.policies = tuple(policies)
         self.key_ids: dict[str, int] = {}
         self.statements: list[_Compiled] = []
-        self._resource_statements: list[Statement] = []
         patterns = PatternSet(self.key_ids)
         conditions = ConditionSet(self.key_ids)
         action_trie, resource_trie = GlobTrie(True), GlobTrie(False)
@@ -103,52 +157,47 @@ class CompiledPolicySet:
                 lists[pattern_id].append(number)
             return pattern_id
 
-        for layer_name, layer, level, layer_policies in _layers(policies):
-            for policy in layer_policies:
-                substitute = policy.has_policy_variables
-                for statement in policy.statements:
-                    number = len(self.statements)
-                    flags = _engine.FLAG_DENY if statement.effect is Effect.DENY else 0
-                    if statement.not_actions is not None:
-                        flags |= _engine.FLAG_NOT_ACTION
-                    resources = statement.resources if statement.resources is not None else statement.not_resources
-                    if statement.not_resources is not None:
-                        flags |= _engine.FLAG_NOT_RESOURCE
-                        if "*" in statement.not_resources:
-                            flags |= _engine.FLAG_NOT_RESOURCE_STAR
-                    elif resources is None or "*" in resources:
-                        flags |= _engine.FLAG_ANY_RESOURCE
-                    dynamic_here = []
-                    for text in resources or ():
-                        if text == "*":
-                            continue
-                        if substitute and "${" in text:
-                            dynamic_here.append(len(dynamic))
-                            dynamic.append(patterns.add(text, True))
-                        else:
-                            index(text, resource_trie, resource_ids, resource_lists, number)
-                    # A statement whose Resource lists only fixed patterns is found through the
-                    # resource trie alone (its actions are checked then), so a common action does
-                    # not make every such statement a candidate.
-                    indexed = not flags & _engine.FLAG_ANY_RESOURCE and statement.resources is not None \
-                        and not dynamic_here
-                    if indexed:
-                        flags |= _engine.FLAG_RESOURCE_INDEXED
-                    action_patterns = tuple(
-                        index(text.lower(), action_trie, action_ids, action_lists, None if indexed else number)
-                        for text in statement.actions or statement.not_actions or ()
-                    )
-                    group = conditions.add_group(statement.conditions, substitute) if statement.conditions else -1
-                    slot = -1
-                    if layer == _engine.LAYER_RESOURCE:
-                        slot = len(self._resource_statements)
-                        self._resource_statements.append(statement)
-                    table.append((layer, flags, level, group, dynamic_here, slot, action_patterns))
-                    ref = StatementRef(policy.name, statement.index, statement.sid, statement.effect)
-                    keys = frozenset(condition.key for condition in statement.conditions)
-                    self.statements.append(_Compiled(ref, layer_name, slot, keys,
-                                                     statement.actions or statement.not_actions or (),
-                                                     statement.not_actions is not None))
+        for policy_number, policy in enumerate(self.policies):
+            substitute = policy.has_policy_variables
+            for slot, statement in enumerate(policy.statements):
+                number = len(self.statements)
+                flags = _engine.FLAG_DENY if statement.effect is Effect.DENY else 0
+                if statement.not_actions is not None:
+                    flags |= _engine.FLAG_NOT_ACTION
+                resources = statement.resources if statement.resources is not None else statement.not_resources
+                if statement.not_resources is not None:
+                    flags |= _engine.FLAG_NOT_RESOURCE
+                    if "*" in statement.not_resources:
+                        flags |= _engine.FLAG_NOT_RESOURCE_STAR
+                elif resources is None or "*" in resources:
+                    flags |= _engine.FLAG_ANY_RESOURCE
+                dynamic_here = []
+                for text in resources or ():
+                    if text == "*":
+                        continue
+                    if substitute and "${" in text:
+                        dynamic_here.append(len(dynamic))
+                        dynamic.append(patterns.add(text, True))
+                    else:
+                        index(text, resource_trie, resource_ids, resource_lists, number)
+                # A statement whose Resource lists only fixed patterns is found through the
+                # resource trie alone (its actions are checked then), so a common action does
+                # not make every such statement a candidate.
+                indexed = not flags & _engine.FLAG_ANY_RESOURCE and statement.resources is not None \
+                    and not dynamic_here
+                if indexed:
+                    flags |= _engine.FLAG_RESOURCE_INDEXED
+                action_patterns = tuple(
+                    index(text.lower(), action_trie, action_ids, action_lists, None if indexed else number)
+                    for text in statement.actions or statement.not_actions or ()
+                )
+                group = conditions.add_group(statement.conditions, substitute) if statement.conditions else -1
+                table.append((policy_number, flags, group, dynamic_here, slot, action_patterns))
+                ref = StatementRef(policy.name, statement.index, statement.sid, statement.effect)
+                keys = frozenset(condition.key for condition in statement.conditions)
+                self.statements.append(_Compiled(ref, policy_number, slot, keys,
+                                                 statement.actions or statement.not_actions or (),
+                                                 statement.not_actions is not None))
         action_trie.freeze()
         resource_trie.freeze()
         patterns.freeze()
@@ -156,10 +205,10 @@ class CompiledPolicySet:
         self._key_names = conditions.key_names
         self._engine = _engine.Engine(
             table, action_trie, action_lists, resource_trie, resource_lists, dynamic, patterns, conditions,
-            self.key_ids, len(self._resource_statements), policies.permissions_boundary is not None,
-            policies.session is not None, len(policies.scp or ()), len(policies.rcp or ()),
+            self.key_ids, len(self.policies), [kid for key, kid in self.key_ids.items() if is_principal_key(key)],
         )
         self._stats = {
+            "policies": len(self.policies),
             "statements": len(self.statements),
             "action_patterns": len(action_lists),
             "resource_patterns": len(resource_lists),
@@ -173,20 +222,11 @@ class CompiledPolicySet:
         """Sizes of the compiled tables, for capacity planning and benchmarks."""
         return dict(self._stats)
 
-    # ------------------------------------------------------------ conversion
+    # ------------------------------------------------------------ explanation
 
-    @lru_cache(maxsize=1 << 16)  # noqa: B019 - the set is immutable and lives as long as its cache
-    def _describe_caller(self, principal: str) -> tuple[str, bytes]:
-        caller = Caller.parse(principal)
-        has_boundary = self.policies.permissions_boundary is not None
-        grants = bytes(statement_grant(statement, caller, has_boundary) for statement in self._resource_statements)
-        return caller.account, grants
-
-    def _convert(self, principals, actions, resources, contexts, resource_accounts) -> _engine.Batch:
-        return _engine.convert(self._engine, principals, actions, resources, contexts, resource_accounts,
-                               self.key_ids, self._describe_caller)
-
-    # ------------------------------------------------------------ evaluation
+    def _unknown(self, principal: str) -> Decision:
+        """The decision for a principal the resolver does not know."""
+        return Decision(DecisionKind.IMPLICIT_DENY, "principal", reason=f"the principal {principal} is not known")
 
     def _explain(self, batch: _engine.Batch) -> list[Decision]:
         decisions = []
@@ -194,10 +234,13 @@ class CompiledPolicySet:
         for i, (code, applicable, missing, failed_statement) in enumerate(explained):
             if i in batch.errors:
                 decisions.append(failed(batch.errors[i]))
+            elif i in batch.unknown:
+                decisions.append(self._unknown(batch.unknown[i]))
             elif code == _engine.FAILED:
                 decisions.append(failed(self._failure(failed_statement)))
             else:
-                decisions.append(self._decision(applicable, missing, batch.same_account(i), batch.caller(i)))
+                decisions.append(self._decision(applicable, missing, batch.same_account(i), batch.profile(i),
+                                                batch.grants(i)))
         return decisions
 
     def _failure(self, statement: int) -> str:
@@ -207,50 +250,66 @@ class CompiledPolicySet:
         return (f"a condition of {compiled.ref} cannot read the request's value of "
                 f"{' or '.join(sorted(compiled.condition_keys))}")
 
-    def _decision(self, applicable: list[int], missing: list[int], same_account: bool, principal: str) -> Decision:
+    def _decision(self, applicable: list[int], missing: list[int], same_account: bool, profile: Profile,
+                  grants: bytes | None) -> Decision:
         """Build the explained decision with ``decision.combine``, the rule the reference uses."""
-        by_layer: dict[str, tuple[list[StatementRef], list[StatementRef]]] = {}
-        grant = Grant.NONE
-        grants = None
+        by_policy: dict[int, list[_Compiled]] = {}
         for number in applicable:
             compiled = self.statements[number]
-            denies, allows = by_layer.setdefault(compiled.layer, ([], []))
-            if compiled.ref.effect is Effect.DENY:
-                denies.append(compiled.ref)
-                continue
-            allows.append(compiled.ref)
-            if compiled.layer == "resource":
-                if grants is None:
-                    grants = self._describe_caller(principal)[1]
-                grant = max(grant, Grant(grants[compiled.slot]))
+            by_policy.setdefault(compiled.policy, []).append(compiled)
+        by_layer: dict[str, tuple[list[StatementRef], list[StatementRef]]] = {}
+        grant = Grant.NONE
+        for policy, layer, level in profile.roles:
+            for compiled in by_policy.get(policy, ()):
+                names = Grant.NONE
+                if layer == _engine.LAYER_RESOURCE:
+                    names = Grant(grants[compiled.slot]) if grants is not None else Grant.NONE
+                    if names is Grant.NONE:
+                        continue  # a resource-policy statement applies only to the callers it names
+                denies, allows = by_layer.setdefault(layer_name(layer, level), ([], []))
+                if compiled.ref.effect is Effect.DENY:
+                    denies.append(compiled.ref)
+                else:
+                    allows.append(compiled.ref)
+                    grant = max(grant, names)
 
         def result(layer: str) -> LayerResult:
             denies, allows = by_layer.get(layer, ((), ()))
             return LayerResult(tuple(denies), tuple(allows))
 
-        policies = self.policies
         layers = Layers(
             identity=result("identity"),
-            resource=result("resource") if policies.resource is not None else None,
+            resource=result("resource") if profile.resource_policy >= 0 else None,
             resource_grant=grant,
-            permissions_boundary=result("permissions_boundary") if policies.permissions_boundary is not None else None,
-            session=result("session") if policies.session is not None else None,
-            scp=None if policies.scp is None else tuple(result(f"scp[{i}]") for i in range(len(policies.scp))),
-            rcp=None if policies.rcp is None else tuple(result(f"rcp[{i}]") for i in range(len(policies.rcp))),
+            permissions_boundary=result("permissions_boundary") if profile.has_boundary else None,
+            session=result("session") if profile.has_session else None,
+            scp=tuple(result(f"scp[{i}]") for i in range(profile.n_scp)) if profile.n_scp else None,
+            rcp=tuple(result(f"rcp[{i}]") for i in range(profile.n_rcp)) if profile.n_rcp else None,
         )
         missing_keys = tuple(sorted(self._key_names[name] for name in missing))
         return combine(layers, same_account, missing_keys)
 
+    # ------------------------------------------------------------ evaluation
+
+    def _convert(self, principals, actions, resources, contexts=None, resource_accounts=None,
+                 session_tags=None) -> _engine.Batch:
+        return _engine.convert(self._engine, self, principals, actions, resources, contexts, resource_accounts,
+                               session_tags)
+
     def evaluate(self, request: Request, explain: bool = True) -> Decision:
         """Decide one request; with ``explain``, name the statements and missing keys."""
         batch = self._convert([request.principal], [request.action], [request.resource], [request.context],
-                              [request.resource_account])
+                              [request.resource_account], [request.session_tags or None])
         if explain:
             return self._explain(batch)[0]
         self._engine.evaluate_range(batch, 0, 1)
         code = batch.codes_view()[0]
+        if 0 in batch.errors:
+            return failed(batch.errors[0])
+        if 0 in batch.unknown:
+            return self._unknown(batch.unknown[0])
         if code == _engine.FAILED:
-            return failed(batch.errors.get(0) or self._failure(self._engine.explain_range(batch, 0, 1)[0][3]))
+            return failed(self._failure(self._engine.explain_range(batch, 0, 1)[0][3]))
         return Decision(CODES[code], "", reason="decided without explanation")
 
     def evaluate_batch(self, requests: Sequence[Request], explain: bool = False,
@@ -259,6 +318,7 @@ class CompiledPolicySet:
         return self.evaluate_columns(
             [r.principal for r in requests], [r.action for r in requests], [r.resource for r in requests],
             [r.context for r in requests], [r.resource_account for r in requests], explain=explain, threads=threads,
+            session_tags=[r.session_tags or None for r in requests],
         )
 
     def evaluate_columns(
@@ -270,17 +330,19 @@ class CompiledPolicySet:
         resource_accounts: Sequence[str | None] | None = None,
         explain: bool = False,
         threads: int = 1,
+        session_tags: Sequence[Mapping[str, str] | None] | None = None,
     ) -> BatchDecisions | list[Decision]:
         """The columnar form: parallel sequences, one entry per request (the fastest path).
 
         ``contexts`` is either one mapping per request, or, fastest, one column per context
         key (``{"aws:SourceIp": [...], ...}``, ``None`` where a request lacks the key), so
-        that no per-request object is touched. A request that cannot be evaluated (a
-        malformed ARN, a context value of the wrong type) does not raise: it is denied, and
-        ``errors`` says why.
+        that no per-request object is touched. ``session_tags``: per request, the tags of an
+        assumed-role session, or None. A request that cannot be evaluated (a malformed ARN, a
+        context value of the wrong type) does not raise: it is denied, and ``errors`` says why.
         """
         if explain:
-            return self._explain(self._convert(principals, actions, resources, contexts, resource_accounts))
+            return self._explain(self._convert(principals, actions, resources, contexts, resource_accounts,
+                                               session_tags))
         n = len(principals)
         codes = bytearray(n)
         errors: dict[int, str] = {}
@@ -289,12 +351,16 @@ class CompiledPolicySet:
             """Convert one chunk (with the GIL), then decide it (without): while one thread
             decides, another converts, and the chunk's data is still in cache when decided."""
             stop = min(n, start + CHUNK)
+
+            def chunk(column):
+                return None if column is None else column[start:stop]
+
             if isinstance(contexts, Mapping):
                 chunk_contexts: Any = {key: column[start:stop] for key, column in contexts.items()}
             else:
-                chunk_contexts = None if contexts is None else contexts[start:stop]
+                chunk_contexts = chunk(contexts)
             batch = self._convert(principals[start:stop], actions[start:stop], resources[start:stop], chunk_contexts,
-                                  None if resource_accounts is None else resource_accounts[start:stop])
+                                  chunk(resource_accounts), chunk(session_tags))
             self._engine.evaluate_range(batch, 0, batch.n)
             chunk_codes = batch.codes_view()
             codes[start:stop] = chunk_codes
@@ -312,6 +378,44 @@ class CompiledPolicySet:
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(decide, starts))
         return BatchDecisions(bytes(codes), errors)
+
+
+class CompiledPolicySet(CompiledPolicies):
+    """A policy set compiled for fast evaluation; gives the reference evaluator's answers.
+
+    Every request has the same profile; a policy that stands in two layers is compiled
+    once for each. Immutable, and safe to share between threads.
+    """
+
+    def __init__(self, policies: PolicySet) -> None:
+        layered = [*policies.identity, *((policies.resource,) if policies.resource is not None else ()),
+                   *(policies.permissions_boundary or ()), *(policies.session or ()),
+                   *(p for level in policies.scp or () for p in level),
+                   *(p for level in policies.rcp or () for p in level)]
+        super().__init__(layered)
+        self.policy_set = policies
+        numbers = iter(range(len(layered)))
+        self._profile = Profile.of(policies, lambda _: next(numbers))
+
+    # The resolver: one profile for every request; the caller's own keys are used as given.
+    def caller(self, principal: str) -> tuple[str, int, int, None, bool]:
+        caller = Caller.parse(principal)
+        return caller.account, 0, 0, None, caller.kind == "assumed-role"
+
+    def resource(self, resource: str) -> tuple[int, int]:
+        return self._profile.resource_policy, 0
+
+    def owner(self, account: str) -> int:
+        return 0
+
+    def profile(self, identity: int, resource_policy: int, owner: int) -> Profile:
+        return self._profile
+
+    def grants(self, principal: str, identity: int, resource_policy: int) -> bytes:
+        caller = Caller.parse(principal)
+        has_boundary = self._profile.has_boundary
+        return bytes(statement_grant(statement, caller, has_boundary)
+                     for statement in self.policies[resource_policy].statements)
 
 
 def compile_policies(policies: PolicySet) -> CompiledPolicySet:

@@ -1,9 +1,9 @@
 """The policy store: which policies apply to whom, as one immutable snapshot.
 
 A ``PolicyStore`` answers "which policies apply when this principal acts on this
-resource?" with a ``PolicySet`` that both evaluators take as it is;
-``CompiledStore`` evaluates requests against a store, compiling each distinct
-policy set once.
+resource?" with a ``PolicySet`` that the reference evaluator takes as it is, and
+"what does AWS know of this principal?" with its ``facts``;
+``compiled_store.CompiledStore`` compiles a whole store into one engine.
 
 A store is a directory that people edit by hand. Every part is optional, file
 names are free, and each ``*.json`` file in a folder holds one entry:
@@ -47,16 +47,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ._engine import FAILED
-from .compile import BatchDecisions, CompiledPolicySet
+from . import reference
 from .decision import Decision, DecisionKind, failed
 from .findings import Finding, PolicyValidationError, Severity, pointer
 from .model import Policy
@@ -424,7 +421,7 @@ class StoreBuilder:
 
 def _read_json(path: Path) -> Any:
     try:
-        return decode_json(path.read_bytes())
+        return decode_json(path.read_bytes(), unique_keys=True)
     except OSError as exc:
         raise store_error(str(path), (), "S001", f"cannot read: {exc.strerror}") from None
     except PolicyValidationError as exc:
@@ -472,6 +469,23 @@ class PolicyStore:
             policies.update((id(p), p) for p in holder.inline_policies.values())
         return list(policies.values())
 
+    def policies_in_use(self) -> list[Policy]:
+        """Every policy that applies to some request, once each: attached managed policies and
+        boundaries, inline policies, SCPs and RCPs attached in the organisation (with
+        RCPFullAWSAccess), and resource policies. An unattached managed policy applies to none."""
+        policies: dict[int, Policy] = {}
+        for identity in self._identity_policies.values():
+            policies.update((id(p), p) for p in identity)
+        for principal in self.principals.values():
+            if principal.permissions_boundary_arn is not None:
+                boundary = self.managed_policies[principal.permissions_boundary_arn]
+                policies[id(boundary)] = boundary
+        if self.organization is not None:
+            for attached in (*self.organization.scps.values(), *self.organization.rcps.values()):
+                policies.update((id(p), p) for p in attached)
+        policies.update((id(p), p) for p in self.resource_policies.values())
+        return list(policies.values())
+
     def _identity(self, principal: PrincipalRecord, groups: list[GroupRecord]) -> tuple[Policy, ...]:
         """Inline, then attached, then each group's; a policy attached twice counts once."""
         policies: list[Policy] = []
@@ -504,7 +518,7 @@ class PolicyStore:
     def from_json(cls, text: str | bytes, source: str = "snapshot") -> PolicyStore:
         """Read a snapshot written by ``to_json``; ``source`` names it in errors."""
         try:
-            snapshot = decode_json(text)
+            snapshot = decode_json(text, unique_keys=True)
         except PolicyValidationError as exc:
             raise StoreError(source, exc.findings) from None
         check = _Checker(source)
@@ -566,7 +580,7 @@ class PolicyStore:
         )
 
     def principal_context(self, principal_arn: str) -> dict[str, str | list[str]]:
-        """The request context keys the store knows about a principal ({} for an unknown one).
+        """The request context keys AWS sets for a principal the store holds ({} for an unknown one).
 
         For a role session, ``aws:PrincipalArn`` is the role's ARN, as in AWS;
         ``aws:PrincipalOrgPaths`` is the path down to the account's parent.
@@ -576,33 +590,29 @@ class PolicyStore:
             return {}
         context: dict[str, str | list[str]] = {
             "aws:PrincipalArn": principal.arn, "aws:PrincipalAccount": principal.account,
+            "aws:PrincipalIsAWSService": "false",
         }
         if principal.kind == "user":
             context["aws:username"] = principal.name
+            context["aws:PrincipalType"] = "User"
+        elif principal_arn != principal.arn:  # a session of the role
+            context["aws:PrincipalType"] = "AssumedRole"
         context.update({f"aws:PrincipalTag/{key}": value for key, value in principal.tags.items()})
         if principal.org_path and self.organization:
             context["aws:PrincipalOrgID"] = self.organization.id
             context["aws:PrincipalOrgPaths"] = ["/".join((self.organization.id, *principal.org_path[:-1])) + "/"]
         return context
 
-
-def _policy_set_key(policy_set: PolicySet) -> tuple:
-    """The identities of the policies in each layer: equal keys hold the very same policies.
-
-    Identities are stable because the store keeps its policies alive as long as
-    the ``CompiledStore`` that caches by them.
-    """
-    def ids(policies: tuple[Policy, ...] | None) -> tuple[int, ...] | None:
-        return None if policies is None else tuple(map(id, policies))
-
-    def level_ids(levels: Levels | None) -> tuple | None:
-        return None if levels is None else tuple(map(ids, levels))
-
-    return (ids(policy_set.identity), id(policy_set.resource), ids(policy_set.permissions_boundary),
-            ids(policy_set.session), level_ids(policy_set.scp), level_ids(policy_set.rcp))
+    def facts(self, principal_arn: str) -> dict[str, str | tuple[str, ...]] | None:
+        """``principal_context`` as the ``facts`` rule takes it (keys lower-cased, lists as
+        tuples), or None for a principal the store does not hold."""
+        if self.principal(principal_arn) is None:
+            return None
+        return {key.lower(): tuple(value) if isinstance(value, list) else value
+                for key, value in self.principal_context(principal_arn).items()}
 
 
-def _unknown_principal(principal_arn: str) -> Decision:
+def unknown_principal(principal_arn: str) -> Decision:
     """A principal the store does not hold has no permissions: an implicit deny that says so.
     A principal that is not even an IAM principal ARN is a malformed request: an error."""
     try:
@@ -613,200 +623,10 @@ def _unknown_principal(principal_arn: str) -> Decision:
                     reason=f"the principal {principal_arn} is not in the policy store")
 
 
-class CompiledStore:
-    """Evaluates requests against a store with the compiled engine.
-
-    Each distinct policy set is compiled once and shared by every principal
-    with the very same policies; a resource policy makes a variant per
-    resource, so the cache keeps the ``capacity`` most recently used sets.
-    What the store knows of a principal (``principal_context``: its ARN,
-    account, tags, organisation) is added to each request's context and wins
-    over what the request says, as in AWS, where the caller cannot set it.
-    Safe to share between threads.
-    """
-
-    def __init__(self, store: PolicyStore, capacity: int = 256) -> None:
-        self.store = store
-        self.capacity = capacity
-        self._compiled: OrderedDict[tuple, CompiledPolicySet] = OrderedDict()
-        self._lock = threading.Lock()
-        self._compilations = 0
-        self._hits = 0
-        self.context_keys = frozenset(key for policy in store.all_policies() for key in policy.context_keys())
-        """The context keys (lower case) some policy of the store tests."""
-        self._principal_contexts = {  # only the keys some policy tests: the rest would be dead weight
-            arn: {key.lower(): _value(value) for key, value in store.principal_context(arn).items()
-                  if key.lower() in self.context_keys}
-            for arn in store.principals
-        }
-
-    def compiled_set(self, policy_set: PolicySet) -> CompiledPolicySet:
-        key = _policy_set_key(policy_set)
-        with self._lock:
-            compiled = self._compiled.get(key)
-            if compiled is not None:
-                self._compiled.move_to_end(key)
-                self._hits += 1
-                return compiled
-        compiled = CompiledPolicySet(policy_set)  # outside the lock: compiling may take a while
-        with self._lock:
-            self._compilations += 1
-            compiled = self._compiled.setdefault(key, compiled)
-            self._compiled.move_to_end(key)
-            while len(self._compiled) > self.capacity:
-                self._compiled.popitem(last=False)
-        return compiled
-
-    def warm(self) -> int:
-        """Compile every principal's policy set (without resource policies) now, not at its first
-        request; returns how many distinct sets that took."""
-        keys = set()
-        for arn in self.store.principals:
-            policy_set = self.store.policy_set(arn, "*")
-            self.compiled_set(policy_set)
-            keys.add(_policy_set_key(policy_set))
-        return len(keys)
-
-    def principal_context(self, principal_arn: str) -> Mapping[str, str | tuple[str, ...]]:
-        """The keys the store sets for a principal that some policy tests, lower-cased ({} if none)."""
-        record = self.store.principal(principal_arn)
-        return {} if record is None else self._principal_contexts[record.arn]
-
-    def evaluate(self, request: Request) -> Decision:
-        """Decide one request, with the statements that decided it."""
-        policy_set = self.store.policy_set(request.principal, request.resource, request.resource_account)
-        if policy_set is None:
-            return _unknown_principal(request.principal)
-        known = self.principal_context(request.principal)
-        if known:
-            request = replace(request, context=_with_known(request.context, known))
-        return self.compiled_set(policy_set).evaluate(request)
-
-    def evaluate_batch(self, requests: Sequence[Request]) -> list[Decision]:
-        """Decide many requests, with their explanations; decisions in request order."""
-        return self.evaluate_columns(
-            [r.principal for r in requests], [r.action for r in requests], [r.resource for r in requests],
-            [r.context for r in requests], [r.resource_account for r in requests], explain=True,
-        )  # type: ignore[return-value] - explain gives decisions
-
-    def evaluate_columns(
-        self,
-        principals: Sequence[str],
-        actions: Sequence[str],
-        resources: Sequence[str],
-        contexts: Sequence[Mapping[str, Any] | None] | Mapping[str, Sequence[Any]] | None = None,
-        resource_accounts: Sequence[str | None] | None = None,
-        explain: bool = False,
-    ) -> BatchDecisions | list[Decision]:
-        """``CompiledPolicySet.evaluate_columns`` for a store: rows are grouped by the compiled
-        set that applies to them (principals with the very same policies share one), each group
-        decided in one call, and the results put back in row order. An unknown principal is an
-        implicit deny (``decided_by="principal"``)."""
-        store = self.store
-        n = len(principals)
-        split_resources = bool(store.resource_policies or store.rcps)
-        sets: dict[tuple, PolicySet] = {}
-
-        def set_key(principal: str, resource: str, owner: str | None) -> tuple | None:
-            policy_set = store.policy_set(principal, resource, owner)
-            if policy_set is None:
-                return None
-            key = _policy_set_key(policy_set)
-            sets.setdefault(key, policy_set)
-            return key
-
-        def variant(resource: str, owner: str | None) -> tuple:
-            """What of a resource selects the policy set: its own policy, and its owner for RCPs."""
-            return (id(store.resource_policy(resource)),
-                    (owner or _arn_account(resource)) if store.rcps else None) if split_resources else ()
-
-        # Most batches need one compiled set: found from the distinct values alone, with no per-row work.
-        distinct_principals = set(principals)
-        distinct_resources = set(resources) if split_resources else ()
-        if n and resource_accounts is None and len({variant(r, None) for r in distinct_resources}) <= 1:
-            keys = {set_key(p, resources[0], None) for p in distinct_principals}
-            if len(keys) == 1 and None not in keys:
-                return self._decide(sets[keys.pop()], principals, actions, resources, contexts, None, explain)
-        set_keys: dict[Any, tuple | None] = {}  # (principal, resource variant) -> policy set key
-        groups: dict[Any, list[int]] = {}  # policy set key, or ("unknown", principal) -> rows
-        for i, principal in enumerate(principals):
-            owner = resource_accounts[i] if resource_accounts else None
-            asked = (principal, variant(resources[i], owner))
-            key = set_keys[asked] if asked in set_keys else set_keys.setdefault(
-                asked, set_key(principal, resources[i], owner))
-            group = key if key is not None else ("unknown", principal)
-            rows = groups.get(group)
-            if rows is None:
-                groups[group] = [i]
-            else:
-                rows.append(i)
-        codes = bytearray(n)
-        errors: dict[int, str] = {}
-        decisions: list[Decision | None] = [None] * n
-        for group, rows in groups.items():
-            if group not in sets:
-                unknown = _unknown_principal(group[1])
-                for i in rows:
-                    decisions[i] = unknown
-                    codes[i] = FAILED if unknown.error else 0
-                    if unknown.error:
-                        errors[i] = unknown.error
-                continue
-            pick = _picker(rows)
-            decided = self._decide(sets[group], pick(principals), pick(actions), pick(resources),
-                                   _pick_contexts(contexts, pick), None if resource_accounts is None
-                                   else pick(resource_accounts), explain)
-            if explain:
-                for i, decision in zip(rows, decided, strict=True):
-                    decisions[i] = decision
-            else:
-                for i, code in zip(rows, decided.codes, strict=True):
-                    codes[i] = code
-                errors.update((rows[j], message) for j, message in decided.errors.items())
-        if explain:
-            return decisions  # type: ignore[return-value] - every slot is filled above
-        return BatchDecisions(bytes(codes), errors)
-
-    def _decide(self, policy_set: PolicySet, principals, actions, resources, contexts, resource_accounts,
-                explain: bool) -> BatchDecisions | list[Decision]:
-        """Decide rows that share one policy set, with the store's keys for each row's principal
-        in place of the request's own."""
-        known_of = {principal: self.principal_context(principal) for principal in set(principals)}
-        if any(known_of.values()):
-            if isinstance(contexts, Mapping):
-                known_keys = {key for known in known_of.values() for key in known}
-                contexts = {key: column for key, column in contexts.items() if key.lower() not in known_keys}
-                contexts.update((key, [known_of[p].get(key) for p in principals]) for key in known_keys)
-            else:
-                contexts = [_with_known(context, known_of[p])
-                            for context, p in zip(contexts or [None] * len(principals), principals, strict=True)]
-        return self.compiled_set(policy_set).evaluate_columns(principals, actions, resources, contexts,
-                                                              resource_accounts, explain=explain)
-
-    def get_stats(self) -> dict[str, int]:
-        """How well sharing works: compiled sets held, compilations so far, and cache hits."""
-        with self._lock:
-            return {"cached": len(self._compiled), "capacity": self.capacity,
-                    "compilations": self._compilations, "hits": self._hits}
-
-
-def _pick_contexts(contexts, pick):
-    if isinstance(contexts, Mapping):
-        return {key: pick(column) for key, column in contexts.items()}
-    return None if contexts is None else pick(contexts)
-
-
-def _picker(rows: list[int]):
-    """Takes the group's rows out of a column."""
-    return lambda column: [column[i] for i in rows]
-
-
-def _value(value: str | list[str]) -> str | tuple[str, ...]:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _with_known(context: Mapping[str, Any] | None, known: Mapping[str, Any]) -> dict[str, Any]:
-    """A request's context with the store's keys for its principal (lower-cased) replacing its own."""
-    if not context:
-        return dict(known)
-    return {**{key: value for key, value in context.items() if key.lower() not in known}, **known}
+def reference_decision(store: PolicyStore, request: Request) -> Decision:
+    """The reference evaluator's answer for a request to the store: the policies that apply
+    to it, and the store's facts of its principal in place of the request's (``facts``)."""
+    policy_set = store.policy_set(request.principal, request.resource, request.resource_account)
+    if policy_set is None:
+        return unknown_principal(request.principal)
+    return reference.evaluate(policy_set, request, store.facts(request.principal))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass
 
-from .compile import CompiledPolicySet
+from .compile import CompiledPolicies
 from .decision import StatementRef
 
 
@@ -31,7 +31,7 @@ class StatementUse:
 class StatementUsage:
     """Counters over one compiled policy set, filled by ``tally`` and summed by ``merge``."""
 
-    def __init__(self, compiled: CompiledPolicySet) -> None:
+    def __init__(self, compiled: CompiledPolicies) -> None:
         self.compiled = compiled
         n = len(compiled.statements)
         self.applied = array("Q", bytes(8 * n))

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluator.account_export import load_account_export
+from evaluator.compiled_store import CompiledStore
 from evaluator.findings import PolicyValidationError
 from evaluator.parse import decode_json
-from evaluator.store import SECTIONS, CompiledStore, PolicyStore, StoreError, store_error
+from evaluator.store import SECTIONS, PolicyStore, StoreError, store_error
 
 from .store_versions import StoreVersion, VersionedStore
 
@@ -54,10 +55,9 @@ def load_store(path: str | Path, aws_managed_policies: str | None = None) -> Pol
 class LiveStore:
     """Serves the newest version of a ``VersionedStore``; changes are serialised."""
 
-    def __init__(self, versions: VersionedStore, cache_capacity: int = 1024,
+    def __init__(self, versions: VersionedStore,
                  on_publish: Callable[[Serving], None] | None = None) -> None:
         self.versions = versions
-        self._cache_capacity = cache_capacity
         self._on_publish = on_publish
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -77,8 +77,7 @@ class LiveStore:
 
     def _publish(self, version: StoreVersion) -> Serving:
         started = time.perf_counter()
-        compiled = CompiledStore(version.store, self._cache_capacity)
-        compiled.warm()
+        compiled = CompiledStore(version.store)
         serving = Serving(version, compiled, time.perf_counter() - started)
         self.current = serving
         if self._on_publish:

@@ -22,11 +22,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from evaluator import reference
 from evaluator.decision import Decision, DecisionKind
 from evaluator.principals import RequestError
 from evaluator.request import Request
-from evaluator.store import PolicyStore
+from evaluator.store import PolicyStore, reference_decision
 from server.api import iam_evaluator_pb2 as pb
 from server.client import Client
 
@@ -81,17 +80,14 @@ def sample_requests() -> list[dict[str, Any]]:
 
 def expected_decision(store: PolicyStore, item: Mapping[str, Any]) -> Decision:
     """What the pure-Python reference evaluator decides for ``item`` on ``store``: the oracle the service
-    is held to. As in AWS, what the store knows of the principal (tags, ARN, account) joins the context."""
-    principal, resource = item["principal"], item["resource"]
-    context = {**(item.get("context") or {}), **store.principal_context(principal)}
+    is held to. As in AWS, what the store knows of the principal (tags, ARN, account) replaces what the
+    request says of it."""
     try:
-        request = Request.create(principal, item["action"], resource, context, item.get("resource_account"))
+        request = Request.create(item["principal"], item["action"], item["resource"], item.get("context"),
+                                 item.get("resource_account"))
     except RequestError as exc:
         return Decision(DecisionKind.IMPLICIT_DENY, "error", error=str(exc))
-    policy_set = store.policy_set(principal, resource, item.get("resource_account"))
-    if policy_set is None:
-        return Decision(DecisionKind.IMPLICIT_DENY, "principal")
-    return reference.evaluate(policy_set, request)
+    return reference_decision(store, request)
 
 
 def outcome(decision: Decision) -> tuple[int, bool]:

@@ -123,8 +123,14 @@ def test_context_columns_decide_like_context_mappings():
         "aws:unused": ["x"] * 5,
     })
     assert list(by_request) == list(by_key) == [ALLOW, IMPLICIT, IMPLICIT, IMPLICIT, IMPLICIT]
-    with pytest.raises(ValueError, match="given twice"):
-        engine.evaluate_columns(*columns, {"aws:TagKeys": [None] * 5, "AWS:TAGKEYS": [None] * 5})
+    # Two spellings of one key are one key: only a row that gives both fails, alone.
+    spelled_twice = engine.evaluate_columns(*columns, {
+        "aws:PrincipalTag/team": ["web", None, "web", None, None],
+        "AWS:PRINCIPALTAG/TEAM": [None, "web", "web", None, None],
+        "aws:TagKeys": [["a"]] * 5,
+    })
+    assert list(spelled_twice) == [ALLOW, ALLOW, IMPLICIT, IMPLICIT, IMPLICIT]
+    assert list(spelled_twice.errors) == [2] and "given twice" in spelled_twice.errors[2]
     with pytest.raises(ValueError, match="one entry per request"):
         engine.evaluate_columns(*columns, {"aws:TagKeys": [None] * 4})
 

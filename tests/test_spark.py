@@ -16,7 +16,8 @@ import pytest
 from evaluator import PolicySet, Request, parse_policy
 from evaluator.arrow import evaluate_arrow
 from evaluator.compile import CompiledPolicySet
-from evaluator.store import CompiledStore, PolicyStore
+from evaluator.compiled_store import CompiledStore
+from evaluator.store import PolicyStore
 
 from .conftest import EXAMPLES, REPO
 
@@ -198,7 +199,7 @@ def test_store_from_gzip_lines_and_parquet(spark, tmp_path, seed_rows):
 
     requests = [Request.create(row["principal"], row["action"], row["resource"], row["context"],
                                row["resource_account"]) for row in rows]
-    want = CompiledStore(store).evaluate_batch(requests)
+    want = CompiledStore(store).evaluate_batch(requests, explain=True)
     got = written(output)
     for row, decision in zip(rows, want, strict=True):
         record = got[row["row"]]

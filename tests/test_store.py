@@ -11,7 +11,8 @@ import pytest
 
 from evaluator import DecisionKind, Request, reference
 from evaluator.account_export import load_account_export
-from evaluator.store import CompiledStore, PolicyStore, StoreError
+from evaluator.compiled_store import CompiledStore
+from evaluator.store import PolicyStore, StoreError
 
 from .conftest import CORPUS, REPO, require
 
@@ -112,10 +113,14 @@ def test_bucket_policy_governs_its_objects(store):
 def test_principal_context(store):
     assert store.principal_context(ALICE) == {
         "aws:PrincipalArn": ALICE, "aws:PrincipalAccount": ACCOUNT, "aws:username": "alice",
-        "aws:PrincipalTag/team": "imaging", "aws:PrincipalOrgID": "o-exampleorg1",
+        "aws:PrincipalType": "User", "aws:PrincipalIsAWSService": "false", "aws:PrincipalTag/team": "imaging",
+        "aws:PrincipalOrgID": "o-exampleorg1",
         "aws:PrincipalOrgPaths": ["o-exampleorg1/r-ex12/ou-ex12-workloads/"],
     }
     assert "aws:username" not in store.principal_context(BUILDER)
+    assert store.principal_context(INSTANCE_SESSION)["aws:PrincipalType"] == "AssumedRole"
+    assert store.facts(ALICE)["aws:principalorgpaths"] == ("o-exampleorg1/r-ex12/ou-ex12-workloads/",)
+    assert store.facts(f"arn:aws:iam::{ACCOUNT}:user/mallory") is None
 
 
 def test_example_decisions(store):
@@ -294,7 +299,7 @@ def test_compiled_store_equals_reference(store, exported, which):
     chosen, spec = (store, EXAMPLE_REQUESTS) if which == "example" else (exported, EXPORT_REQUESTS)
     requests = requests_for(chosen, **spec)
     engine = CompiledStore(chosen)
-    batch = engine.evaluate_batch(requests)
+    batch = engine.evaluate_batch(requests, explain=True)
     kinds = set()
     for request, from_batch in zip(requests, batch, strict=True):
         where = (request.principal, request.action, request.resource, dict(request.context))
@@ -309,22 +314,16 @@ def test_compiled_store_equals_reference(store, exported, which):
     assert kinds == {ALLOW, IMPLICIT, EXPLICIT}, "the requests should reach every kind of decision"
 
 
-def test_principals_with_the_same_policies_share_one_compiled_set(exported):
+def test_every_policy_in_use_is_compiled_once_and_principals_share_identities(exported):
     engine = CompiledStore(exported)
-    artifact = "arn:aws:s3:::example-artifacts/app.zip"
-    for principal in (DEPLOY, CANARY, f"arn:aws:sts::{EXPORTED}:assumed-role/deploy-canary/s"):
-        engine.evaluate(Request.create(principal, "s3:PutObject", artifact))
-    assert engine.get_stats() == {"cached": 1, "capacity": 256, "compilations": 1, "hits": 2}
-    # each role's trust policy makes its own variant for requests on that role
-    engine.evaluate_batch([Request.create(BOB, "sts:AssumeRole", role) for role in (DEPLOY, CANARY) * 50])
-    assert engine.get_stats()["compilations"] == 3
-
-
-def test_compiled_sets_beyond_capacity_are_evicted(exported):
-    engine = CompiledStore(exported, capacity=1)
-    for principal in (BOB, DEPLOY, BOB):
-        engine.evaluate(Request.create(principal, "s3:GetObject", "arn:aws:s3:::example-artifacts/app.zip"))
-    assert engine.get_stats() == {"cached": 1, "capacity": 1, "compilations": 3, "hits": 0}
+    in_use = exported.policies_in_use()
+    stats = engine.get_stats()
+    assert stats["policies"] == len(in_use) == len({id(p) for p in in_use})
+    assert stats["statements"] == sum(len(p.statements) for p in in_use)
+    # deploy and deploy-canary attach the very same policies: one identity for the two
+    assert (stats["principals"], stats["identities"]) == (len(exported.principals), len(exported.principals) - 1)
+    unattached = set(exported.managed_policies) - {p.name for p in in_use}
+    assert all(exported.managed_policies[arn] not in in_use for arn in unattached)
 
 
 # -- snapshots -----------------------------------------------------------------------------------------
@@ -452,7 +451,7 @@ def test_store_context_is_added_to_requests_that_lack_it(store, exported, which,
         want = reference.evaluate(policy_set, request)
         assert_same(want, got, where)
     if which == "export":  # its policies test principal keys: the store's values decided, not the forged ones
-        assert engine.principal_context(BOB), "the export's policies should test some principal key"
+        assert set(exported.facts(BOB)) & set(engine.key_ids), "the export's policies should test a principal key"
 
 
 def test_columns_and_requests_agree_when_rows_mix_principals_and_resources(store):
@@ -460,6 +459,6 @@ def test_columns_and_requests_agree_when_rows_mix_principals_and_resources(store
     engine = CompiledStore(store)
     columns = engine.evaluate_columns([r.principal for r in requests], [r.action for r in requests],
                                       [r.resource for r in requests], [r.context for r in requests])
-    explained = engine.evaluate_batch(requests)
+    explained = engine.evaluate_batch(requests, explain=True)
     assert [str(kind) for kind in columns] == [str(d.decision) for d in explained]
     assert set(columns.errors) == {i for i, d in enumerate(explained) if d.error}

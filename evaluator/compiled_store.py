@@ -1,0 +1,128 @@
+"""A whole policy store compiled into one engine.
+
+Every policy the store uses (managed, inline, group, boundary, SCP, RCP,
+resource and trust policies) is compiled once, whatever the number of
+principals that share it. A request resolves its layers to policy numbers
+without compiling anything: its principal (a role, a user, or the role of an
+assumed-role session) to its identity policies, boundary and SCP levels; its
+resource to its policy (an S3 object's bucket) and its owner's RCP levels.
+What the store knows of the principal replaces what the request says of it
+(``facts``). Building one costs what compiling the store's distinct policies
+costs; memory grows with distinct policies, not with principals.
+"""
+from __future__ import annotations
+
+from .compile import CompiledPolicies, Profile
+from .decision import Decision
+from .principals import Caller, statement_grant
+from .request import PolicySet
+from .store import PolicyStore, unknown_principal
+
+CACHE = 1 << 16
+"""Entries of each cache kept between batches (callers, profiles, grants: a few hundred bytes
+each); past it a cache starts again, so hostile input cannot grow memory without bound."""
+
+
+class CompiledStore(CompiledPolicies):
+    """Evaluates requests against a store. Immutable once built; safe to share between threads.
+
+    An unknown principal is an implicit deny decided by ``principal``, not an error.
+    """
+
+    def __init__(self, store: PolicyStore) -> None:
+        self.store = store
+        policies = store.policies_in_use()
+        super().__init__(policies)
+        numbers = {id(policy): number for number, policy in enumerate(policies)}
+        self._number = lambda policy: numbers[id(policy)]
+        self.context_keys = frozenset(key for policy in store.all_policies() for key in policy.context_keys())
+        """The context keys (lower case) some policy of the store tests."""
+        identities: dict[tuple, int] = {}
+        self._identity_of: dict[str, int] = {}  # principal ARN -> identity class
+        self._identity_sets: list[PolicySet] = []  # identity class -> its identity, boundary and SCP layers
+        for record in store.principals.values():
+            policy_set = store.policy_set(record.arn, "*", record.account)
+            key = (tuple(map(id, policy_set.identity)), tuple(map(id, policy_set.permissions_boundary or ())),
+                   policy_set.permissions_boundary is None,
+                   tuple(tuple(map(id, level)) for level in policy_set.scp or ()), policy_set.scp is None)
+            if key not in identities:
+                identities[key] = len(self._identity_sets)
+                self._identity_sets.append(policy_set)
+            self._identity_of[record.arn] = identities[key]
+        owners: dict[tuple | None, int] = {None: 0}
+        self._owner_levels: list = [None]  # owner class -> RCP levels
+        self._owner_of: dict[str, int] = {}  # account in the organisation -> owner class
+        organization = store.organization
+        for account in organization.account_paths if organization else ():
+            levels = organization.rcp_levels(account)
+            key = None if levels is None else tuple(tuple(map(id, level)) for level in levels)
+            if key not in owners:
+                owners[key] = len(self._owner_levels)
+                self._owner_levels.append(levels)
+            self._owner_of[account] = owners[key]
+        self._callers: dict[str, tuple | None] = {}
+        self._profiles: dict[tuple[int, int, int], Profile] = {}
+        self._grants: dict[tuple[str, int], bytes] = {}
+
+    def _unknown(self, principal: str) -> Decision:
+        return unknown_principal(principal)
+
+    # The resolver (see ``compile.CompiledPolicies``).
+    def caller(self, principal: str) -> tuple[str, int, int, tuple, bool] | None:
+        view = self._callers.get(principal, False)
+        if view is False:
+            caller = Caller.parse(principal)
+            record = self.store.principal(principal)
+            view = None if record is None else (
+                caller.account, self._identity_of[record.arn], self._owner_of.get(caller.account, 0),
+                self._fact_entries(self.store.facts(principal)), caller.kind == "assumed-role")
+            _remember(self._callers, principal, view)
+        return view
+
+    def _fact_entries(self, facts: dict) -> tuple[tuple[int, tuple[str, ...], bool], ...]:
+        """The facts some policy tests, as the converter takes them: (key id, values, is a list)."""
+        return tuple((self.key_ids[key], (value,) if isinstance(value, str) else tuple(value),
+                      not isinstance(value, str)) for key, value in facts.items() if key in self.key_ids)
+
+    def resource(self, resource: str) -> tuple[int, int | None]:
+        policy = self.store.resource_policy(resource)
+        fields = resource.split(":", 5)
+        owner = self.owner(fields[4]) if len(fields) == 6 and fields[4] else None
+        return (-1 if policy is None else self._number(policy)), owner
+
+    def owner(self, account: str) -> int:
+        return self._owner_of.get(account, 0)
+
+    def profile(self, identity: int, resource_policy: int, owner: int) -> Profile:
+        key = (identity, resource_policy, owner)
+        profile = self._profiles.get(key)
+        if profile is None:
+            layers = self._identity_sets[identity]
+            resource = None if resource_policy < 0 else self.policies[resource_policy]
+            profile = Profile.of(PolicySet(identity=layers.identity, resource=resource,
+                                           permissions_boundary=layers.permissions_boundary, scp=layers.scp,
+                                           rcp=self._owner_levels[owner]), self._number)
+            _remember(self._profiles, key, profile)
+        return profile
+
+    def grants(self, principal: str, identity: int, resource_policy: int) -> bytes:
+        grants = self._grants.get((principal, resource_policy))
+        if grants is None:
+            caller = Caller.parse(principal)
+            has_boundary = self._identity_sets[identity].permissions_boundary is not None
+            grants = bytes(statement_grant(statement, caller, has_boundary)
+                           for statement in self.policies[resource_policy].statements)
+            _remember(self._grants, (principal, resource_policy), grants)
+        return grants
+
+    def get_stats(self) -> dict:
+        """Sizes of the compiled tables, and how many principals share how many identities."""
+        return {**super().get_stats(), "principals": len(self._identity_of), "identities": len(self._identity_sets)}
+
+
+
+def _remember(cache: dict, key, value) -> None:
+    """Keep ``value`` in a cache that starts again when full (dict operations hold the GIL)."""
+    if len(cache) >= CACHE:
+        cache.clear()
+    cache[key] = value

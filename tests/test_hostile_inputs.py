@@ -1,0 +1,644 @@
+"""Hostile inputs to the compiled engine give the reference evaluator's answers, and a bad request fails alone.
+
+Every column shape the API accepts (lists, tuples, numpy arrays, pandas Series of any string dtype,
+Sequences that build a new string on each access), contexts that are Mappings but not dicts, str, int
+and float subclasses whose methods lie or mutate what is being converted, lone surrogates, one key
+spelled two ways, megabyte strings and thousands of keys. The expected decision is the reference's
+for the plain values (``reference.evaluate(policies, Request.create(...))``), and hand-written too.
+
+The engine keeps pointers to the UTF-8 of request strings and reads them without the GIL, so a string
+it does not keep alive is read after it is freed. That may go unseen with the ordinary allocator:
+``test_module_passes_under_the_debug_allocator_subprocess`` runs this module again under
+``PYTHONMALLOC=debug``, which overwrites freed memory, with fewer rows (``IAM_EVAL_HOSTILE_ROWS``).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from evaluator import DecisionKind, PolicySet, Request, RequestError, parse_policy, reference
+from evaluator.arrow import evaluate_arrow
+from evaluator.compile import CHUNK, CompiledPolicySet
+from evaluator.decision import Decision, failed
+
+from .conftest import REPO
+
+ROWS = int(os.environ.get("IAM_EVAL_HOSTILE_ROWS", "200000"))
+"""Rows of the threaded batches; the debug-allocator run sets fewer."""
+
+ALLOW, IMPLICIT, EXPLICIT = DecisionKind.ALLOW, DecisionKind.IMPLICIT_DENY, DecisionKind.EXPLICIT_DENY
+BUILDER = "arn:aws:iam::111122223333:role/Builder"
+AUDITOR = "arn:aws:iam::444455556666:user/auditor"
+TEAM = "aws:PrincipalTag/team"
+LEVEL = "aws:PrincipalTag/level"
+SHARED = "arn:aws:s3:::shared/reports/2026.csv"
+PRIVATE = "arn:aws:s3:::private/key"
+
+POLICIES = PolicySet(identity=(parse_policy({"Version": "2012-10-17", "Statement": [
+    {"Sid": "Read", "Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"},
+    {"Sid": "Blocked", "Effect": "Deny", "Action": "*", "Resource": "*",
+     "Condition": {"StringEquals": {TEAM: "blocked"}}},
+    {"Sid": "DevWrite", "Effect": "Allow", "Action": "s3:Put*", "Resource": "arn:aws:s3:::shared/*",
+     "Condition": {"StringLike": {TEAM: "dev-*"}}},
+]}, name="hostile"),))
+
+LEVELS = PolicySet(identity=(parse_policy({"Version": "2012-10-17", "Statement": [
+    {"Sid": "Levels", "Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
+     "Condition": {"StringEquals": {LEVEL: ["5", "2.5", "true"]}}},
+    {"Sid": "Lies", "Effect": "Deny", "Action": "*", "Resource": "*",
+     "Condition": {"StringEquals": {LEVEL: "blocked"}}},
+]}, name="levels"),))
+
+
+@pytest.fixture(scope="module")
+def engine() -> CompiledPolicySet:
+    return CompiledPolicySet(POLICIES)
+
+
+def expected(action: str, resource: str, team: str | None) -> DecisionKind:
+    """POLICIES decided by hand."""
+    if team == "blocked":
+        return EXPLICIT
+    if action == "s3:GetObject":
+        return ALLOW
+    if action.startswith("s3:Put") and resource.startswith("arn:aws:s3:::shared/") and (team or "").startswith("dev-"):
+        return ALLOW
+    return IMPLICIT
+
+
+def plain(value):
+    """A value as plain Python: the characters a str subclass holds, the number an int or float subclass holds."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+@lru_cache(maxsize=None)
+def _reference(policies: PolicySet, principal: str, action: str, resource: str, context: tuple) -> Decision:
+    try:
+        request = Request.create(principal, action, resource, {key: list(value) if isinstance(value, tuple) else value
+                                                               for key, value in context})
+    except RequestError as exc:
+        return failed(str(exc))
+    return reference.evaluate(policies, request)
+
+
+def reference_decision(principal, action, resource, context=None, policies: PolicySet = POLICIES) -> Decision:
+    """The reference's decision for the plain values; a request it refuses is a failed (denied) decision."""
+    items = tuple((plain(key), tuple(plain(value)) if isinstance(value, (list, tuple)) else plain(value))
+                  for key, value in (context or {}).items() if value is not None)
+    return _reference(policies, plain(principal), plain(action), plain(resource), items)
+
+
+def assert_batch(decisions, want: list[Decision]) -> None:
+    """BatchDecisions equal to the wanted decisions, errors at the failed rows exactly."""
+    assert len(decisions) == len(want)
+    wrong = [(i, str(got), str(w.decision)) for i, (got, w) in enumerate(zip(decisions, want, strict=True))
+             if got != w.decision]
+    assert not wrong, f"{len(wrong)} of {len(want)} rows differ (row, got, want): {wrong[:5]}"
+    assert sorted(decisions.errors) == [i for i, w in enumerate(want) if w.error is not None]
+
+
+def assert_explained(decisions: list[Decision], want: list[Decision]) -> None:
+    assert len(decisions) == len(want)
+    for i, (got, w) in enumerate(zip(decisions, want, strict=True)):
+        where = f"row {i}: got {got.decision} by {got.decided_by} ({got.error}), want {w.decision} by {w.decided_by}"
+        assert (got.decision, got.decided_by, got.statements) == (w.decision, w.decided_by, w.statements), where
+        assert (got.error is None) == (w.error is None), where
+
+
+# ------------------------------------------------------------------ shapes
+
+
+def fresh(value):
+    """An equal value that is a new object: only the caller holds it."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+    if isinstance(value, list):
+        return [fresh(item) for item in value]
+    return value
+
+
+class FreshStrings(Sequence):
+    """A column that builds a new string on each access, as a lazy or decoding column does."""
+
+    def __init__(self, values: list) -> None:
+        self._values = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return FreshStrings(self._values[index])
+        return fresh(self._values[index])
+
+
+class FreshMapping(Mapping):
+    """A request context that is a Mapping, not a dict, and builds new keys and values on each access."""
+
+    def __init__(self, data: Mapping) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key):
+        return fresh(self._data[key])
+
+    def __iter__(self):
+        return (fresh(key) for key in self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Impostor(str):
+    """A str whose every overridable method lies: it prints as, equals and hashes like something else."""
+
+    def __str__(self) -> str:
+        return "ops" if str.__eq__(self, "blocked") else "blocked"
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+    def __eq__(self, other) -> bool:
+        return True
+
+    def __ne__(self, other) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return 1
+
+
+SHAPES = {
+    "list": list,
+    "tuple": tuple,
+    "numpy-object": lambda values: np.array(values, dtype=object),
+    "numpy-str": np.array,  # its items are numpy.str_, made on each access
+    "pandas-object": lambda values: pd.Series(values, dtype=object),
+    "pandas-string-python": lambda values: pd.Series(values, dtype="string[python]"),
+    "pandas-string-pyarrow": lambda values: pd.Series(values, dtype="string[pyarrow]"),
+    "fresh-sequence": FreshStrings,
+}
+
+TEAMS = ("blocked", "dev-ops", "ops", "dev-blocked", "Blocked", "blocked ", "dev-" + "x" * 40, "blocked")
+
+
+@lru_cache(maxsize=None)
+def plain_rows(n: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Principals, actions, resources and teams of n requests; every team value is a distinct object."""
+    principals = [(BUILDER, AUDITOR)[i % 2] for i in range(n)]
+    actions = [("s3:GetObject", "s3:PutObject", "s3:DeleteObject")[i % 3] for i in range(n)]
+    resources = [(SHARED, PRIVATE)[(i // 3) % 2] for i in range(n)]
+    teams = [fresh(TEAMS[(i * 7) % len(TEAMS)]) for i in range(n)]
+    return principals, actions, resources, teams
+
+
+@lru_cache(maxsize=None)
+def wanted(n: int) -> list[Decision]:
+    """The reference's decisions, checked against the hand-written expectation."""
+    decided: dict[tuple, Decision] = {}
+    want = []
+    for row in zip(*plain_rows(n), strict=True):
+        decision = decided.get(row)
+        if decision is None:
+            principal, action, resource, team = row
+            decision = decided[row] = reference_decision(principal, action, resource, {TEAM: team})
+            assert decision.decision is expected(action, resource, team), row
+        want.append(decision)
+    assert {EXPLICIT, ALLOW, IMPLICIT} <= {decision.decision for decision in decided.values()}
+    return want
+
+
+def shaped(shape: str, n: int):
+    return [SHAPES[shape](column) for column in plain_rows(n)]
+
+
+# ------------------------------------------------------------------ every shape, every entry point
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shapes_through_columns_on_four_threads(engine, shape):
+    principals, actions, resources, teams = shaped(shape, ROWS)
+    decisions = engine.evaluate_columns(principals, actions, resources, {TEAM: teams}, threads=4)
+    assert_batch(decisions, wanted(ROWS))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shapes_through_columns_on_one_thread(engine, shape):
+    n = min(ROWS, 3 * CHUNK + 11)
+    principals, actions, resources, teams = shaped(shape, n)
+    decisions = engine.evaluate_columns(principals, actions, resources, {TEAM: teams}, threads=1)
+    assert_batch(decisions, wanted(n))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shapes_through_columns_explained(engine, shape):
+    n = 1500
+    principals, actions, resources, teams = shaped(shape, n)
+    assert_explained(engine.evaluate_columns(principals, actions, resources, {TEAM: teams}, explain=True), wanted(n))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shapes_through_requests(engine, shape):
+    """Requests made from the column's items (numpy.str_ for a numpy str array): batch and one by one."""
+    n = 600
+    requests = [Request.create(p, a, r, {TEAM: t}) for p, a, r, t in zip(*shaped(shape, n), strict=True)]
+    want = wanted(n)
+    assert_batch(engine.evaluate_batch(requests), want)
+    assert_batch(engine.evaluate_batch(requests, threads=4), want)
+    assert_explained(engine.evaluate_batch(requests, explain=True), want)
+    for request, w in list(zip(requests, want, strict=True))[:40]:
+        assert_explained([engine.evaluate(request)], [w])
+        assert engine.evaluate(request, explain=False).decision == w.decision
+
+
+def test_contexts_as_mappings_that_are_not_dicts(engine):
+    """One context per request, each a Mapping that builds its keys and values afresh."""
+    principals, actions, resources, teams = plain_rows(ROWS // 4)
+    contexts = [FreshMapping({TEAM: team, "aws:RequestedRegion": "eu-west-1"}) for team in teams]
+    want = wanted(ROWS // 4)
+    assert_batch(engine.evaluate_columns(principals, actions, resources, contexts, threads=4), want)
+    assert_batch(engine.evaluate_columns(principals, actions, resources, FreshStrings(contexts)), want)
+    n = 1500
+    assert_explained(engine.evaluate_columns(principals[:n], actions[:n], resources[:n], contexts[:n],
+                                             explain=True), want[:n])
+    requests = [replace(Request.create(p, a, r, {TEAM: t}), context=FreshMapping({TEAM.lower(): t}))
+                for p, a, r, t in zip(principals[:n], actions[:n], resources[:n], teams[:n], strict=True)]
+    assert_batch(engine.evaluate_batch(requests), want[:n])
+    for request, w in list(zip(requests, want[:n], strict=True))[:40]:
+        assert_explained([engine.evaluate(request)], [w])
+
+
+def test_contexts_as_mappings_with_list_values(engine):
+    """A list value (any of its values may match) read from a fresh Mapping."""
+    n = 3 * CHUNK
+    teams = [[fresh("ops"), fresh(TEAMS[i % len(TEAMS)])] for i in range(n)]
+    contexts = [FreshMapping({TEAM: values}) for values in teams]
+    principals, actions, resources = [BUILDER] * n, ["s3:GetObject"] * n, [SHARED] * n
+    want = [reference_decision(BUILDER, "s3:GetObject", SHARED, {TEAM: values}) for values in teams]
+    assert [w.decision for w in want] == [EXPLICIT if "blocked" in values else ALLOW for values in teams]
+    assert_batch(engine.evaluate_columns(principals, actions, resources, contexts, threads=2), want)
+    assert_batch(engine.evaluate_columns(principals, actions, resources, {TEAM: FreshStrings(teams)}, threads=2),
+                 want)
+
+
+# ------------------------------------------------------------------ str subclasses
+
+
+SUBCLASSES = {"numpy.str_": np.str_, "impostor": Impostor}
+
+
+@pytest.mark.parametrize("make", SUBCLASSES.values(), ids=SUBCLASSES.keys())
+@pytest.mark.parametrize("where", ["principal", "action", "resource", "value", "list item"])
+def test_str_subclasses_are_read_as_their_characters(engine, make, where):
+    """A str subclass is the characters it holds, whatever its __str__, __repr__, __eq__ and __hash__ say."""
+    rows = list(zip(*plain_rows(64), strict=True))
+
+    def wrap(row):
+        principal, action, resource, team = row
+        return (make(principal) if where == "principal" else principal,
+                make(action) if where == "action" else action,
+                make(resource) if where == "resource" else resource,
+                make(team) if where == "value" else [make(team)] if where == "list item" else team)
+
+    hostile = [wrap(row) for row in rows]
+    want = [reference_decision(*row[:3], {TEAM: row[3]}) for row in rows]
+    assert [w.decision for w in want] == [expected(*row[1:]) for row in rows]
+    principals, actions, resources, teams = (list(column) for column in zip(*hostile, strict=True))
+    assert_batch(engine.evaluate_columns(principals, actions, resources, {TEAM: teams}), want)
+    contexts = [{TEAM: team} for team in teams]
+    assert_batch(engine.evaluate_columns(principals, actions, resources, contexts), want)
+    assert_explained(engine.evaluate_columns(principals, actions, resources, contexts, explain=True), want)
+    for row, w in zip(hostile[:8], want, strict=False):
+        assert_explained([engine.evaluate(Request.create(*row[:3], {TEAM: row[3]}))], [w])
+
+
+@pytest.mark.parametrize("make", SUBCLASSES.values(), ids=SUBCLASSES.keys())
+def test_str_subclass_context_keys_are_read_as_their_characters(engine, make):
+    """Keys that lie about equality and hash: each is still the key its characters spell."""
+    rows = [({make("s3:prefix"): "blocked"}, ALLOW), ({make(TEAM): "blocked"}, EXPLICIT),
+            ({make("AWS:PRINCIPALTAG/TEAM"): "ops"}, ALLOW), ({make("aws:principaltag/team"): "blocked"}, EXPLICIT),
+            ({make("s3:prefix"): "blocked"}, ALLOW)]
+    contexts = [context for context, _ in rows]
+    n = len(rows)
+    want = [reference_decision(BUILDER, "s3:GetObject", SHARED, context) for context in contexts]
+    assert [w.decision for w in want] == [decision for _, decision in rows]
+    columns = ([BUILDER] * n, ["s3:GetObject"] * n, [SHARED] * n)
+    assert_batch(engine.evaluate_columns(*columns, contexts), want)
+    assert_explained(engine.evaluate_columns(*columns, contexts, explain=True), want)
+    by_column = {make(TEAM): ["blocked", None, "ops"], "s3:prefix": ["x", "blocked", "blocked"]}
+    want = [reference_decision(BUILDER, "s3:GetObject", SHARED, {TEAM: team}) for team in ["blocked", None, "ops"]]
+    assert_batch(engine.evaluate_columns([BUILDER] * 3, ["s3:GetObject"] * 3, [SHARED] * 3, by_column), want)
+
+
+@pytest.mark.parametrize("make", SUBCLASSES.values(), ids=SUBCLASSES.keys())
+def test_str_subclass_principals_are_not_confused(make):
+    """Principals that claim to equal each other still get their own resource-policy grants."""
+    bucket = parse_policy({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/Reader"}, "Action": "s3:GetObject",
+         "Resource": "arn:aws:s3:::bucket/*"}]}, name="bucket", kind="resource")
+    policies = PolicySet(resource=bucket)
+    engine = CompiledPolicySet(policies)
+    names = ["Reader", "Writer", "Reader", "Writer", "Writer", "Reader"]
+    principals = [make(f"arn:aws:iam::111122223333:role/{name}") for name in names]
+    n = len(principals)
+    columns = (principals, ["s3:GetObject"] * n, ["arn:aws:s3:::bucket/k"] * n)
+    want = [reference_decision(p, "s3:GetObject", "arn:aws:s3:::bucket/k", policies=policies) for p in principals]
+    assert [w.decision for w in want] == [ALLOW if name == "Reader" else IMPLICIT for name in names]
+    assert_batch(engine.evaluate_columns(*columns), want)
+    assert_explained(engine.evaluate_columns(*columns, explain=True), want)
+    for principal, w in zip(principals, want, strict=True):
+        assert_explained([engine.evaluate(Request.create(principal, "s3:GetObject", "arn:aws:s3:::bucket/k"))], [w])
+
+
+# ------------------------------------------------------------------ int and float subclasses
+
+
+class LyingInt(int):
+    def __repr__(self) -> str:
+        return "blocked"
+
+    __str__ = __repr__
+
+
+class LyingFloat(float):
+    def __repr__(self) -> str:
+        return "blocked"
+
+    __str__ = __repr__
+
+
+NUMBERS = {
+    "int subclass 5": (LyingInt(5), ALLOW), "int subclass 6": (LyingInt(6), IMPLICIT),
+    "float subclass 2.5": (LyingFloat(2.5), ALLOW), "float subclass 2.25": (LyingFloat(2.25), IMPLICIT),
+    "numpy.float64": (np.float64(2.5), ALLOW), "true": (True, ALLOW), "false": (False, IMPLICIT), "int": (5, ALLOW),
+    "float": (2.5, ALLOW), "list of subclasses": ([LyingInt(7), LyingFloat(2.5)], ALLOW),
+    "list with numpy.float64": ([np.float64(1.0), LyingInt(5)], ALLOW), "list of one": ([LyingInt(4)], IMPLICIT),
+}
+
+
+@pytest.mark.parametrize("value, want", NUMBERS.values(), ids=NUMBERS.keys())
+def test_number_subclasses_are_read_as_their_number(value, want):
+    """int and float subclasses read as int.__repr__ / float.__repr__ of their value, never their own methods."""
+    engine = CompiledPolicySet(LEVELS)
+    reference_want = reference_decision(BUILDER, "s3:GetObject", SHARED, {LEVEL: value}, policies=LEVELS)
+    assert reference_want.decision is want
+    columns = ([BUILDER] * 3, ["s3:GetObject"] * 3, [SHARED] * 3)
+    assert_batch(engine.evaluate_columns(*columns, {LEVEL: [value, None, value]}),
+                 [reference_want, reference_decision(BUILDER, "s3:GetObject", SHARED, policies=LEVELS), reference_want])
+    assert_batch(engine.evaluate_columns(*columns, [{LEVEL: value}] * 3), [reference_want] * 3)
+    assert_explained(engine.evaluate_columns(*columns, [FreshMapping({LEVEL: value})] * 3, explain=True),
+                     [reference_want] * 3)
+
+
+@pytest.mark.parametrize("value, want", [(LyingInt(5), "5"), (LyingFloat(2.5), "2.5"), (np.float64(2.5), "2.5"),
+                                         ([LyingInt(7), np.float64(1.0)], ("7", "1.0"))],
+                         ids=["int subclass", "float subclass", "numpy.float64", "list"])
+def test_request_reads_number_subclasses_as_their_number(value, want):
+    """What Request.create gives evaluate(): the same reading as the compiled engine's."""
+    assert Request.create(BUILDER, "s3:GetObject", SHARED, {LEVEL: value}).context[LEVEL.lower()] == want
+
+
+def test_number_whose_repr_grows_the_list_being_converted():
+    """Its __repr__ would make the list longer than the space reserved for it."""
+    engine = CompiledPolicySet(LEVELS)
+
+    class Growing(int):
+        def __repr__(self) -> str:
+            values.extend(["blocked"] * 100_000)
+            return "5"
+
+    values = [Growing(5), "x", "y"]
+    want = reference_decision(BUILDER, "s3:GetObject", SHARED, {LEVEL: [5, "x", "y"]}, policies=LEVELS)
+    assert want.decision is ALLOW
+    assert_batch(engine.evaluate_columns([BUILDER], ["s3:GetObject"], [SHARED], [{LEVEL: values}]), [want])
+    assert_batch(engine.evaluate_columns([BUILDER], ["s3:GetObject"], [SHARED], {LEVEL: [values]}), [want])
+    assert len(values) == 3
+
+
+def test_number_whose_repr_empties_the_column_being_converted():
+    engine = CompiledPolicySet(LEVELS)
+
+    class Emptying(int):
+        def __repr__(self) -> str:
+            column.clear()
+            return "5"
+
+    n = 50
+    column = [Emptying(5)] + [fresh("blocked")] * (n - 1)
+    want = [reference_decision(BUILDER, "s3:GetObject", SHARED, {LEVEL: 5}, policies=LEVELS)] + \
+        [reference_decision(BUILDER, "s3:GetObject", SHARED, {LEVEL: "blocked"}, policies=LEVELS)] * (n - 1)
+    assert [w.decision for w in want] == [ALLOW] + [EXPLICIT] * (n - 1)
+    assert_batch(engine.evaluate_columns([BUILDER] * n, ["s3:GetObject"] * n, [SHARED] * n, {LEVEL: column}), want)
+    assert len(column) == n
+
+
+def test_number_whose_repr_grows_the_context_being_converted():
+    engine = CompiledPolicySet(LEVELS)
+
+    class Inserting(int):
+        def __repr__(self) -> str:
+            for i in range(100):
+                context[f"aws:PrincipalTag/k{i}"] = "blocked"
+            return "5"
+
+    context = {LEVEL: Inserting(5), "aws:RequestedRegion": "eu-west-1"}
+    want = reference_decision(BUILDER, "s3:GetObject", SHARED, {LEVEL: 5, "aws:RequestedRegion": "eu-west-1"},
+                              policies=LEVELS)
+    assert want.decision is ALLOW
+    assert_batch(engine.evaluate_columns([BUILDER], ["s3:GetObject"], [SHARED], [context]), [want])
+    assert len(context) == 2
+
+
+# ------------------------------------------------------------------ lone surrogates
+
+
+SURROGATE_ROWS = {  # where the surrogate stands: (principal, action, resource, context)
+    "principal": ("arn:aws:iam::111122223333:role/B\ud800", "s3:GetObject", SHARED, {TEAM: "ops"}),
+    "action": (BUILDER, "s3:Get\udfffObject", SHARED, {TEAM: "ops"}),
+    "resource": (BUILDER, "s3:GetObject", "arn:aws:s3:::shared/\ud800", {TEAM: "ops"}),
+    "value": (BUILDER, "s3:GetObject", SHARED, {TEAM: "dev-\ud800"}),
+    "list item": (BUILDER, "s3:GetObject", SHARED, {TEAM: ["ops", "\udc80"]}),
+    "key no policy tests": (BUILDER, "s3:GetObject", SHARED, {TEAM: "ops", "aws:PrincipalTag/\ud800": "x"}),
+}
+
+
+@pytest.mark.parametrize("where", SURROGATE_ROWS)
+def test_reference_refuses_a_lone_surrogate(where):
+    principal, action, resource, context = SURROGATE_ROWS[where]
+    with pytest.raises(RequestError):
+        Request.create(principal, action, resource, context)
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("where", SURROGATE_ROWS)
+def test_a_lone_surrogate_fails_its_request_alone(engine, where, threads):
+    """Every other request of the batch, before and after it and in other chunks, is answered."""
+    n = 3 * CHUNK
+    principals, actions, resources, teams = (list(column) for column in plain_rows(n))
+    contexts: list[dict | None] = [{TEAM: team} for team in teams]
+    bad = [5, CHUNK + 1, n - 1]
+    for i in bad:
+        principals[i], actions[i], resources[i], contexts[i] = SURROGATE_ROWS[where]
+    want = [failed("lone surrogate") if i in bad else reference_decision(p, a, r, c)
+            for i, (p, a, r, c) in enumerate(zip(principals, actions, resources, contexts, strict=True))]
+    assert_batch(engine.evaluate_columns(principals, actions, resources, contexts, threads=threads), want)
+    keys = sorted({key for context in contexts for key in context})
+    columns = {key: [context.get(key) for context in contexts] for key in keys}
+    assert_batch(engine.evaluate_columns(principals, actions, resources, columns, threads=threads), want)
+    explained = engine.evaluate_columns(principals, actions, resources, contexts, explain=True)
+    assert_explained(explained, want)
+    assert all(explained[i].decided_by == "error" and explained[i].error for i in bad)
+
+
+# ------------------------------------------------------------------ one key spelled two ways
+
+
+SPELLINGS = {  # the engine reads only the keys some policy tests: a key no policy tests is never read
+    "tested key": ("aws:PrincipalTag/team", "aws:principalTag/TEAM"),
+}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_two_spellings_of_a_key_fail_only_the_row_that_gives_both(engine, spelling):
+    """CloudTrail spells some keys two ways: as columns they are one key, and a row may give it once."""
+    first, second = SPELLINGS[spelling]
+    n = 2 * CHUNK + 9
+    principals, actions, resources, teams = plain_rows(n)
+    one = [None] * n
+    other = [None] * n
+    for i in range(n):
+        (one if i % 2 else other)[i] = teams[i]
+    both = [3, CHUNK + 4, n - 1]
+    for i in both:
+        one[i], other[i] = "ops", "blocked"
+    columns = {first: one, second: other} if spelling == "tested key" else \
+        {TEAM: teams, first: one, second: other}
+    want = []
+    for i, (p, a, r, t) in enumerate(zip(principals, actions, resources, teams, strict=True)):
+        context = {key: column[i] for key, column in columns.items() if column[i] is not None}
+        want.append(reference_decision(p, a, r, context))
+        assert (want[-1].error is not None) == (i in both)
+        if i not in both and spelling == "tested key":
+            assert want[-1].decision is expected(a, r, t)
+    for threads in (1, 4):
+        assert_batch(engine.evaluate_columns(principals, actions, resources, columns, threads=threads), want)
+    assert_explained(engine.evaluate_columns(principals, actions, resources, columns, explain=True), want)
+
+
+def test_two_spellings_in_an_arrow_struct_fail_only_the_row_that_gives_both(engine):
+    n = 1000
+    principals, actions, resources, teams = plain_rows(n)
+    one = [team if i % 2 else None for i, team in enumerate(teams)]
+    other = [None if i % 2 else team for i, team in enumerate(teams)]
+    both = [2, 501, 999]
+    for i in both:
+        one[i], other[i] = "ops", "blocked"
+    context = pa.StructArray.from_arrays([pa.array(one, pa.string()), pa.array(other, pa.string())],
+                                         ["aws:PrincipalTag/team", "aws:principalTag/TEAM"])
+    table = pa.table({"principal": principals, "action": actions, "resource": resources, "context": context})
+    want = [failed("given twice") if i in both else reference_decision(p, a, r, {TEAM: t})
+            for i, (p, a, r, t) in enumerate(zip(principals, actions, resources, teams, strict=True))]
+    result = evaluate_arrow(engine, table).to_pydict()
+    assert result["decision"] == [str(w.decision) for w in want]
+    assert [i for i, error in enumerate(result["error"]) if error is not None] == both
+    explained = evaluate_arrow(engine, table, explain=True).to_pydict()
+    assert explained["decided_by"] == [w.decided_by for w in want]
+
+
+# ------------------------------------------------------------------ size
+
+
+MEGABYTE = 1 << 20
+
+
+def test_megabyte_strings(engine):
+    long_put = "s3:Put" + "x" * MEGABYTE
+    long_shared = "arn:aws:s3:::shared/" + "k" * MEGABYTE
+    long_dev = "dev-" + "y" * MEGABYTE
+    rows = [  # principal, action, resource, team, decision by hand
+        (BUILDER, long_put, SHARED, "dev-1", ALLOW),
+        (BUILDER, long_put, SHARED, "blocked", EXPLICIT),
+        (BUILDER, long_put, PRIVATE, "dev-1", IMPLICIT),
+        (BUILDER, "s3:PutObject", long_shared, "dev-1", ALLOW),
+        (BUILDER, "s3:GetObject", long_shared, "blocked", EXPLICIT),
+        (BUILDER, "s3:PutObject", SHARED, long_dev, ALLOW),
+        (BUILDER, "s3:PutObject", SHARED, "blocked" + long_dev, IMPLICIT),
+        (BUILDER, "s3:PutObject", long_shared, [long_dev, "blocked"], EXPLICIT),
+    ]
+    want = [reference_decision(p, a, r, {TEAM: t}) for p, a, r, t, _ in rows]
+    assert [w.decision for w in want] == [decision for *_, decision in rows]
+    principals, actions, resources, teams, _ = (list(column) for column in zip(*rows, strict=True))
+    assert_batch(engine.evaluate_columns(principals, actions, resources, {TEAM: FreshStrings(teams)}), want)
+    contexts = [FreshMapping({TEAM: team}) for team in teams]
+    assert_explained(engine.evaluate_columns(FreshStrings(principals), FreshStrings(actions),
+                                             FreshStrings(resources), contexts, explain=True), want)
+
+
+def test_very_many_context_keys(engine):
+    """Thousands of keys no policy tests, around the one it does: in one mapping each, or as columns."""
+    n = 24
+    principals, actions, resources, teams = plain_rows(n)
+    noise = {f"aws:PrincipalTag/extra-{k}": fresh(f"value-{k}") for k in range(10_000)}
+    contexts = [FreshMapping({**noise, TEAM: team}) for team in teams]
+    want = [reference_decision(p, a, r, {TEAM: t}) for p, a, r, t in zip(principals, actions, resources, teams,
+                                                                          strict=True)]
+    assert_batch(engine.evaluate_columns(principals, actions, resources, contexts), want)
+    columns = {f"aws:PrincipalTag/extra-{k}": FreshStrings([f"value-{k}"] * n) for k in range(3000)}
+    columns[TEAM] = FreshStrings(list(teams))
+    assert_batch(engine.evaluate_columns(principals, actions, resources, columns), want)
+
+
+def test_very_many_tested_context_keys():
+    """A Deny that needs 500 keys to match at once."""
+    keys = [f"aws:PrincipalTag/k{k}" for k in range(500)]
+    policies = PolicySet(identity=(parse_policy({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"},
+        {"Effect": "Deny", "Action": "*", "Resource": "*",
+         "Condition": {"StringEquals": {key: f"v{k}" for k, key in enumerate(keys)}}},
+    ]}, name="many"),))
+    engine = CompiledPolicySet(policies)
+    everything = {key: f"v{k}" for k, key in enumerate(keys)}
+    contexts = [everything, {**everything, keys[499]: "other"},
+                {key.upper(): value for key, value in everything.items()},
+                {key: value for key, value in everything.items() if key != keys[0]}]
+    want = [reference_decision(BUILDER, "s3:GetObject", SHARED, context, policies=policies) for context in contexts]
+    assert [w.decision for w in want] == [EXPLICIT, ALLOW, EXPLICIT, ALLOW]
+    columns = ([BUILDER] * 4, ["s3:GetObject"] * 4, [SHARED] * 4)
+    assert_batch(engine.evaluate_columns(*columns, [FreshMapping(context) for context in contexts]), want)
+    folded = [{key.lower(): value for key, value in context.items()} for context in contexts]
+    by_key = {key.upper() if k % 2 else key: FreshStrings([context.get(key.lower()) for context in folded])
+              for k, key in enumerate(keys)}
+    assert_batch(engine.evaluate_columns(*columns, by_key), want)
+
+
+# ------------------------------------------------------------------ the whole module under the debug allocator
+
+
+def test_module_passes_under_the_debug_allocator_subprocess():
+    """PYTHONMALLOC=debug fills freed memory, so a string read after it was freed gives a wrong answer."""
+    env = {**os.environ, "PYTHONMALLOC": "debug", "PYTHONFAULTHANDLER": "1", "IAM_EVAL_HOSTILE_ROWS": "20000"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/test_hostile_inputs.py", "-k", "not subprocess", "-q",
+         "-p", "no:cacheprovider"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert "Fatal Python error" not in output and "Segmentation fault" not in output, output[-5000:]
+    assert result.returncode == 0, output[-5000:]
