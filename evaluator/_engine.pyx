@@ -1365,7 +1365,7 @@ cdef const int32_t* _int32s(object array) except NULL:
 
 
 def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_of_row, actions, resources,
-                  resource_accounts, list context_fields):
+                  resource_accounts, list context_fields, list tag_fields=None):
     """Finish the ``Batch`` of ``conversion`` from Arrow columns, with no Python object per row.
 
     ``caller_of_row``, ``profile_of_row``, ``grants_of_row``: int32 arrays from the
@@ -1374,15 +1374,17 @@ def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_o
     ``batch.unknown`` already); ``actions``/``resources``: string arrays, already checked
     for nulls and for text the rules refuse; ``resource_accounts``: string array or None;
     ``context_fields``: (key id, key, array, is_list) with string or list<string> arrays,
-    already carrying the struct's nulls.
+    already carrying the struct's nulls; ``tag_fields``: (key id of aws:PrincipalTag/KEY or
+    -1, KEY, string array) for the session tags of assumed-role session principals.
     """
     cdef Batch batch = conversion.batch
     cdef Engine engine = batch.engine
     cdef Py_ssize_t n = batch.n
     if not (len(caller_of_row) == len(profile_of_row) == len(grants_of_row) == len(actions) == len(resources) == n):
         raise ValueError("every column must have one entry per request")
+    tag_fields = tag_fields or []
     batch.owned.append([caller_of_row, profile_of_row, grants_of_row, actions, resources, resource_accounts,
-                        context_fields])
+                        context_fields, tag_fields])
     cdef const int32_t* callers = _int32s(caller_of_row)
     cdef const int32_t* profiles = _int32s(profile_of_row)
     cdef const int32_t* grant_offsets = _int32s(grants_of_row)
@@ -1403,6 +1405,13 @@ def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_o
     cdef Py_ssize_t* caller_account_len = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
     cdef Py_ssize_t* fact_start = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
     cdef Py_ssize_t* fact_count = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
+    cdef Py_ssize_t n_tags = len(tag_fields), t
+    cdef strcol* tags = <strcol*>calloc(max(1, n_tags), sizeof(strcol))
+    cdef int32_t* tag_keys = <int32_t*>calloc(max(1, n_tags), sizeof(int32_t))
+    cdef uint8_t* sessions = <uint8_t*>calloc(max(1, n_callers), sizeof(uint8_t))
+    cdef uint64_t* overridden = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
+    cdef str problem
+    cdef int32_t kid
     cdef request_t* rq
     cdef cstr account
     cdef const strcol* items
@@ -1412,8 +1421,16 @@ def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_o
     cdef int32_t c
     try:
         if (strings == NULL or lists == NULL or field_keys == NULL or is_list == NULL or caller_accounts == NULL
-                or caller_account_len == NULL or fact_start == NULL or fact_count == NULL or seen == NULL):
+                or caller_account_len == NULL or fact_start == NULL or fact_count == NULL or seen == NULL
+                or tags == NULL or tag_keys == NULL or sessions == NULL or overridden == NULL):
             raise MemoryError()
+        for k, session in enumerate(conversion.sessions):
+            sessions[k] = session
+        for t, (key_id, _, array) in enumerate(tag_fields):
+            if not -1 <= key_id < engine.n_keys:
+                raise ValueError("session tag key id out of range")
+            tag_keys[t] = key_id
+            _strcol(array, &tags[t])
         for k, account_bytes in enumerate(conversion.accounts):
             caller_accounts[k] = account_bytes
             caller_account_len[k] = len(account_bytes)
@@ -1469,16 +1486,45 @@ def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_o
                     rq.resource.ptr + account_start, caller_accounts[c], account_len) == 0
             else:
                 rq.same_account = True
+            problem = None
+            for t in range(n_tags):  # the session's tags, over the role's and the request's
+                if not _valid(tags[t].validity, tags[t].bit_offset + i):
+                    continue
+                if not sessions[c]:
+                    problem = "session tags belong to an assumed-role session principal"
+                    break
+                kid = tag_keys[t]
+                if kid < 0:
+                    continue
+                if overridden[kid] == <uint64_t>(i + 1):
+                    problem = f"session tag {_shown(tag_fields[t][1])} is given twice (tag keys ignore case)"
+                    break
+                overridden[kid] = i + 1
+                batch.grow(1, 1)
+                batch.entries[batch.n_entries].key = kid
+                batch.entries[batch.n_entries].entry.count = 1
+                batch.entries[batch.n_entries].entry.is_list = False
+                batch.entries[batch.n_entries].entry.values = <const cstr*><size_t>batch.n_values
+                batch.values[batch.n_values] = _item(&tags[t], i)
+                batch.n_values += 1
+                batch.n_entries += 1
+            if problem is not None:
+                batch.errors[i] = problem
+                batch.n_entries = rq.ctx_start
+                continue
             known = fact_count[c] >= 0
             if known and fact_count[c]:
                 batch.grow(fact_count[c], 0)
                 for k in range(fact_start[c], fact_start[c] + fact_count[c]):
-                    batch.entries[batch.n_entries] = batch.entries[k]
-                    batch.n_entries += 1
+                    if overridden[batch.entries[k].key] != <uint64_t>(i + 1):
+                        batch.entries[batch.n_entries] = batch.entries[k]
+                        batch.n_entries += 1
             twice = False
             for f in range(n_fields):
                 if known and engine.principal_keys[field_keys[f]]:
                     continue  # the store alone says who the principal is
+                if overridden[field_keys[f]] == <uint64_t>(i + 1):
+                    continue  # the session's tags win
                 if is_list[f]:
                     if not _valid(lists[f].validity, lists[f].bit_offset + i):
                         continue
@@ -1522,4 +1568,8 @@ def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_o
         free(caller_account_len)
         free(fact_start)
         free(fact_count)
+        free(tags)
+        free(tag_keys)
+        free(sessions)
+        free(overridden)
     return batch

@@ -2,11 +2,12 @@
 
 The one contract every batch runner uses (local processes, Spark executors).
 Input columns: ``principal``, ``action``, ``resource`` (strings), optionally
-``resource_account`` (string, null: from the ARN) and ``context`` (a struct with
+``resource_account`` (string, null: from the ARN), ``context`` (a struct with
 one field per context key, each a string or a list of strings, null where a
-request lacks the key). Strings are read from the Arrow buffers directly: the
-hot path creates no Python object per row; only distinct principals and
-failing rows become Python strings.
+request lacks the key) and ``session_tags`` (a struct with one string field per
+tag key, for assumed-role session principals: see ``facts``). Strings are read
+from the Arrow buffers directly: the hot path creates no Python object per row;
+only distinct principals and failing rows become Python strings.
 
 Output columns: ``decision`` (dictionary-encoded Allow / ExplicitDeny /
 ImplicitDeny) and ``error`` (null, or why the request could not be evaluated
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 from . import _engine
 from .compile import CompiledPolicies
 from .decision import Decision
+from .facts import PRINCIPAL_TAG
 from .usage import StatementUsage
 
 DECISIONS = pa.array(["ImplicitDeny", "Allow", "ExplicitDeny"])
@@ -66,6 +68,23 @@ def _context_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[t
             fields.append((key_id, field.name, values.cast(pa.list_(pa.string())), True))
         else:
             raise SchemaError(f"context key {field.name!r} must hold strings or lists of strings, not {values.type}")
+    return fields
+
+
+def _tag_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple[int, str, pa.Array]]:
+    """The ``session_tags`` struct (one string field per tag key) as the converter takes it."""
+    index = batch.schema.get_field_index("session_tags")
+    if index < 0:
+        return []
+    tags = batch.column(index)
+    if not pa.types.is_struct(tags.type):
+        raise SchemaError(f"column 'session_tags' must be a struct of tag keys, not {tags.type}")
+    fields = []
+    for field, values in zip(tags.type, tags.flatten(), strict=True):
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            raise SchemaError(f"session tag {field.name!r} must hold strings, not {values.type}")
+        fields.append((compiled.key_ids.get(PRINCIPAL_TAG + field.name.lower(), -1), field.name,
+                       values.cast(pa.string())))
     return fields
 
 
@@ -120,7 +139,8 @@ def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
     if missing.true_count:
         callers = pc.if_else(missing, pa.scalar(_engine.ROW_FAILED, pa.int32()), callers)
     converted = _engine.convert_arrow(conversion, callers, profiles, offsets, actions.fill_null(""),
-                                      resources.fill_null(""), accounts, _context_fields(compiled, batch))
+                                      resources.fill_null(""), accounts, _context_fields(compiled, batch),
+                                      _tag_fields(compiled, batch))
     failing = pc.less(callers, 0)
     if failing.true_count:
         for row in pc.indices_nonzero(failing).to_pylist():

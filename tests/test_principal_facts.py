@@ -100,11 +100,12 @@ def test_principal_facts_on_every_path(store, engine, principal, action, resourc
     decided = engine.evaluate_columns([UNTAGGED, principal, BLOCKED], ["s3:ListBucket", action, "s3:GetObject"],
                                       [OBJECT, resource, OBJECT], columns, session_tags=[None, tags, None])
     assert list(decided) == [IMPLICIT, want, EXPLICIT], "columns, beside other principals"
-    if tags is None:  # the Arrow input has no session tags
-        table = pa.table({"principal": [principal], "action": [action], "resource": [resource],
-                          "context": pa.array([context or None], pa.struct([(k, pa.string()) for k in context]))
-                          if context else pa.array([{}], pa.struct([]))})
-        assert evaluate_arrow(engine, table).column("decision")[0].as_py() == str(want), "Arrow"
+    columns = {"principal": [principal], "action": [action], "resource": [resource]}
+    if context:
+        columns["context"] = pa.array([context], pa.struct([(k, pa.string()) for k in context]))
+    if tags:
+        columns["session_tags"] = pa.array([tags], pa.struct([(k, pa.string()) for k in tags]))
+    assert evaluate_arrow(engine, pa.table(columns)).column("decision")[0].as_py() == str(want), "Arrow"
 
 
 @pytest.mark.parametrize("tagged_first", [True, False])
@@ -124,6 +125,10 @@ def test_a_column_batch_mixing_principals_decides_each_row_as_alone(engine, tagg
 def test_session_tags_only_for_a_session(engine):
     decided = engine.evaluate_columns([UNTAGGED], ["s3:GetObject"], [OBJECT], session_tags=[{"team": "ok"}])
     assert list(decided) == [IMPLICIT] and "assumed-role session" in decided.errors[0]
+    table = pa.table({"principal": [UNTAGGED, UNTAGGED_SESSION], "action": ["s3:GetObject"] * 2,
+                      "resource": [OBJECT] * 2, "session_tags": pa.array([{"team": "ok"}, {"team": "blocked"}])})
+    arrow = evaluate_arrow(engine, table).to_pydict()
+    assert arrow["decision"] == ["ImplicitDeny", "ExplicitDeny"] and "assumed-role session" in arrow["error"][0]
     with pytest.raises(ValueError, match="assumed-role session"):
         Request.create(UNTAGGED, "s3:GetObject", OBJECT, session_tags={"team": "ok"})
     with pytest.raises(ValueError, match="given twice"):
