@@ -101,12 +101,21 @@ ctypedef struct profile_t:   # the layers of a request, as policies and what is 
 ctypedef struct request_t:
     cstr action
     cstr resource
+    int32_t action_ix        # the action among the batch's distinct actions (Batch.actions)
+    int32_t resource_ix      # the resource among the batch's distinct resources (Batch.resources)
     int32_t caller           # row of the batch's caller table; ROW_FAILED or ROW_UNKNOWN: never decided
     int32_t profile          # index in Batch.profiles
     int32_t grants           # offset of the caller's grants for the profile's resource policy; -1: none
     uint8_t same_account
     int32_t ctx_start        # this request's context entries in the batch
     int32_t ctx_count
+
+
+ctypedef struct matches_t:   # a batch's distinct actions (or resources) and the trie's patterns matching each
+    cstr* texts
+    Py_ssize_t n
+    int32_t* start           # n + 1 offsets into ids
+    int32_t* ids
 
 
 ctypedef struct keyed_entry:
@@ -347,6 +356,21 @@ cdef class Engine:
             raise IndexError("range outside the batch")
         return 0
 
+    cdef int match_distinct(self, Batch batch) except -1:
+        """Match each distinct action and resource of a batch once (without the GIL), for every
+        request to read: request logs repeat both heavily."""
+        cdef scratch_t* sc = self.acquire()
+        cdef bint ok
+        try:
+            with nogil:
+                ok = _match_all(self.action_trie, &batch.actions, sc.action_scratch, sc.action_ids) \
+                    and _match_all(self.resource_trie, &batch.resources, sc.resource_scratch, sc.resource_ids)
+            if not ok:
+                raise MemoryError()
+        finally:
+            self.release(sc)
+        return 0
+
     # ---------------------------------------------------------------- hot path
 
     @cython.boundscheck(False)
@@ -432,10 +456,10 @@ cdef class Engine:
         for i in range(rq.ctx_count):
             sc.ctx[entries[i].key] = entries[i].entry
         # Action side: mark matching patterns; statements open to many resources become candidates.
-        n = self.action_trie.match_into(<const unsigned char*>rq.action.ptr, rq.action.len,
-                                        sc.action_scratch, sc.action_ids)
+        cdef const int32_t* matched = batch.actions.ids + batch.actions.start[rq.action_ix]
+        n = batch.actions.start[rq.action_ix + 1] - batch.actions.start[rq.action_ix]
         for k in range(n):
-            pid = sc.action_ids[k]
+            pid = matched[k]
             sc.pattern_mark[pid] = gen
             for j in range(self.action_start[pid], self.action_start[pid + 1]):
                 s = self.action_statements[j]
@@ -453,10 +477,10 @@ cdef class Engine:
         # Resource side: mark statements whose fixed patterns match; resource-indexed ones
         # become candidates here when their actions match too.
         if not star_request:
-            n = self.resource_trie.match_into(<const unsigned char*>rq.resource.ptr, rq.resource.len,
-                                              sc.resource_scratch, sc.resource_ids)
+            matched = batch.resources.ids + batch.resources.start[rq.resource_ix]
+            n = batch.resources.start[rq.resource_ix + 1] - batch.resources.start[rq.resource_ix]
             for k in range(n):
-                pid = sc.resource_ids[k]
+                pid = matched[k]
                 for j in range(self.resource_start[pid], self.resource_start[pid + 1]):
                     s = self.resource_statements[j]
                     if sc.resource_mark[s] == gen:
@@ -660,6 +684,37 @@ cdef inline int combine(const profile_t* profile, bint any_deny, bint identity_a
     return D_ALLOW if identity_path and grant != G_NONE else D_IMPLICIT
 
 
+cdef bint _match_all(GlobTrie trie, matches_t* m, void* scratch, int32_t* out) noexcept nogil:
+    """Fill ``m.start``/``m.ids`` with the trie's matches of each text; False if memory ran out."""
+    cdef Py_ssize_t i, k, total = 0, cap = max(16, 2 * m.n)
+    cdef void* grown
+    m.start = <int32_t*>malloc((m.n + 1) * sizeof(int32_t))
+    m.ids = <int32_t*>malloc(cap * sizeof(int32_t))
+    if m.start == NULL or m.ids == NULL:
+        return False
+    for i in range(m.n):
+        m.start[i] = <int32_t>total
+        k = trie.match_into(<const unsigned char*>m.texts[i].ptr, m.texts[i].len, scratch, out)
+        if total + k > cap:
+            cap = max(2 * cap, total + k)
+            grown = realloc(m.ids, cap * sizeof(int32_t))
+            if grown == NULL:
+                return False
+            m.ids = <int32_t*>grown
+        memcpy(m.ids + total, out, k * sizeof(int32_t))
+        total += k
+    m.start[m.n] = <int32_t>total
+    return True
+
+
+cdef void free_matches(matches_t* m) noexcept:
+    free(m.texts)
+    free(m.start)
+    free(m.ids)
+    m.texts = NULL
+    m.start = m.ids = NULL
+
+
 cdef void close_explain(explain_t* ex) noexcept:
     free(ex.applicable)
     free(ex.missing)
@@ -713,6 +768,13 @@ cdef int _csr(list lists, int32_t** start_out, int32_t** flat_out) except -1:
 
 cdef extern from "Python.h":
     ctypedef struct PyObject
+
+
+cdef extern from *:
+    """
+    static inline PyObject* engine_list_item(PyObject* list, Py_ssize_t i) { return PyList_GET_ITEM(list, i); }
+    """
+    PyObject* engine_list_item(PyObject* list, Py_ssize_t i)
 
 
 cdef extern from *:
@@ -791,6 +853,8 @@ cdef class Batch:
     cdef uint8_t* codes
     cdef profile_t* profiles
     cdef role_t* roles
+    cdef matches_t actions        # the distinct actions and the patterns each matches
+    cdef matches_t resources      # the distinct resources (likewise)
     cdef readonly Py_ssize_t n
     cdef Py_ssize_t n_entries, cap_entries, n_values, cap_values
     cdef list owned              # the Python objects the C data points into
@@ -827,6 +891,8 @@ cdef class Batch:
         free(self.codes)
         free(self.profiles)
         free(self.roles)
+        free_matches(&self.actions)
+        free_matches(&self.resources)
 
     def codes_view(self):
         """The decision codes, one byte a request."""
@@ -885,8 +951,36 @@ cdef class Batch:
         self.grant_table += grants
         return <int32_t>at
 
+    cdef int set_texts(self, matches_t* m, list texts) except -1:
+        """The distinct actions or resources, as exact encodable strings the batch owns."""
+        cdef Py_ssize_t size, k
+        m.n = len(texts)
+        m.texts = <cstr*>malloc(max(1, m.n) * sizeof(cstr))
+        if m.texts == NULL:
+            raise MemoryError()
+        for k in range(m.n):
+            m.texts[k].ptr = PyUnicode_AsUTF8AndSize(texts[k], &size)
+            m.texts[k].len = size
+        self.owned.append(texts)
+        return 0
+
+    cdef int set_column(self, matches_t* m, object array) except -1:
+        """The distinct actions or resources, as an Arrow string array the batch keeps."""
+        cdef strcol column
+        cdef Py_ssize_t k
+        _strcol(array, &column)
+        m.n = len(array)
+        m.texts = <cstr*>malloc(max(1, m.n) * sizeof(cstr))
+        if m.texts == NULL:
+            raise MemoryError()
+        for k in range(m.n):
+            m.texts[k] = _item(&column, k)
+        self.owned.append(array)
+        return 0
+
     cdef int finish(self) except -1:
-        """The arrays stop moving: value offsets become pointers; profiles and grants become C arrays."""
+        """The arrays stop moving: value offsets become pointers; profiles and grants become C
+        arrays; each distinct action and resource is matched."""
         cdef Py_ssize_t k, r = 0, p = 0
         for k in range(self.n_entries):
             self.entries[k].entry.values = self.values + <size_t>self.entries[k].entry.values
@@ -912,6 +1006,7 @@ cdef class Batch:
             memcpy(&self.roles[r], packed, len(profile.packed))
             r += self.profiles[p].role_count
             p += 1
+        self.engine.match_distinct(self)
         return 0
 
     cdef inline int add_entry(self, int32_t key, object texts, bint is_list) except -1:
@@ -1000,11 +1095,20 @@ cdef class _Converter:
     cdef list own_owners      # caller row -> owner class of its own account
     cdef list facts           # caller row -> ((key id, texts, is_list), ...) the store sets, or None
     cdef list sessions        # caller row -> an assumed-role session
-    cdef dict resource_memo   # resource -> (resource policy, owner class or None)
+    cdef dict action_memo     # action -> its index among the batch's distinct actions
+    cdef list action_texts    # the distinct actions
+    cdef dict resource_memo   # resource -> its index among the batch's distinct resources
+    cdef list resource_texts  # the distinct resources
+    cdef list resource_places # per distinct resource: (resource policy, owner class or None)
     cdef dict owner_memo      # account -> owner class
     cdef dict profile_memo    # (identity, resource policy, owner class) as one number -> profile index
     cdef dict grant_memo      # (caller row, resource policy) as one number -> grants offset
     cdef dict key_cache       # context key as given -> key id (-1: no policy tests it)
+    cdef Py_ssize_t n_columns # context columns some policy tests:
+    cdef int32_t* column_kids #   their key ids (-1: a name that cannot be read)
+    cdef list column_lists    #   the batch's copies of them
+    cdef list column_names    #   their names as given
+    cdef list column_problems #   why a name cannot be read, or None
     cdef uint64_t* seen       # per key id: the row that gave it (stamp)
     cdef uint64_t* overridden # per key id: the row whose session tags or facts set it (stamp)
 
@@ -1020,7 +1124,11 @@ cdef class _Converter:
         self.own_owners = []
         self.facts = []
         self.sessions = []
+        self.action_memo = {}
+        self.action_texts = []
         self.resource_memo = {}
+        self.resource_texts = []
+        self.resource_places = []
         self.owner_memo = {}
         self.profile_memo = {}
         self.grant_memo = {}
@@ -1033,6 +1141,7 @@ cdef class _Converter:
     def __dealloc__(self):
         free(self.seen)
         free(self.overridden)
+        free(self.column_kids)
 
     cpdef int32_t caller_row(self, object principal) except -3:
         """The caller row of an exact principal string (registered on first sight), or
@@ -1070,17 +1179,20 @@ cdef class _Converter:
     def locate(self, int32_t row, object resource, object owner):
         """(profile, grants offset or -1) of a caller's request on an exact resource string (an
         ARN or "*"), owned by ``owner`` (an exact account string) or else as the ARN says."""
-        cdef int32_t profile, grants
-        self.locate_into(row, resource, owner, &profile, &grants)
+        cdef int32_t profile, grants, resource_ix
+        self.locate_into(row, resource, owner, &profile, &grants, &resource_ix)
         return profile, grants
 
     cdef int locate_into(self, int32_t row, object resource, object owner, int32_t* profile_out,
-                         int32_t* grants_out) except -1:
+                         int32_t* grants_out, int32_t* resource_ix) except -1:
         """``locate``, written to the request; memo keys are numbers (no container per row)."""
-        described = self.resource_memo.get(resource)
-        if described is None:
-            described = self.resource_memo[resource] = tuple(self.resolver.resource(resource))
-        policy, owner_class = described
+        ix = self.resource_memo.get(resource)
+        if ix is None:
+            ix = self.resource_memo[resource] = len(self.resource_texts)
+            self.resource_texts.append(resource)
+            self.resource_places.append(tuple(self.resolver.resource(resource)))
+        resource_ix[0] = ix
+        policy, owner_class = self.resource_places[ix]
         if owner is not None:
             owner_class = self.owner_memo.get(owner)
             if owner_class is None:
@@ -1140,7 +1252,7 @@ cdef class _Converter:
             self.batch.add_text(kid, context_text(value, key))
         return 0
 
-    cdef int add_context(self, Py_ssize_t i, int32_t row, object context, object tags, list columns) except -1:
+    cdef int add_context(self, Py_ssize_t i, int32_t row, object context, object tags) except -1:
         """Request i's context: its session tags, the store's facts of its caller, then its own keys."""
         cdef uint64_t stamp = <uint64_t>(i + 1)
         cdef int32_t kid
@@ -1168,16 +1280,34 @@ cdef class _Converter:
                 kid = self.key_id(key)
                 if kid >= 0:
                     self.add_request_value(kid, key, value, stamp, known)
-        for column_key, key, column in columns:
-            value = column[i]
-            if value is not None:
-                if type(column_key) is str:
-                    raise RequestError(column_key)
-                self.add_request_value(column_key, key, value, stamp, known)
+        cdef Py_ssize_t c
+        cdef PyObject* item
+        for c in range(self.n_columns):  # borrowed items of the batch's own lists: nothing per cell but a look
+            item = engine_list_item(engine_list_item(<PyObject*>self.column_lists, c), i)
+            if item == <PyObject*>None:
+                continue
+            kid = self.column_kids[c]
+            if kid < 0:
+                raise RequestError(self.column_problems[c])
+            self.add_request_value(kid, self.column_names[c], <object>item, stamp, known)
+        return 0
+
+    cdef int set_columns(self, list columns) except -1:
+        """The context columns some policy tests: (key id, or why the name cannot be read; name; list)."""
+        self.n_columns = len(columns)
+        self.column_kids = <int32_t*>malloc(max(1, self.n_columns) * sizeof(int32_t))
+        if self.column_kids == NULL:
+            raise MemoryError()
+        self.column_lists, self.column_names, self.column_problems = [], [], []
+        for c, (kid, name, column) in enumerate(columns):
+            self.column_kids[c] = kid if type(kid) is not str else -1
+            self.column_problems.append(kid if type(kid) is str else None)
+            self.column_names.append(name)
+            self.column_lists.append(column)
         return 0
 
     cdef int convert_row(self, Py_ssize_t i, object principal, object action, object resource, object owner,
-                         object context, object tags, list columns) except -1:
+                         object context, object tags) except -1:
         cdef request_t* rq = &self.batch.requests[i]
         cdef Py_ssize_t size, account_start = 0, account_len = 0
         cdef const char* data
@@ -1216,8 +1346,13 @@ cdef class _Converter:
                     data + account_start, <const char*>caller_account, account_len) == 0
             else:
                 rq.same_account = True
-            self.locate_into(row, exact_resource, owner, &rq.profile, &rq.grants)
-            self.add_context(i, row, context, tags, columns)
+            self.locate_into(row, exact_resource, owner, &rq.profile, &rq.grants, &rq.resource_ix)
+            ix = self.action_memo.get(exact_action)
+            if ix is None:
+                ix = self.action_memo[exact_action] = len(self.action_texts)
+                self.action_texts.append(exact_action)
+            rq.action_ix = ix
+            self.add_context(i, row, context, tags)
             rq.caller = row
             rq.ctx_count = <int32_t>(self.batch.n_entries - rq.ctx_start)
         except ValueError as exc:  # RequestError and the like: the request fails alone, and says why
@@ -1292,12 +1427,15 @@ def convert(Engine engine, resolver, principals, actions, resources, contexts=No
         if kid != -1:
             used_columns.append((kid, key, column))
             batch.owned.append(column)
+    conversion.set_columns(used_columns)
     batch.grow(4 * n + 1 if context_list is not None or used_columns else 1, 4 * n + 1)
     for i in range(n):
         conversion.convert_row(i, principal_list[i], action_list[i], resource_list[i],
                                None if account_list is None else account_list[i],
                                None if context_list is None else context_list[i],
-                               None if tag_list is None else tag_list[i], used_columns)
+                               None if tag_list is None else tag_list[i])
+    batch.set_texts(&batch.actions, conversion.action_texts)
+    batch.set_texts(&batch.resources, conversion.resource_texts)
     batch.finish()
     return batch
 
@@ -1371,8 +1509,9 @@ def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_o
     ``caller_of_row``, ``profile_of_row``, ``grants_of_row``: int32 arrays from the
     converter's ``caller_row`` and ``locate`` on each row's distinct values (a row whose
     caller is ROW_FAILED or ROW_UNKNOWN carries its reason in ``batch.errors`` or
-    ``batch.unknown`` already); ``actions``/``resources``: string arrays, already checked
-    for nulls and for text the rules refuse; ``resource_accounts``: string array or None;
+    ``batch.unknown`` already, as does a row with a null action or resource);
+    ``actions``/``resources``: dictionary-encoded string arrays (int32 indices), each
+    distinct value matched once; ``resource_accounts``: string array or None;
     ``context_fields``: (key id, key, array, is_list) with string or list<string> arrays,
     already carrying the struct's nulls; ``tag_fields``: (key id of aws:PrincipalTag/KEY or
     -1, KEY, string array) for the session tags of assumed-role session principals.
@@ -1388,9 +1527,13 @@ def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_o
     cdef const int32_t* callers = _int32s(caller_of_row)
     cdef const int32_t* profiles = _int32s(profile_of_row)
     cdef const int32_t* grant_offsets = _int32s(grants_of_row)
-    cdef strcol action_col, resource_col, account_col
-    _strcol(actions, &action_col)
-    _strcol(resources, &resource_col)
+    action_index_array, resource_index_array = actions.indices.fill_null(0), resources.indices.fill_null(0)
+    batch.owned.append([action_index_array, resource_index_array])
+    cdef const int32_t* action_indices = _int32s(action_index_array)
+    cdef const int32_t* resource_indices = _int32s(resource_index_array)
+    batch.set_column(&batch.actions, actions.dictionary)
+    batch.set_column(&batch.resources, resources.dictionary)
+    cdef strcol account_col
     cdef bint has_accounts = resource_accounts is not None
     if has_accounts:
         _strcol(resource_accounts, &account_col)
@@ -1465,8 +1608,12 @@ def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_o
                 raise ValueError("row indices outside the converter's tables")
             rq.profile = profiles[i]
             rq.grants = grant_offsets[i]
-            rq.action = _item(&action_col, i)
-            rq.resource = _item(&resource_col, i)
+            if not (0 <= action_indices[i] < batch.actions.n and 0 <= resource_indices[i] < batch.resources.n):
+                raise ValueError("dictionary indices outside their dictionary")
+            rq.action_ix = action_indices[i]
+            rq.resource_ix = resource_indices[i]
+            rq.action = batch.actions.texts[rq.action_ix]
+            rq.resource = batch.resources.texts[rq.resource_ix]
             if not engine_valid_action(rq.action.ptr, rq.action.len):
                 batch.errors[i] = f"request action {_shown(rq.action.ptr[:rq.action.len].decode(errors='replace'))} " \
                                   "is not service:Action"

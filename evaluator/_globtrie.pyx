@@ -100,7 +100,7 @@ cdef enum:
     _NOGIL_MIN_BYTES = 256
     # Default cache bounds per scratch (see _cache_geometry).
     _MIN_STATES = 512
-    _MAX_STATES = 8192
+    _MAX_STATES = 65536
     _NODES_PER_STATE = 4
     _STATES_PER_NODE = 16
     _POOL_PER_STATE = 8
@@ -673,7 +673,8 @@ cdef tuple _cache_geometry(Py_ssize_t n_nodes):
     state holds a few nodes in practice: 1 to 8 on average for AWS policies). A state costs
     sizeof(gt_dstate) = 32 bytes, 4 * (byte classes + 3) bytes of transitions, 8 bytes of hash
     table and 4 * _POOL_PER_STATE bytes of pool: about 250 bytes with 40 classes, so the cache
-    takes 128 KB (512 states) to 2 MB (8192 states) per scratch.
+    takes 128 KB (512 states) to 16 MB (65536 states, for a whole store's patterns) per scratch;
+    the memory is zero-filled by the allocator and committed only as states are built.
     """
     cdef Py_ssize_t states = min(max(n_nodes // _NODES_PER_STATE, _MIN_STATES), _MAX_STATES,
                                  _STATES_PER_NODE * n_nodes)

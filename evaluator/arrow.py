@@ -88,12 +88,12 @@ def _tag_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple
     return fields
 
 
-def _places(conversion, principals: pa.Array, resources: pa.Array,
+def _places(conversion, principals: pa.Array, resources: pa.DictionaryArray,
             accounts: pa.Array | None) -> tuple[pa.Array, pa.Array, pa.Array, dict[int, str], pa.Array]:
     """Per row its caller row, profile and grants offset, asking the converter once per distinct
     (principal, resource, owner); why the combinations whose principal fails are denied; and
     per row its combination."""
-    encoded = [principals.dictionary_encode(), resources.dictionary_encode()]
+    encoded = [principals.dictionary_encode(), resources]
     if accounts is not None:
         encoded.append(accounts.dictionary_encode())
     distinct = [column.dictionary.to_pylist() for column in encoded]
@@ -134,13 +134,13 @@ def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
     actions, resources = _strings(batch, "action"), _strings(batch, "resource")
     accounts = _strings(batch, "resource_account", required=False)
     conversion = _engine.converter(compiled._engine, compiled, batch.num_rows)
+    actions, resources = actions.dictionary_encode(), resources.dictionary_encode()  # matched once each
     callers, profiles, offsets, reasons, position = _places(conversion, principals, resources, accounts)
     missing = pc.or_(actions.is_null(), resources.is_null())
     if missing.true_count:
         callers = pc.if_else(missing, pa.scalar(_engine.ROW_FAILED, pa.int32()), callers)
-    converted = _engine.convert_arrow(conversion, callers, profiles, offsets, actions.fill_null(""),
-                                      resources.fill_null(""), accounts, _context_fields(compiled, batch),
-                                      _tag_fields(compiled, batch))
+    converted = _engine.convert_arrow(conversion, callers, profiles, offsets, actions, resources, accounts,
+                                      _context_fields(compiled, batch), _tag_fields(compiled, batch))
     failing = pc.less(callers, 0)
     if failing.true_count:
         for row in pc.indices_nonzero(failing).to_pylist():

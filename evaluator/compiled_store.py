@@ -61,6 +61,7 @@ class CompiledStore(CompiledPolicies):
                 self._owner_levels.append(levels)
             self._owner_of[account] = owners[key]
         self._callers: dict[str, tuple | None] = {}
+        self._resources: dict[str, tuple[int, int | None]] = {}
         self._profiles: dict[tuple[int, int, int], Profile] = {}
         self._grants: dict[tuple[str, int], bytes] = {}
 
@@ -85,10 +86,14 @@ class CompiledStore(CompiledPolicies):
                       not isinstance(value, str)) for key, value in facts.items() if key in self.key_ids)
 
     def resource(self, resource: str) -> tuple[int, int | None]:
-        policy = self.store.resource_policy(resource)
-        fields = resource.split(":", 5)
-        owner = self.owner(fields[4]) if len(fields) == 6 and fields[4] else None
-        return (-1 if policy is None else self._number(policy)), owner
+        place = self._resources.get(resource)
+        if place is None:
+            policy = self.store.resource_policy(resource)
+            fields = resource.split(":", 5)
+            owner = self.owner(fields[4]) if len(fields) == 6 and fields[4] else None
+            place = (-1 if policy is None else self._number(policy)), owner
+            _remember(self._resources, resource, place)
+        return place
 
     def owner(self, account: str) -> int:
         return self._owner_of.get(account, 0)
