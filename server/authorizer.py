@@ -76,21 +76,22 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
                 if item.HasField("policies"):
                     raise ValueError(f"request {i}: inline policies go on the batch (CheckBatchRequest.policies), "
                                      "not on its requests")
-            principals, actions, resources, contexts, owners = convert.columns(request.requests)
+            columns = convert.columns(request.requests)
         else:
-            principals, actions, resources, contexts, owners = convert.request_columns(request.columns)
+            columns = convert.request_columns(request.columns)
+        principals, actions, resources, contexts, owners, session_tags = columns
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the batch was decided")
         if request.HasField("policies"):
             compiled, version = self._compiled_inline(request.policies), 0
             decided = compiled.evaluate_columns(principals, actions, resources, contexts, owners,
-                                                explain=request.explain)
+                                                explain=request.explain, session_tags=session_tags)
         else:
             serving = self._serving()
             version = serving.version.number
             decided = serving.compiled.evaluate_columns(principals, actions, resources, contexts, owners,
-                                                        explain=request.explain)
+                                                        explain=request.explain, session_tags=session_tags)
         if isinstance(decided, BatchDecisions):
             self._metrics.count(decided.codes)
             return convert.encoded_response(decided, version, request.batch_id)

@@ -51,24 +51,30 @@ def context(message: Mapping[str, pb.ContextValues]) -> dict[str, str | tuple[st
 
 
 def request(message: pb.CheckRequest) -> Request:
-    """A checked request; raises ``RequestError`` saying what is wrong with it."""
+    """A checked request; raises ``RequestError`` saying what is wrong with it (session tags on a
+    principal that is not an assumed-role session, say)."""
     return Request.create(message.principal, message.action, message.resource, context(message.context),
-                          message.resource_account or None)
+                          message.resource_account or None, dict(message.session_tags) or None)
 
 
-def columns(requests: Sequence[pb.CheckRequest]) -> tuple[list, list, list, list, list | None]:
-    """Principals, actions, resources, contexts and resource owners of a batch, as lists."""
+def columns(requests: Sequence[pb.CheckRequest]) -> tuple[list, list, list, list, list | None, list | None]:
+    """Principals, actions, resources, contexts, resource owners and session tags of a batch, as lists
+    (owners and session tags: None when no request has any)."""
     principals = [r.principal for r in requests]
     actions = [r.action for r in requests]
     resources = [r.resource for r in requests]
     contexts = [context(r.context) if len(r.context) else None for r in requests]
     owners = [r.resource_account or None for r in requests]
-    return principals, actions, resources, contexts, owners if any(owners) else None
+    session_tags = [dict(r.session_tags) if len(r.session_tags) else None for r in requests]
+    return (principals, actions, resources, contexts, owners if any(owners) else None,
+            session_tags if any(session_tags) else None)
 
 
-def request_columns(message: pb.RequestColumns) -> tuple[list, list, list, dict[str, list], list | None]:
-    """The columns as lists, contexts as one list per key (None where a request lacks it);
-    raises ``ValueError`` for columns of different lengths."""
+def request_columns(message: pb.RequestColumns) -> tuple[list, list, list, dict[str, list], list | None,
+                                                         list | None]:
+    """The columns as lists, contexts as one list per key (None where a request lacks it), session
+    tags as one mapping per request (None where a request has none; the whole list None when no
+    request has any); raises ``ValueError`` for columns of different lengths."""
     principals, actions, resources = list(message.principals), list(message.actions), list(message.resources)
     n = len(principals)
     if len(actions) != n or len(resources) != n:
@@ -82,7 +88,34 @@ def request_columns(message: pb.RequestColumns) -> tuple[list, list, list, dict[
         if column.key in context_columns:
             raise ValueError(f"context column {column.key!r} is given twice")
         context_columns[column.key] = _context_column(column, n)
-    return principals, actions, resources, context_columns, [o or None for o in owners] if any(owners) else None
+    return (principals, actions, resources, context_columns, [o or None for o in owners] if any(owners) else None,
+            _session_tags(message.session_tags, n))
+
+
+def _session_tags(tag_columns: Sequence[pb.SessionTagsColumn], n: int) -> list | None:
+    """Each request's session tags from the sparse tag columns; the engine then checks them as it
+    checks a ``Request``'s (only an assumed-role session may have them)."""
+    if not tag_columns:
+        return None
+    tags: list[dict[str, str] | None] = [None] * n
+    seen: set[str] = set()
+    for column in tag_columns:
+        if column.key in seen:
+            raise ValueError(f"session tag column {column.key!r} is given twice")
+        seen.add(column.key)
+        rows = list(column.rows)
+        if rows and (rows[-1] >= n or len(set(rows)) != len(rows) or rows != sorted(rows)):
+            raise ValueError(f"session tag column {column.key!r}: rows must be ascending positions below {n}")
+        rows = rows or list(range(n))
+        if len(column.values) != len(rows):
+            raise ValueError(f"session tag column {column.key!r} has {len(column.values)} values for "
+                             f"{len(rows)} requests")
+        for row, value in zip(rows, column.values, strict=True):
+            row_tags = tags[row]
+            if row_tags is None:
+                row_tags = tags[row] = {}
+            row_tags[column.key] = value
+    return tags
 
 
 def _context_column(column: pb.ContextColumn, n: int) -> list:
