@@ -69,6 +69,19 @@ def read_context(pairs: list[str], context_file: str | None) -> dict[str, Any]:
     return context
 
 
+def read_session_tags(pairs: list[str]) -> dict[str, str] | None:
+    """``key=value`` pairs: the tags of an assumed-role session (None when there are none)."""
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--session-tag {pair!r}: write key=value")
+        if key in tags:
+            raise UsageError(f"--session-tag {key!r} is given twice (a tag has one value)")
+        tags[key] = value
+    return tags or None
+
+
 def _print_decision(decision, as_json: bool) -> None:
     if as_json:
         print(json.dumps(decision.to_json(), indent=2))
@@ -90,7 +103,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         rcp=tuple(tuple(_load(p, PolicyKind.RESOURCE) for p in level) for level in args.rcp) if args.rcp else None,
     )
     request = Request.create(args.principal, args.action, args.resource,
-                             read_context(args.context, args.context_file), args.resource_account)
+                             read_context(args.context, args.context_file), args.resource_account,
+                             read_session_tags(args.session_tag))
     decision = ENGINES[args.engine](policies, request)
     _print_decision(decision, args.json)
     return 0 if decision.allowed else 1
@@ -210,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
                        help="a context key; repeat a key for a list, or give KEY=[\"a\",\"b\"]")
     check.add_argument("--context-file", metavar="FILE", help="JSON object of context keys")
+    check.add_argument("--session-tag", action="append", default=[], metavar="KEY=VALUE",
+                       help="a tag of the assumed-role session given as --principal (aws:PrincipalTag/KEY)")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
     check.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE,
                        help="compiled (default) or the pure-Python reference evaluator")

@@ -61,12 +61,13 @@ def _print_message(message) -> None:
 
 
 def cmd_client_check(args: argparse.Namespace) -> int:
-    from evaluator.cli import read_context
+    from evaluator.cli import read_context, read_session_tags
 
     from .api import iam_evaluator_pb2 as pb
+    context, session_tags = read_context(args.context, args.context_file), read_session_tags(args.session_tag)
     with _client(args) as client:
-        response = client.check(args.principal, args.action, args.resource, read_context(args.context,
-                                args.context_file), args.resource_account, explain=args.explain)
+        response = client.check(args.principal, args.action, args.resource, context, args.resource_account,
+                                explain=args.explain, session_tags=session_tags)
     result = response.result
     if args.json:
         _print_message(response)
@@ -211,13 +212,16 @@ def add_commands(commands) -> None:
     check.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
                        help="a context key; repeat a key for a list")
     check.add_argument("--context-file", metavar="FILE", help="JSON object of context keys")
+    check.add_argument("--session-tag", action="append", default=[], metavar="KEY=VALUE",
+                       help="a tag of the assumed-role session given as --principal; repeat for more tags")
     check.add_argument("--explain", action="store_true", help="deciding statements and missing keys")
     check.add_argument("--json", action="store_true")
     check.set_defaults(run=_calling(cmd_client_check))
 
     batch = calls.add_parser("batch", help="decide a JSON Lines file of requests, in batches")
     batch.add_argument("--input", required=True, metavar="FILE.jsonl",
-                       help='one request a line: {"principal", "action", "resource", "context"}')
+                       help='one request a line: {"principal", "action", "resource", "context", '
+                            '"session_tags"}')
     batch.add_argument("--output", metavar="FILE.jsonl", help="one result a line, in input order (default stdout)")
     batch.add_argument("--batch-size", type=int, default=1000)
     batch.add_argument("--explain", action="store_true")

@@ -37,9 +37,23 @@ def context_values(value: Any) -> pb.ContextValues:
     return pb.ContextValues(values=[_text(value)])
 
 
+def checked_session_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
+    """An assumed-role session's tags as the message holds them; raises ``ValueError`` unless they map
+    tag keys to strings (a tag's value is text, never a number or a list)."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ValueError(f"session_tags must be an object of tag keys, not {type(tags).__name__}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"session tag {key!r}: tag keys and values are strings, not {value!r}")
+    return dict(tags)
+
+
 def request_columns(requests: list[Mapping[str, Any]]) -> pb.RequestColumns:
-    """Requests as JSON objects ({"principal", "action", "resource", "context", "resource_account"})
-    turned into columns; a context key only some requests have lists their positions."""
+    """Requests as JSON objects ({"principal", "action", "resource", "context", "resource_account",
+    "session_tags"}) turned into columns; a context key or session tag only some requests have lists
+    their positions."""
     columns = pb.RequestColumns(principals=[r.get("principal", "") for r in requests],
                                 actions=[r.get("action", "") for r in requests],
                                 resources=[r.get("resource", "") for r in requests])
@@ -63,6 +77,16 @@ def request_columns(requests: list[Mapping[str, Any]]) -> pb.RequestColumns:
             column.values.extend(_text(item) for items in lists for item in items)
         else:
             column.values.extend(map(_text, values))
+    by_tag: dict[str, tuple[list[int], list[str]]] = {}
+    for i, request in enumerate(requests):
+        for key, value in checked_session_tags(request.get("session_tags")).items():
+            rows, values = by_tag.setdefault(key, ([], []))
+            rows.append(i)
+            values.append(value)
+    for key, (rows, values) in by_tag.items():
+        tag_column = columns.session_tags.add(key=key, values=values)
+        if len(rows) < len(requests):
+            tag_column.rows.extend(rows)
     return columns
 
 
@@ -118,10 +142,13 @@ class Client:
         return method(request, timeout=self.timeout, metadata=self._metadata)
 
     def check(self, principal: str, action: str, resource: str, context: Mapping[str, Any] | None = None,
-              resource_account: str | None = None, explain: bool = False) -> pb.CheckResponse:
+              resource_account: str | None = None, explain: bool = False,
+              session_tags: Mapping[str, str] | None = None) -> pb.CheckResponse:
+        """Decide one request; ``session_tags`` are the tags of an assumed-role session principal."""
         request = pb.CheckRequest(principal=principal, action=action, resource=resource,
                                   context={k: context_values(v) for k, v in (context or {}).items()},
-                                  resource_account=resource_account or "", explain=explain)
+                                  resource_account=resource_account or "", explain=explain,
+                                  session_tags=checked_session_tags(session_tags))
         return self.call(self.authorizer.Check, request)
 
     def check_batch(self, requests: Iterable[Mapping[str, Any]], batch_size: int = 1000,

@@ -82,6 +82,31 @@ def test_check_bad_input_exits_two(capsys, argv, message):
     assert code == 2 and message in err
 
 
+@pytest.mark.parametrize("engine", ["compiled", "reference"])
+def test_check_session_tags_are_the_sessions_principal_tags(capsys, tmp_path, engine):
+    """Without a store the request says who the principal is, but a session tag overrides the context's
+    aws:PrincipalTag of the same key (as AWS sets it from the session)."""
+    policy = tmp_path / "gate.json"
+    policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"},
+        {"Sid": "Blocked", "Effect": "Deny", "Action": "*", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:PrincipalTag/team": "blocked"}}}]}))
+    session = "arn:aws:sts::111122223333:assumed-role/Builder/s1"
+    args = ["check", "--policy", str(policy), "--action", "s3:GetObject", "--resource", "*", "--engine", engine]
+    code, out, _ = run(capsys, *args, "--principal", session)
+    assert (code, out.split()[0]) == (0, "Allow")
+    code, out, _ = run(capsys, *args, "--principal", session, "--session-tag", "team=blocked")
+    assert (code, out.split()[0]) == (1, "ExplicitDeny") and "(Blocked)" in out
+    code, out, _ = run(capsys, *args, "--principal", session, "--session-tag", "team=ok",
+                       "--context", "aws:PrincipalTag/team=blocked")
+    assert (code, out.split()[0]) == (0, "Allow")
+    code, _, err = run(capsys, *args, "--principal", ROLE, "--session-tag", "team=ok")
+    assert code == 2 and "session tags belong to an assumed-role session principal" in err
+    for pairs, message in ((["team"], "write key=value"), (["team=a", "team=b"], "given twice")):
+        code, _, err = run(capsys, *args, "--principal", session, *(f"--session-tag={pair}" for pair in pairs))
+        assert code == 2 and message in err
+
+
 def test_check_bad_request_exits_two(capsys):
     code, _, err = run(capsys, "check", "--policy", FULL, "--principal", "alice", "--action", "imagebuilder:GetImage",
                        "--resource", IMAGE)
