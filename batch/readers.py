@@ -13,15 +13,21 @@ Every batch has these columns:
   ``string``, or ``list<string>`` when the key holds a list in any row of the batch (its single values then
   become one-element lists, counted as a note); null where a row lacks the key. JSON booleans and numbers
   become their text.
+* ``session_tags``: a struct with one string field per tag key present in the batch (the tags of an
+  assumed-role session, which the evaluator reads as the session's ``aws:PrincipalTag/*``); null where a row's
+  session lacks the tag. Every tag is kept, whatever ``context_keys`` says: a tag on a principal that is not a
+  session is itself an error the evaluator reports.
 * ``source``: where the record is: ``path:line`` (JSON Lines, from 1), ``path#row`` (Parquet, from 0),
   ``path#Records[i]`` (CloudTrail).
 * ``resource_fallback``: true where the record named no resource and ``"*"`` stands in (CloudTrail only).
 
-Inputs: JSON Lines hold one request object a line, with exactly the fields of the evaluator's JSON requests.
-Parquet files hold the columns ``principal``, ``action``, ``resource``, optionally ``resource_account`` and
-``context`` (a struct, or JSON text); other columns are not read. CloudTrail files are mapped record by record
-by ``cloudtrail.request_from_record``. Folders are walked depth first in name order, taking the files named
-``*.json``, ``*.jsonl``, ``*.ndjson`` (each also ``.gz``) and ``*.parquet``, and skipping CloudTrail digests.
+Inputs: JSON Lines hold one request object a line, with exactly the fields of the evaluator's JSON requests
+(``session_tags``, when present, an object of tag keys to strings). Parquet files hold the columns
+``principal``, ``action``, ``resource``, optionally ``resource_account``, ``context`` (a struct, or JSON text)
+and ``session_tags`` (a struct of string fields); other columns are not read. CloudTrail files are mapped
+record by record by ``cloudtrail.request_from_record``. Folders are walked depth first in name order, taking
+the files named ``*.json``, ``*.jsonl``, ``*.ndjson`` (each also ``.gz``) and ``*.parquet``, and skipping
+CloudTrail digests.
 
 ``context_keys`` (lower-case key names) keeps only those keys in the context, for a reader that knows which keys
 its policies test: Parquet then reads only their columns. Records are checked whole all the same.
@@ -31,7 +37,8 @@ read a share: a JSON Lines file in ranges of whole lines, a Parquet file in runs
 (gzip, CloudTrail) whole.
 
 Problem kinds: ``bad JSON``, ``not an object``, ``unknown field``, ``missing field``, ``wrong type``,
-``bad context`` (a record), ``unreadable file`` (the rest of a file), and the CloudTrail kinds of ``cloudtrail``.
+``bad context``, ``bad session tags`` (a record), ``unreadable file`` (the rest of a file), and the CloudTrail
+kinds of ``cloudtrail``.
 """
 from __future__ import annotations
 
@@ -66,7 +73,7 @@ WIDENED = "context values widened to list<string>"
 SKIPPED_FILE = "files skipped in folders (name is not a log's)"
 
 _REQUIRED = ("principal", "action", "resource")
-_FIELDS = frozenset((*_REQUIRED, "resource_account", "context"))
+_FIELDS = frozenset((*_REQUIRED, "resource_account", "context", "session_tags"))
 _LOG_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".jsonl.gz", ".ndjson.gz", ".json.gz")
 _DIGEST_FOLDER = "CloudTrail-Digest"  # signatures of the log files, not events
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -308,29 +315,31 @@ def write_requests_parquet(batches: Iterable[pa.RecordBatch], path: str | os.Pat
 
     The context is a struct with a field per key of the whole stream, ``list<string>`` where any batch holds
     a list (single values then become one-element lists), else ``string``: a reader can then read just the
-    keys its policies test. Those keys are known only at the end of a stream, so the batches are first spooled
-    to a scratch folder beside ``path``. Runs of row groups are the parts that workers share (``split_requests``);
-    each row group has a column per key, so with many keys, fewer and larger row groups keep the footer small.
+    keys its policies test; session tags likewise, a struct of a string field per tag key. Those keys are
+    known only at the end of a stream, so the batches are first spooled to a scratch folder beside ``path``.
+    Runs of row groups are the parts that workers share (``split_requests``); each row group has a column per
+    key, so with many keys, fewer and larger row groups keep the footer small.
     """
     path = Path(path)
-    key_types: dict[str, pa.DataType] = {}
+    key_types: dict[str, dict[str, pa.DataType]] = {"context": {}, "session_tags": {}}  # per struct column
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.spool-", dir=path.parent) as scratch:
         spooled = []
         for number, batch in enumerate(batches):
-            context_type = batch.schema.field("context").type
-            keep = [*_REQUIRED, "resource_account", *(["context"] if context_type.num_fields else [])]
+            structs = [name for name in key_types if batch.schema.field(name).type.num_fields]
             spooled.append(Path(scratch) / f"{number:08d}.parquet")
-            pq.write_table(pa.Table.from_batches([batch.select(keep)]), spooled[-1])
-            for field in context_type:
-                if key_types.get(field.name) != _STRING_LIST:
-                    key_types[field.name] = field.type
-        context_type = pa.struct(sorted(key_types.items()))
+            pq.write_table(pa.Table.from_batches([batch.select([*_REQUIRED, "resource_account", *structs])]),
+                           spooled[-1])
+            for name in structs:
+                for field in batch.schema.field(name).type:
+                    if key_types[name].get(field.name) != _STRING_LIST:
+                        key_types[name][field.name] = field.type
+        struct_types = {name: pa.struct(sorted(types.items())) for name, types in key_types.items() if types}
         schema = pa.schema([
             pa.field("principal", pa.string(), nullable=False),
             pa.field("action", pa.string(), nullable=False),
             pa.field("resource", pa.string(), nullable=False),
             pa.field("resource_account", pa.string()),
-            *([pa.field("context", context_type)] if key_types else []),  # Parquet has no empty struct
+            *(pa.field(name, struct_type) for name, struct_type in struct_types.items()),  # none empty: Parquet
         ])
         rows = 0
         # No stored Arrow schema nor statistics for the keys: with a field per key they would double the footer
@@ -341,9 +350,9 @@ def write_requests_parquet(batches: Iterable[pa.RecordBatch], path: str | os.Pat
             for spool in spooled:
                 for batch in pq.read_table(spool).to_batches():
                     columns = [batch.column(name) for name in (*_REQUIRED, "resource_account")]
-                    if key_types:
-                        context = batch.column("context") if "context" in batch.schema.names else None
-                        columns.append(_conformed_context(context, batch.num_rows, context_type))
+                    for name, struct_type in struct_types.items():
+                        values = batch.column(name) if name in batch.schema.names else None
+                        columns.append(_conformed_context(values, batch.num_rows, struct_type))
                     pending = pa.concat_tables([pending, pa.table(columns, schema=schema)])
                     rows += batch.num_rows
                 full = pending.num_rows - pending.num_rows % row_group_rows
@@ -357,7 +366,8 @@ def write_requests_parquet(batches: Iterable[pa.RecordBatch], path: str | os.Pat
 
 
 def _conformed_context(context: pa.StructArray | None, rows: int, context_type: pa.StructType) -> pa.StructArray:
-    """One batch's context with every field of ``context_type``: nulls for keys it lacks, lists for widened keys."""
+    """One batch's context (or session tags) with every field of ``context_type``: nulls for keys it lacks,
+    lists for widened keys."""
     fields = {} if context is None else dict(zip((field.name for field in context.type), context.flatten(),
                                                  strict=True))
     arrays = []
@@ -450,7 +460,7 @@ def _read_cloudtrail(text: IO[str], name: str, builder: _BatchBuilder) -> Iterat
             builder.reject(error.kind, location, error.detail)
             continue
         builder.add(request.principal, request.action, request.resource, request.resource_account,
-                    request.context, location, request.resource_fallback)
+                    request.context, None, location, request.resource_fallback)
         if builder.full:
             yield builder.flush()
 
@@ -510,7 +520,7 @@ class _ParquetLog:
         except _Invalid:
             self.file.close()
             raise
-        self.columns = [column for column in (*_REQUIRED, "resource_account", "context")
+        self.columns = [column for column in (*_REQUIRED, "resource_account", "context", "session_tags")
                         if column in schema.names and not pa.types.is_null(schema.field(column).type)]
         self.json_context = "context" in self.columns and _is_text(schema.field("context").type)
         if "context" in self.columns and not self.json_context and context_keys is not None:
@@ -559,6 +569,13 @@ def _check_parquet_schema(schema: pa.Schema, rows: int) -> None:
             if not (_is_text(value_type) or _is_scalar(value_type) or pa.types.is_null(value_type)):
                 raise _Invalid("bad context", f"context key {field.name!r} is {field.type}: {lost}")
             readable.add(field.type)
+    if "session_tags" in schema.names:
+        tags_type = schema.field("session_tags").type
+        if not (pa.types.is_struct(tags_type) or pa.types.is_null(tags_type)):
+            raise _Invalid("bad session tags", f"column 'session_tags' is {tags_type}, not a struct: {lost}")
+        for field in tags_type if pa.types.is_struct(tags_type) else ():
+            if not (_is_text(field.type) or pa.types.is_null(field.type)):
+                raise _Invalid("bad session tags", f"session tag {field.name!r} is {field.type}, not string: {lost}")
 
 
 def _is_text(data_type: pa.DataType) -> bool:
@@ -579,6 +596,9 @@ def _add_json_context_rows(batch: pa.RecordBatch, name: str, first_row: int,
                            builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
     for offset, record in enumerate(batch.to_pylist()):
         location = f"{name}#{first_row + offset}"
+        tags = record.get("session_tags")
+        if tags is not None:  # a struct row: null where the session lacks the tag
+            record["session_tags"] = {key: value for key, value in tags.items() if value is not None}
         context = record.get("context")
         if context is not None:
             try:
@@ -610,10 +630,12 @@ def _convert_parquet_batch(batch: pa.RecordBatch, name: str, first_row: int, bui
                else pa.nulls(rows, pa.string()))
     context = (_normalised_context(batch.column("context")) if "context" in batch.schema.names
                else _empty_context(rows))
+    tags = (_normalised_context(batch.column("session_tags")) if "session_tags" in batch.schema.names
+            else _empty_context(rows))
     numbers = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), rows), start=first_row - 1)
     sources = pc.binary_join_element_wise(f"{name}#", numbers.cast(pa.string()), "")
     converted = _request_batch(required["principal"], required["action"], required["resource"], account,
-                               context, sources, pa.repeat(False, rows))
+                               context, tags, sources, pa.repeat(False, rows))
     return converted.filter(pc.invert(any_missing)) if missing and any_missing.true_count else converted
 
 
@@ -639,7 +661,8 @@ def _empty_context(rows: int) -> pa.StructArray:
 
 
 def _normalised_context(context: pa.StructArray) -> pa.StructArray:
-    """A Parquet context struct in the batch form: keys with a value in this batch, as string or list<string>."""
+    """A Parquet context (or session tags) struct in the batch form: keys with a value in this batch, as string
+    or list<string>."""
     names, arrays = [], []
     for field, values in zip(context.type, context.flatten(), strict=True):
         if values.null_count == len(values):
@@ -652,21 +675,24 @@ def _normalised_context(context: pa.StructArray) -> pa.StructArray:
 
 
 def _request_batch(principal: pa.Array, action: pa.Array, resource: pa.Array, resource_account: pa.Array,
-                   context: pa.StructArray, source: pa.Array, resource_fallback: pa.Array) -> pa.RecordBatch:
+                   context: pa.StructArray, session_tags: pa.StructArray, source: pa.Array,
+                   resource_fallback: pa.Array) -> pa.RecordBatch:
     schema = pa.schema([
         pa.field("principal", principal.type, nullable=False),
         pa.field("action", action.type, nullable=False),
         pa.field("resource", resource.type, nullable=False),
         pa.field("resource_account", pa.string()),
         pa.field("context", context.type),
+        pa.field("session_tags", session_tags.type),
         pa.field("source", pa.string(), nullable=False),
         pa.field("resource_fallback", pa.bool_(), nullable=False),
     ])
     return pa.RecordBatch.from_arrays(
-        [principal, action, resource, resource_account, context, source, resource_fallback], schema=schema)
+        [principal, action, resource, resource_account, context, session_tags, source, resource_fallback],
+        schema=schema)
 
 
-def _request_fields(record: Any) -> tuple[str, str, str, str | None, dict[str, Any] | None]:
+def _request_fields(record: Any) -> tuple[str, str, str, str | None, dict[str, Any] | None, dict[str, str] | None]:
     """The columns of one JSON request, or ``_Invalid`` saying what is wrong with it."""
     if not isinstance(record, dict):
         raise _Invalid("not an object", f"a request must be a JSON object, not {type(record).__name__}")
@@ -682,7 +708,21 @@ def _request_fields(record: Any) -> tuple[str, str, str, str | None, dict[str, A
     account = record.get("resource_account")
     if account is not None and not isinstance(account, str):
         raise _Invalid("wrong type", f"resource_account must be a string, not {_shown(account)}")
-    return record["principal"], record["action"], record["resource"], account, _context(record.get("context"))
+    return (record["principal"], record["action"], record["resource"], account, _context(record.get("context")),
+            _session_tags(record.get("session_tags")))
+
+
+def _session_tags(tags: Any) -> dict[str, str] | None:
+    """An assumed-role session's tags: an object of tag keys to strings (a tag's value is text, never a
+    number, a boolean or a list)."""
+    if tags is None:
+        return None
+    if not isinstance(tags, dict):
+        raise _Invalid("bad session tags", f"session_tags must be an object, not {_shown(tags)}")
+    if set(map(type, tags.values())) - {str}:
+        key, value = next((key, value) for key, value in tags.items() if type(value) is not str)
+        raise _Invalid("bad session tags", f"session tag {key!r}: values are strings, not {_shown(value)}")
+    return tags
 
 
 def _context(context: Any) -> dict[str, Any] | None:
@@ -722,6 +762,15 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _spread(present: pa.Array, key_rows: list[int], rows: int) -> pa.Array:
+    """A key's column over the batch's ``rows``: ``present`` holds a null, then the value of each row in
+    ``key_rows``, in order; the other rows get the null."""
+    value_of_row = array("i", bytes(4 * rows))  # 0: the row lacks the key, and present[0] is null
+    for position, row in enumerate(key_rows, 1):
+        value_of_row[row] = position
+    return present.take(pa.Array.from_buffers(pa.int32(), rows, [None, pa.py_buffer(value_of_row)]))
+
+
 class _BatchBuilder:
     """Accepted rows, column by column, until a batch is full.
 
@@ -750,6 +799,7 @@ class _BatchBuilder:
         self.fallbacks: list[bool] = []
         self.context_columns: dict[str, tuple[list[int], list[Any]]] = {}
         self.list_keys: set[str] = set()
+        self.tag_columns: dict[str, tuple[list[int], list[str | None]]] = {}
 
     def __len__(self) -> int:
         return len(self.principals)
@@ -773,7 +823,8 @@ class _BatchBuilder:
         self.add(*fields, location)
 
     def add(self, principal: str, action: str, resource: str, resource_account: str | None,
-            context: dict[str, Any] | None, source: str, resource_fallback: bool = False) -> None:
+            context: dict[str, Any] | None, session_tags: dict[str, str] | None, source: str,
+            resource_fallback: bool = False) -> None:
         row = len(self.principals)
         columns = self.context_columns
         items = (context or {}).items()
@@ -793,6 +844,14 @@ class _BatchBuilder:
             values.append(value)
             if type(value) is list:
                 self.list_keys.add(key)
+        if session_tags:
+            for key, value in session_tags.items():
+                tag_column = self.tag_columns.get(key)
+                if tag_column is None:
+                    tag_column = self.tag_columns[key] = ([], [None])
+                tag_rows, tag_values = tag_column
+                tag_rows.append(row)
+                tag_values.append(value)
         self.principals.append(principal)
         self.actions.append(action)
         self.resources.append(resource)
@@ -812,15 +871,15 @@ class _BatchBuilder:
                 present = pa.array(values, _STRING_LIST)
             else:
                 present = pa.array(values, pa.string())
-            value_of_row = array("i", bytes(4 * rows))  # 0: the row lacks the key, and values[0] is null
-            for position, row in enumerate(key_rows, 1):
-                value_of_row[row] = position
             names.append(key)
-            fields.append(present.take(pa.Array.from_buffers(pa.int32(), rows, [None, pa.py_buffer(value_of_row)])))
+            fields.append(_spread(present, key_rows, rows))
         context = pa.StructArray.from_arrays(fields, names=names) if fields else _empty_context(rows)
+        tags = pa.StructArray.from_arrays(
+            [_spread(pa.array(values, pa.string()), tag_rows, rows) for tag_rows, values in self.tag_columns.values()],
+            names=list(self.tag_columns)) if self.tag_columns else _empty_context(rows)
         batch = _request_batch(
             pa.array(self.principals, pa.string()), pa.array(self.actions, pa.string()),
-            pa.array(self.resources, pa.string()), pa.array(self.accounts, pa.string()), context,
+            pa.array(self.resources, pa.string()), pa.array(self.accounts, pa.string()), context, tags,
             pa.array(self.sources, pa.string()), pa.array(self.fallbacks, pa.bool_()))
         self._start()
         return batch

@@ -53,6 +53,9 @@ def as_requests(batches) -> list[dict]:
             context = {key: value for key, value in (row.get("context") or {}).items() if value is not None}
             if context:
                 request["context"] = context
+            tags = {key: value for key, value in (row.get("session_tags") or {}).items() if value is not None}
+            if tags:
+                request["session_tags"] = tags
             requests.append(request)
     return requests
 
@@ -129,7 +132,7 @@ def test_batches_hold_at_most_batch_rows(tmp_path):
     schema = batches[0].schema
     assert [(field.name, field.type, field.nullable) for field in schema if field.name != "context"] == [
         ("principal", pa.string(), False), ("action", pa.string(), False), ("resource", pa.string(), False),
-        ("resource_account", pa.string(), True), ("source", pa.string(), False),
+        ("resource_account", pa.string(), True), ("session_tags", pa.struct([]), True), ("source", pa.string(), False),
         ("resource_fallback", pa.bool_(), False),
     ]
 
@@ -160,6 +163,83 @@ def test_a_batch_without_context_has_an_empty_struct(tmp_path):
     [batch] = read_requests(path)
     assert batch.schema.field("context").type == pa.struct([])
     assert batch.column("context").null_count == 0
+
+
+# session tags ------------------------------------------------------------------------------------------------
+
+SESSION_REQUESTS = [
+    {**REQUESTS[3], "session_tags": {"team": "web", "cost-center": "42"}},
+    REQUESTS[0],
+    {"principal": "arn:aws:sts::111122223333:assumed-role/ci/build-2", "action": "s3:GetObject", "resource": "*",
+     "context": {"aws:SourceIp": "10.0.0.3"}, "session_tags": {"team": "data"}},
+]
+
+
+def test_session_tags_are_a_struct_of_tag_keys_in_every_format(tmp_path):
+    jsonl = write_jsonl(tmp_path / "requests.jsonl", SESSION_REQUESTS)
+    gzipped = write_jsonl(tmp_path / "requests.jsonl.gz", SESSION_REQUESTS)
+    written = tmp_path / "written.parquet"
+    assert write_requests_parquet(read_requests(jsonl, batch_rows=2), written, row_group_rows=2) == 3
+    assert pq.read_schema(written).field("session_tags").type == pa.struct([("cost-center", pa.string()),
+                                                                            ("team", pa.string())])
+    struct_parquet = write_struct_parquet(tmp_path / "struct.parquet", SESSION_REQUESTS)
+    json_context = tmp_path / "json-context.parquet"  # the context as JSON text: decoded row by row
+    pq.write_table(pa.Table.from_pylist([{**request, "context": json.dumps(request.get("context"))}
+                                         for request in SESSION_REQUESTS]), json_context)
+    source_ips_only = []  # what a reader keeps for policies that test aws:SourceIp alone: every session tag
+    for request in SESSION_REQUESTS:
+        kept = {key: value for key, value in request["context"].items() if key == "aws:SourceIp"}
+        source_ips_only.append({**request, "context": kept} if kept else
+                               {key: value for key, value in request.items() if key != "context"})
+    for path in (jsonl, gzipped, written, struct_parquet, json_context):
+        problems = Problems()
+        assert as_requests(read_requests(path, problems=problems)) == SESSION_REQUESTS, path.name
+        assert as_requests(read_requests(path, problems=problems, context_keys={"aws:sourceip"})) == source_ips_only
+        assert problems.total == 0, path.name
+    [batch] = read_requests(jsonl)
+    assert batch.column("session_tags").to_pylist() == [{"team": "web", "cost-center": "42"},
+                                                        {"team": None, "cost-center": None},
+                                                        {"team": "data", "cost-center": None}]
+
+
+MALFORMED_SESSION_TAGS = [
+    json.dumps(SESSION_REQUESTS[0]),                                                     # 1 read
+    json.dumps({**REQUESTS[2], "session_tags": ["team"]}),                               # 2 not an object
+    json.dumps({**REQUESTS[2], "session_tags": {"team": 7}}),                            # 3 not a string
+    json.dumps({**REQUESTS[2], "session_tags": {"team": "a", "env": None}}),             # 4 null
+    json.dumps({**REQUESTS[2], "session_tags": {"team": ["a", "b"]}}),                   # 5 a list
+    json.dumps(SESSION_REQUESTS[2]),                                                     # 6 read
+]
+
+
+def test_malformed_session_tags_are_reported_with_their_line(tmp_path):
+    path = write_lines(tmp_path / "requests.jsonl", MALFORMED_SESSION_TAGS)
+    problems = Problems()
+    [batch] = read_requests(path, problems=problems)
+    assert as_requests([batch]) == [SESSION_REQUESTS[0], SESSION_REQUESTS[2]]
+    assert problems.counts == {"bad session tags": 4}
+    assert problems.first == [
+        (f"{path}:2", "bad session tags: session_tags must be an object, not ['team']"),
+        (f"{path}:3", "bad session tags: session tag 'team': values are strings, not 7"),
+        (f"{path}:4", "bad session tags: session tag 'env': values are strings, not None"),
+        (f"{path}:5", "bad session tags: session tag 'team': values are strings, not ['a', 'b']"),
+    ]
+    with pytest.raises(MalformedRecord, match=r"requests\.jsonl:2: bad session tags") as raised:
+        list(read_requests(path, strict=True))
+    assert raised.value.kind == "bad session tags"
+
+
+@pytest.mark.parametrize("session_tags, message", [
+    (pa.array([{"team": 1}, {"team": 2}]), "session tag 'team' is int64, not string"),
+    (pa.array(['{"team": "web"}'] * 2), "column 'session_tags' is string, not a struct"),
+], ids=["a tag of numbers", "JSON text"])
+def test_parquet_session_tags_of_a_wrong_type_are_one_problem(tmp_path, session_tags, message):
+    path = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"principal": [REQUESTS[3]["principal"]] * 2, "action": ["s3:GetObject"] * 2,
+                             "resource": ["*"] * 2, "session_tags": session_tags}), path)
+    problems = Problems()
+    assert list(read_requests(path, problems=problems)) == []
+    assert problems.first == [(str(path), f"bad session tags: {message}: 2 rows not read")]
 
 
 # problems ----------------------------------------------------------------------------------------------------
