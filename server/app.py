@@ -69,7 +69,8 @@ class Service:
         versions = VersionedStore(config.versions_dir,
                                   lambda: load_store(config.store, config.aws_managed_policies or None),
                                   seed_description=f"loaded from {config.store}")
-        self.live = LiveStore(versions, on_publish=self._published)
+        self.live = LiveStore(versions, on_publish=self._published,
+                              on_watch_error=lambda _: self.metrics.watch_errors.inc())
         self.live.watch(config.watch_seconds)
         for name in ("", *SERVICES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -78,6 +79,7 @@ class Service:
 
     def _published(self, serving: Serving) -> None:
         self.metrics.store_version.set(serving.version.number)
+        self.metrics.process_store_version.set(serving.version.number)
         self.metrics.compile_seconds.set(serving.compile_seconds)
         log.info("store version published", extra={"fields": {
             "store_version": serving.version.number, "description": serving.version.description,

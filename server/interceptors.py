@@ -19,7 +19,7 @@ from evaluator.store import StoreError
 
 from .config import ServerConfig
 from .metrics import ServiceMetrics
-from .store_versions import EntryNotFound, VersionConflict
+from .store_versions import ChangeFailed, EntryNotFound, VersionConflict
 
 PACKAGE = "/iam_evaluator.v1."
 log = logging.getLogger("iam_eval.server")
@@ -46,6 +46,10 @@ def status(exc: Exception) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(exc.args[0]) if exc.args else "not found"
     if isinstance(exc, VersionConflict):
         return grpc.StatusCode.ABORTED, str(exc)
+    if isinstance(exc, ChangeFailed):  # nothing of the change was kept; serving goes on
+        if exc.read_only:
+            return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        return (grpc.StatusCode.UNAVAILABLE if exc.disk else grpc.StatusCode.INTERNAL), str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
 
 

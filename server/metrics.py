@@ -41,6 +41,11 @@ class ServiceMetrics:
                                    registry=self.registry, multiprocess_mode="livemax")
         self.compile_seconds = Gauge("iam_eval_store_compile_seconds", "Time the served version took to compile",
                                      registry=self.registry, multiprocess_mode="livemax")
+        self.process_store_version = Gauge("iam_eval_process_store_version",
+                                           "Store version each server process serves (label pid)",
+                                           registry=self.registry, multiprocess_mode="liveall")
+        self.watch_errors = Counter("iam_eval_store_watch_errors", "Failed looks for store versions other "
+                                    "processes wrote (each is retried)", registry=self.registry)
         self._by_code = [self.checks.labels(decision) for decision in _DECISIONS]
         self._http = None
 

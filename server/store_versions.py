@@ -5,13 +5,17 @@ reused; every version is kept, so any one can be rolled back to. Each version is
 directory, ``v{number:08d}.json``, holding ``{"version": n, "created": "…Z", "description": "…", "store":
 snapshot}`` (the snapshot is ``PolicyStore.to_json``'s document).
 
-Crash safety. A version is written to a temporary file in the same directory (``.v{number:08d}.*.tmp``),
-flushed and fsynced, then renamed to its final name with ``os.replace`` (atomic), and then the directory is
-fsynced so the rename itself is durable. A version file therefore exists whole or not at all, and the newest
-one is the current version: a restart after a crash at any point finds the old version or the new one, never
-a mix. On opening, leftover temporary files are removed; a version file that still cannot be read (only a
-filesystem that lost synced data, or a hand edit, could cause that) is skipped with a warning, falling back to
-the next older one.
+Crash safety. A change is first built and checked as a whole store, then prepared (the server compiles it),
+and only then written: to a temporary file in the same directory (``.v{number:08d}.*.tmp``), flushed and
+fsynced, then renamed to its final name with ``os.replace`` (atomic), and then the directory is fsynced so the
+rename itself is durable. A failure at any step (the store is invalid, compiling it fails, the disk is full,
+the fsync fails) leaves the directory as it was: the renamed file is removed again, and the caller is told
+which step failed (``ChangeFailed``); a change is either served or never happened. A version file therefore
+exists whole or not at all, and the newest one is the current version: a restart after a crash at any point
+finds the old version or the new one, never a mix. On opening, leftover temporary files are removed; a version
+file that still cannot be read (only a filesystem that lost synced data, or a hand edit, could cause that) is
+skipped with a warning, falling back to the next older one. A state directory this process cannot write is
+served read-only: its newest version, with every change refused.
 
 Several processes may share a state directory (the server's ``processes`` setting): a change holds an
 exclusive lock on ``.lock`` there, first takes in any version another process wrote (``refresh``), and only
@@ -20,6 +24,7 @@ then applies; readers take ``current``, which is replaced (never mutated) on eac
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -59,6 +64,18 @@ class EntryNotFound(LookupError):
     """No entry (or version) with the key asked for."""
 
 
+class ChangeFailed(Exception):
+    """A change failed on its way to being served (compiling it, a full disk, a read-only state
+    directory, a failed fsync); nothing of it was kept. ``step`` says where it failed."""
+
+    def __init__(self, step: str, cause: Exception) -> None:
+        self.step = step
+        self.disk = isinstance(cause, OSError)
+        self.read_only = self.disk and cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        reason = (cause.strerror or str(cause)) if isinstance(cause, OSError) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"the change was not made: {step} failed: {reason}")
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """What ``history`` tells of a version, without its store."""
@@ -86,14 +103,19 @@ class VersionedStore:
         if not self.directory.is_dir():
             self.directory.mkdir(parents=True, exist_ok=True)
             _fsync_directory(self.directory.parent)  # so the new directory's own name survives a crash
-        for leftover in self.directory.glob(".v*.tmp"):
+        self.read_only = not os.access(self.directory, os.W_OK)
+        """A state directory this process cannot write: its versions are served, changes refused."""
+        if self.read_only:
+            logger.warning("the state directory %s is read-only: serving its newest version, refusing changes",
+                           self.directory)
+        for leftover in () if self.read_only else self.directory.glob(".v*.tmp"):
             logger.info("removing %s, left by an interrupted write", leftover)
             leftover.unlink()
         self._lock = threading.Lock()
         self._history: list[VersionInfo] = []
         self._next_number = 1
         self._unreadable: list[int] = []
-        with _exclusive(self.directory / ".lock"):
+        with contextlib.nullcontext() if self.read_only else _exclusive(self.directory / ".lock"):
             found = self._take_in_new_versions()
             if found is None and self._next_number > 1:
                 raise RuntimeError(f"{self.directory}: none of its {len(self._unreadable)} version files can be read; "
@@ -143,23 +165,26 @@ class VersionedStore:
         with self._lock:
             return list(self._history)
 
-    def change(self, edit: Callable[[dict], None], description: str, expected_version: int = 0) -> StoreVersion:
+    def change(self, edit: Callable[[dict], None], description: str, expected_version: int = 0,
+               prepare: Callable[[PolicyStore], object] | None = None) -> StoreVersion:
         """Commit a new version: the current snapshot as ``edit`` changes it in place.
 
         ``expected_version`` (0: any) must be the current version, else ``VersionConflict``. An
-        ``EntryNotFound`` from ``edit``, or a ``StoreError`` for the edited snapshot, writes nothing.
+        ``EntryNotFound`` from ``edit``, a ``StoreError`` for the edited snapshot, an error from
+        ``prepare(store)`` (called before anything is written) or a ``ChangeFailed`` writes nothing.
         """
-        with self._lock, _exclusive(self.directory / ".lock"):
+        with self._lock, self._writing():
             self.current = self._take_in_new_versions() or self.current
             self._check_expected(expected_version)
             snapshot = json.loads(self.current.store.to_json())
             edit(snapshot)
             store = PolicyStore.from_json(json.dumps(snapshot), source=description)
-            return self._commit(snapshot, store, description)
+            return self._commit(snapshot, store, description, prepare)
 
-    def rollback(self, number: int, expected_version: int = 0) -> StoreVersion:
-        """Commit a new version whose store is version ``number``'s."""
-        with self._lock, _exclusive(self.directory / ".lock"):
+    def rollback(self, number: int, expected_version: int = 0,
+                 prepare: Callable[[PolicyStore], object] | None = None) -> StoreVersion:
+        """Commit a new version whose store is version ``number``'s (``prepare`` as in ``change``)."""
+        with self._lock, self._writing():
             self.current = self._take_in_new_versions() or self.current
             self._check_expected(expected_version)
             if number not in {info.number for info in self._history}:
@@ -167,14 +192,28 @@ class VersionedStore:
                 raise EntryNotFound(f"there is no version {number}; the kept versions are {kept}")
             snapshot = self._read(number)["store"]
             store = PolicyStore.from_json(json.dumps(snapshot), source=str(self._path(number)))
-            return self._commit(snapshot, store, f"rollback to {number}")
+            return self._commit(snapshot, store, f"rollback to {number}", prepare)
 
     def _check_expected(self, expected_version: int) -> None:
         if expected_version and expected_version != self.current.number:
             raise VersionConflict(expected_version, self.current.number)
 
-    def _commit(self, snapshot: dict, store: PolicyStore, description: str) -> StoreVersion:
-        """Write the next version durably, then make it current."""
+    def _writing(self):
+        """The state directory's lock, for a change; a read-only state directory refuses changes."""
+        if self.read_only:
+            raise ChangeFailed("taking the state directory's lock", OSError(errno.EROFS, "the state directory "
+                                                                            f"{self.directory} is read-only"))
+        return _exclusive(self.directory / ".lock")
+
+    def _commit(self, snapshot: dict, store: PolicyStore, description: str,
+                prepare: Callable[[PolicyStore], object] | None = None) -> StoreVersion:
+        """Prepare the new store, write it durably, then make it current."""
+        if prepare is not None:
+            try:
+                prepare(store)
+            except Exception as exc:
+                logger.exception("preparing the new store failed; the change is not written")
+                raise ChangeFailed("compiling the new store", exc) from exc
         number = self._next_number
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         content = json.dumps({"version": number, "created": created, "description": description,
@@ -186,19 +225,34 @@ class VersionedStore:
         return self.current
 
     def _write(self, number: int, content: bytes) -> None:
-        """The protocol in the module docstring: temporary file, fsync, rename, fsync the directory."""
-        fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".v{number:08d}.", suffix=".tmp")
+        """The protocol in the module docstring: temporary file, fsync, rename, fsync the directory; on
+        any failure, nothing of it stays (``ChangeFailed`` for an OS error)."""
+        step = "creating the version file"
+        final = self._path(number)
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(content)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self._path(number))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        _fsync_directory(self.directory)
+            fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".v{number:08d}.", suffix=".tmp")
+            try:
+                step = "writing the version file"
+                with os.fdopen(fd, "wb") as file:
+                    file.write(content)
+                    file.flush()
+                    os.fsync(file.fileno())
+                step = "renaming the version file into place"
+                os.replace(temporary, final)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+                raise
+            step = "syncing the state directory"
+            try:
+                _fsync_directory(self.directory)
+            except BaseException:  # the rename may or may not be durable: undo it, so the change never happened
+                with contextlib.suppress(OSError):
+                    os.unlink(final)
+                    _fsync_directory(self.directory)
+                raise
+        except OSError as exc:
+            raise ChangeFailed(step, exc) from exc
 
     def _path(self, number: int) -> Path:
         return self.directory / f"v{number:08d}.json"
