@@ -66,9 +66,12 @@ class Service:
         """Load (or reopen) the store's versions, compile the newest, and start serving it."""
         config = self.config
         started = time.perf_counter()
+        seeded = []
         versions = VersionedStore(config.versions_dir,
-                                  lambda: load_store(config.store, config.aws_managed_policies or None),
-                                  seed_description=f"loaded from {config.store}")
+                                  lambda: seeded.append(load_store(config.store, config.aws_managed_policies or None))
+                                  or seeded[0], seed_description=f"loaded from {config.store}")
+        if not seeded:
+            self._compare_with_store(versions)
         self.live = LiveStore(versions, on_publish=self._published,
                               on_watch_error=lambda _: self.metrics.watch_errors.inc())
         self.live.watch(config.watch_seconds)
@@ -76,6 +79,26 @@ class Service:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"fields": {"store_version": self.live.current.version.number,
                                               "load_seconds": round(time.perf_counter() - started, 3)}})
+
+    def _compare_with_store(self, versions: VersionedStore) -> None:
+        """A restart serves the newest kept version, not ``--store``: say so when the two differ (the store
+        folder was edited since), and with ``reseed`` start a new version from ``--store``."""
+        config = self.config
+        given = load_store(config.store, config.aws_managed_policies or None)
+        if given.to_json() == versions.current.store.to_json():
+            return
+        fields = {"store": config.store, "state_dir": str(config.versions_dir),
+                  "served_version": versions.current.number}
+        if not config.reseed:
+            log.warning("the store given differs from the newest version kept in the state directory, which is "
+                        "served; restart with --reseed to serve the store given as a new version",
+                        extra={"fields": fields})
+            return
+        snapshot = json.loads(given.to_json())
+        versions.change(lambda current: (current.clear(), current.update(snapshot)),
+                        f"reseeded from {config.store}")
+        log.warning("reseeded: the store given is served as a new version",
+                    extra={"fields": {**fields, "served_version": versions.current.number}})
 
     def _published(self, serving: Serving) -> None:
         self.metrics.store_version.set(serving.version.number)

@@ -20,7 +20,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
     try:
         config = load_config(args.config, store=args.store, listen=args.listen, metrics_listen=args.metrics_listen,
-                             state_dir=args.state_dir, aws_managed_policies=args.aws_managed_policies)
+                             state_dir=args.state_dir, aws_managed_policies=args.aws_managed_policies,
+                             reseed=args.reseed or None)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -186,6 +187,8 @@ def add_commands(commands) -> None:
     serve.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT", help="Prometheus address (default 127.0.0.1:9464)")
     serve.add_argument("--state-dir", metavar="DIR", help="where store versions are kept")
+    serve.add_argument("--reseed", action="store_true",
+                       help="serve --store as a new version when it differs from the newest version kept")
     serve.add_argument("--aws-managed-policies", metavar="PATH",
                        help="for an account export: AWS managed policies it attaches (JSON Lines of {arn, document}, "
                             "e.g. ../shared/corpus/aws_managed_policies.jsonl)")

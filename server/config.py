@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 class ServerConfig:
     store: str = ""                 # a store directory, a store snapshot, or an account export (JSON)
     state_dir: str = ""             # where versions are kept; default: DIR/.versions or FILE.versions
+    reseed: bool = False            # start a new version from ``store`` when it differs from the newest one kept
     aws_managed_policies: str = ""  # for an account export: where AWS's own managed policies are (JSON Lines)
     listen: str = "127.0.0.1:50051"  # host:port; port 0 picks a free port
     metrics_listen: str = "127.0.0.1:9464"  # Prometheus /metrics over HTTP; "" turns it off
@@ -90,6 +91,12 @@ def _typed(name: str, value: Any, source: str) -> Any:
     """``value`` as the setting's type; strings (from the environment) are converted."""
     kind = {f.name: f.type for f in fields(ServerConfig)}[name]
     try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+                return value.lower() in ("1", "true", "yes")
+            raise ValueError(value)
         if kind == "int" and not isinstance(value, bool):
             return int(value)
         if kind == "float" and not isinstance(value, bool):

@@ -160,3 +160,27 @@ def test_over_grpc_a_full_disk_is_unavailable_and_serving_goes_on(tmp_path: Path
                 resource="arn:aws:imagebuilder:us-east-1:111122223333:image/demo/1.0.0/1",
                 context={"aws:RequestedRegion": pb.ContextValues(values=["us-east-1"])}), timeout=30)
             assert answer.result.decision == pb.ALLOW and answer.store_version == 1
+
+
+def test_a_restart_after_the_store_folder_changed_says_so_and_reseed_serves_it(tmp_path: Path, caplog):
+    """The state directory's newest version is served after a restart; an edited --store is named, not lost."""
+    import shutil
+    store = tmp_path / "store"
+    shutil.copytree(EXAMPLE_STORE, store)
+    state = tmp_path / "state"
+    with running_service(store, state):
+        pass
+    (store / "managed_policies" / "extra.json").write_text(json.dumps({"arn": POLICY_ARN, "document": DOCUMENT}))
+    with caplog.at_level(logging.WARNING, "iam_eval.server"), running_service(store, state) as service:
+        assert service.serving().version.number == 1
+        assert POLICY_ARN not in service.serving().version.store.managed_policies
+    warning = next(r for r in caplog.records if "differs" in r.getMessage())
+    assert warning.fields["store"] == str(store) and warning.fields["served_version"] == 1
+    with running_service(store, state, reseed=True) as service:
+        assert service.serving().version.number == 2
+        assert POLICY_ARN in service.serving().version.store.managed_policies
+        assert "reseeded" in service.serving().version.description
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "iam_eval.server"), running_service(store, state) as service:
+        assert service.serving().version.number == 2
+    assert not any("differs" in r.getMessage() for r in caplog.records), "the same store again: nothing to say"
