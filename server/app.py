@@ -6,6 +6,7 @@ say SERVING and do the Authorizer and PolicyAdmin APIs answer (before: UNAVAILAB
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -38,6 +39,8 @@ from .metrics import ServiceMetrics, serve_all_processes
 from .store_versions import VersionedStore
 
 log = logging.getLogger("iam_eval.server")
+SEED_FILE = "seed.json"
+"""In the state directory: which store seeded it, and its digest (``Service._compare_with_store``)."""
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Authorizer", "PolicyAdmin"))
 
 
@@ -70,7 +73,10 @@ class Service:
         versions = VersionedStore(config.versions_dir,
                                   lambda: seeded.append(load_store(config.store, config.aws_managed_policies or None))
                                   or seeded[0], seed_description=f"loaded from {config.store}")
-        if not seeded:
+        if seeded:
+            _record_seed(config.versions_dir / SEED_FILE, config.store,
+                         hashlib.sha256(seeded[0].to_json().encode()).hexdigest())
+        else:
             self._compare_with_store(versions)
         self.live = LiveStore(versions, on_publish=self._published,
                               on_watch_error=lambda _: self.metrics.watch_errors.inc())
@@ -81,24 +87,34 @@ class Service:
                                               "load_seconds": round(time.perf_counter() - started, 3)}})
 
     def _compare_with_store(self, versions: VersionedStore) -> None:
-        """A restart serves the newest kept version, not ``--store``: say so when the two differ (the store
-        folder was edited since), and with ``reseed`` start a new version from ``--store``."""
+        """A restart serves the newest kept version, not ``--store``: say so when the store given changed
+        since it seeded the state directory (its folder was edited), and with ``reseed`` serve it as a new
+        version. Changes made through PolicyAdmin since are not a difference: the seed's digest is kept
+        in the state directory (``SEED_FILE``) and compared."""
         config = self.config
         given = load_store(config.store, config.aws_managed_policies or None)
-        if given.to_json() == versions.current.store.to_json():
+        digest = hashlib.sha256(given.to_json().encode()).hexdigest()
+        seed_file = config.versions_dir / SEED_FILE
+        try:
+            recorded = json.loads(seed_file.read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded == digest:
             return
         fields = {"store": config.store, "state_dir": str(config.versions_dir),
                   "served_version": versions.current.number}
-        if not config.reseed:
-            log.warning("the store given differs from the newest version kept in the state directory, which is "
+        if recorded is not None and not config.reseed:
+            log.warning("the store given changed since it seeded the state directory, whose newest version is "
                         "served; restart with --reseed to serve the store given as a new version",
                         extra={"fields": fields})
             return
-        snapshot = json.loads(given.to_json())
-        versions.change(lambda current: (current.clear(), current.update(snapshot)),
-                        f"reseeded from {config.store}")
-        log.warning("reseeded: the store given is served as a new version",
-                    extra={"fields": {**fields, "served_version": versions.current.number}})
+        if config.reseed:
+            snapshot = json.loads(given.to_json())
+            versions.change(lambda current: (current.clear(), current.update(snapshot)),
+                            f"reseeded from {config.store}")
+            log.warning("reseeded: the store given is served as a new version",
+                        extra={"fields": {**fields, "served_version": versions.current.number}})
+        _record_seed(seed_file, config.store, digest)
 
     def _published(self, serving: Serving) -> None:
         self.metrics.store_version.set(serving.version.number)
@@ -116,6 +132,17 @@ class Service:
         self.metrics.stop()
         if self.live is not None:
             self.live.stop()
+
+
+def _record_seed(path: Path, store: str, digest: str) -> None:
+    """Note which store seeded the state directory (written whole, or not at all; skipped when read-only)."""
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".seed.", suffix=".tmp")
+        with os.fdopen(fd, "w") as file:
+            json.dump({"store": store, "sha256": digest}, file)
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.warning("cannot note the seed store in the state directory: %s", exc)
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

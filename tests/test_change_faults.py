@@ -168,19 +168,23 @@ def test_a_restart_after_the_store_folder_changed_says_so_and_reseed_serves_it(t
     store = tmp_path / "store"
     shutil.copytree(EXAMPLE_STORE, store)
     state = tmp_path / "state"
-    with running_service(store, state):
-        pass
+    with running_service(store, state) as service:  # a change through the API is no difference to report
+        service.live.change(lambda snapshot: put_entry(snapshot, "managed_policies", {
+            "arn": "arn:aws:iam::111122223333:policy/ThroughTheApi", "document": DOCUMENT}), "put")
+    with caplog.at_level(logging.WARNING, "iam_eval.server"), running_service(store, state) as service:
+        assert service.serving().version.number == 2
+    assert not any("changed since" in r.getMessage() for r in caplog.records)
     (store / "managed_policies" / "extra.json").write_text(json.dumps({"arn": POLICY_ARN, "document": DOCUMENT}))
     with caplog.at_level(logging.WARNING, "iam_eval.server"), running_service(store, state) as service:
-        assert service.serving().version.number == 1
-        assert POLICY_ARN not in service.serving().version.store.managed_policies
-    warning = next(r for r in caplog.records if "differs" in r.getMessage())
-    assert warning.fields["store"] == str(store) and warning.fields["served_version"] == 1
-    with running_service(store, state, reseed=True) as service:
         assert service.serving().version.number == 2
+        assert POLICY_ARN not in service.serving().version.store.managed_policies
+    warning = next(r for r in caplog.records if "changed since" in r.getMessage())
+    assert warning.fields["store"] == str(store) and warning.fields["served_version"] == 2
+    with running_service(store, state, reseed=True) as service:
+        assert service.serving().version.number == 3
         assert POLICY_ARN in service.serving().version.store.managed_policies
         assert "reseeded" in service.serving().version.description
     caplog.clear()
     with caplog.at_level(logging.WARNING, "iam_eval.server"), running_service(store, state) as service:
-        assert service.serving().version.number == 2
-    assert not any("differs" in r.getMessage() for r in caplog.records), "the same store again: nothing to say"
+        assert service.serving().version.number == 3
+    assert not any("changed since" in r.getMessage() for r in caplog.records), "the same store: nothing to say"
