@@ -104,7 +104,8 @@ ctypedef struct request_t:
     int32_t action_ix        # the action among the batch's distinct actions (Batch.actions)
     int32_t resource_ix      # the resource among the batch's distinct resources (Batch.resources)
     int32_t caller           # row of the batch's caller table; ROW_FAILED or ROW_UNKNOWN: never decided
-    int32_t profile          # index in Batch.profiles
+    int32_t identity_profile # index in Batch.profiles: the caller's identity layers (identity, boundary, session, SCPs)
+    int32_t resource_profile # index in Batch.profiles: the resource's layers (its policy, its owner's RCPs)
     int32_t grants           # offset of the caller's grants for the profile's resource policy; -1: none
     uint8_t same_account
     int32_t ctx_start        # this request's context entries in the batch
@@ -144,8 +145,9 @@ ctypedef struct scratch_t:
     uint64_t gen
     mark_t* policy_mark      # per policy: its roles for the current profile
     uint64_t profile_gen
-    uint64_t marked_batch    # serial of the batch whose profile is marked, 0: none
-    int32_t marked_profile
+    uint64_t marked_batch    # serial of the batch whose profiles are marked, 0: none
+    int32_t marked_identity  # the profiles marked
+    int32_t marked_resource
     int32_t* candidates
     ctx_entry* ctx           # dense context of the current request; count -1 between requests
     pseg* condition_scratch
@@ -409,27 +411,19 @@ cdef class Engine:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef void mark_profile(self, Batch batch, int32_t profile, scratch_t* sc) noexcept nogil:
-        """Note what each policy is for the requests of ``profile`` (skipped when already noted)."""
-        if sc.marked_batch == batch.serial and sc.marked_profile == profile:
+    cdef void mark_profiles(self, Batch batch, const request_t* rq, scratch_t* sc) noexcept nogil:
+        """Note what each policy is for the request: its identity and its resource profile (skipped
+        when the last request noted the same two)."""
+        if sc.marked_batch == batch.serial and sc.marked_identity == rq.identity_profile \
+                and sc.marked_resource == rq.resource_profile:
             return
         sc.marked_batch = batch.serial
-        sc.marked_profile = profile
+        sc.marked_identity = rq.identity_profile
+        sc.marked_resource = rq.resource_profile
         sc.profile_gen += 1
-        cdef const profile_t* pr = &batch.profiles[profile]
-        cdef const role_t* role
-        cdef mark_t* mark
-        cdef int32_t r
-        for r in range(pr.role_start, pr.role_start + pr.role_count):
-            role = &batch.roles[r]
-            mark = &sc.policy_mark[role.policy]
-            if mark.gen != sc.profile_gen:
-                mark.gen = sc.profile_gen
-                mark.bits = 0
-                mark.scp = mark.rcp = 0
-            mark.bits |= role.bits
-            mark.scp |= role.scp
-            mark.rcp |= role.rcp
+        mark_roles(batch, &batch.profile_table[rq.identity_profile], sc)
+        mark_roles(batch, &batch.profile_table[rq.resource_profile], sc)
+
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -441,14 +435,14 @@ cdef class Engine:
         cdef const mark_t* mark
         cdef const keyed_entry* entries = batch.entries + rq.ctx_start
         cdef const uint8_t* grants = batch.grant_bytes + rq.grants if rq.grants >= 0 else NULL
-        cdef const profile_t* profile = &batch.profiles[rq.profile]
+
         cdef bint star_request = engine_is_star(rq.resource.ptr, rq.resource.len)
         cdef bint unresolvable
         cdef int held, result = -1
         cdef bint any_deny = False, identity_allow = False, boundary_allow = False, session_allow = False
         cdef uint64_t scp_allow = 0, rcp_allow = 0
         cdef uint8_t grant = G_NONE, names, bits
-        self.mark_profile(batch, rq.profile, sc)
+        self.mark_profiles(batch, rq, sc)
         cdef uint64_t profile_gen = sc.profile_gen
         sc.gen += 1
         cdef uint64_t gen = sc.gen
@@ -548,8 +542,8 @@ cdef class Engine:
             sc.ctx[entries[i].key].count = -1
         if result == D_FAILED:
             return D_FAILED
-        return combine(profile, any_deny, identity_allow, boundary_allow, session_allow, scp_allow, rcp_allow,
-                       grant, rq.same_account)
+        return combine(&batch.profile_table[rq.identity_profile], &batch.profile_table[rq.resource_profile], any_deny,
+                       identity_allow, boundary_allow, session_allow, scp_allow, rcp_allow, grant, rq.same_account)
 
     # ---------------------------------------------------------------- batches
 
@@ -662,7 +656,25 @@ cdef class Engine:
         return results
 
 
-cdef inline int combine(const profile_t* profile, bint any_deny, bint identity_allow, bint boundary_allow,
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void mark_roles(Batch batch, const profile_t* profile, scratch_t* sc) noexcept nogil:
+    cdef const role_t* role
+    cdef mark_t* mark
+    cdef int32_t r
+    for r in range(profile.role_start, profile.role_start + profile.role_count):
+        role = &batch.roles[r]
+        mark = &sc.policy_mark[role.policy]
+        if mark.gen != sc.profile_gen:
+            mark.gen = sc.profile_gen
+            mark.bits = 0
+            mark.scp = mark.rcp = 0
+        mark.bits |= role.bits
+        mark.scp |= role.scp
+        mark.rcp |= role.rcp
+
+
+cdef inline int combine(const profile_t* identity, const profile_t* resource, bint any_deny, bint identity_allow, bint boundary_allow,
                         bint session_allow, uint64_t scp_allow, uint64_t rcp_allow, uint8_t grant,
                         bint same_account) noexcept nogil:
     """``decision.combine`` in C (the decision only): deny wins; every SCP and RCP level must
@@ -670,12 +682,12 @@ cdef inline int combine(const profile_t* profile, bint any_deny, bint identity_a
     policy's grant (on its own in the same account, beside the identity path across)."""
     if any_deny:
         return D_EXPLICIT
-    cdef uint64_t all_scp = ((<uint64_t>1) << profile.n_scp) - 1 if profile.n_scp < 64 else ~(<uint64_t>0)
-    cdef uint64_t all_rcp = ((<uint64_t>1) << profile.n_rcp) - 1 if profile.n_rcp < 64 else ~(<uint64_t>0)
+    cdef uint64_t all_scp = ((<uint64_t>1) << identity.n_scp) - 1 if identity.n_scp < 64 else ~(<uint64_t>0)
+    cdef uint64_t all_rcp = ((<uint64_t>1) << resource.n_rcp) - 1 if resource.n_rcp < 64 else ~(<uint64_t>0)
     if (scp_allow & all_scp) != all_scp or (rcp_allow & all_rcp) != all_rcp:
         return D_IMPLICIT
-    cdef bint boundary_ok = not profile.has_boundary or boundary_allow
-    cdef bint session_ok = not profile.has_session or session_allow
+    cdef bint boundary_ok = not identity.has_boundary or boundary_allow
+    cdef bint session_ok = not identity.has_session or session_allow
     cdef bint identity_path = identity_allow and boundary_ok and session_ok
     if same_account:
         if identity_path or grant == G_DIRECT or (grant == G_BOUNDED and boundary_ok and session_ok):
@@ -851,7 +863,7 @@ cdef class Batch:
     cdef cstr* values
     cdef uint8_t* grant_bytes  # grant_table, once converted
     cdef uint8_t* codes
-    cdef profile_t* profiles
+    cdef profile_t* profile_table
     cdef role_t* roles
     cdef matches_t actions        # the distinct actions and the patterns each matches
     cdef matches_t resources      # the distinct resources (likewise)
@@ -889,7 +901,7 @@ cdef class Batch:
         free(self.values)
         free(self.grant_bytes)
         free(self.codes)
-        free(self.profiles)
+        free(self.profile_table)
         free(self.roles)
         free_matches(&self.actions)
         free_matches(&self.resources)
@@ -906,16 +918,19 @@ cdef class Batch:
         row = self.requests[i].caller
         return self.callers[row] if row >= 0 else None
 
-    def profile(self, Py_ssize_t i):
-        """The resolver's profile of request i, or None when the request was never decided."""
-        return self.profile_objects[self.requests[i].profile] if self.requests[i].caller >= 0 else None
+    def profiles(self, Py_ssize_t i):
+        """The resolver's identity and resource profiles of request i, or None when it was never decided."""
+        if self.requests[i].caller < 0:
+            return None
+        return self.profile_objects[self.requests[i].identity_profile], \
+            self.profile_objects[self.requests[i].resource_profile]
 
     def grants(self, Py_ssize_t i):
         """How the resource policy of request i names its caller, per statement; None without one."""
         cdef int32_t at = self.requests[i].grants
         if self.requests[i].caller < 0 or at < 0:
             return None
-        cdef int32_t policy = self.profile_objects[self.requests[i].profile].resource_policy
+        cdef int32_t policy = self.profile_objects[self.requests[i].resource_profile].resource_policy
         return bytes(self.grant_table[at:at + self.engine.policy_sizes[policy]])
 
     cdef int grow(self, Py_ssize_t entries, Py_ssize_t values) except -1:
@@ -991,20 +1006,20 @@ cdef class Batch:
             self.grant_bytes[k] = self.grant_table[k]
         cdef Py_ssize_t total = sum(len(profile.packed) for profile in self.profile_objects)
         cdef const char* packed
-        self.profiles = <profile_t*>calloc(max(1, len(self.profile_objects)), sizeof(profile_t))
+        self.profile_table = <profile_t*>calloc(max(1, len(self.profile_objects)), sizeof(profile_t))
         self.roles = <role_t*>malloc(max(1, total))
-        if self.profiles == NULL or self.roles == NULL:
+        if self.profile_table == NULL or self.roles == NULL:
             raise MemoryError()
         for profile in self.profile_objects:
             packed = profile.packed
-            self.profiles[p].role_start = <int32_t>r
-            self.profiles[p].role_count = <int32_t>(len(profile.packed) // sizeof(role_t))
-            self.profiles[p].has_boundary = profile.has_boundary
-            self.profiles[p].has_session = profile.has_session
-            self.profiles[p].n_scp = profile.n_scp
-            self.profiles[p].n_rcp = profile.n_rcp
+            self.profile_table[p].role_start = <int32_t>r
+            self.profile_table[p].role_count = <int32_t>(len(profile.packed) // sizeof(role_t))
+            self.profile_table[p].has_boundary = profile.has_boundary
+            self.profile_table[p].has_session = profile.has_session
+            self.profile_table[p].n_scp = profile.n_scp
+            self.profile_table[p].n_rcp = profile.n_rcp
             memcpy(&self.roles[r], packed, len(profile.packed))
-            r += self.profiles[p].role_count
+            r += self.profile_table[p].role_count
             p += 1
         self.engine.match_distinct(self)
         return 0
@@ -1101,7 +1116,8 @@ cdef class _Converter:
     cdef list resource_texts  # the distinct resources
     cdef list resource_places # per distinct resource: (resource policy, owner class or None)
     cdef dict owner_memo      # account -> owner class
-    cdef dict profile_memo    # (identity, resource policy, owner class) as one number -> profile index
+    cdef dict identity_memo   # identity -> its profile's index
+    cdef dict resource_profile_memo  # (resource policy, owner class) as one number -> its profile's index
     cdef dict grant_memo      # (caller row, resource policy) as one number -> grants offset
     cdef dict key_cache       # context key as given -> key id (-1: no policy tests it)
     cdef Py_ssize_t n_columns # context columns some policy tests:
@@ -1130,7 +1146,8 @@ cdef class _Converter:
         self.resource_texts = []
         self.resource_places = []
         self.owner_memo = {}
-        self.profile_memo = {}
+        self.identity_memo = {}
+        self.resource_profile_memo = {}
         self.grant_memo = {}
         self.key_cache = {}
         self.seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
@@ -1176,46 +1193,74 @@ cdef class _Converter:
         self.rows[principal] = number
         return number
 
-    def locate(self, int32_t row, object resource, object owner):
-        """(profile, grants offset or -1) of a caller's request on an exact resource string (an
-        ARN or "*"), owned by ``owner`` (an exact account string) or else as the ARN says."""
-        cdef int32_t profile, grants, resource_ix
-        self.locate_into(row, resource, owner, &profile, &grants, &resource_ix)
-        return profile, grants
+    # The steps of placing a request, each memoised per batch; ``evaluator.arrow`` calls them once per
+    # distinct value of a column, the converter of Python objects once per request (``locate_into``).
 
-    cdef int locate_into(self, int32_t row, object resource, object owner, int32_t* profile_out,
-                         int32_t* grants_out, int32_t* resource_ix) except -1:
-        """``locate``, written to the request; memo keys are numbers (no container per row)."""
+    cpdef int32_t identity_profile(self, int32_t row) except -1:
+        """The index of the caller's identity profile (identity, boundary, session, SCP levels)."""
+        identity = self.identities[row]
+        profile = self.identity_memo.get(identity)
+        if profile is None:
+            if identity < 0:
+                raise ValueError("the resolver gave an identity out of range")
+            profile = self.identity_memo[identity] = self.batch.add_profile(self.resolver.identity_profile(identity))
+        return profile
+
+    cpdef int own_owner(self, int32_t row) except -1:
+        """The owner class of the caller's own account."""
+        return self.own_owners[row]
+
+    cpdef tuple resource_place(self, object resource):
+        """(resource policy or -1, owner class or -1: the caller's own) of an exact resource string."""
+        policy, owner_class = self.resolver.resource(resource)
+        if not -1 <= policy < self.engine.n_policies:
+            raise ValueError("the resolver gave a policy out of range")
+        return policy, -1 if owner_class is None else owner_class
+
+    cpdef int owner_class(self, object account) except -1:
+        """The owner class of an exact account string given as the resource's owner."""
+        owner_class = self.owner_memo.get(account)
+        if owner_class is None:
+            owner_class = self.owner_memo[account] = self.resolver.owner(account)
+        return owner_class
+
+    cpdef int32_t resource_profile(self, int32_t policy, object owner_class) except -1:
+        """The index of the resource's profile (its policy, its owner's RCP levels)."""
+        if not 0 <= owner_class < OWNER_SPAN:
+            raise ValueError("the resolver gave an owner class out of range")
+        key = (policy + 1) * OWNER_SPAN + owner_class
+        profile = self.resource_profile_memo.get(key)
+        if profile is None:
+            profile = self.resource_profile_memo[key] = self.batch.add_profile(
+                self.resolver.resource_profile(policy, owner_class))
+        return profile
+
+    cpdef int32_t grants(self, int32_t row, int32_t policy) except -2:
+        """The offset of the caller's grants for the statements of a resource policy."""
+        key = row * self.engine.n_policies + policy
+        offset = self.grant_memo.get(key)
+        if offset is None:
+            offset = self.grant_memo[key] = self.batch.add_grants(
+                self.resolver.grants(self.batch.callers[row], self.identities[row], policy), policy)
+        return offset
+
+    cdef int locate_into(self, int32_t row, object resource, object owner, request_t* rq) except -1:
+        """Place request ``rq`` of caller ``row`` on an exact resource string (an ARN or "*"), owned by
+        ``owner`` (an exact account string) or else as the ARN says."""
         ix = self.resource_memo.get(resource)
         if ix is None:
             ix = self.resource_memo[resource] = len(self.resource_texts)
             self.resource_texts.append(resource)
-            self.resource_places.append(tuple(self.resolver.resource(resource)))
-        resource_ix[0] = ix
+            self.resource_places.append(self.resource_place(resource))
+        rq.resource_ix = ix
         policy, owner_class = self.resource_places[ix]
         if owner is not None:
-            owner_class = self.owner_memo.get(owner)
-            if owner_class is None:
-                owner_class = self.owner_memo[owner] = self.resolver.owner(owner)
-        if owner_class is None:
+            owner_class = self.owner_class(owner)
+        elif owner_class < 0:
             owner_class = self.own_owners[row]
-        identity = self.identities[row]
-        if not 0 <= owner_class < OWNER_SPAN or identity < 0 or not -1 <= policy < self.engine.n_policies:
-            raise ValueError("the resolver gave an identity, policy or owner out of range")
-        profile_key = (identity * (self.engine.n_policies + 1) + policy + 1) * OWNER_SPAN + owner_class
-        profile = self.profile_memo.get(profile_key)
-        if profile is None:
-            profile = self.profile_memo[profile_key] = self.batch.add_profile(
-                self.resolver.profile(identity, policy, owner_class))
-        profile_out[0] = profile
-        grants_out[0] = -1
-        if policy >= 0:
-            grant_key = row * self.engine.n_policies + policy
-            grants = self.grant_memo.get(grant_key)
-            if grants is None:
-                grants = self.grant_memo[grant_key] = self.batch.add_grants(
-                    self.resolver.grants(self.batch.callers[row], identity, policy), policy)
-            grants_out[0] = grants
+        rq.identity_profile = self.identity_profile(row)
+        rq.resource_profile = self.resource_profile(policy, owner_class)
+        rq.grants = self.grants(row, policy) if policy >= 0 else -1
         return 0
 
     cdef object key_id(self, object key):
@@ -1346,7 +1391,7 @@ cdef class _Converter:
                     data + account_start, <const char*>caller_account, account_len) == 0
             else:
                 rq.same_account = True
-            self.locate_into(row, exact_resource, owner, &rq.profile, &rq.grants, &rq.resource_ix)
+            self.locate_into(row, exact_resource, owner, rq)
             ix = self.action_memo.get(exact_action)
             if ix is None:
                 ix = self.action_memo[exact_action] = len(self.action_texts)
@@ -1502,11 +1547,11 @@ cdef const int32_t* _int32s(object array) except NULL:
     return (<const int32_t*><size_t>array.buffers()[1].address) + <Py_ssize_t>array.offset
 
 
-def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_of_row, actions, resources,
-                  resource_accounts, list context_fields, list tag_fields=None):
+def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resource_of_row, grants_of_row, actions,
+                  resources, resource_accounts, list context_fields, list tag_fields=None):
     """Finish the ``Batch`` of ``conversion`` from Arrow columns, with no Python object per row.
 
-    ``caller_of_row``, ``profile_of_row``, ``grants_of_row``: int32 arrays from the
+    ``caller_of_row``, ``identity_of_row``, ``resource_of_row``, ``grants_of_row``: int32 arrays from the
     converter's ``caller_row`` and ``locate`` on each row's distinct values (a row whose
     caller is ROW_FAILED or ROW_UNKNOWN carries its reason in ``batch.errors`` or
     ``batch.unknown`` already, as does a row with a null action or resource);
@@ -1519,13 +1564,15 @@ def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_o
     cdef Batch batch = conversion.batch
     cdef Engine engine = batch.engine
     cdef Py_ssize_t n = batch.n
-    if not (len(caller_of_row) == len(profile_of_row) == len(grants_of_row) == len(actions) == len(resources) == n):
+    if not (len(caller_of_row) == len(identity_of_row) == len(resource_of_row) == len(grants_of_row)
+            == len(actions) == len(resources) == n):
         raise ValueError("every column must have one entry per request")
     tag_fields = tag_fields or []
-    batch.owned.append([caller_of_row, profile_of_row, grants_of_row, actions, resources, resource_accounts,
-                        context_fields, tag_fields])
+    batch.owned.append([caller_of_row, identity_of_row, resource_of_row, grants_of_row, actions, resources,
+                        resource_accounts, context_fields, tag_fields])
     cdef const int32_t* callers = _int32s(caller_of_row)
-    cdef const int32_t* profiles = _int32s(profile_of_row)
+    cdef const int32_t* identities = _int32s(identity_of_row)
+    cdef const int32_t* resource_profiles = _int32s(resource_of_row)
     cdef const int32_t* grant_offsets = _int32s(grants_of_row)
     action_index_array, resource_index_array = actions.indices.fill_null(0), resources.indices.fill_null(0)
     batch.owned.append([action_index_array, resource_index_array])
@@ -1603,10 +1650,12 @@ def convert_arrow(_Converter conversion, caller_of_row, profile_of_row, grants_o
             rq.ctx_start = <int32_t>batch.n_entries
             if c < 0:
                 continue  # the reason is in batch.errors or batch.unknown already
-            if c >= n_callers or not 0 <= profiles[i] < len(batch.profile_objects) \
+            if c >= n_callers or not 0 <= identities[i] < len(batch.profile_objects) \
+                    or not 0 <= resource_profiles[i] < len(batch.profile_objects) \
                     or not -1 <= grant_offsets[i] < max(1, len(batch.grant_table)):
                 raise ValueError("row indices outside the converter's tables")
-            rq.profile = profiles[i]
+            rq.identity_profile = identities[i]
+            rq.resource_profile = resource_profiles[i]
             rq.grants = grant_offsets[i]
             if not (0 <= action_indices[i] < batch.actions.n and 0 <= resource_indices[i] < batch.resources.n):
                 raise ValueError("dictionary indices outside their dictionary")

@@ -88,44 +88,46 @@ def _tag_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple
     return fields
 
 
-def _places(conversion, principals: pa.Array, resources: pa.DictionaryArray,
-            accounts: pa.Array | None) -> tuple[pa.Array, pa.Array, pa.Array, dict[int, str], pa.Array]:
-    """Per row its caller row, profile and grants offset, asking the converter once per distinct
-    (principal, resource, owner); why the combinations whose principal fails are denied; and
-    per row its combination."""
-    encoded = [principals.dictionary_encode(), resources]
+def _places(conversion, principals: pa.Array, resources: pa.DictionaryArray, accounts: pa.Array | None,
+            n_policies: int) -> tuple[list[pa.Array], dict[int, str], pa.Array]:
+    """Per row: its caller row, identity profile, resource profile and grants offset, asking the converter
+    once per distinct principal, resource, owner, (policy, owner) and (caller, policy); why the principals
+    that fail are denied, by principal number; and each row's principal number."""
+    by_principal = principals.dictionary_encode()
+    distinct = by_principal.dictionary.to_pylist()
+    callers, identities, own_owners = [], [], []
+    reasons: dict[int, str] = {len(distinct): "request principal must not be null"}
+    for number, principal in enumerate(distinct):
+        try:
+            row = conversion.caller_row(principal)
+        except ValueError as exc:
+            row, reasons[number] = _engine.ROW_FAILED, str(exc)
+        callers.append(row)
+        identities.append(conversion.identity_profile(row) if row >= 0 else 0)
+        own_owners.append(conversion.own_owner(row) if row >= 0 else 0)
+    principal_of_row = by_principal.indices.fill_null(len(distinct))
+    caller, identity, own = (pc.take(pa.array([*values, fill], pa.int32()), principal_of_row)
+                             for values, fill in ((callers, _engine.ROW_FAILED), (identities, 0), (own_owners, 0)))
+    places = [conversion.resource_place(resource) for resource in resources.dictionary.to_pylist()]
+    resource_of_row = resources.indices.fill_null(0)
+    policy = pc.take(pa.array([place[0] for place in places] or [0], pa.int64()), resource_of_row)
+    owner = pc.take(pa.array([place[1] for place in places] or [0], pa.int64()), resource_of_row)
     if accounts is not None:
-        encoded.append(accounts.dictionary_encode())
-    distinct = [column.dictionary.to_pylist() for column in encoded]
-    key = None
-    for column, values in zip(encoded, distinct, strict=True):  # one int64 per distinct combination
-        index = column.indices.cast(pa.int64()).fill_null(len(values))
-        key = index if key is None else pc.add(pc.multiply(key, len(values) + 1), index)
-    unique = pc.unique(key)
-    callers, profiles, offsets = [], [], []
-    reasons: dict[int, str] = {}
-    for number, combined in enumerate(unique.to_pylist()):
-        parts = []
-        for values in reversed(distinct):
-            combined, at = divmod(combined, len(values) + 1)
-            parts.append(values[at] if at < len(values) else None)
-        principal, resource, *owner = reversed(parts)
-        caller, profile, grants = _engine.ROW_FAILED, 0, -1
-        if principal is None:
-            reasons[number] = "request principal must not be null"
-        else:
-            try:
-                caller = conversion.caller_row(principal)
-                if caller >= 0 and resource is not None:
-                    profile, grants = conversion.locate(caller, resource, owner[0] if owner else None)
-            except ValueError as exc:
-                caller, reasons[number] = _engine.ROW_FAILED, str(exc)
-        callers.append(caller)
-        profiles.append(profile)
-        offsets.append(grants)
-    position = pc.index_in(key, unique)
-    of_rows = [pc.take(pa.array(values, pa.int32()), position) for values in (callers, profiles, offsets)]
-    return (*of_rows, reasons, position)
+        by_account = accounts.dictionary_encode()
+        classes = [conversion.owner_class(account) for account in by_account.dictionary.to_pylist()]
+        owner = pc.if_else(accounts.is_valid(), pc.take(pa.array(classes or [0], pa.int64()),
+                                                        by_account.indices.fill_null(0)), owner)
+    owner = pc.if_else(pc.less(owner, 0), own.cast(pa.int64()), owner)
+    keys = pc.add(pc.multiply(pc.add(policy, 1), 1 << 32), owner)
+    unique = pc.unique(keys)
+    profiles = [conversion.resource_profile((key >> 32) - 1, key & 0xFFFFFFFF) for key in unique.to_pylist()]
+    resource_profile = pc.take(pa.array(profiles, pa.int32()), pc.index_in(keys, unique))
+    placed = pc.and_(pc.greater_equal(policy, 0), pc.greater_equal(caller, 0))
+    grant_keys = pc.if_else(placed, pc.add(pc.multiply(caller.cast(pa.int64()), n_policies), policy), -1)
+    unique = pc.unique(grant_keys)
+    offsets = [-1 if key < 0 else conversion.grants(key // n_policies, key % n_policies) for key in unique.to_pylist()]
+    grants = pc.take(pa.array(offsets, pa.int32()), pc.index_in(grant_keys, unique))
+    return [caller, identity, resource_profile, grants], reasons, principal_of_row
 
 
 def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
@@ -135,16 +137,18 @@ def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
     accounts = _strings(batch, "resource_account", required=False)
     conversion = _engine.converter(compiled._engine, compiled, batch.num_rows)
     actions, resources = actions.dictionary_encode(), resources.dictionary_encode()  # matched once each
-    callers, profiles, offsets, reasons, position = _places(conversion, principals, resources, accounts)
+    (callers, identities, resource_profiles, offsets), reasons, principal_of_row = _places(
+        conversion, principals, resources, accounts, compiled._engine.n_policies)
     missing = pc.or_(actions.is_null(), resources.is_null())
     if missing.true_count:
         callers = pc.if_else(missing, pa.scalar(_engine.ROW_FAILED, pa.int32()), callers)
-    converted = _engine.convert_arrow(conversion, callers, profiles, offsets, actions, resources, accounts,
+    converted = _engine.convert_arrow(conversion, callers, identities, resource_profiles, offsets, actions, resources,
+                                      accounts,
                                       _context_fields(compiled, batch), _tag_fields(compiled, batch))
     failing = pc.less(callers, 0)
     if failing.true_count:
         for row in pc.indices_nonzero(failing).to_pylist():
-            number = position[row].as_py()
+            number = principal_of_row[row].as_py()
             if number in reasons:
                 converted.errors[row] = reasons[number]
             elif missing[row].as_py():

@@ -78,15 +78,16 @@ def layer_name(layer: int, level: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """The layers of a request as the engine's policy numbers: the role each policy plays.
+    """Some layers of a request as the engine's policy numbers: the role each policy plays.
 
-    ``roles`` lists (policy, layer, level) in the order decisions list statements:
-    identity, resource, boundary, session, SCP levels, RCP levels, each layer's policies
-    in their own order. A policy may play several roles.
+    A request has two: its caller's (identity, boundary, session, SCP levels) and its
+    resource's (the resource's policy, the owner's RCP levels), so that each is shared by
+    many requests. ``roles`` lists (policy, layer, level) in the order decisions list
+    statements, each layer's policies in their own order. A policy may play several roles.
     """
 
     roles: tuple[tuple[int, int, int], ...]
-    resource_policy: int  # -1: the resource has no policy
+    resource_policy: int  # -1: the resource has no policy (or this is a caller's profile)
     has_boundary: bool
     has_session: bool
     n_scp: int
@@ -95,20 +96,28 @@ class Profile:
     highest_policy: int
 
     @classmethod
-    def of(cls, policies: PolicySet, number: Callable[[Policy], int]) -> Profile:
-        """The profile of a policy set whose policies the engine numbers with ``number`` (called
-        once for each place a policy stands, in the order of ``roles``)."""
-        roles = [(number(p), _engine.LAYER_IDENTITY, 0) for p in policies.identity]
-        resource = -1
-        if policies.resource is not None:
-            resource = number(policies.resource)
-            roles.append((resource, _engine.LAYER_RESOURCE, 0))
-        roles += [(number(p), _engine.LAYER_BOUNDARY, 0) for p in policies.permissions_boundary or ()]
-        roles += [(number(p), _engine.LAYER_SESSION, 0) for p in policies.session or ()]
-        for layer, levels in ((_engine.LAYER_SCP, policies.scp), (_engine.LAYER_RCP, policies.rcp)):
-            roles += [(number(p), layer, level) for level, pool in enumerate(levels or ()) for p in pool]
-        return cls(tuple(roles), resource, policies.permissions_boundary is not None, policies.session is not None,
-                   len(policies.scp or ()), len(policies.rcp or ()), *_engine.pack_roles(roles))
+    def of(cls, roles: list[tuple[int, int, int]], resource_policy: int = -1, has_boundary: bool = False,
+           has_session: bool = False, n_scp: int = 0, n_rcp: int = 0) -> Profile:
+        return cls(tuple(roles), resource_policy, has_boundary, has_session, n_scp, n_rcp,
+                   *_engine.pack_roles(roles))
+
+
+def profiles_of(policies: PolicySet, number: Callable[[Policy], int]) -> tuple[Profile, Profile]:
+    """The caller's and the resource's profile of a policy set whose policies the engine numbers with
+    ``number`` (called once for each place a policy stands: identity, resource, boundary, session,
+    SCP levels, RCP levels)."""
+    caller = [(number(p), _engine.LAYER_IDENTITY, 0) for p in policies.identity]
+    resource, resource_policy = [], -1
+    if policies.resource is not None:
+        resource_policy = number(policies.resource)
+        resource.append((resource_policy, _engine.LAYER_RESOURCE, 0))
+    caller += [(number(p), _engine.LAYER_BOUNDARY, 0) for p in policies.permissions_boundary or ()]
+    caller += [(number(p), _engine.LAYER_SESSION, 0) for p in policies.session or ()]
+    caller += [(number(p), _engine.LAYER_SCP, level) for level, pool in enumerate(policies.scp or ()) for p in pool]
+    resource += [(number(p), _engine.LAYER_RCP, level) for level, pool in enumerate(policies.rcp or ()) for p in pool]
+    return (Profile.of(caller, has_boundary=policies.permissions_boundary is not None,
+                       has_session=policies.session is not None, n_scp=len(policies.scp or ())),
+            Profile.of(resource, resource_policy=resource_policy, n_rcp=len(policies.rcp or ())))
 
 
 class CompiledPolicies:
@@ -127,7 +136,8 @@ class CompiledPolicies:
     * ``resource(resource)``: (resource policy number or -1, owner class, or None for the
       caller's own account).
     * ``owner(account)``: the owner class of an explicit resource account.
-    * ``profile(identity, resource policy, owner class)``: the request's ``Profile``.
+    * ``identity_profile(identity)``: the caller's ``Profile`` (identity, boundary, session, SCPs).
+    * ``resource_profile(resource policy, owner class)``: the resource's ``Profile`` (its policy, RCPs).
     * ``grants(principal, identity, resource policy)``: per statement of that policy, how its
       Principal names the caller (``principals.Grant``).
     """
@@ -239,7 +249,7 @@ class CompiledPolicies:
             elif code == _engine.FAILED:
                 decisions.append(failed(self._failure(failed_statement)))
             else:
-                decisions.append(self._decision(applicable, missing, batch.same_account(i), batch.profile(i),
+                decisions.append(self._decision(applicable, missing, batch.same_account(i), *batch.profiles(i),
                                                 batch.grants(i)))
         return decisions
 
@@ -250,8 +260,8 @@ class CompiledPolicies:
         return (f"a condition of {compiled.ref} cannot read the request's value of "
                 f"{' or '.join(sorted(compiled.condition_keys))}")
 
-    def _decision(self, applicable: list[int], missing: list[int], same_account: bool, profile: Profile,
-                  grants: bytes | None) -> Decision:
+    def _decision(self, applicable: list[int], missing: list[int], same_account: bool, caller: Profile,
+                  resource: Profile, grants: bytes | None) -> Decision:
         """Build the explained decision with ``decision.combine``, the rule the reference uses."""
         by_policy: dict[int, list[_Compiled]] = {}
         for number in applicable:
@@ -259,7 +269,7 @@ class CompiledPolicies:
             by_policy.setdefault(compiled.policy, []).append(compiled)
         by_layer: dict[str, tuple[list[StatementRef], list[StatementRef]]] = {}
         grant = Grant.NONE
-        for policy, layer, level in profile.roles:
+        for policy, layer, level in caller.roles + resource.roles:
             for compiled in by_policy.get(policy, ()):
                 names = Grant.NONE
                 if layer == _engine.LAYER_RESOURCE:
@@ -279,12 +289,12 @@ class CompiledPolicies:
 
         layers = Layers(
             identity=result("identity"),
-            resource=result("resource") if profile.resource_policy >= 0 else None,
+            resource=result("resource") if resource.resource_policy >= 0 else None,
             resource_grant=grant,
-            permissions_boundary=result("permissions_boundary") if profile.has_boundary else None,
-            session=result("session") if profile.has_session else None,
-            scp=tuple(result(f"scp[{i}]") for i in range(profile.n_scp)) if profile.n_scp else None,
-            rcp=tuple(result(f"rcp[{i}]") for i in range(profile.n_rcp)) if profile.n_rcp else None,
+            permissions_boundary=result("permissions_boundary") if caller.has_boundary else None,
+            session=result("session") if caller.has_session else None,
+            scp=tuple(result(f"scp[{i}]") for i in range(caller.n_scp)) if caller.n_scp else None,
+            rcp=tuple(result(f"rcp[{i}]") for i in range(resource.n_rcp)) if resource.n_rcp else None,
         )
         missing_keys = tuple(sorted(self._key_names[name] for name in missing))
         return combine(layers, same_account, missing_keys)
@@ -395,7 +405,7 @@ class CompiledPolicySet(CompiledPolicies):
         super().__init__(layered)
         self.policy_set = policies
         numbers = iter(range(len(layered)))
-        self._profile = Profile.of(policies, lambda _: next(numbers))
+        self._caller_profile, self._resource_profile = profiles_of(policies, lambda _: next(numbers))
 
     # The resolver: one profile for every request; the caller's own keys are used as given.
     def caller(self, principal: str) -> tuple[str, int, int, None, bool]:
@@ -403,17 +413,20 @@ class CompiledPolicySet(CompiledPolicies):
         return caller.account, 0, 0, None, caller.kind == "assumed-role"
 
     def resource(self, resource: str) -> tuple[int, int]:
-        return self._profile.resource_policy, 0
+        return self._resource_profile.resource_policy, 0
 
     def owner(self, account: str) -> int:
         return 0
 
-    def profile(self, identity: int, resource_policy: int, owner: int) -> Profile:
-        return self._profile
+    def identity_profile(self, identity: int) -> Profile:
+        return self._caller_profile
+
+    def resource_profile(self, resource_policy: int, owner: int) -> Profile:
+        return self._resource_profile
 
     def grants(self, principal: str, identity: int, resource_policy: int) -> bytes:
         caller = Caller.parse(principal)
-        has_boundary = self._profile.has_boundary
+        has_boundary = self._caller_profile.has_boundary
         return bytes(statement_grant(statement, caller, has_boundary)
                      for statement in self.policies[resource_policy].statements)
 

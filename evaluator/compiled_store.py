@@ -12,7 +12,7 @@ costs; memory grows with distinct policies, not with principals.
 """
 from __future__ import annotations
 
-from .compile import CompiledPolicies, Profile
+from .compile import CompiledPolicies, Profile, profiles_of
 from .decision import Decision
 from .principals import Caller, statement_grant
 from .request import PolicySet
@@ -62,7 +62,8 @@ class CompiledStore(CompiledPolicies):
             self._owner_of[account] = owners[key]
         self._callers: dict[str, tuple | None] = {}
         self._resources: dict[str, tuple[int, int | None]] = {}
-        self._profiles: dict[tuple[int, int, int], Profile] = {}
+        self._identity_profiles = [profiles_of(layers, self._number)[0] for layers in self._identity_sets]
+        self._resource_profiles: dict[tuple[int, int], Profile] = {}
         self._grants: dict[tuple[str, int], bytes] = {}
 
     def _unknown(self, principal: str) -> Decision:
@@ -98,16 +99,16 @@ class CompiledStore(CompiledPolicies):
     def owner(self, account: str) -> int:
         return self._owner_of.get(account, 0)
 
-    def profile(self, identity: int, resource_policy: int, owner: int) -> Profile:
-        key = (identity, resource_policy, owner)
-        profile = self._profiles.get(key)
+    def identity_profile(self, identity: int) -> Profile:
+        return self._identity_profiles[identity]
+
+    def resource_profile(self, resource_policy: int, owner: int) -> Profile:
+        key = (resource_policy, owner)
+        profile = self._resource_profiles.get(key)
         if profile is None:
-            layers = self._identity_sets[identity]
             resource = None if resource_policy < 0 else self.policies[resource_policy]
-            profile = Profile.of(PolicySet(identity=layers.identity, resource=resource,
-                                           permissions_boundary=layers.permissions_boundary, scp=layers.scp,
-                                           rcp=self._owner_levels[owner]), self._number)
-            _remember(self._profiles, key, profile)
+            profile = profiles_of(PolicySet(resource=resource, rcp=self._owner_levels[owner]), self._number)[1]
+            _remember(self._resource_profiles, key, profile)
         return profile
 
     def grants(self, principal: str, identity: int, resource_policy: int) -> bytes:
