@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from . import _engine
 from .compile import CompiledPolicies
-from .decision import Decision
+from .decision import Decision, failed
 from .facts import PRINCIPAL_TAG
 from .usage import StatementUsage
 
@@ -202,9 +202,57 @@ def evaluate_arrow(compiled: CompiledPolicies, requests: pa.RecordBatch | pa.Tab
     With ``usage``, also count which statements and action patterns the requests used.
     """
     if isinstance(requests, pa.Table):
-        batches = [_decide(compiled, batch, explain, usage) for batch in requests.to_batches()]
+        batches = [_decide_text(compiled, batch, explain, usage) for batch in requests.to_batches()]
         return pa.Table.from_batches(batches, schema=_output_schema(explain))
-    return _decide(compiled, requests, explain, usage)
+    return _decide_text(compiled, requests, explain, usage)
+
+
+def _decide_text(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
+                 usage: StatementUsage | None) -> pa.RecordBatch:
+    """``_decide``, after checking that every string is UTF-8 (Arrow does not check what it is handed): a
+    row with text that is not fails alone, as a lone surrogate does on the other paths."""
+    try:
+        batch.validate(full=True)
+        return _decide(compiled, batch, explain, usage)
+    except pa.ArrowInvalid:
+        pass
+    bad = _rows_with_invalid_text(batch)
+    keep = pa.array([row not in bad for row in range(batch.num_rows)])
+    decided = _decide(compiled, batch.filter(keep), explain, usage).to_pylist()
+    failure = dict(failed("request text is not valid UTF-8").to_json(), statements=[], missing_keys=[])
+    rows, at = [], 0
+    for row in range(batch.num_rows):
+        if row in bad:
+            rows.append({name: failure.get(name) for name in _output_schema(explain).names})
+        else:
+            rows.append(decided[at])
+            at += 1
+    return pa.RecordBatch.from_pylist(rows, schema=_output_schema(explain))
+
+
+def _rows_with_invalid_text(batch: pa.RecordBatch) -> set[int]:
+    """The rows whose strings (also inside the context and session_tags structs) are not UTF-8."""
+    bad: set[int] = set()
+
+    def visit(array: pa.Array, rows: list[int]) -> None:
+        if pa.types.is_struct(array.type):
+            for child in array.flatten():
+                visit(child, rows)
+        elif pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+            offsets = array.offsets.to_pylist()
+            visit(array.values, [rows[i] for i in range(len(array)) for _ in range(offsets[i + 1] - offsets[i])])
+        elif pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+            for row, value in zip(rows, array.view(pa.binary() if pa.types.is_string(array.type)
+                                                     else pa.large_binary()).to_pylist(), strict=True):
+                if value is not None:
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        bad.add(row)
+
+    for column in batch.columns:
+        visit(column, list(range(batch.num_rows)))
+    return bad
 
 
 def _output_schema(explain: bool) -> pa.Schema:

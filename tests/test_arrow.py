@@ -168,3 +168,26 @@ def test_explained_failures_with_no_statements():
     rows = evaluate_arrow(empty, table, explain=True).to_pylist()
     assert [(r["decision"], r["decided_by"]) for r in rows] == [("ImplicitDeny", "error")] * 2
     assert "not an IAM or STS ARN" in rows[0]["error"] and "must not be null" in rows[1]["error"]
+
+
+def test_text_that_is_not_utf8_fails_its_row_alone():
+    """Arrow does not check the bytes it is handed: a row whose principal, action, resource or context value
+    is not UTF-8 is denied with an error, and every other row is answered."""
+    compiled = compiled_with({"Effect": "Allow", "Action": "s3:*", "Resource": "*"})
+
+    def strings(values):
+        raw = pa.array(values, pa.binary())
+        return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+
+    principal = ROLE.encode()
+    context = pa.StructArray.from_arrays([strings([b"a", b"b", b"c\xff", b"d"])], ["aws:SourceVpc"])
+    table = pa.table({
+        "principal": strings([principal, principal + b"\xfe", principal, principal]),
+        "action": strings([b"s3:GetObject", b"s3:GetObject", b"s3:GetObject", b"s3:Get\xc3"]),
+        "resource": strings([b"*"] * 4),
+        "context": context,
+    })
+    for explain in (False, True):
+        result = evaluate_arrow(compiled, table, explain=explain).to_pydict()
+        assert result["decision"] == ["Allow", "ImplicitDeny", "ImplicitDeny", "ImplicitDeny"]
+        assert result["error"][0] is None and all("not valid UTF-8" in e for e in result["error"][1:])
