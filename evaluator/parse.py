@@ -71,6 +71,10 @@ def decode_json(source: str | bytes, *, unique_keys: bool = False) -> Any:
         raise PolicyValidationError(
             [Finding("E001", Severity.ERROR, "", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]
         ) from None
+    except RecursionError:
+        raise PolicyValidationError(
+            [Finding("E001", Severity.ERROR, "", f"JSON nested more than {MAX_DEPTH} levels deep")]
+        ) from None
     if unique_keys:
         duplicates = list(_duplicate_keys(value, ()))
         if duplicates:
@@ -87,6 +91,46 @@ def _duplicate_keys(value: Any, where: tuple) -> Iterator[Finding]:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _duplicate_keys(item, (*where, index))
+
+
+MAX_DEPTH = 32
+"""Nesting a policy may have: IAM's grammar needs six levels (Statement, a statement, Condition, an
+operator, a key, its values); anything far deeper is an attack on the parser, refused before it runs."""
+
+
+def _unreadable_text(doc: Any) -> list[Finding]:
+    """E001 for text that is not Unicode (a lone surrogate, in a key or a value) and for nesting past
+    MAX_DEPTH, each at its pointer; checked without recursion, before anything else reads the document."""
+    findings: list[Finding] = []
+    stack: list[tuple[Any, tuple]] = [(doc, ())]
+    while stack:
+        value, where = stack.pop()
+        if len(where) > MAX_DEPTH:
+            findings.append(Finding("E001", Severity.ERROR, pointer(*where[:MAX_DEPTH]),
+                                    f"the document is nested more than {MAX_DEPTH} levels deep"))
+            break
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and not _encodable(key):
+                    findings.append(Finding("E001", Severity.ERROR, pointer(*where),
+                                            "a key is not valid Unicode text (a lone surrogate)"))
+                stack.append((item, (*where, key)))
+        elif isinstance(value, list):
+            stack.extend((item, (*where, index)) for index, item in enumerate(value))
+        elif isinstance(value, str) and not _encodable(value):
+            findings.append(Finding("E001", Severity.ERROR, pointer(*where),
+                                    "not valid Unicode text (a lone surrogate)"))
+    return findings
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _type_name(value: Any) -> str:
@@ -414,6 +458,9 @@ def check_policy(
         doc = decode_json(source) if isinstance(source, (str, bytes)) else source
     except PolicyValidationError as exc:
         return None, exc.findings
+    unreadable = _unreadable_text(doc)
+    if unreadable:
+        return None, unreadable
     parser = _Parser(kind)
     policy = parser.policy(doc, name)
     return policy, parser.findings

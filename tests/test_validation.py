@@ -235,3 +235,29 @@ def test_every_managed_policy_parses():
             parse_policy(entry["document"], name=entry["name"])
             count += 1
     assert count > 1500
+
+
+@pytest.mark.parametrize("document, where", [
+    (json.dumps(pol(stmt(Sid="Read"))).replace('"Read"', '"Re\\ud800ad"'), "/Statement/0/Sid"),
+    (pol(stmt(Condition={"StringEquals": {"aws:PrincipalTag/team": ["ok", "\udc80"]}})),
+     "/Statement/0/Condition/StringEquals/aws:PrincipalTag~1team/1"),
+    (pol(stmt(Resource="arn:aws:s3:::b/\ud800")), "/Statement/0/Resource"),
+])
+def test_text_that_is_not_unicode_is_refused_where_it_stands(document, where):
+    """A lone surrogate cannot be encoded into any answer that names the statement: refuse it up front."""
+    with pytest.raises(PolicyValidationError) as raised:
+        parse_policy(document)
+    assert [(f.code, f.pointer) for f in raised.value.findings] == [("E001", where)]
+
+
+def test_nesting_deeper_than_any_policy_is_refused_without_recursion():
+    deep: object = "x"
+    for _ in range(100_000):
+        deep = [deep]
+    for document in (json.dumps(pol(stmt(Condition={"StringEquals": {"k": "v"}}))).replace('"v"', "[" * 50_000 + '"v"'
+                                                                                        + "]" * 50_000),
+                     pol(stmt(Condition={"StringEquals": {"k": deep}}))):
+        with pytest.raises(PolicyValidationError) as raised:
+            parse_policy(document)
+        [finding] = raised.value.findings
+        assert finding.code == "E001" and "nested more than" in finding.message
