@@ -14,9 +14,18 @@ in variables should not hold lists. Keys that differ only in case are one key, n
 it. A row that cannot be read as a request (not a JSON object, a context that is not an object, a key
 given twice) is denied with an ``error``, as is a request the evaluator cannot decide; neither fails the
 job.
+
+Session tags. A row's ``session_tags`` (an object of tag keys to strings: the tags of an assumed-role
+session) become the ``session_tags`` struct that ``evaluate_arrow`` reads, one string field per tag key of
+the run, keys that differ only in case being one field named as most rows spell it. A ``session_tags``
+that is not an object of strings is the row's problem, worded as ``batch.readers`` words it (``bad
+session tags: ...``); a key named twice in one object has its last value, as Python's ``json`` reads it,
+and a row that gives one tag key in two spellings is denied as the evaluator denies it. Tags on a
+principal that is not a session are the evaluator's error for that row.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -25,19 +34,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, IntegerType, MapType, StringType, StructField, StructType
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    IntegerType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+)
 
 from evaluator.arrow import STATEMENT
 
 from .policies import BatchEvaluator, PolicySource
+from .readers import _Invalid, _session_tags
 
 REQUEST_FIELDS = ("principal", "action", "resource", "resource_account")
 DECISIONS = ("Allow", "ExplicitDeny", "ImplicitDeny")
 _CONTEXT_TEXT = "_context_json"  # the context as JSON text, until it is typed
+_TAGS_TEXT = "_session_tags_json"  # the session tags as JSON text, until they are typed
 _PROBLEM = "_problem"  # why a row is not a request (null for a readable one)
+_TAGS_CHECK = "_session_tags_check"  # session tags the executors check (null: an object of strings)
+_HIDDEN = (_PROBLEM, _TAGS_CHECK)  # columns the executors read but do not write
 _CORRUPT = "_corrupt_line"
 _JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _TEXT_MAP = MapType(StringType(), StringType())
+_ENTRY = ArrayType(StructType([StructField("tag", BooleanType()), StructField("key", StringType()),
+                               StructField("value", StringType())]))
+_JSON_STRING = r'"(?:[^"\\]++|\\.)*+"'
+_TAG = rf'{_JSON_STRING}\s*+:\s*+{_JSON_STRING}\s*+'
+_STRING_OBJECT = rf'\A\s*+\{{\s*+(?:{_TAG}(?:,\s*+{_TAG})*+)?+\}}\s*+\z'  # JSON text of an object of strings
 
 _RESULT_FIELDS = [StructField("decision", StringType()), StructField("error", StringType())]
 _EXPLAIN_FIELDS = [
@@ -65,14 +91,15 @@ def run_spark(policies: PolicySource, inputs: Sequence[str], output: str, explai
     """
     if not inputs:
         raise ValueError("no inputs to read")
-    clashes = set(keep) & {*REQUEST_FIELDS, "context", *(f.name for f in _RESULT_FIELDS + _EXPLAIN_FIELDS)}
+    clashes = set(keep) & {*REQUEST_FIELDS, "context", "session_tags",
+                           *(f.name for f in _RESULT_FIELDS + _EXPLAIN_FIELDS)}
     if clashes:
         raise ValueError(f"cannot keep {', '.join(sorted(clashes))}: the output has columns of that name")
     policies.evaluator()  # bad policies fail here, before Spark reads anything
     session, own_session = (spark, False) if spark is not None else _session()
     try:
-        requests = _typed_context(_read_requests(session, list(inputs), list(keep)))
-        fields = [f for f in requests.schema.fields if f.name != _PROBLEM]
+        requests = _typed_requests(_read_requests(session, list(inputs), list(keep)))
+        fields = [f for f in requests.schema.fields if f.name not in _HIDDEN]
         decided = requests.mapInArrow(partial(_decide_batches, policies, explain),
                                       StructType(fields + _RESULT_FIELDS + (_EXPLAIN_FIELDS if explain else [])))
         parquet = output.rstrip("/").endswith(".parquet")
@@ -110,8 +137,8 @@ def _input_format(path: str) -> str:
 
 
 def _read_requests(spark: SparkSession, inputs: list[str], keep: list[str]) -> DataFrame:
-    """The inputs as keep…, principal, action, resource, resource_account (text), the context as JSON
-    text, and the problem of each row."""
+    """The inputs as keep…, principal, action, resource, resource_account (text), the context and the
+    session tags as JSON text, and the problem of each row."""
     by_format: dict[str, list[str]] = {}
     for path in inputs:
         by_format.setdefault(_input_format(path), []).append(path)
@@ -129,11 +156,12 @@ def _read_requests(spark: SparkSession, inputs: list[str], keep: list[str]) -> D
 def _read_json(spark: SparkSession, paths: list[str], keep: list[str]) -> DataFrame:
     # Every field is read as text: strings as they are, anything else as its JSON text, so no type that
     # Spark would infer (and merge across rows) stands between the log and the request.
-    names = [*keep, *REQUEST_FIELDS, "context"]
+    names = [*keep, *REQUEST_FIELDS, "context", "session_tags"]
     schema = StructType([StructField(name, StringType()) for name in names] + [StructField(_CORRUPT, StringType())])
     lines = spark.read.schema(schema).option("columnNameOfCorruptRecord", _CORRUPT).json(paths)
     not_object = F.concat(F.lit("not a JSON object: "), F.substring(_CORRUPT, 1, 200))
     return lines.select(*keep, *REQUEST_FIELDS, F.col("context").alias(_CONTEXT_TEXT),
+                        F.col("session_tags").alias(_TAGS_TEXT),
                         F.when(F.col(_CORRUPT).isNotNull(), not_object).alias(_PROBLEM))
 
 
@@ -143,43 +171,66 @@ def _read_parquet(spark: SparkSession, paths: list[str], keep: list[str], as_tex
     missing = [name for name in ("principal", "action", "resource", *keep) if name not in types]
     if missing:
         raise ValueError(f"Parquet input {', '.join(paths)} lacks the column(s) {', '.join(missing)}")
-    context = types.get("context")
-    if context is None:
-        context_text = F.lit(None).cast(StringType())
-    elif isinstance(context, (StructType, MapType)):
-        context_text = F.to_json("context")
-    elif isinstance(context, StringType):  # JSON text, as batch.readers.write_requests_parquet writes it
-        context_text = F.col("context")
-    else:
-        raise ValueError(f"Parquet column 'context' must be a struct, a map or JSON text, not {context.simpleString()}")
     kept = [F.col(name).cast(StringType()).alias(name) if as_text else F.col(name) for name in keep]
     requested = [F.col(name).cast(StringType()).alias(name) if name in types else F.lit(None).cast(StringType())
                  .alias(name) for name in REQUEST_FIELDS]
-    return table.select(*kept, *requested, context_text.alias(_CONTEXT_TEXT),
+    return table.select(*kept, *requested, _json_text(types, "context").alias(_CONTEXT_TEXT),
+                        _json_text(types, "session_tags").alias(_TAGS_TEXT),
                         F.lit(None).cast(StringType()).alias(_PROBLEM))
 
 
-# ------------------------------------------------------------------ context typing
+def _json_text(types: dict, name: str) -> Column:
+    """A Parquet struct, map or JSON text column as JSON text; a struct's null fields and a map's null
+    values are absent keys."""
+    column_type = types.get(name)
+    if column_type is None:
+        return F.lit(None).cast(StringType())
+    if isinstance(column_type, StructType):
+        return F.to_json(name)
+    if isinstance(column_type, MapType):
+        return F.to_json(F.map_filter(name, lambda key, value: value.isNotNull()))
+    if isinstance(column_type, StringType):  # JSON text, as batch.readers.write_requests_parquet writes context
+        return F.col(name)
+    raise ValueError(f"Parquet column {name!r} must be a struct, a map or JSON text, not {column_type.simpleString()}")
 
-def _typed_context(requests: DataFrame) -> DataFrame:
-    """Replace the context text by a struct with one field per key (the typing rule is in the module
-    docstring); one Spark job finds the keys."""
+
+# ------------------------------------------------------------------ context and session tags typing
+
+def _typed_requests(requests: DataFrame) -> DataFrame:
+    """Replace the context text by a struct with one field per key, and the session tags text by a struct
+    with one string field per tag key (the typing rules are in the module docstring); one Spark job finds
+    the keys of both."""
     values = F.from_json(F.col(_CONTEXT_TEXT), _TEXT_MAP)
-    found = (requests.select(F.explode(values)).groupBy("key")
+    tags = _last_wins(F.from_json(F.col(_TAGS_TEXT), _TEXT_MAP))
+    found = (requests.select(F.explode(F.concat(_entries(values, False), _entries(tags, True))).alias("entry"))
+             .select("entry.*").groupBy("tag", "key")
              .agg(F.count(F.lit(1)).alias("rows"), F.max(F.col("value").startswith("[")).alias("listed")).collect())
-    spellings: dict[str, list[tuple[int, str]]] = {}
+    spellings: dict[bool, dict[str, list[tuple[int, str]]]] = {False: {}, True: {}}
     listed: dict[str, bool] = {}
     for row in found:
-        if row.key:  # an empty key is a row's problem, not a field
+        if row.key or row.tag:  # an empty context key is a row's problem, not a field
             folded = row.key.lower()
-            spellings.setdefault(folded, []).append((-row.rows, row.key))
-            listed[folded] = listed.get(folded, False) or bool(row.listed)
-    fields = [_context_field(values, [spelling for _, spelling in sorted(spellings[key])], listed[key])
-              for key in sorted(spellings)]
-    problem = F.coalesce(F.col(_PROBLEM), _context_problem(values))
-    columns = [name for name in requests.columns if name not in (_CONTEXT_TEXT, _PROBLEM)]
+            spellings[row.tag].setdefault(folded, []).append((-row.rows, row.key))
+            if not row.tag:
+                listed[folded] = listed.get(folded, False) or bool(row.listed)
+    fields = [_context_field(values, [spelling for _, spelling in sorted(spellings[False][key])], listed[key])
+              for key in sorted(spellings[False])]
+    tag_fields = [F.coalesce(*(tags[spelling] for _, spelling in sorted(spellings[True][key])))
+                  .alias(min(spellings[True][key])[1]) for key in sorted(spellings[True])]
+    check = F.when(F.col(_TAGS_TEXT).isNotNull() & (tags.isNull() | ~F.col(_TAGS_TEXT).rlike(_STRING_OBJECT)),
+                   F.col(_TAGS_TEXT))
+    problem = F.coalesce(F.col(_PROBLEM), _context_problem(values), F.when(check.isNull(), _tags_problem(tags)))
+    columns = [name for name in requests.columns if name not in (_CONTEXT_TEXT, _TAGS_TEXT, _PROBLEM)]
     context = [F.when(values.isNotNull(), F.struct(*fields)).alias("context")] if fields else []
-    return requests.select(*columns, *context, problem.alias(_PROBLEM))
+    session_tags = [F.when(F.size(tags) > 0, F.struct(*tag_fields)).alias("session_tags")] if tag_fields else []
+    return requests.select(*columns, *context, *session_tags, problem.alias(_PROBLEM), check.alias(_TAGS_CHECK))
+
+
+def _entries(values: Column, tag: bool) -> Column:
+    """The (tag, key, value) of each entry of a map column; an empty array for a null map."""
+    entries = F.transform(F.map_entries(values), lambda entry: F.struct(
+        F.lit(tag).alias("tag"), entry["key"].alias("key"), entry["value"].alias("value")))
+    return F.coalesce(entries, F.array().cast(_ENTRY))
 
 
 def _context_field(values: Column, spellings: list[str], listed: bool) -> Column:
@@ -203,6 +254,39 @@ def _context_problem(values: Column) -> Column:
             .when(F.array_contains(keys, ""), F.lit("request context keys must be non-empty")))
 
 
+def _last_wins(tags: Column) -> Column:
+    """A map read from JSON text that names a key more than once, with the key's last value (as Python's
+    ``json`` reads it, and so the local readers)."""
+    keys = F.map_keys(tags)
+    last = F.filter(F.map_entries(tags), lambda entry, at: F.array_position(
+        F.slice(keys, at + 2, F.size(keys)), entry["key"]) == 0)
+    return F.when(F.size(F.array_distinct(keys)) < F.size(keys), F.map_from_entries(last)).otherwise(tags)
+
+
+def _tags_problem(tags: Column) -> Column:
+    """A tag key given twice in one row (tag keys ignore case), worded as the evaluator words it."""
+    keys = F.map_keys(tags)
+    folded = F.transform(keys, F.lower)
+    again = F.filter(keys, lambda key, at: F.array_position(F.slice(folded, 1, at), F.lower(key)) > 0)
+    return F.when(F.size(F.array_distinct(folded)) < F.size(keys),
+                  F.concat(F.lit("session tag '"), F.element_at(again, 1),
+                           F.lit("' is given twice (tag keys ignore case)")))
+
+
+def _checked_tags(text: str) -> str | None:
+    """What ``batch.readers`` says of a record's ``session_tags`` given as this JSON text (text that is not
+    JSON is a string), or None when they are an object of strings."""
+    try:
+        tags = json.loads(text)
+    except (ValueError, RecursionError):
+        tags = text
+    try:
+        _session_tags(tags)
+    except _Invalid as error:
+        return f"{error.kind}: {error.detail}"
+    return None
+
+
 # ------------------------------------------------------------------ deciding (on the executors)
 
 def _decide_batches(policies: PolicySource, explain: bool,
@@ -211,14 +295,14 @@ def _decide_batches(policies: PolicySource, explain: bool,
     for batch in batches:
         if batch.num_rows:
             decisions = _decide(evaluator, batch, explain)
-            names = [name for name in batch.schema.names if name != _PROBLEM]
+            names = [name for name in batch.schema.names if name not in _HIDDEN]
             yield pa.RecordBatch.from_arrays([batch.column(name) for name in names] + decisions.columns,
                                              names + decisions.schema.names)
 
 
 def _decide(evaluator: BatchEvaluator, batch: pa.RecordBatch, explain: bool) -> pa.RecordBatch:
     """The decision columns of every row of ``batch``, in row order; rows that are not requests are denied."""
-    problems = batch.column(_PROBLEM)
+    problems = _problems(batch)
     if problems.null_count == len(problems):
         return _result(evaluator.evaluate(batch, explain), explain)
     readable = pc.is_null(problems)
@@ -226,6 +310,19 @@ def _decide(evaluator: BatchEvaluator, batch: pa.RecordBatch, explain: bool) -> 
     rows = pc.indices_nonzero(readable)
     return _in_row_order([(unreadable, _denied(problems.take(unreadable).to_pylist(), explain)),
                           (rows, _result(evaluator.evaluate(batch.take(rows), explain), explain))])
+
+
+def _problems(batch: pa.RecordBatch) -> pa.Array:
+    """Each row's problem: found by Spark, or in session tags that are not plainly an object of strings."""
+    problems = batch.column(_PROBLEM)
+    checks = batch.column(_TAGS_CHECK)
+    if checks.null_count == len(checks):
+        return problems
+    found = problems.to_pylist()
+    for row in pc.indices_nonzero(pc.is_valid(checks)).to_pylist():
+        if found[row] is None:
+            found[row] = _checked_tags(checks[row].as_py())
+    return pa.array(found, pa.string())
 
 
 def _result(decisions: pa.RecordBatch, explain: bool) -> pa.RecordBatch:

@@ -84,7 +84,7 @@ def expected_decision(store: PolicyStore, item: Mapping[str, Any]) -> Decision:
     request says of it."""
     try:
         request = Request.create(item["principal"], item["action"], item["resource"], item.get("context"),
-                                 item.get("resource_account"))
+                                 item.get("resource_account"), session_tags=item.get("session_tags"))
     except RequestError as exc:
         return Decision(DecisionKind.IMPLICIT_DENY, "error", error=str(exc))
     return reference_decision(store, request)

@@ -5,6 +5,8 @@ import gzip
 import json
 import os
 import pickle
+import re
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -28,7 +30,9 @@ except ImportError:
                 "tests run", allow_module_level=True)
 
 from batch.policies import PolicySource
+from batch.readers import read_requests, write_requests_parquet
 from batch.spark import run_spark  # noqa: E402
+from evaluator.cli import main
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from workloads import ACCOUNT, OTHER, seed_requests  # noqa: E402
@@ -230,3 +234,143 @@ def test_inputs_named_by_format(spark, tmp_path):
         run_spark(spec, [str(tmp_path / "logs/")], str(tmp_path / "out.parquet"), spark=spark)
     with pytest.raises(ValueError, match="cannot keep"):
         run_spark(spec, [str(tmp_path / "logs.jsonl")], str(tmp_path / "out.parquet"), spark=spark, keep=["decision"])
+
+
+# ---------------------------------------------------------------- session tags
+
+TAG_ACCOUNT = "111111111111"
+GATE = f"arn:aws:iam::{TAG_ACCOUNT}:policy/Gate"
+TAGGED_STORE = {  # role "blocked" is tagged team=blocked, role "untagged" has no tags; both have Gate
+    "managed_policies": [{"arn": GATE, "document": {
+        "Version": "2012-10-17", "Statement": [
+            {"Sid": "Read", "Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"},
+            {"Sid": "Blocked", "Effect": "Deny", "Action": "*", "Resource": "*",
+             "Condition": {"StringEquals": {"aws:PrincipalTag/team": "blocked"}}}]}}],
+    "principals": [
+        {"arn": f"arn:aws:iam::{TAG_ACCOUNT}:role/untagged", "managed_policies": [GATE]},
+        {"arn": f"arn:aws:iam::{TAG_ACCOUNT}:role/blocked", "managed_policies": [GATE], "tags": {"team": "blocked"}},
+    ],
+}
+NOT_A_SESSION = "session tags belong to an assumed-role session principal"
+
+
+def session(role: str, name: str) -> str:
+    return f"arn:aws:sts::{TAG_ACCOUNT}:assumed-role/{role}/{name}"
+
+
+# principal (one per line, so that rows are matched by it) -> (session_tags, the decision AWS gives, what its
+# error says): written by hand from AWS's documentation. A session's tags are its aws:PrincipalTag/*, over its
+# role's tags of the same key; tag key names ignore case; only an assumed-role session has session tags.
+TAGGED_CASES = {
+    session("untagged", "tagged-blocked"): ({"team": "blocked"}, "ExplicitDeny", None),
+    session("blocked", "tagged-ok"): ({"team": "ok"}, "Allow", None),
+    session("blocked", "no-tags"): (None, "ExplicitDeny", None),
+    session("untagged", "no-tags"): (None, "Allow", None),
+    session("untagged", "key-in-capitals"): ({"TEAM": "blocked"}, "ExplicitDeny", None),  # JSON Lines only
+    f"arn:aws:iam::{TAG_ACCOUNT}:role/untagged": ({"team": "ok"}, "ImplicitDeny", NOT_A_SESSION),
+}
+MALFORMED_TAGS = {  # principal -> (session_tags, the problem batch.readers reports)
+    session("untagged", "number"): ({"team": 7}, "bad session tags: session tag 'team': values are strings, not 7"),
+    session("untagged", "text"): ("team=blocked",
+                                  "bad session tags: session_tags must be an object, not 'team=blocked'"),
+}
+
+
+def tagged_line(principal: str, tags: object) -> str:
+    record = {"principal": principal, "action": "s3:GetObject", "resource": "arn:aws:s3:::data/report.csv"}
+    if tags is not None:
+        record["session_tags"] = tags
+    return json.dumps(record)
+
+
+def local_batch(store: Path, log: Path, output: Path) -> tuple[dict[str, tuple[str, str | None]], dict[int, str]]:
+    """``iam-eval batch`` (the local engine) in its own process: each principal's decision and error, and the
+    problem reported for each line of ``log`` that is not a request."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("IAM_EVAL_")}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
+    job = subprocess.run([sys.executable, "-m", "evaluator.cli", "batch", "--store", str(store), "--input", str(log),
+                          "--output", str(output), "--workers", "1"], cwd=REPO, env=environment,
+                         capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stderr
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    problems = {int(number): message for number, message
+                in re.findall(rf"^  {re.escape(str(log))}:(\d+): (.*)$", job.stdout, re.MULTILINE)}
+    return {row["principal"]: (row["decision"], row["error"]) for row in rows}, problems
+
+
+def test_session_tags_decide_as_in_the_local_engine(spark, tmp_path, capsys):
+    """``iam-eval batch --engine spark`` over JSON Lines and Parquet: each row's session tags decide it as
+    AWS does and as the local engine does; a malformed session_tags is the row's error, worded as the local
+    engine reports the record."""
+    store = tmp_path / "store.json"
+    store.write_text(json.dumps(TAGGED_STORE))
+    lines = [tagged_line(principal, tags) for principal, (tags, _, _) in TAGGED_CASES.items()]
+    malformed = {principal: len(lines) + number for number, principal in enumerate(MALFORMED_TAGS, start=1)}
+    lines += [tagged_line(principal, tags) for principal, (tags, _) in MALFORMED_TAGS.items()]
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    # The same requests as Parquet, session tags as a struct column as the local readers write them, less
+    # the tag key in capitals: Spark cannot read a struct whose fields differ only in case (team and TEAM).
+    capitals = session("untagged", "key-in-capitals")
+    struct_log = tmp_path / "struct.jsonl"
+    struct_log.write_text("".join(line + "\n" for line in lines if capitals not in line))
+    parquet = tmp_path / "log.parquet"
+    write_requests_parquet(read_requests(struct_log), parquet)
+
+    for source in (log, parquet):
+        output = tmp_path / f"{source.name}.spark.jsonl"
+        assert main(["batch", "--engine", "spark", "--store", str(store), "--input", str(source),
+                     "--output", str(output)]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        got = {record["principal"]: record for part in sorted(output.glob("part-*")) for line in part.open()
+               for record in [json.loads(line)]}
+        local, problems = local_batch(store, source, tmp_path / f"{source.name}.local.jsonl")
+
+        want = {principal: (decision, error) for principal, (_, decision, error) in TAGGED_CASES.items()
+                if source == log or principal != capitals}
+        for principal, (decision, error) in want.items():
+            record = got[principal]
+            assert record["decision"] == decision, (source.name, principal, record)
+            assert (error is None) == (record.get("error") is None) and (error or "") in record.get("error", ""), \
+                (source.name, principal, record)
+            assert (record["decision"], record.get("error")) == local[principal], (source.name, principal)
+        assert got[session("blocked", "tagged-ok")]["session_tags"] == {"team": "ok"}
+        assert "session_tags" not in got[session("blocked", "no-tags")]
+        if source == log:
+            assert problems == {malformed[principal]: problem for principal, (_, problem) in MALFORMED_TAGS.items()}
+            for principal, (_, problem) in MALFORMED_TAGS.items():
+                assert (got[principal]["decision"], got[principal]["error"]) == ("ImplicitDeny", problem)
+            assert got.keys() == want.keys() | MALFORMED_TAGS.keys()
+        else:  # the local reader left the malformed records out of the Parquet log
+            assert got.keys() == local.keys() == want.keys()
+        assert summary["rows"] == len(got) and summary["errors"] == sum(
+            record.get("error") is not None for record in got.values())
+    assert SparkSession.getActiveSession() is spark  # the command used the tests' session and left it running
+
+
+def test_session_tags_in_parquet_maps_and_json_text(spark, tmp_path):
+    """Parquet session tags as a map or as JSON text are read as a struct is; a map's null value is an absent
+    tag."""
+    store = tmp_path / "store.json"
+    store.write_text(json.dumps(TAGGED_STORE))
+    rows = [(session("untagged", "s1"), {"team": "blocked"}, "ExplicitDeny"),
+            (session("blocked", "s2"), {"team": "ok", "other": None}, "Allow"),
+            (session("blocked", "s3"), None, "ExplicitDeny"),
+            (session("untagged", "s4"), {"Team": "blocked"}, "ExplicitDeny")]
+    base = {"principal": [row[0] for row in rows], "action": ["s3:GetObject"] * len(rows),
+            "resource": ["arn:aws:s3:::data/report.csv"] * len(rows)}
+    forms = {
+        "map": pa.array([None if tags is None else list(tags.items()) for _, tags, _ in rows],
+                        pa.map_(pa.string(), pa.string())),
+        "text": pa.array([None if tags is None else json.dumps({key: value for key, value in tags.items() if value})
+                          for _, tags, _ in rows], pa.string()),
+    }
+    for form, tags in forms.items():
+        log = tmp_path / f"{form}.parquet"
+        pq.write_table(pa.table({**base, "session_tags": tags}), log)
+        output = tmp_path / f"{form}.decisions.parquet"
+        run_spark(PolicySource.from_paths(store=str(store)), [str(log)], str(output), spark=spark)
+        got = {record["principal"]: record for record in pq.read_table(output).to_pylist()}
+        for principal, _, decision in rows:
+            assert (got[principal]["decision"], got[principal]["error"]) == (decision, None), (form, principal)
+        assert got[session("blocked", "s2")]["session_tags"] == {"team": "ok"}  # one field for team and Team
