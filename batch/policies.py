@@ -6,6 +6,7 @@ is compiled once per process (``evaluator()``, cached).
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -54,9 +55,14 @@ class PolicySource:
 @cache
 def _evaluator(source: PolicySource) -> BatchEvaluator:
     if source.store_snapshot is not None:
-        return BatchEvaluator(CompiledStore(PolicyStore.from_json(source.store_snapshot)))
-    policies = PolicySet(identity=tuple(parse_policy(text, name=name) for name, text in source.policy_files))
-    return BatchEvaluator(CompiledPolicySet(policies))
+        evaluator = BatchEvaluator(CompiledStore(PolicyStore.from_json(source.store_snapshot)))
+    else:
+        policies = PolicySet(identity=tuple(parse_policy(text, name=name) for name, text in source.policy_files))
+        evaluator = BatchEvaluator(CompiledPolicySet(policies))
+    # The policies live as long as the job: keep the cyclic garbage collector from walking them again
+    # and again as batches come and go (with a whole store, that walk cost more than deciding).
+    gc.freeze()
+    return evaluator
 
 
 class BatchEvaluator:
