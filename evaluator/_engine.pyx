@@ -15,7 +15,7 @@ does. Everything after the batch's conversion runs in C without the GIL.
 """
 cimport cython
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
@@ -68,7 +68,7 @@ cdef enum:
     C_ROW_FAILED = -1
     C_ROW_UNKNOWN = -2
 
-cdef object OWNER_SPAN = 1 << 32  # owner classes are numbers below it
+cdef int64_t OWNER_SPAN = 1LL << 32  # owner classes are numbers below it
 
 
 ctypedef struct statement_t:
@@ -1042,8 +1042,9 @@ cdef class Batch:
         self.n_entries += 1
         return 0
 
-    cdef inline int add_text(self, int32_t key, str value) except -1:
-        """Append a single-valued context entry of an exact, encodable string, which the batch now owns."""
+    cdef inline int add_text(self, int32_t key, str value, bint owned=False) except -1:
+        """Append a single-valued context entry of an exact, encodable string, which the batch now owns
+        (``owned``: it held it already)."""
         cdef Py_ssize_t size
         cdef const char* data = PyUnicode_AsUTF8AndSize(value, &size)
         self.grow(1, 1)
@@ -1055,7 +1056,8 @@ cdef class Batch:
         self.values[self.n_values].len = size
         self.n_values += 1
         self.n_entries += 1
-        self.owned.append(value)
+        if not owned:
+            self.owned.append(value)
         return 0
 
 
@@ -1224,11 +1226,11 @@ cdef class _Converter:
             owner_class = self.owner_memo[account] = self.resolver.owner(account)
         return owner_class
 
-    cpdef int32_t resource_profile(self, int32_t policy, object owner_class) except -1:
+    cpdef int32_t resource_profile(self, int32_t policy, int64_t owner_class) except -1:
         """The index of the resource's profile (its policy, its owner's RCP levels)."""
         if not 0 <= owner_class < OWNER_SPAN:
             raise ValueError("the resolver gave an owner class out of range")
-        key = (policy + 1) * OWNER_SPAN + owner_class
+        cdef int64_t key = (<int64_t>policy + 1) * OWNER_SPAN + owner_class
         profile = self.resource_profile_memo.get(key)
         if profile is None:
             profile = self.resource_profile_memo[key] = self.batch.add_profile(
@@ -1237,7 +1239,7 @@ cdef class _Converter:
 
     cpdef int32_t grants(self, int32_t row, int32_t policy) except -2:
         """The offset of the caller's grants for the statements of a resource policy."""
-        key = row * self.engine.n_policies + policy
+        cdef int64_t key = <int64_t>row * self.engine.n_policies + policy
         offset = self.grant_memo.get(key)
         if offset is None:
             offset = self.grant_memo[key] = self.batch.add_grants(
@@ -1275,8 +1277,10 @@ cdef class _Converter:
                 self.key_cache[key] = kid
         return kid
 
-    cdef int add_request_value(self, int32_t kid, object key, object value, uint64_t stamp, bint known) except -1:
-        """One context entry of the request itself; raises RequestError if it cannot be read."""
+    cdef int add_request_value(self, int32_t kid, object key, object value, uint64_t stamp, bint known,
+                               bint owned=False) except -1:
+        """One context entry of the request itself (``owned``: held by a list the batch owns already);
+        raises RequestError if it cannot be read."""
         if known and self.engine.principal_keys[kid]:
             return 0  # the store alone says who the principal is
         if self.overridden[kid] == stamp:
@@ -1285,7 +1289,8 @@ cdef class _Converter:
             raise RequestError(f"context key {_shown(key)} is given twice (key names are case-insensitive)")
         self.seen[kid] = stamp
         if type(value) is str:
-            self.batch.add_text(kid, _exact(value, context_text, key))
+            exact = _exact(value, context_text, key)
+            self.batch.add_text(kid, exact, owned and exact is value)
         elif isinstance(value, (list, tuple)):
             texts = value if _plain_strings(value) else _texts(key, value)
             if type(texts) is tuple:
@@ -1334,7 +1339,7 @@ cdef class _Converter:
             kid = self.column_kids[c]
             if kid < 0:
                 raise RequestError(self.column_problems[c])
-            self.add_request_value(kid, self.column_names[c], <object>item, stamp, known)
+            self.add_request_value(kid, self.column_names[c], <object>item, stamp, known, True)
         return 0
 
     cdef int set_columns(self, list columns) except -1:
