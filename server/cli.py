@@ -198,7 +198,8 @@ def add_commands(commands) -> None:
     client.add_argument("--target", default=os.environ.get("IAM_EVAL_TARGET", DEFAULT_TARGET),
                         help=f"server HOST:PORT (default $IAM_EVAL_TARGET or {DEFAULT_TARGET})")
     client.add_argument("--token", default=os.environ.get("IAM_EVAL_TOKEN"),
-                        help="bearer token (default $IAM_EVAL_TOKEN)")
+                        help="bearer token (default $IAM_EVAL_TOKEN); the server's read_token is enough for "
+                             "validate, version, versions, get-* and list-*")
     client.add_argument("--tls-ca", metavar="PEM", help="connect over TLS, trusting this CA")
     client.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mutual TLS")
     client.add_argument("--tls-key", metavar="PEM", help="client key, for mutual TLS")

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "IAM_EVAL_"
+TOKEN_SETTINGS = ("admin_token", "read_token", "check_token")
+TOKEN_CHARACTERS = 16
+"""The fewest characters a token may have; each is visible ASCII (no spaces), as gRPC metadata carries it."""
 
 
 class ConfigError(ValueError):
@@ -31,6 +34,7 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""         # PEM CA bundle: require client certificates it signed (mutual TLS)
     admin_token: str = ""           # bearer token the PolicyAdmin API requires; "" disables that API
+    read_token: str = ""            # bearer token for PolicyAdmin's reads only (admin_token reads too)
     check_token: str = ""           # bearer token the Authorizer API requires; "" lets any caller check
     max_batch: int = 10_000         # requests in one CheckBatch (or one stream message)
     max_message_bytes: int = 64 * 1024 * 1024  # largest request or response message
@@ -68,6 +72,11 @@ class ServerConfig:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name}: {path} is not a readable file")
+        for name in TOKEN_SETTINGS:
+            token = getattr(self, name)
+            if token and not _is_strong_token(token):  # never echoed: it is a secret
+                raise ConfigError(f"{name}: a token must be at least {TOKEN_CHARACTERS} characters, each a "
+                                  "letter, digit or punctuation mark (no spaces); leave it empty to go without")
         for name in ("max_batch", "max_message_bytes", "workers", "processes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, not {getattr(self, name)}")
@@ -85,6 +94,12 @@ class ServerConfig:
 def _is_address(address: str) -> bool:
     host, _, port = address.rpartition(":")
     return bool(host) and port.isdigit() and int(port) < 65536
+
+
+def _is_strong_token(token: str) -> bool:
+    """Long enough not to be guessed, and only characters a client can send as they are: a blank or
+    short token would otherwise be a credential anyone can present."""
+    return len(token) >= TOKEN_CHARACTERS and all("!" <= char <= "~" for char in token)
 
 
 def _typed(name: str, value: Any, source: str) -> Any:

@@ -53,11 +53,10 @@ def status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
 
 
-def _bearer(metadata: tuple) -> str | None:
-    for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value[len("Bearer "):]
-    return None
+READ_METHODS = frozenset(PACKAGE + "PolicyAdmin/" + name for name in (
+    "GetStoreVersion", "ListStoreVersions", "GetPolicy", "ListPolicies", "GetPrincipal", "ListPrincipals",
+    "ValidatePolicy"))
+"""The PolicyAdmin calls that change nothing: ``read_token`` is enough for them."""
 
 
 class CallGuard(grpc.ServerInterceptor):
@@ -84,20 +83,38 @@ class CallGuard(grpc.ServerInterceptor):
             response_serializer=encode)
 
     def _refusal(self, method: str, metadata: tuple) -> ServiceError | None:
+        """Why the call may not go ahead, if it may not: the tokens its method accepts (none configured:
+        an open Authorizer, a disabled PolicyAdmin) against the one bearer token sent."""
+        config = self._config
         admin = method.startswith(PACKAGE + "PolicyAdmin/")
-        token = self._config.admin_token if admin else self._config.check_token
-        if admin and not token:
-            return ServiceError(grpc.StatusCode.PERMISSION_DENIED,
-                                "the admin API is disabled: the server has no admin_token configured")
-        if not token:
+        if not admin:
+            accepted = (config.check_token,) if config.check_token else ()
+        elif method in READ_METHODS:
+            accepted = tuple(token for token in (config.admin_token, config.read_token) if token)
+            if not accepted:
+                return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "the admin API is disabled: the server "
+                                    "has no admin_token (nor read_token) configured")
+        elif not config.admin_token:
+            return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "changes are disabled: the server has no "
+                                "admin_token configured")
+        else:
+            accepted = (config.admin_token,)
+        if not accepted:
             return None
-        given = _bearer(metadata)
+        sent = [value for key, value in metadata or () if key == "authorization"]
+        if len(sent) > 1:  # which one counts would depend on who reads them: a proxy may have added one
+            return ServiceError(grpc.StatusCode.UNAUTHENTICATED,
+                                f"{len(sent)} 'authorization' headers: send exactly one credential")
+        given = sent[0][len("Bearer "):] if sent and sent[0].startswith("Bearer ") else None
         if given is None:
             return ServiceError(grpc.StatusCode.UNAUTHENTICATED,
                                 "this API needs a credential: send metadata 'authorization: Bearer <token>'")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return ServiceError(grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid for this API")
-        return None
+        if _matches(given, accepted):
+            return None
+        if admin and config.read_token and _matches(given, (config.read_token,)):
+            return ServiceError(grpc.StatusCode.PERMISSION_DENIED, "the read_token may only read; changes need "
+                                "the admin_token")
+        return ServiceError(grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid for this API")
 
     def _fail(self, method: str, context: grpc.ServicerContext, exc: Exception):
         code, message = status(exc)
@@ -137,6 +154,14 @@ class CallGuard(grpc.ServerInterceptor):
             finally:
                 self._metrics.latency.labels(method).observe(time.perf_counter() - started)
         return call
+
+
+def _matches(given: str, tokens: tuple[str, ...]) -> bool:
+    """Whether ``given`` is one of ``tokens``, compared in constant time (each compared, whichever matches)."""
+    found = False
+    for token in tokens:
+        found |= hmac.compare_digest(given.encode(), token.encode())
+    return found
 
 
 def _encoder(serialize: Callable) -> Callable:

@@ -59,8 +59,8 @@ from .service_helpers import (
     wait_until,
 )
 
-ADMIN_TOKEN = "admin-secret"
-CHECK_TOKEN = "check-secret"
+ADMIN_TOKEN = "admin-secret-for-tests"
+CHECK_TOKEN = "check-secret-for-tests"
 ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 SERVICES = ("iam_evaluator.v1.Authorizer", "iam_evaluator.v1.PolicyAdmin")
 US_EAST = {"aws:RequestedRegion": "us-east-1"}

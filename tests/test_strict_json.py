@@ -34,7 +34,7 @@ from .service_helpers import (
     running_service,
 )
 
-ADMIN_TOKEN = "admin-secret"
+ADMIN_TOKEN = "admin-secret-for-tests"
 DENY_THEN_ALLOW = ('{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"s3:*","Resource":"*",'
                    '"Effect":"Allow"}]}')
 """Read leniently, this is an Allow of every S3 action; it must be refused instead."""

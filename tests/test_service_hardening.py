@@ -1,0 +1,212 @@
+"""The service and batch jobs under abuse and faults: credentials sent twice, weak tokens, a read-only token,
+errors that echo huge inputs, addresses in use, the metrics port's paths, a supervisor or batch runner
+killed outright, workers that die, an output that cannot be written, and the validate command's exit code.
+Each runs a real server on loopback or the real command in a subprocess."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from server.api import iam_evaluator_pb2 as pb
+from server.api import iam_evaluator_pb2_grpc as pb_grpc
+from server.client import Client
+from server.config import ConfigError, load_config
+
+from .conftest import EXAMPLES, REPO
+from .service_helpers import (
+    EXAMPLE_STORE,
+    FULL_ACCESS,
+    IMAGE,
+    ROLE,
+    RPC_TIMEOUT,
+    cli_environment,
+    copy_store,
+    document,
+    rpc_error,
+    running_service,
+)
+
+ADMIN_TOKEN = "hardening-admin-token-0001"
+READ_TOKEN = "hardening-read-token-0002"
+CHECK_TOKEN = "hardening-check-token-0003"
+GOOD_DOCUMENT = document({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"})
+BAD_DOCUMENT = document({"Effect": "Perhaps", "Action": "s3:GetObject", "Resource": "*"})
+POLICIES = sorted(str(p) for p in EXAMPLES.glob("*.json"))
+
+
+def bearer(*tokens: str) -> tuple:
+    return tuple(("authorization", f"Bearer {token}") for token in tokens)
+
+
+def run_command(*args: str, timeout: float = 60, **environment: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evaluator.cli", *args], cwd=REPO,
+                          env=cli_environment(**environment), capture_output=True, text=True, timeout=timeout)
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` (R, S, Z…) from /proc; None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def gone(pid: int) -> bool:
+    return process_state(pid) in (None, "Z")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc: psutil is not at hand)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def test_several_authorization_headers_are_refused(tmp_path):
+    """Which of several credentials counts would depend on who reads them (a proxy may add one): none does."""
+    with running_service(copy_store(tmp_path), tmp_path / "state", admin_token=ADMIN_TOKEN,
+                         check_token=CHECK_TOKEN) as service, \
+            grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        admin, authorizer = pb_grpc.PolicyAdminStub(channel), pb_grpc.AuthorizerStub(channel)
+        check = pb.CheckRequest(principal=ROLE, action="imagebuilder:GetImage", resource=IMAGE)
+        calls = {
+            "Check": (lambda m: authorizer.Check(check, timeout=RPC_TIMEOUT, metadata=m), CHECK_TOKEN),
+            "CheckStream": (lambda m: list(authorizer.CheckStream(iter([pb.CheckBatchRequest(requests=[check])]),
+                                                                  timeout=RPC_TIMEOUT, metadata=m)), CHECK_TOKEN),
+            "GetStoreVersion": (lambda m: admin.GetStoreVersion(pb.GetStoreVersionRequest(), timeout=RPC_TIMEOUT,
+                                                                metadata=m), ADMIN_TOKEN),
+        }
+        for name, (call, token) in calls.items():
+            call(bearer(token))  # one credential: accepted
+            for metadata in (bearer(token, "wrong"), bearer("wrong", token), bearer(token, token)):
+                error = rpc_error(lambda c=call, m=metadata: c(m))
+                assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (name, error.details())
+                assert "2 'authorization' headers" in error.details()
+
+
+WEAK_TOKENS = {"blank": " " * 20, "short": "s3cr3t-t0ken", "fifteen": "a" * 15,
+               "spaces": "correct horse battery staple", "tab": "\t" + "b" * 20, "non-ascii": "pässwörd" * 3}
+
+
+@pytest.mark.parametrize("setting", ["admin_token", "read_token", "check_token"])
+def test_a_blank_or_short_token_is_a_configuration_error(tmp_path, setting):
+    for name, token in WEAK_TOKENS.items():
+        with pytest.raises(ConfigError, match=f"^{setting}: .*at least 16 characters") as refused:
+            load_config(environ={}, store=str(EXAMPLE_STORE), **{setting: token})
+        assert not token.strip() or token.strip() not in str(refused.value), f"{name}: a secret is never echoed"
+    assert getattr(load_config(environ={}, store=str(EXAMPLE_STORE), **{setting: "x" * 16}), setting) == "x" * 16
+    assert getattr(load_config(environ={}, store=str(EXAMPLE_STORE), **{setting: ""}), setting) == ""
+
+
+@pytest.mark.parametrize(("setting", "token", "source"), [("admin_token", "   ", "environment"),
+                                                          ("read_token", "short-token", "file"),
+                                                          ("check_token", "f" * 15, "environment")])
+def test_the_server_refuses_to_start_with_a_weak_token(tmp_path, setting, token, source):
+    arguments = ["serve", "--store", str(EXAMPLE_STORE), "--state-dir", str(tmp_path / "state"),
+                 "--listen", "127.0.0.1:0", "--metrics-listen", ""]
+    environment = {}
+    if source == "file":
+        (tmp_path / "server.toml").write_text(f"{setting} = {json.dumps(token)}\n")
+        arguments += ["--config", str(tmp_path / "server.toml")]
+    else:
+        environment[f"IAM_EVAL_{setting.upper()}"] = token
+    try:
+        done = run_command(*arguments, timeout=30, **environment)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server started with {setting} = {token!r}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: {setting}: ") and "at least 16 characters" in done.stderr
+    assert not (tmp_path / "state").exists(), "nothing was started"
+
+
+READS = {  # every PolicyAdmin call that changes nothing
+    "GetStoreVersion": pb.GetStoreVersionRequest(),
+    "ListStoreVersions": pb.ListStoreVersionsRequest(),
+    "GetPolicy": pb.PolicyName(kind=pb.MANAGED, name=FULL_ACCESS),
+    "ListPolicies": pb.ListPoliciesRequest(),
+    "GetPrincipal": pb.PrincipalName(arn=ROLE),
+    "ListPrincipals": pb.ListPrincipalsRequest(),
+    "ValidatePolicy": pb.ValidatePolicyRequest(document=GOOD_DOCUMENT, kind=pb.MANAGED),
+}
+CHANGES = {  # refused before they are read, so an empty request will do
+    "PutPolicy": pb.PutPolicyRequest(), "DeletePolicy": pb.DeletePolicyRequest(),
+    "PutPrincipal": pb.PutPrincipalRequest(), "DeletePrincipal": pb.DeletePrincipalRequest(),
+    "Rollback": pb.RollbackRequest(),
+}
+
+
+def test_reads_and_changes_cover_the_admin_api():
+    assert set(READS) | set(CHANGES) == set(pb.DESCRIPTOR.services_by_name["PolicyAdmin"].methods_by_name)
+
+
+def test_the_read_token_reads_and_only_the_admin_token_changes(tmp_path):
+    with running_service(copy_store(tmp_path), tmp_path / "state", admin_token=ADMIN_TOKEN,
+                         read_token=READ_TOKEN) as service, \
+            grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        admin = pb_grpc.PolicyAdminStub(channel)
+        for method, request in READS.items():
+            for token in (READ_TOKEN, ADMIN_TOKEN):
+                getattr(admin, method)(request, timeout=RPC_TIMEOUT, metadata=bearer(token))
+            error = rpc_error(lambda m=method, r=request: getattr(admin, m)(r, timeout=RPC_TIMEOUT,
+                                                                          metadata=bearer("x" * 20)))
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED, method
+        for method, request in CHANGES.items():
+            error = rpc_error(lambda m=method, r=request: getattr(admin, m)(r, timeout=RPC_TIMEOUT,
+                                                                          metadata=bearer(READ_TOKEN)))
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (method, error.details())
+            assert "admin_token" in error.details()
+        assert service.live.current.version.number == 1, "a refused change changed nothing"
+        put = pb.PutPolicyRequest(policy=pb.StoredPolicy(kind=pb.SCP, name="NewSCP", document=GOOD_DOCUMENT))
+        assert admin.PutPolicy(put, timeout=RPC_TIMEOUT, metadata=bearer(ADMIN_TOKEN)).version == 2
+
+
+def test_with_only_a_read_token_the_store_can_be_read_but_not_changed(tmp_path):
+    with running_service(copy_store(tmp_path), tmp_path / "state", read_token=READ_TOKEN) as service, \
+            Client(f"127.0.0.1:{service.port}", token=READ_TOKEN, timeout=RPC_TIMEOUT) as client:
+        assert client.call(client.admin.GetStoreVersion, pb.GetStoreVersionRequest()).version == 1
+        error = rpc_error(lambda: client.call(client.admin.Rollback, pb.RollbackRequest(version=1)))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "admin_token" in error.details()
+
+
+def client_command(port: int, token: str, capsys, *args: str) -> tuple[int, str, str]:
+    """``iam-eval client …`` against the server on ``port``: exit code, stdout, stderr."""
+    from evaluator.cli import main
+
+    code = main(["client", "--target", f"127.0.0.1:{port}", "--token", token, "--timeout", str(RPC_TIMEOUT), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_client_command_reads_with_the_read_token(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(GOOD_DOCUMENT)
+    with running_service(copy_store(tmp_path), tmp_path / "state", admin_token=ADMIN_TOKEN,
+                         read_token=READ_TOKEN) as service:
+        for args in (["version"], ["versions"], ["get-policy", "--kind", "managed", "--name", FULL_ACCESS],
+                     ["list-policies"], ["get-principal", ROLE], ["list-principals"], ["validate", str(good)]):
+            code, out, err = client_command(service.port, READ_TOKEN, capsys, *args)
+            assert code == 0, (args, err)
+            assert json.loads(out)
+        code, out, err = client_command(service.port, READ_TOKEN, capsys, "put-policy", str(good), "--kind", "scp",
+                                        "--name", "NewSCP")
+        assert code == 2 and "PERMISSION_DENIED" in err
+        assert service.live.current.version.number == 1
