@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -34,7 +35,13 @@ class ServiceError(Exception):
 
 
 def status(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The status and message a call ends with when it raises ``exc``."""
+    """The status and message a call ends with when it raises ``exc``; the message is cut to fit
+    (``_bounded``)."""
+    code, message = _status(exc)
+    return code, _bounded(message)
+
+
+def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ServiceError):
         return exc.code, str(exc)
     if isinstance(exc, StoreError):  # a change that would leave the store inconsistent changes nothing
@@ -51,6 +58,38 @@ def status(exc: Exception) -> tuple[grpc.StatusCode, str]:
             return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
         return (grpc.StatusCode.UNAVAILABLE if exc.disk else grpc.StatusCode.INTERNAL), str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
+
+
+ECHO_CHARACTERS = 200
+"""The most of one echoed input (a run of characters without a space: an ARN, a name, a quoted value) a
+status message keeps."""
+MESSAGE_CHARACTERS = 2000
+MESSAGE_WIRE_BYTES = 4000
+"""A status message travels as the grpc-message trailer, every byte outside printable ASCII (and '%')
+percent-encoded as three; the client refuses trailers over 8 KiB (RESOURCE_EXHAUSTED: Stream removed),
+so the message keeps well inside that."""
+_ECHOED_RUN = re.compile(r"\S{%d,}" % (ECHO_CHARACTERS + 1))
+ELLIPSIS = "…"
+
+
+def _wire_bytes(text: str) -> int:
+    return sum(1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode()) for char in text)
+
+
+def _bounded(message: str) -> str:
+    """``message`` with each echoed input cut to ``ECHO_CHARACTERS``, any lone surrogate (which UTF-8
+    cannot carry) written as its escape, and the whole cut to fit a status, each cut marked with "…"."""
+    message = _ECHOED_RUN.sub(lambda run: run[0][:ECHO_CHARACTERS] + ELLIPSIS, message)
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(message) <= MESSAGE_CHARACTERS and _wire_bytes(message) <= MESSAGE_WIRE_BYTES:
+        return message
+    budget, kept = MESSAGE_WIRE_BYTES - _wire_bytes(ELLIPSIS), 0
+    for char in message[:MESSAGE_CHARACTERS - 1]:
+        budget -= _wire_bytes(char)
+        if budget < 0:
+            break
+        kept += 1
+    return message[:kept] + ELLIPSIS
 
 
 READ_METHODS = frozenset(PACKAGE + "PolicyAdmin/" + name for name in (

@@ -16,6 +16,7 @@ from server.api import iam_evaluator_pb2 as pb
 from server.api import iam_evaluator_pb2_grpc as pb_grpc
 from server.client import Client
 from server.config import ConfigError, load_config
+from server.interceptors import status
 
 from .conftest import EXAMPLES, REPO
 from .service_helpers import (
@@ -210,3 +211,39 @@ def test_the_client_command_reads_with_the_read_token(tmp_path, capsys):
                                         "--name", "NewSCP")
         assert code == 2 and "PERMISSION_DENIED" in err
         assert service.live.current.version.number == 1
+
+
+# ---------------------------------------------------------------- errors that echo huge inputs
+
+
+def test_an_error_echoing_a_huge_input_keeps_200_characters_of_it(tmp_path):
+    with running_service(copy_store(tmp_path), tmp_path / "state", admin_token=ADMIN_TOKEN) as service, \
+            Client(f"127.0.0.1:{service.port}", token=ADMIN_TOKEN, timeout=RPC_TIMEOUT) as client:
+        error = rpc_error(lambda: client.check("arn:" + "x" * 100_000, "s3:GetObject", "*"))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert "'arn:" + "x" * 195 + "…" in error.details() and "x" * 196 not in error.details()
+
+        error = rpc_error(lambda: client.call(client.admin.GetPolicy, pb.PolicyName(kind=pb.MANAGED,
+                                                                                    name="y" * 100_000)))
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+        assert "y" * 199 + "…" in error.details() and "y" * 200 not in error.details()
+
+        spaced = "é " * 50_000  # short words, each percent-encoded as six bytes
+        error = rpc_error(lambda: client.check(spaced, "s3:GetObject", "*"))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert error.details().endswith("…") and len(error.details()) <= 2000
+
+        many = json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Sid": f"S{i}", "Effect": "Perhaps", "Action": "s3:GetObject", "Resource": "*"} for i in range(5000)]})
+        put = pb.PutPolicyRequest(policy=pb.StoredPolicy(kind=pb.SCP, name="Many", document=many))
+        error = rpc_error(lambda: client.call(client.admin.PutPolicy, put))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert "E0" in error.details() and error.details().endswith("…") and len(error.details()) <= 2000
+        assert client.check(ROLE, "imagebuilder:GetImage", IMAGE).store_version == 1, "the server goes on"
+
+
+def test_a_status_message_never_carries_a_lone_surrogate():
+    code, message = status(ValueError("bad key '\ud800x' in " + "\U0001F600" * 5000))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    message.encode("utf-8")  # strict: would raise on a lone surrogate
+    assert "\\ud800" in message and message.endswith("…")
