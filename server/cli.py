@@ -1,7 +1,8 @@
 """``iam-eval serve`` and ``iam-eval client …``: run the service, and talk to it.
 
-Client exit codes: ``check`` 0 Allow, 1 deny, 2 bad input or a failed call;
-the other commands 0 on success, 2 on failure (the status and message on stderr).
+Client exit codes: ``check`` 0 Allow, 1 deny, 2 bad input or a failed call; ``validate``
+0 valid, 1 the policy has errors; the other commands 0 on success; any failed call 2 (the
+status and message on stderr).
 """
 from __future__ import annotations
 
@@ -129,12 +130,14 @@ def _policy_name(args: argparse.Namespace):
 
 
 def _admin(build):
-    """A command that sends one admin request (built from the arguments) and prints the response."""
+    """A command that sends one admin request (built from the arguments) and prints the response;
+    exit 1 for a policy with errors (as ``iam-eval validate``), else 0."""
     def run(args: argparse.Namespace) -> int:
         method, request = build(args)
         with _client(args) as client:
-            _print_message(client.call(getattr(client.admin, method), request))
-        return 0
+            response = client.call(getattr(client.admin, method), request)
+        _print_message(response)
+        return 1 if method == "ValidatePolicy" and not response.valid else 0
     return run
 
 

@@ -213,6 +213,28 @@ def test_the_client_command_reads_with_the_read_token(tmp_path, capsys):
         assert service.live.current.version.number == 1
 
 
+def test_the_client_validate_command_exits_1_for_a_policy_with_errors(tmp_path, capsys):
+    good, warned, bad = tmp_path / "good.json", tmp_path / "warned.json", tmp_path / "bad.json"
+    good.write_text(GOOD_DOCUMENT)
+    warned.write_text(json.dumps({"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
+    bad.write_text(BAD_DOCUMENT)
+    with running_service(copy_store(tmp_path), tmp_path / "state", admin_token=ADMIN_TOKEN) as service:
+        code, out, _ = client_command(service.port, ADMIN_TOKEN, capsys, "validate", str(bad))
+        assert code == 1, "a policy with errors fails, as iam-eval validate says"
+        assert json.loads(out).get("valid", False) is False and "E0" in out
+        for path in (good, warned):
+            code, out, _ = client_command(service.port, ADMIN_TOKEN, capsys, "validate", str(path))
+            assert (code, json.loads(out)["valid"]) == (0, True), out
+        assert "W001" in out, "warnings alone pass"
+        assert main_validate(bad) == 1 and main_validate(good) == 0, "the same as the local command"
+
+
+def main_validate(path: Path) -> int:
+    from evaluator.cli import main
+
+    return main(["validate", "--json", str(path)])
+
+
 # ---------------------------------------------------------------- errors that echo huge inputs
 
 
