@@ -6,6 +6,7 @@ say SERVING and do the Authorizer and PolicyAdmin APIs answer (before: UNAVAILAB
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, replace
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import grpc
@@ -32,7 +34,7 @@ from .admin import PolicyAdminServicer
 from .api import iam_evaluator_pb2 as pb
 from .api import iam_evaluator_pb2_grpc as pb_grpc
 from .authorizer import AuthorizerServicer
-from .config import ServerConfig
+from .config import ConfigError, ServerConfig
 from .interceptors import CallGuard, ServiceError
 from .live_store import LiveStore, Serving, load_store
 from .metrics import ServiceMetrics, serve_all_processes
@@ -42,6 +44,8 @@ log = logging.getLogger("iam_eval.server")
 SEED_FILE = "seed.json"
 """In the state directory: which store seeded it, and its digest (``Service._compare_with_store``)."""
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Authorizer", "PolicyAdmin"))
+METRICS_DIR_PREFIX = "iam-eval-metrics-"
+"""With several processes, their metrics are in ``TMP/iam-eval-metrics-<supervisor's pid>-…``."""
 
 
 @dataclass
@@ -55,9 +59,14 @@ class Service:
     metrics: ServiceMetrics
     metrics_port: int | None = None
     live: LiveStore | None = None
+    draining: bool = False
 
     def serving(self) -> Serving:
         return self.live_store().current
+
+    def ready(self) -> bool:
+        """Whether the store is compiled and the server not draining: what /healthz says."""
+        return self.live is not None and not self.draining
 
     def live_store(self) -> LiveStore:
         live = self.live
@@ -127,6 +136,7 @@ class Service:
 
     def stop(self, grace: float | None = None) -> None:
         """Say NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period."""
+        self.draining = True
         self.health.enter_graceful_shutdown()
         self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
         self.metrics.stop()
@@ -155,9 +165,40 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair)
 
 
+def _listen_error(setting: str, address: str, exc: OSError | None = None) -> ConfigError:
+    if exc is not None and exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"{setting}: {address} is already in use")
+    reason = f" ({exc.strerror or exc})" if exc is not None else ""
+    return ConfigError(f"{setting}: cannot listen on {address}{reason}")
+
+
+def _refuse_if_in_use(setting: str, address: str) -> None:
+    """Raise ``ConfigError`` naming ``setting`` when something listens on ``address`` already. Checked
+    before gRPC binds: with several processes it binds with SO_REUSEPORT and would share the port with
+    whoever holds it too; and it says only that binding failed. Other errors are left to the bind."""
+    host, _, port = address.rpartition(":")
+    if not address or port == "0":
+        return
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return
+    for family, kind, protocol, _, socket_address in found:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: past TIME_WAIT only
+            try:
+                probe.bind(socket_address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise _listen_error(setting, address, exc) from None
+
+
 def create_server(config: ServerConfig) -> Service:
     """A started server on ``config.listen`` (port 0: a free port, in ``Service.port``), NOT_SERVING
-    until ``load``."""
+    until ``load``. An address that cannot be listened on raises ``ConfigError`` naming its setting."""
+    if config.processes == 1:  # else the supervisor checked, and the processes share the port on purpose
+        _refuse_if_in_use("listen", config.listen)
+        _refuse_if_in_use("metrics_listen", config.metrics_listen)
     metrics = ServiceMetrics()
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes),
@@ -175,15 +216,22 @@ def create_server(config: ServerConfig) -> Service:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     credentials = _credentials(config)
-    if credentials is None:
-        service.port = server.add_insecure_port(config.listen)
-    else:
-        service.port = server.add_secure_port(config.listen, credentials)
+    try:
+        if credentials is None:
+            service.port = server.add_insecure_port(config.listen)
+        else:
+            service.port = server.add_secure_port(config.listen, credentials)
+    except RuntimeError:  # gRPC says only that it failed (and logs why)
+        service.port = 0
     if service.port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+        raise _listen_error("listen", config.listen)
     server.start()
     if config.metrics_listen:
-        service.metrics_port = metrics.serve(config.metrics_listen)
+        try:
+            service.metrics_port = metrics.serve(config.metrics_listen, service.ready)
+        except OSError as exc:
+            server.stop(0)
+            raise _listen_error("metrics_listen", config.metrics_listen, exc) from None
     return service
 
 
@@ -244,7 +292,8 @@ def serve(config: ServerConfig) -> int:
     return _serve_one(config)
 
 
-def _serve_one(config: ServerConfig) -> int:
+def _serve_one(config: ServerConfig, serving: Event | None = None) -> int:
+    """Serve until a stop signal; ``serving`` (from a supervisor) is set while the store is served."""
     service = create_server(config)
     log.info("listening", extra={"fields": {"address": config.listen, "port": service.port,
                                             "metrics_port": service.metrics_port, "tls": bool(config.tls_cert),
@@ -256,14 +305,18 @@ def _serve_one(config: ServerConfig) -> int:
         log.error("cannot load the policy store", extra={"fields": {"error": str(exc)}})
         service.stop(0)
         return 2
+    if serving is not None:
+        serving.set()
     stop.wait()
     log.info("draining", extra={"fields": {"grace_seconds": config.grace_seconds, "pid": os.getpid()}})
+    if serving is not None:
+        serving.clear()
     service.stop()
     log.info("stopped", extra={"fields": {"pid": os.getpid()}})
     return 0
 
 
-def _process_main(config: ServerConfig, parent: int) -> None:
+def _process_main(config: ServerConfig, parent: int, serving: Event) -> None:
     """One of several server processes; it drains and ends when its parent is gone, too."""
     configure_logging(config)
 
@@ -273,7 +326,11 @@ def _process_main(config: ServerConfig, parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
-    sys.exit(_serve_one(config))
+    try:
+        sys.exit(_serve_one(config, serving))
+    except ConfigError as exc:
+        log.error("cannot serve", extra={"fields": {"error": str(exc)}})
+        sys.exit(2)
 
 
 def _supervise(config: ServerConfig) -> int:
@@ -281,8 +338,10 @@ def _supervise(config: ServerConfig) -> int:
     state directory, each with its own GIL; forward SIGTERM to them and wait for them to drain.
 
     Version 1 is seeded here first, so the processes never race to create it; the parent serves
-    their summed metrics.
+    their summed metrics, and /healthz says "ok" while every process serves.
     """
+    _refuse_if_in_use("listen", config.listen)
+    _refuse_if_in_use("metrics_listen", config.metrics_listen)
     try:
         VersionedStore(config.versions_dir, lambda: load_store(config.store, config.aws_managed_policies or None),
                        seed_description=f"loaded from {config.store}")
@@ -294,35 +353,74 @@ def _supervise(config: ServerConfig) -> int:
         with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as probe:
             probe.bind((host.strip("[]"), 0))
             port = str(probe.getsockname()[1])
-    metrics_dir = tempfile.mkdtemp(prefix="iam-eval-metrics-")
+    _remove_stale_metrics_dirs()
+    metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client in each process
     each = replace(config, listen=f"{host}:{port}", metrics_listen="")
     context = multiprocessing.get_context("spawn")  # grpc must not be forked
-    children = [context.Process(target=_process_main, args=(each, os.getpid()), name=f"server-{i}")
+    serving = [context.Event() for _ in range(config.processes)]
+    children = [context.Process(target=_process_main, args=(each, os.getpid(), serving[i]), name=f"server-{i}")
                 for i in range(config.processes)]
     stop = _StopSignal()
-    for child in children:
-        child.start()
-    metrics_http = serve_all_processes(config.metrics_listen, metrics_dir) if config.metrics_listen else None
-    log.info("supervising", extra={"fields": {"processes": [child.pid for child in children],
-                                              "address": each.listen, "metrics_port":
-                                              metrics_http.server_port if metrics_http else None}})
-    while not stop.wait(0.5):
-        if any(child.exitcode is not None for child in children):
-            log.error("a server process ended on its own; stopping the others",
-                      extra={"fields": {"exit_codes": [child.exitcode for child in children]}})
-            break
-    for child in children:
-        if child.exitcode is None:
-            os.kill(child.pid, signal.SIGTERM)
-    for child in children:
-        child.join(config.grace_seconds + 10)
-        if child.exitcode is None:
-            child.kill()
-            child.join()
-    if metrics_http is not None:
-        metrics_http.shutdown()
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def all_serving() -> bool:
+        return (not stop.received and all(event.is_set() for event in serving)
+                and all(child.exitcode is None for child in children))
+
+    metrics_http = None
+    try:
+        if config.metrics_listen:
+            try:
+                metrics_http = serve_all_processes(config.metrics_listen, metrics_dir, all_serving)
+            except OSError as exc:
+                raise _listen_error("metrics_listen", config.metrics_listen, exc) from None
+        for child in children:
+            child.start()
+        log.info("supervising", extra={"fields": {"processes": [child.pid for child in children],
+                                                  "address": each.listen, "metrics_port":
+                                                  metrics_http.server_port if metrics_http else None}})
+        while not stop.wait(0.5):
+            if any(child.exitcode is not None for child in children):
+                log.error("a server process ended on its own; stopping the others",
+                          extra={"fields": {"exit_codes": [child.exitcode for child in children]}})
+                break
+        for child in children:
+            if child.exitcode is None:
+                os.kill(child.pid, signal.SIGTERM)
+        for child in children:
+            child.join(config.grace_seconds + 10)
+            if child.exitcode is None:
+                child.kill()
+                child.join()
+    finally:
+        if metrics_http is not None:
+            metrics_http.shutdown()
+            metrics_http.server_close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     codes = [child.exitcode for child in children]
     log.info("stopped", extra={"fields": {"exit_codes": codes}})
     return 0 if stop.received and all(code == 0 for code in codes) else 1
+
+
+def _remove_stale_metrics_dirs() -> None:
+    """Remove the metrics directories of supervisors that are gone: one killed (SIGKILL) could not."""
+    for path in Path(tempfile.gettempdir()).glob(METRICS_DIR_PREFIX + "*"):
+        pid = path.name[len(METRICS_DIR_PREFIX):].partition("-")[0]
+        try:
+            ours = path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if ours and pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed the metrics directory of a supervisor that is gone",
+                     extra={"fields": {"path": str(path), "pid": int(pid)}})
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # a number past any pid
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

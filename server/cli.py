@@ -23,10 +23,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = load_config(args.config, store=args.store, listen=args.listen, metrics_listen=args.metrics_listen,
                              state_dir=args.state_dir, aws_managed_policies=args.aws_managed_policies,
                              reseed=args.reseed or None)
-    except ConfigError as exc:
+        return serve(config)
+    except ConfigError as exc:  # a bad value, or an address that cannot be listened on
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return serve(config)
 
 
 def _calling(command):

@@ -1,29 +1,77 @@
-"""Prometheus metrics of one server, served over HTTP at /metrics.
+"""Prometheus metrics of one server, served over HTTP at /metrics, beside /healthz.
 
 Each server has its own registry, so that several servers in one process (as in
 the tests) keep apart; with several server processes, the parent serves their sum.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000)
 _DECISIONS = ("ImplicitDeny", "Allow", "ExplicitDeny", "Error")  # by engine code; errors deny implicitly
 
 
-def _serve(address: str, registry: CollectorRegistry):
-    host, _, port = address.rpartition(":")
-    http, _ = start_http_server(int(port), host.strip("[]"), registry=registry)
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """GET /metrics (Prometheus text) and /healthz (200 "ok" while serving, else 503); any other path is 404."""
+
+    server: _MetricsServer
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            encode, content_type = choose_encoder(self.headers.get("Accept"))
+            self._reply(200, encode(self.server.registry), content_type)
+        elif path == "/healthz":
+            serving = self.server.serving()
+            self._reply(200 if serving else 503, b"ok\n" if serving else b"not serving\n")
+        else:
+            self._reply(404, b"not found: this port serves /metrics and /healthz\n")
+
+    def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        """Silent: the server's log is JSON lines, and scrapes are not news."""
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: str, registry: CollectorRegistry, serving: Callable[[], bool]) -> None:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        self.address_family = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
+                                                 flags=socket.AI_PASSIVE)[0][0]
+        self.registry, self.serving = registry, serving
+        super().__init__((host, int(port)), _MetricsHandler)
+
+
+def _serve(address: str, registry: CollectorRegistry, serving: Callable[[], bool]) -> _MetricsServer:
+    """Serve on host:port (port 0: any free port) from a thread; raises ``OSError`` when it cannot listen."""
+    http = _MetricsServer(address, registry, serving)
+    threading.Thread(target=http.serve_forever, name="metrics-http", daemon=True).start()
     return http
 
 
-def serve_all_processes(address: str, directory: str):
+def serve_all_processes(address: str, directory: str, serving: Callable[[], bool]) -> _MetricsServer:
     """Serve the metrics that every server process writes to ``directory`` (prometheus_client's
-    multiprocess mode, on when PROMETHEUS_MULTIPROC_DIR is set before the processes start), summed."""
+    multiprocess mode, on when PROMETHEUS_MULTIPROC_DIR is set before the processes start), summed;
+    /healthz says what ``serving`` says."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
-    return _serve(address, registry)
+    return _serve(address, registry, serving)
 
 
 class ServiceMetrics:
@@ -56,9 +104,9 @@ class ServiceMetrics:
             if found:
                 counter.inc(found)
 
-    def serve(self, address: str) -> int:
-        """Serve /metrics at host:port (port 0: any free port); returns the port."""
-        self._http = _serve(address, self.registry)
+    def serve(self, address: str, serving: Callable[[], bool]) -> int:
+        """Serve /metrics and /healthz (``serving``) at host:port (port 0: any free port); returns the port."""
+        self._http = _serve(address, self.registry, serving)
         return self._http.server_port
 
     def stop(self) -> None:

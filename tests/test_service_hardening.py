@@ -5,8 +5,13 @@ Each runs a real server on loopback or the real command in a subprocess."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -25,11 +30,13 @@ from .service_helpers import (
     IMAGE,
     ROLE,
     RPC_TIMEOUT,
+    ServerProcess,
     cli_environment,
     copy_store,
     document,
     rpc_error,
     running_service,
+    wait_until,
 )
 
 ADMIN_TOKEN = "hardening-admin-token-0001"
@@ -269,3 +276,91 @@ def test_a_status_message_never_carries_a_lone_surrogate():
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     message.encode("utf-8")  # strict: would raise on a lone surrogate
     assert "\\ud800" in message and message.endswith("…")
+
+
+# ---------------------------------------------------------------- addresses, the metrics port
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+@pytest.mark.parametrize("setting", ["listen", "metrics_listen"])
+def test_an_address_in_use_exits_2_naming_the_setting(tmp_path, setting, processes):
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as another supervisor's process holds it
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        arguments = ["serve", "--store", str(EXAMPLE_STORE), "--state-dir", str(tmp_path / "state"),
+                     "--listen", address if setting == "listen" else "127.0.0.1:0",
+                     "--metrics-listen", address if setting == "metrics_listen" else ""]
+        try:
+            done = run_command(*arguments, timeout=30, IAM_EVAL_PROCESSES=processes)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server started on {address}, which was in use")
+    assert (done.returncode, done.stderr) == (2, f"error: {setting}: {address} is already in use\n")
+    assert not (tmp_path / "state").exists(), "nothing was started"
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=RPC_TIMEOUT) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_metrics_port_serves_metrics_and_healthz_only(tmp_path):
+    with running_service(copy_store(tmp_path), tmp_path / "state", load=False, metrics=True) as service:
+        port = service.metrics_port
+        assert http_get(port, "/healthz")[0] == 503, "not serving until the store is compiled"
+        service.load()
+        assert http_get(port, "/healthz") == (200, "ok\n")
+        code, text = http_get(port, "/metrics")
+        assert code == 200 and "iam_eval_store_version 1.0" in text
+        assert http_get(port, "/metrics?name[]=iam_eval_store_version")[0] == 200
+        for path in ("/", "/metrics/", "/favicon.ico", "/healthz/", "/health", "/debug/vars", "/metricsx"):
+            assert http_get(port, path)[0] == 404, path
+
+
+@needs_proc
+def test_the_next_supervisor_removes_the_metrics_dir_of_one_killed_outright(tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    store = copy_store(tmp_path)
+
+    def supervisor() -> ServerProcess:
+        return ServerProcess("--store", str(store), "--state-dir", str(tmp_path / "state"), "--listen",
+                             "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                             environment={"IAM_EVAL_PROCESSES": "2", "TMPDIR": str(temp)})
+
+    first = supervisor()
+    servers: list[int] = []
+    try:
+        supervising = first.wait_for_log("supervising")
+        servers = supervising["processes"]
+        wait_until(lambda: http_get(supervising["metrics_port"], "/healthz") == (200, "ok\n"), 30,
+                   "/healthz to say ok once both processes serve")
+        left = list(temp.glob("iam-eval-metrics-*"))
+        assert len(left) == 1 and left[0].name.startswith(f"iam-eval-metrics-{first.process.pid}-")
+        first.process.kill()
+        first.wait()
+        wait_until(lambda: all(gone(pid) for pid in servers), 30, "the orphaned server processes to end")
+        assert left[0].is_dir(), "a supervisor killed outright cannot clean up"
+    finally:
+        first.stop()
+        for pid in servers:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    living = temp / f"iam-eval-metrics-{os.getpid()}-elsewhere"  # a running supervisor's: kept
+    living.mkdir()
+    second = supervisor()
+    try:
+        second.wait_for_log("supervising")
+        assert not left[0].exists() and living.is_dir()
+        wait_until(lambda: sum(r.get("message") == "serving" for r in second.records()) == 2, 30,
+                   "both server processes to serve")
+        assert len(list(temp.glob("iam-eval-metrics-*"))) == 2
+        second.process.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+        assert list(temp.glob("iam-eval-metrics-*")) == [living], "a clean stop removes its own"
+    finally:
+        second.stop()
