@@ -12,14 +12,20 @@ process joins the part files into the output in input order as they complete
 counts. At most two parts per worker are outstanding, and a worker holds one
 batch and one output row group at a time, so memory stays bounded whatever
 the size of the input.
+
+A worker dies with the main process, even when that is killed outright (SIGKILL): on Linux the kernel
+kills it (``PR_SET_PDEATHSIG``), elsewhere it notices its parent is gone.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import multiprocessing
 import os
 import queue
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -205,9 +211,29 @@ def _decide_part(job: _Job, evaluator: BatchEvaluator, reader: PartReader, part:
     return summary, problems
 
 
-def _work(job: _Job, tasks, results) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when ``parent`` (the main process) ends, however it ends; else a killed job would
+    leave its workers waiting for work forever. On Linux, the kernel sends SIGKILL when the thread that
+    started the worker ends: ``run_local``'s caller's thread, which outlives the job."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        def orphaned() -> None:
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(1)
+        threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # it ended before the request above took hold
+        os._exit(1)
+
+
+def _work(job: _Job, tasks, results, parent: int) -> None:
     """A worker process: decide parts until told to stop, then send its statement counts. It uses one core
     (Arrow's own threads too), so that N workers are N cores' work."""
+    _die_with(parent)
     pa.set_cpu_count(1)
     evaluator = job.source.evaluator()
     reader = PartReader(job.batch_rows, job.strict, evaluator.context_keys(), job.footers)
@@ -232,8 +258,8 @@ class _Workers:
     def __init__(self, job: _Job, count: int) -> None:
         context = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
         self.tasks, self.results = context.Queue(), context.Queue()
-        self.processes = [context.Process(target=_work, args=(job, self.tasks, self.results), daemon=True)
-                          for _ in range(count)]
+        self.processes = [context.Process(target=_work, args=(job, self.tasks, self.results, os.getpid()),
+                                          daemon=True) for _ in range(count)]
         gc.freeze()  # a forked worker's collector then leaves the objects it inherits alone (and their pages shared)
         try:
             for process in self.processes:
@@ -296,7 +322,12 @@ def _decided_in_order(job: _Job, parts: Iterable[LogPart], output: JoinedOutput,
             else:
                 done[number] = counted
             while next_out in done:
-                output.join(next_out)
+                try:
+                    output.join(next_out)
+                except OSError as exc:
+                    if exc.filename is not None:
+                        raise
+                    raise OSError(exc.errno, exc.strerror, str(output.partial)) from None  # a full disk, say
                 yield done.pop(next_out)
                 next_out += 1
             if next_out in malformed:

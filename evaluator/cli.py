@@ -2,7 +2,8 @@
 
 Exit codes: ``check`` 0 Allow, 1 deny, 2 bad input; ``validate`` 0 clean or
 warnings only, 1 errors, 2 unreadable input; ``test`` 0 all passed, 1 any
-failed, 2 bad input.
+failed, 2 bad input; ``batch`` 0 done, 2 bad input or a failed job (a worker
+died, the output could not be written).
 """
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     _batch_modules()
     from batch.policies import PolicySource
     from batch.readers import MalformedRecord
-    from batch.runner import run_local
+    from batch.runner import WorkerFailed, run_local
 
     source = PolicySource.from_paths(args.policy, args.store)
     if args.engine == "spark":
@@ -167,6 +168,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
                                       stats=args.stats, batch_rows=args.batch_rows, strict=args.strict)
     except MalformedRecord as exc:
         raise UsageError(str(exc)) from None
+    except WorkerFailed as exc:  # a worker died, or could not read or write its part (a full disk, say)
+        print(f"error: {exc}", file=sys.stderr)
+        return BAD_INPUT
     summary.render(sys.stdout, problems)
     if args.stats:
         _print_usage(summary.usage, Path(args.output).with_suffix(".stats.json"))

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -364,3 +366,93 @@ def test_the_next_supervisor_removes_the_metrics_dir_of_one_killed_outright(tmp_
         assert list(temp.glob("iam-eval-metrics-*")) == [living], "a clean stop removes its own"
     finally:
         second.stop()
+
+
+# ---------------------------------------------------------------- batch jobs
+
+
+@pytest.fixture(scope="module")
+def big_log(tmp_path_factory) -> Path:
+    """A JSON Lines log the local runner takes a few seconds over."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from workloads import seed_requests
+
+    lines = [json.dumps({"principal": r.principal, "action": r.action, "resource": r.resource,
+                         "context": {k: list(v) if isinstance(v, tuple) else v for k, v in r.context.items()}})
+             for r in seed_requests(2000, seed=5)]
+    path = tmp_path_factory.mktemp("big") / "log.jsonl"
+    path.write_text("\n".join(lines * 100) + "\n")
+    return path
+
+
+def start_batch(log: Path, output: Path, *extra: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "evaluator.cli", "batch", "--policy", *POLICIES, "--input",
+                             str(log), "--output", str(output), *extra], cwd=REPO, env=cli_environment(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            **popen)
+
+
+def no_output_left(output: Path) -> bool:
+    return not [p for p in output.parent.iterdir() if p.name.startswith((output.name, f".{output.name}"))]
+
+
+@needs_proc
+def test_a_batch_runner_killed_outright_takes_its_workers_with_it(big_log, tmp_path):
+    runner = start_batch(big_log, tmp_path / "out.parquet", "--workers", "2")
+    workers: list[int] = []
+    try:
+        workers = wait_until(lambda: len(children(runner.pid)) == 2 and children(runner.pid), 30, "two workers")
+        assert runner.poll() is None, "the job is still running"
+        runner.kill()
+        runner.wait(30)
+        wait_until(lambda: all(gone(pid) for pid in workers), 10, "the workers to end with their runner")
+    finally:
+        runner.kill()
+        runner.communicate(timeout=30)
+        for pid in workers:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@needs_proc
+def test_a_worker_that_dies_ends_the_job_with_an_error_and_exit_2(big_log, tmp_path):
+    output = tmp_path / "out.parquet"
+    runner = start_batch(big_log, output, "--workers", "2")
+    try:
+        workers = wait_until(lambda: len(children(runner.pid)) == 2 and children(runner.pid), 30, "two workers")
+        os.kill(workers[0], signal.SIGKILL)
+        _, stderr = runner.communicate(timeout=60)
+    finally:
+        runner.kill()
+    assert runner.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == "error: a worker process died (exit code -9)"
+    assert no_output_left(output), list(tmp_path.iterdir())
+    assert wait_until(lambda: all(gone(pid) for pid in workers), 10, "the other worker to end")
+
+
+def limit_file_size(limit: int):
+    """For the child: files it writes end at ``limit`` bytes (EFBIG, as a full disk ends them: ENOSPC)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.parametrize(("output", "limit", "writer"), [("out.parquet", 64 * 1024, "worker"),
+                                                         ("out.jsonl", 64 * 1024, "worker"),
+                                                         ("out.jsonl", 24 << 20, "joining")])
+def test_an_output_that_cannot_be_written_ends_the_job_with_an_error_and_exit_2(big_log, tmp_path, output, limit,
+                                                                                writer):
+    started = time.monotonic()
+    runner = start_batch(big_log, tmp_path / output, "--workers", "2", preexec_fn=limit_file_size(limit))
+    try:
+        _, stderr = runner.communicate(timeout=120)
+    finally:
+        runner.kill()
+    assert runner.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    last = stderr.splitlines()[-1]
+    assert last.startswith("error: ") and "File too large" in last, stderr
+    assert ("worker" in last) == (writer == "worker"), last
+    if writer == "joining":
+        assert f"{output}.partial" in last, "the file it could not write"
+    assert no_output_left(tmp_path / output), list(tmp_path.iterdir())
+    assert time.monotonic() - started < 60
