@@ -150,3 +150,18 @@ def test_errors_keep_their_request_index_across_chunks(threads):
     by_key = engine.evaluate_columns(principals, ["s3:GetObject"] * n, ["*"] * n,
                                      {"s3:max-keys": [c["s3:max-keys"] for c in contexts]}, threads=threads)
     assert by_key.codes == result.codes and sorted(by_key.errors) == sorted(result.errors)
+
+
+def test_a_batch_is_decided_only_by_the_engine_it_was_converted_for():
+    """As Hyperscan checks that a scratch belongs to its database: another engine's batch would index its
+    tables with foreign numbers, so it is refused before any C code reads it."""
+    one, other = compiled(allow()), compiled(allow(), allow("s3:PutObject"))
+    batch = one._convert([ROLE], ["s3:GetObject"], ["*"])
+    with pytest.raises(ValueError, match="another engine"):
+        other._engine.evaluate_range(batch, 0, 1)
+    with pytest.raises(ValueError, match="another engine"):
+        other._engine.explain_range(batch, 0, 1)
+    with pytest.raises(IndexError):
+        one._engine.evaluate_range(batch, 0, 2)
+    one._engine.evaluate_range(batch, 0, 1)
+    assert batch.codes_view() == bytes([1])
