@@ -407,28 +407,32 @@ def test_a_batch_runner_killed_outright_takes_its_workers_with_it(big_log, tmp_p
         runner.wait(30)
         wait_until(lambda: all(gone(pid) for pid in workers), 10, "the workers to end with their runner")
     finally:
-        runner.kill()
-        runner.communicate(timeout=30)
-        for pid in workers:
+        for pid in workers:  # first: they would hold stderr open
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+        runner.kill()
+        runner.communicate(timeout=30)
 
 
 @needs_proc
 def test_a_worker_that_dies_ends_the_job_with_an_error_and_exit_2(big_log, tmp_path):
     output = tmp_path / "out.parquet"
     runner = start_batch(big_log, output, "--workers", "2")
+    workers: list[int] = []
     try:
         workers = wait_until(lambda: len(children(runner.pid)) == 2 and children(runner.pid), 30, "two workers")
         os.kill(workers[0], signal.SIGKILL)
         _, stderr = runner.communicate(timeout=60)
+        wait_until(lambda: all(gone(pid) for pid in workers), 10, "the other worker to end")
     finally:
+        for pid in workers:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
         runner.kill()
     assert runner.returncode == 2, stderr
     assert "Traceback" not in stderr
     assert stderr.splitlines()[-1] == "error: a worker process died (exit code -9)"
     assert no_output_left(output), list(tmp_path.iterdir())
-    assert wait_until(lambda: all(gone(pid) for pid in workers), 10, "the other worker to end")
 
 
 def limit_file_size(limit: int):
