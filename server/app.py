@@ -7,6 +7,7 @@ say SERVING and do the Authorizer and PolicyAdmin APIs answer (before: UNAVAILAB
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -126,6 +127,9 @@ class Service:
         _record_seed(seed_file, config.store, digest)
 
     def _published(self, serving: Serving) -> None:
+        # The served store lives until the next version: keep the cyclic garbage collector from walking it
+        # again and again as calls come and go (a previous version is still freed when its last call ends).
+        gc.freeze()
         self.metrics.store_version.set(serving.version.number)
         self.metrics.process_store_version.set(serving.version.number)
         self.metrics.compile_seconds.set(serving.compile_seconds)
