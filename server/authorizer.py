@@ -100,6 +100,20 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
                                      batch_id=request.batch_id)
 
     def _compiled_inline(self, policies: pb.InlinePolicies) -> CompiledPolicySet:
+        """The compiled set of policies sent with a request; refused by size first, so that no caller can
+        make the server spend long (under the GIL) or much memory compiling what it sent."""
+        documents = [*policies.identity, *([policies.resource] if policies.resource else []),
+                     *policies.permissions_boundary, *policies.session,
+                     *(text for level in (*policies.scp, *policies.rcp) for text in level.documents)]
+        limit = self._config.max_inline_policies_per_request
+        if len(documents) > limit:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"the request sends {len(documents)} policies, "
+                               f"more than max_inline_policies_per_request ({limit})")
+        limit = self._config.max_inline_policy_bytes
+        for text in documents:
+            if len(text.encode()) > limit:
+                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"an inline policy has {len(text.encode())} "
+                                   f"bytes, more than max_inline_policy_bytes ({limit})")
         key = policies.SerializeToString(deterministic=True)
         with self._inline_lock:
             compiled = self._inline.get(key)

@@ -38,6 +38,8 @@ class ServerConfig:
     check_token: str = ""           # bearer token the Authorizer API requires; "" lets any caller check
     max_batch: int = 10_000         # requests in one CheckBatch (or one stream message)
     max_message_bytes: int = 64 * 1024 * 1024  # largest request or response message
+    max_inline_policy_bytes: int = 10_240  # largest policy document sent with a request (AWS: a role's inline)
+    max_inline_policies_per_request: int = 20  # documents sent with one request or batch
     workers: int = 16               # threads serving calls, in each process
     processes: int = 1              # server processes sharing the port (SO_REUSEPORT) and the state directory
     watch_seconds: float = 0.5      # how often each process looks for versions another one wrote
@@ -77,7 +79,8 @@ class ServerConfig:
             if token and not _is_strong_token(token):  # never echoed: it is a secret
                 raise ConfigError(f"{name}: a token must be at least {TOKEN_CHARACTERS} characters, each a "
                                   "letter, digit or punctuation mark (no spaces); leave it empty to go without")
-        for name in ("max_batch", "max_message_bytes", "workers", "processes"):
+        for name in ("max_batch", "max_message_bytes", "max_inline_policy_bytes", "max_inline_policies_per_request",
+                     "workers", "processes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, not {getattr(self, name)}")
         if self.watch_seconds <= 0:
