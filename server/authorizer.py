@@ -32,6 +32,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         self._metrics = metrics
         self._inline: OrderedDict[bytes, CompiledPolicySet] = OrderedDict()
         self._inline_lock = threading.Lock()
+        self._streams = threading.BoundedSemaphore(config.stream_limit)
 
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
         checked = convert.request(request)
@@ -49,6 +50,19 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
 
     def CheckStream(self, requests: Iterator[pb.CheckBatchRequest],
                     context: grpc.ServicerContext) -> Iterator[pb.CheckBatchResponse | bytes]:
+        """Each open stream holds a worker thread for its life (idle or not): at most ``stream_limit`` are
+        open at once, so that Check, health and admin calls always find a thread."""
+        if not self._streams.acquire(blocking=False):
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"{self._config.stream_limit} streams are open, as many as max_streams allows; "
+                               "retry later, or send CheckBatch calls")
+        try:
+            yield from self._stream(requests, context)
+        finally:
+            self._streams.release()
+
+    def _stream(self, requests: Iterator[pb.CheckBatchRequest],
+                context: grpc.ServicerContext) -> Iterator[pb.CheckBatchResponse | bytes]:
         for request in requests:
             try:
                 yield self._decide(request, context)

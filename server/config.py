@@ -41,11 +41,17 @@ class ServerConfig:
     max_inline_policy_bytes: int = 10_240  # largest policy document sent with a request (AWS: a role's inline)
     max_inline_policies_per_request: int = 20  # documents sent with one request or batch
     workers: int = 16               # threads serving calls, in each process
+    max_streams: int = 0            # CheckStreams open at once in each process; 0: half the workers
     processes: int = 1              # server processes sharing the port (SO_REUSEPORT) and the state directory
     watch_seconds: float = 0.5      # how often each process looks for versions another one wrote
     grace_seconds: float = 10.0     # how long SIGTERM waits for in-flight calls
     log_level: str = "info"
     log_format: str = "json"        # json (one object a line) or text
+
+    @property
+    def stream_limit(self) -> int:
+        """Open CheckStreams allowed: each holds a worker thread for its life, so some must stay free."""
+        return self.max_streams or max(1, self.workers // 2)
 
     @property
     def versions_dir(self) -> Path:
@@ -83,6 +89,9 @@ class ServerConfig:
                      "workers", "processes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, not {getattr(self, name)}")
+        if not 0 <= self.max_streams < self.workers:
+            raise ConfigError(f"max_streams: must be below workers ({self.workers}), so that streams never hold "
+                              f"every thread, not {self.max_streams}")
         if self.watch_seconds <= 0:
             raise ConfigError(f"watch_seconds: must be positive, not {self.watch_seconds}")
         if self.grace_seconds < 0:

@@ -78,3 +78,45 @@ def test_distinct_inline_policies_do_not_accumulate(tmp_path: Path):
         grown = resident_mb() - before
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert grown < 60, f"resident memory grew by {grown:.0f} MB over 300 distinct inline policy sets (peak {peak:.0f})"
+
+
+def test_idle_streams_cannot_starve_the_server(tmp_path: Path):
+    """Twice as many idle CheckStreams as worker threads: the ones past max_streams are refused, and Check,
+    health and admin calls still answer within a second."""
+    import queue
+    import threading
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with running_service(copy_store(tmp_path), tmp_path / "state", workers=4) as service, \
+            grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stop = threading.Event()
+
+        def idle():  # a client that opens a stream and never sends
+            stop.wait(30)
+            return
+            yield
+
+        streams = [pb_grpc.AuthorizerStub(channel).CheckStream(idle()) for _ in range(8)]
+        refused: queue.Queue = queue.Queue()
+
+        def watch(stream):
+            try:
+                for _ in stream:
+                    pass
+            except grpc.RpcError as exc:
+                refused.put(exc.code())
+
+        watchers = [threading.Thread(target=watch, args=(s,), daemon=True) for s in streams]
+        for watcher in watchers:
+            watcher.start()
+        codes = [refused.get(timeout=10) for _ in range(6)]
+        assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}, "streams past max_streams (2 of 4 workers)"
+        started = time.perf_counter()
+        assert check(channel, document("Busy")).result.decision == pb.ALLOW
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert time.perf_counter() - started < 1, "a Check and a health call answer while streams idle"
+        stop.set()
+        for stream in streams:
+            stream.cancel()
