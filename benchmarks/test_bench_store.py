@@ -10,7 +10,7 @@ policies) and the first IAM_EVAL_STORE_REQUESTS (200,000) requests of its stream
 * load and compile (``PolicyStore.from_json`` + ``CompiledStore``) in a fresh process: seconds and the
   growth of its resident set (target < 3 s, < 600 MB);
 * the replay on one thread in calls of 1,000 with the context as one column per key the store tests
-  (``CompiledStore.context_keys``, as the batch runner keeps them; columns built beforehand): the first
+  (``CompiledStore.key_ids``, as the batch runner keeps them; columns built beforehand): the first
   pass on a fresh ``CompiledStore`` and the second on the same object (target >= 500,000 checks/s, first
   within 1.5x of the second); the same through ``evaluate_arrow`` in RecordBatches of 8,192; and, on the
   20,000 checked rows, every key the requests carry;
@@ -92,7 +92,7 @@ def compiled(store):
 
 @pytest.fixture(scope="module")
 def columns(files, compiled):
-    return column_batches(iter_requests(files[1], N), CALL, compiled.context_keys)
+    return column_batches(iter_requests(files[1], N), CALL, frozenset(compiled.key_ids))
 
 
 def _decide_columns(compiled: CompiledStore, batches) -> tuple[bytes, dict[int, str]]:
@@ -274,7 +274,7 @@ def test_replay_columns_every_key(benchmark, checked):
 
 @pytest.fixture(scope="module")
 def record_batches(files, compiled):
-    return arrow_batches(iter_requests(files[1], N), ARROW_BATCH, compiled.context_keys)
+    return arrow_batches(iter_requests(files[1], N), ARROW_BATCH, frozenset(compiled.key_ids))
 
 
 @pytest.mark.benchmark(group="store replay")
@@ -326,7 +326,7 @@ def test_flatness(benchmark, copies):
     snapshot, stream = store_files(StoreOptions(copies=copies, requests=FLAT_N))
     store = PolicyStore.from_json(snapshot.read_bytes())
     compiled = CompiledStore(store)
-    batches = column_batches(iter_requests(stream, FLAT_N), CALL, compiled.context_keys)
+    batches = column_batches(iter_requests(stream, FLAT_N), CALL, frozenset(compiled.key_ids))
     first, clock = Clock(), Clock()
     first(_decide_columns, compiled, batches)
     benchmark.extra_info.update(checks=FLAT_N, principals=len(store.principals),
@@ -375,7 +375,7 @@ compiled = CompiledStore(store)
 built = time.perf_counter()
 sets = compiled.warm()
 warm, warm_cpu, warm_rss = time.perf_counter(), time.process_time(), rss_mb()
-batches = column_batches(read_requests(Path(sys.argv[2]), int(sys.argv[3])), 1000, compiled.context_keys)
+batches = column_batches(read_requests(Path(sys.argv[2]), int(sys.argv[3])), 1000, frozenset(compiled.key_ids))
 passes, codes = [], b""
 for _ in range(2):
     begin, begin_cpu = time.perf_counter(), time.process_time()

@@ -362,14 +362,14 @@ class CompiledPolicies:
             decides, another converts, and the chunk's data is still in cache when decided."""
             stop = min(n, start + CHUNK)
 
-            def chunk(column):
-                return None if column is None else column[start:stop]
+            def chunk(column):  # one chunk: the converter copies the columns themselves
+                return column if column is None or (start == 0 and stop == n) else column[start:stop]
 
             if isinstance(contexts, Mapping):
-                chunk_contexts: Any = {key: column[start:stop] for key, column in contexts.items()}
+                chunk_contexts: Any = {key: chunk(column) for key, column in contexts.items()}
             else:
                 chunk_contexts = chunk(contexts)
-            batch = self._convert(principals[start:stop], actions[start:stop], resources[start:stop], chunk_contexts,
+            batch = self._convert(chunk(principals), chunk(actions), chunk(resources), chunk_contexts,
                                   chunk(resource_accounts), chunk(session_tags))
             self._engine.evaluate_range(batch, 0, batch.n)
             chunk_codes = batch.codes_view()

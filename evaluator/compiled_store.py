@@ -35,8 +35,6 @@ class CompiledStore(CompiledPolicies):
         super().__init__(policies)
         numbers = {id(policy): number for number, policy in enumerate(policies)}
         self._number = lambda policy: numbers[id(policy)]
-        self.context_keys = frozenset(key for policy in store.all_policies() for key in policy.context_keys())
-        """The context keys (lower case) some policy of the store tests."""
         identities: dict[tuple, int] = {}
         self._identity_of: dict[str, int] = {}  # principal ARN -> identity class
         self._identity_sets: list[PolicySet] = []  # identity class -> its identity, boundary and SCP layers
