@@ -80,6 +80,8 @@ ctypedef struct statement_t:
     int32_t slot             # its index in its policy (the caller's grants of a resource policy)
     int32_t act_start        # this statement's action pattern ids in Engine.statement_actions
     int32_t act_count
+    int32_t res_start        # its fixed resource pattern ids in Engine.statement_resources (private policies)
+    int32_t res_count
 
 
 ctypedef struct role_t:      # what one policy is for the requests of a profile
@@ -141,6 +143,7 @@ ctypedef struct scratch_t:
     uint64_t* action_mark    # per statement: generation in which an action pattern matched it
     uint64_t* resource_mark  # per statement: generation in which a static resource pattern matched it
     uint64_t* pattern_mark   # per action pattern: generation in which it matched
+    uint64_t* resource_pattern_mark  # per fixed resource pattern: generation in which it matched
     uint64_t* name_mark      # per condition-key spelling: generation in which it was noted missing
     uint64_t gen
     mark_t* policy_mark      # per policy: its roles for the current profile
@@ -190,6 +193,11 @@ cdef class Engine:
     cdef int32_t* resource_start     # CSR: static resource pattern id -> statements
     cdef int32_t* resource_statements
     cdef int32_t* statement_actions  # per statement, its action pattern ids (statement_t.act_start)
+    cdef int32_t* statement_resources  # per statement, its fixed resource pattern ids (statement_t.res_start)
+    cdef int32_t n_resource_patterns
+    cdef uint8_t* private            # per policy: its statements are scanned per request, not indexed
+    cdef int32_t* private_start      # CSR: private policy -> its statements
+    cdef int32_t* private_statements
     cdef readonly int32_t n_statement_actions
     cdef int32_t n_action_patterns
     cdef int32_t* not_action         # statements with NotAction that the action side finds
@@ -210,6 +218,8 @@ cdef class Engine:
         self.not_action = self.dynamic_patterns = self.statement_actions = NULL
         self.principal_keys = NULL
         self.policy_sizes = NULL
+        self.statement_resources = self.private_start = self.private_statements = NULL
+        self.private = NULL
 
     def __dealloc__(self):
         while self.n_spare:
@@ -225,16 +235,24 @@ cdef class Engine:
         free(self.statement_actions)
         free(self.principal_keys)
         free(self.policy_sizes)
+        free(self.statement_resources)
+        free(self.private)
+        free(self.private_start)
+        free(self.private_statements)
 
     def __init__(self, statements, action_trie, action_lists, resource_trie, resource_lists,
                  list dynamic, PatternSet patterns, ConditionSet conditions, dict key_ids, int n_policies,
-                 principal_key_ids):
+                 principal_key_ids, private_policies=()):
         """Take the tables built in Python.
 
         ``statements``: (policy, flags, group, dynamic pattern indices, index in its policy,
-        action pattern ids) per statement; ``action_lists``/``resource_lists``: per pattern id,
-        the statements found through it (resource-indexed statements are absent from the
-        former); ``principal_key_ids``: the key ids of keys AWS sets for the principal.
+        action pattern ids, fixed resource pattern ids) per statement; ``action_lists``/
+        ``resource_lists``: per pattern id, the statements found through it (resource-indexed
+        statements are absent from the former, statements of private policies from both);
+        ``principal_key_ids``: the key ids of keys AWS sets for the principal;
+        ``private_policies``: the policies whose statements are scanned for the requests whose
+        profiles name them instead of indexed (a policy of one principal or one resource: their
+        number grows with the store, which indexes would make every request pay for).
         """
         self.action_trie = action_trie
         self.resource_trie = resource_trie
@@ -260,16 +278,33 @@ cdef class Engine:
         self.n_action_patterns = len(action_lists)
         self.n_statement_actions = sum(len(st[5]) for st in statements)
         self.statement_actions = <int32_t*>calloc(max(1, self.n_statement_actions), sizeof(int32_t))
-        if self.statement_actions == NULL:
+        self.statement_resources = <int32_t*>calloc(max(1, sum(len(st[6]) for st in statements)), sizeof(int32_t))
+        self.private = <uint8_t*>calloc(max(1, n_policies), sizeof(uint8_t))
+        if self.statement_actions == NULL or self.statement_resources == NULL or self.private == NULL:
             raise MemoryError()
-        for policy, flags, group, dyn, slot, action_ids in statements:
+        self.n_resource_patterns = len(resource_lists)
+        for p in private_policies:
+            if not 0 <= p < n_policies:
+                raise ValueError("private policy out of range")
+            self.private[p] = 1
+        cdef int32_t res_at = 0
+        for policy, flags, group, dyn, slot, action_ids, resource_ids in statements:
             if not 0 <= policy < n_policies:
                 raise ValueError("statement policy out of range")
             self.statements[s].act_start = start
             self.statements[s].act_count = len(action_ids)
             for pid in action_ids:
+                if not 0 <= pid < self.n_action_patterns:
+                    raise ValueError("action pattern id out of range")
                 self.statement_actions[start] = pid
                 start += 1
+            self.statements[s].res_start = res_at
+            self.statements[s].res_count = len(resource_ids)
+            for pid in resource_ids:
+                if not 0 <= pid < self.n_resource_patterns:
+                    raise ValueError("resource pattern id out of range")
+                self.statement_resources[res_at] = pid
+                res_at += 1
             self.statements[s].policy = policy
             self.policy_sizes[policy] += 1
             self.statements[s].flags = flags
@@ -284,7 +319,12 @@ cdef class Engine:
         _csr(action_lists, &self.action_start, &self.action_statements)
         _csr(resource_lists, &self.resource_start, &self.resource_statements)
         not_action = [i for i, st in enumerate(statements)
-                      if st[1] & F_NOT_ACTION and not st[1] & F_RESOURCE_INDEXED]
+                      if st[1] & F_NOT_ACTION and not st[1] & F_RESOURCE_INDEXED and not self.private[st[0]]]
+        private_lists = [[] for _ in range(n_policies)]
+        for i, st in enumerate(statements):
+            if self.private[st[0]]:
+                private_lists[st[0]].append(i)
+        _csr(private_lists, &self.private_start, &self.private_statements)
         self.n_not_action = len(not_action)
         self.not_action = <int32_t*>calloc(max(1, len(not_action)), sizeof(int32_t))
         if self.not_action == NULL:
@@ -309,6 +349,7 @@ cdef class Engine:
         sc.action_mark = <uint64_t*>calloc(n, sizeof(uint64_t))
         sc.resource_mark = <uint64_t*>calloc(n, sizeof(uint64_t))
         sc.pattern_mark = <uint64_t*>calloc(max(1, self.n_action_patterns), sizeof(uint64_t))
+        sc.resource_pattern_mark = <uint64_t*>calloc(max(1, self.n_resource_patterns), sizeof(uint64_t))
         sc.name_mark = <uint64_t*>calloc(self.n_names, sizeof(uint64_t))
         sc.policy_mark = <mark_t*>calloc(max(1, self.n_policies), sizeof(mark_t))
         sc.candidates = <int32_t*>malloc(n * sizeof(int32_t))
@@ -318,7 +359,7 @@ cdef class Engine:
         sc.group_missing = <int32_t*>malloc(self.max_group_missing * sizeof(int32_t))
         if (sc.action_scratch == NULL or sc.resource_scratch == NULL or sc.action_ids == NULL
                 or sc.resource_ids == NULL or sc.action_mark == NULL or sc.resource_mark == NULL
-                or sc.pattern_mark == NULL or sc.policy_mark == NULL
+                or sc.pattern_mark == NULL or sc.policy_mark == NULL or sc.resource_pattern_mark == NULL
                 or sc.name_mark == NULL or sc.candidates == NULL or sc.ctx == NULL
                 or sc.condition_scratch == NULL or sc.pattern_scratch == NULL or sc.group_missing == NULL):
             free_scratch(sc)
@@ -424,6 +465,36 @@ cdef class Engine:
         mark_roles(batch, &batch.profile_table[rq.identity_profile], sc)
         mark_roles(batch, &batch.profile_table[rq.resource_profile], sc)
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int32_t scan_private(self, Batch batch, const profile_t* profile, scratch_t* sc, uint64_t gen,
+                              int32_t n_candidates) noexcept nogil:
+        """Add the statements of the profile's private policies whose actions and fixed resources
+        match, from the patterns marked for this request; returns the new number of candidates."""
+        cdef int32_t r, j, k, s, p
+        cdef const statement_t* st
+        for r in range(profile.role_start, profile.role_start + profile.role_count):
+            p = batch.roles[r].policy
+            if not self.private[p]:
+                continue
+            for j in range(self.private_start[p], self.private_start[p + 1]):
+                s = self.private_statements[j]
+                if sc.action_mark[s] == gen:  # scanned already for this request
+                    continue
+                sc.action_mark[s] = gen
+                if not self.actions_match(s, sc, gen):
+                    continue
+                st = &self.statements[s]
+                for k in range(st.res_start, st.res_start + st.res_count):
+                    if sc.resource_pattern_mark[self.statement_resources[k]] == gen:
+                        sc.resource_mark[s] = gen
+                        break
+                if st.flags & F_RESOURCE_INDEXED and sc.resource_mark[s] != gen:
+                    continue
+                sc.candidates[n_candidates] = s
+                n_candidates += 1
+        return n_candidates
+
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -475,6 +546,7 @@ cdef class Engine:
             n = batch.resources.start[rq.resource_ix + 1] - batch.resources.start[rq.resource_ix]
             for k in range(n):
                 pid = matched[k]
+                sc.resource_pattern_mark[pid] = gen
                 for j in range(self.resource_start[pid], self.resource_start[pid + 1]):
                     s = self.resource_statements[j]
                     if sc.resource_mark[s] == gen:
@@ -485,6 +557,9 @@ cdef class Engine:
                             and self.actions_match(s, sc, gen):
                         sc.candidates[n_candidates] = s
                         n_candidates += 1
+
+        n_candidates = self.scan_private(batch, &batch.profile_table[rq.identity_profile], sc, gen, n_candidates)
+        n_candidates = self.scan_private(batch, &batch.profile_table[rq.resource_profile], sc, gen, n_candidates)
 
         for i in range(n_candidates):
             s = sc.candidates[i]
@@ -744,6 +819,7 @@ cdef void free_scratch(scratch_t* sc) noexcept:
     free(sc.action_mark)
     free(sc.resource_mark)
     free(sc.pattern_mark)
+    free(sc.resource_pattern_mark)
     free(sc.name_mark)
     free(sc.policy_mark)
     free(sc.candidates)

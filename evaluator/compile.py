@@ -142,7 +142,9 @@ class CompiledPolicies:
       Principal names the caller (``principals.Grant``).
     """
 
-    def __init__(self, policies: Sequence[Policy]) -> None:
+    def __init__(self, policies: Sequence[Policy], private: frozenset[int] = frozenset()) -> None:
+        """Compile ``policies``; those numbered in ``private`` (each one principal's or one resource's)
+        are scanned for the requests that name them rather than indexed for all (see ``_engine.Engine``)."""
         self.policies = tuple(policies)
         self.key_ids: dict[str, int] = {}
         self.statements: list[_Compiled] = []
@@ -169,6 +171,7 @@ class CompiledPolicies:
 
         for policy_number, policy in enumerate(self.policies):
             substitute = policy.has_policy_variables
+            listed = policy_number not in private
             for slot, statement in enumerate(policy.statements):
                 number = len(self.statements)
                 flags = _engine.FLAG_DENY if statement.effect is Effect.DENY else 0
@@ -182,6 +185,7 @@ class CompiledPolicies:
                 elif resources is None or "*" in resources:
                     flags |= _engine.FLAG_ANY_RESOURCE
                 dynamic_here = []
+                fixed = []
                 for text in resources or ():
                     if text == "*":
                         continue
@@ -189,7 +193,8 @@ class CompiledPolicies:
                         dynamic_here.append(len(dynamic))
                         dynamic.append(patterns.add(text, True))
                     else:
-                        index(text, resource_trie, resource_ids, resource_lists, number)
+                        fixed.append(index(text, resource_trie, resource_ids, resource_lists,
+                                           number if listed else None))
                 # A statement whose Resource lists only fixed patterns is found through the
                 # resource trie alone (its actions are checked then), so a common action does
                 # not make every such statement a candidate.
@@ -198,11 +203,12 @@ class CompiledPolicies:
                 if indexed:
                     flags |= _engine.FLAG_RESOURCE_INDEXED
                 action_patterns = tuple(
-                    index(text.lower(), action_trie, action_ids, action_lists, None if indexed else number)
+                    index(text.lower(), action_trie, action_ids, action_lists,
+                          number if listed and not indexed else None)
                     for text in statement.actions or statement.not_actions or ()
                 )
                 group = conditions.add_group(statement.conditions, substitute) if statement.conditions else -1
-                table.append((policy_number, flags, group, dynamic_here, slot, action_patterns))
+                table.append((policy_number, flags, group, dynamic_here, slot, action_patterns, fixed))
                 ref = StatementRef(policy.name, statement.index, statement.sid, statement.effect)
                 keys = frozenset(condition.key for condition in statement.conditions)
                 self.statements.append(_Compiled(ref, policy_number, slot, keys,
@@ -216,6 +222,7 @@ class CompiledPolicies:
         self._engine = _engine.Engine(
             table, action_trie, action_lists, resource_trie, resource_lists, dynamic, patterns, conditions,
             self.key_ids, len(self.policies), [kid for key, kid in self.key_ids.items() if is_principal_key(key)],
+            private,
         )
         self._stats = {
             "policies": len(self.policies),
@@ -402,7 +409,8 @@ class CompiledPolicySet(CompiledPolicies):
                    *(policies.permissions_boundary or ()), *(policies.session or ()),
                    *(p for level in policies.scp or () for p in level),
                    *(p for level in policies.rcp or () for p in level)]
-        super().__init__(layered)
+        # The resource's policy is scanned, as a store's resource policies are (numbered after the identity's).
+        super().__init__(layered, frozenset({len(policies.identity)} if policies.resource is not None else ()))
         self.policy_set = policies
         numbers = iter(range(len(layered)))
         self._caller_profile, self._resource_profile = profiles_of(policies, lambda _: next(numbers))

@@ -32,8 +32,12 @@ class CompiledStore(CompiledPolicies):
     def __init__(self, store: PolicyStore) -> None:
         self.store = store
         policies = store.policies_in_use()
-        super().__init__(policies)
         numbers = {id(policy): number for number, policy in enumerate(policies)}
+        # One principal's or one resource's policies grow in number with the store: scanned, not indexed.
+        private = [*store.resource_policies.values(),
+                   *(p for holder in (*store.principals.values(), *store.groups.values())
+                     for p in holder.inline_policies.values())]
+        super().__init__(policies, frozenset(numbers[id(p)] for p in private if id(p) in numbers))
         self._number = lambda policy: numbers[id(policy)]
         identities: dict[tuple, int] = {}
         self._identity_of: dict[str, int] = {}  # principal ARN -> identity class
