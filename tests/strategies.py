@@ -3,9 +3,16 @@
 The world is small on purpose (a few services, ARNs, principals, context keys)
 so that generated patterns, conditions and requests meet often: most requests
 match some statement, and conditions see present, absent, matching and
-non-matching values of every type.
+non-matching values of every type; half the requests are aimed at what the
+identity policies allow. Statements and policies take their patterns,
+conditions and Principal names from a ``World``, so that the store strategies
+(``store_strategies``) draw from a world of their own.
 """
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from hypothesis import strategies as st
 
@@ -100,47 +107,88 @@ CONDITIONS = [
     ("ForAnyValue:StringEquals", "aws:username", st.sampled_from(["alice"])),
 ]
 
+TAG_KEYS = ["team", "env"]
+TAG_VALUES = st.sampled_from(["alice", "web", "data", "blocked"])
+
 
 def _one_or_list(strategy, max_size=3):
     return st.one_of(strategy, st.lists(strategy, min_size=1, max_size=max_size))
 
 
+def principal_elements(names: list[str], service=True) -> st.SearchStrategy:
+    """A resource policy's Principal: everyone, AWS principals named from ``names``, or a service."""
+    aws = st.fixed_dictionaries({"AWS": _one_or_list(st.sampled_from(names))})
+    if not service:
+        return st.one_of(st.just("*"), aws)
+    return st.one_of(st.just("*"), aws, st.just({"Service": "ec2.amazonaws.com"}))
+
+
+@dataclass(frozen=True)
+class World:
+    """What generated statements draw from: per statement, where its Action and Resource
+    patterns come from (in a store's world, one service's patterns together, so that they meet);
+    conditions (operator, key, values); and the Principal elements of resource policies."""
+
+    targets: st.SearchStrategy[tuple[st.SearchStrategy[str], st.SearchStrategy[str]]]
+    conditions: st.SearchStrategy[tuple[str, str, st.SearchStrategy]]
+    principals: st.SearchStrategy
+
+
+POLICY_WORLD = World(
+    st.just((st.sampled_from(ACTION_PATTERNS), st.sampled_from(RESOURCE_PATTERNS))), st.sampled_from(CONDITIONS),
+    principal_elements(["*", ACCOUNT, OTHER, f"arn:aws:iam::{ACCOUNT}:root", *PRINCIPALS]),
+)
+
+
+EFFECTS = st.sampled_from(["Allow", "Allow", "Deny"])
+SIDS = st.sampled_from(["A", "B", "C", "Deny1"])
+VERSIONS = st.sampled_from(["2012-10-17", "2012-10-17", "2012-10-17", "2008-10-17"])
+
+
 @st.composite
-def condition_blocks(draw):
+def condition_blocks(draw, world: World = POLICY_WORLD):
     block: dict[str, dict] = {}
-    for operator, key, values in draw(st.lists(st.sampled_from(CONDITIONS), max_size=3)):
+    for operator, key, values in draw(st.lists(world.conditions, max_size=3)):
         block.setdefault(operator, {})[key] = draw(_one_or_list(values, 2))
     return block
 
 
 @st.composite
-def statements(draw, with_principal=False):
-    statement: dict = {"Effect": draw(st.sampled_from(["Allow", "Allow", "Deny"]))}
+def statements(draw, with_principal=False, world: World = POLICY_WORLD):
+    statement: dict = {"Effect": draw(EFFECTS)}
     if draw(st.booleans()):
-        statement["Sid"] = draw(st.sampled_from(["A", "B", "C", "Deny1"]))
-    statement["NotAction" if draw(st.integers(0, 9)) == 0 else "Action"] = draw(
-        _one_or_list(st.sampled_from(ACTION_PATTERNS)))
-    statement["NotResource" if draw(st.integers(0, 9)) == 0 else "Resource"] = draw(
-        _one_or_list(st.sampled_from(RESOURCE_PATTERNS)))
+        statement["Sid"] = draw(SIDS)
+    action_patterns, resource_patterns = draw(world.targets)
+    statement["NotAction" if draw(st.integers(0, 9)) == 0 else "Action"] = draw(_one_or_list(action_patterns))
+    statement["NotResource" if draw(st.integers(0, 9)) == 0 else "Resource"] = draw(_one_or_list(resource_patterns))
     if draw(st.booleans()):
-        statement["Condition"] = draw(condition_blocks())
+        statement["Condition"] = draw(condition_blocks(world))
     if with_principal:
-        names = st.sampled_from(["*", ACCOUNT, OTHER, f"arn:aws:iam::{ACCOUNT}:root", *PRINCIPALS,
-                                 f"arn:aws:iam::{ACCOUNT}:role/Builder"])
-        principal = draw(st.one_of(st.just("*"), st.fixed_dictionaries({"AWS": _one_or_list(names)}),
-                                   st.just({"Service": "ec2.amazonaws.com"})))
-        statement["NotPrincipal" if draw(st.integers(0, 9)) == 0 else "Principal"] = principal
+        statement["NotPrincipal" if draw(st.integers(0, 9)) == 0 else "Principal"] = draw(world.principals)
     return statement
 
 
 @st.composite
-def policies(draw, with_principal=False):
-    items = draw(st.lists(statements(with_principal), min_size=1, max_size=3))
+def policies(draw, with_principal=False, world: World = POLICY_WORLD, max_statements=3):
+    items = draw(st.lists(statements(with_principal, world), min_size=1, max_size=max_statements))
     for i, item in enumerate(items):  # Sids must be unique within a policy
         if "Sid" in item:
             item["Sid"] = f"{item['Sid']}{i}"
-    version = draw(st.sampled_from(["2012-10-17", "2012-10-17", "2012-10-17", "2008-10-17"]))
+    version = draw(VERSIONS)
     return {"Version": version, "Statement": items}
+
+
+ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+RCP_ALLOW_ALL = {"Version": "2012-10-17",
+                 "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*"}]}
+
+
+@st.composite
+def _levels(draw, level_policies, allow_all, max_size):
+    """SCP or RCP levels; most carry an allow-all policy beside their own, as AWS attaches
+    FullAWSAccess (and RCPFullAWSAccess) to every target, so that requests get past them."""
+    levels = draw(st.lists(st.lists(level_policies, min_size=1, max_size=max_size), min_size=1, max_size=2))
+    return [[allow_all, *level] if draw(st.integers(0, 3)) else level for level in levels]
 
 
 @st.composite
@@ -151,29 +199,98 @@ def policy_sets(draw):
         "resource": draw(st.one_of(st.none(), policies(with_principal=True))),
         "permissions_boundary": draw(st.one_of(st.none(), policies().map(lambda p: [p]))),
         "session": draw(st.one_of(st.none(), policies().map(lambda p: [p]))),
-        "scp": draw(st.one_of(st.none(), st.lists(st.lists(policies(), min_size=1, max_size=2), min_size=1,
-                                                  max_size=2))),
-        "rcp": draw(st.one_of(st.none(), st.lists(st.lists(policies(with_principal=True), min_size=1, max_size=1),
-                                                  min_size=1, max_size=1))),
+        "scp": draw(st.one_of(st.none(), _levels(policies(), ALLOW_ALL, 2))),
+        "rcp": draw(st.one_of(st.none(), _levels(policies(with_principal=True), RCP_ALLOW_ALL, 1))),
     }
 
 
 @st.composite
-def requests(draw):
-    keys = draw(st.lists(st.sampled_from(sorted(CONTEXT_VALUES)), max_size=6, unique=True))
+def contexts(draw, values: Mapping[str, st.SearchStrategy], max_keys=6, refused=False):
+    """A request context, keys spelled in any case as callers (and CloudTrail) do. With
+    ``refused``, rarely a key given twice in two spellings, which makes the request invalid."""
     context = {}
-    for key in keys:
+    spelled_keys = {}  # as spelled -> as in ``values``
+    for key in draw(st.lists(st.sampled_from(sorted(values)), max_size=max_keys, unique=True)):
         spelled = draw(st.sampled_from([key, key.lower(), key.upper()]))
-        value = draw(CONTEXT_VALUES[key])
+        value = draw(values[key])
         if isinstance(value, str) and draw(st.integers(0, 7)) == 0:
             value = [value]  # a single-element list is still a multivalued key
         context[spelled] = value
+        spelled_keys[spelled] = key
+    if refused and context and draw(st.integers(0, 19)) == 0:
+        spelled = draw(st.sampled_from(sorted(context)))
+        context[spelled.swapcase()] = draw(values[spelled_keys[spelled]])
+    return context
+
+
+@st.composite
+def session_tag_sets(draw, refused=False):
+    """The tags of an assumed-role session, keys in any case; with ``refused``, rarely a key
+    given twice in two spellings."""
+    tags = {}
+    for key in draw(st.lists(st.sampled_from(TAG_KEYS), min_size=1, max_size=len(TAG_KEYS), unique=True)):
+        tags[draw(st.sampled_from([key, key.upper(), key.title()]))] = draw(TAG_VALUES)
+    if refused and draw(st.integers(0, 19)) == 0:
+        tags[draw(st.sampled_from(sorted(tags))).swapcase()] = draw(TAG_VALUES)
+    return tags
+
+
+@st.composite
+def session_tags_for(draw, principal: str, refused=False):
+    """Session tags for a third of assumed-role sessions, else None; with ``refused``, also
+    (rarely) for another principal, which may not have them."""
+    session = ":assumed-role/" in principal
+    if (session or refused) and draw(st.integers(0, 2 if session else 39)) == 0:
+        return draw(session_tag_sets(refused))
+    return None
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def allowed_targets(documents: Sequence[dict], actions: Sequence[str],
+                    resources: Sequence[str]) -> list[tuple[str, str]]:
+    """The (action, resource) pairs that an Allow statement of the policy ``documents`` names
+    (IAM's ``*`` and ``?`` are fnmatch's; a pattern with a policy variable is left out):
+    requests for them meet Allows far more often than chance."""
+    targets = set()
+    for statement in (s for document in documents for s in document["Statement"] if s["Effect"] == "Allow"):
+        action_patterns = [p.lower() for p in _as_list(statement.get("Action", []))]
+        resource_patterns = [p for p in _as_list(statement.get("Resource", [])) if "${" not in p]
+        targets.update((action, resource) for action in actions for resource in resources
+                       if any(fnmatchcase(action.lower(), p) for p in action_patterns)
+                       and any(fnmatchcase(resource, p) for p in resource_patterns))
+    return sorted(targets)
+
+
+@st.composite
+def requests(draw, refused=False, aimed_at: Sequence[tuple[str, str]] = ()):
+    """A request as JSON; half the time, when given, for one of the (action, resource) pairs
+    ``aimed_at``. With ``refused``, ``Request.from_json`` refuses a few of them (a context key
+    or session tag given twice, session tags on a principal that is no session)."""
+    if aimed_at and draw(st.booleans()):
+        action, resource = draw(st.sampled_from(aimed_at))
+    else:
+        action, resource = draw(st.sampled_from(ACTIONS)), draw(st.sampled_from(RESOURCES))
     request = {
         "principal": draw(st.sampled_from(PRINCIPALS)),
-        "action": draw(st.sampled_from(ACTIONS)),
-        "resource": draw(st.sampled_from(RESOURCES)),
-        "context": context,
+        "action": action,
+        "resource": resource,
+        "context": draw(contexts(CONTEXT_VALUES, refused=refused)),
     }
     if draw(st.booleans()):
         request["resource_account"] = draw(st.sampled_from([ACCOUNT, OTHER]))
+    tags = draw(session_tags_for(request["principal"], refused))
+    if tags is not None:
+        request["session_tags"] = tags
     return request
+
+
+@st.composite
+def policy_cases(draw, refused=False) -> tuple[dict, list[dict]]:
+    """A policy set, and requests to decide with it: half of them for what its identity
+    policies allow."""
+    policies_json = draw(policy_sets())
+    aimed_at = allowed_targets(policies_json["identity"], ACTIONS, RESOURCES)
+    return policies_json, draw(st.lists(requests(refused, aimed_at), min_size=1, max_size=6))
