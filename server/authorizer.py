@@ -6,6 +6,7 @@ that one version even if the store changes meanwhile.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
@@ -33,6 +34,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         self._inline: OrderedDict[bytes, CompiledPolicySet] = OrderedDict()
         self._inline_lock = threading.Lock()
         self._streams = threading.BoundedSemaphore(config.stream_limit)
+        self._idle = _IdleStreams(config.stream_idle_seconds)
 
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
         checked = convert.request(request)
@@ -51,13 +53,14 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
     def CheckStream(self, requests: Iterator[pb.CheckBatchRequest],
                     context: grpc.ServicerContext) -> Iterator[pb.CheckBatchResponse | bytes]:
         """Each open stream holds a worker thread for its life (idle or not): at most ``stream_limit`` are
-        open at once, so that Check, health and admin calls always find a thread."""
+        open at once, so that Check, health and admin calls always find a thread, and one that sends nothing
+        for ``stream_idle_seconds`` is cancelled."""
         if not self._streams.acquire(blocking=False):
             raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"{self._config.stream_limit} streams are open, as many as max_streams allows; "
                                "retry later, or send CheckBatch calls")
         try:
-            yield from self._stream(requests, context)
+            yield from self._stream(self._idle.watched(requests, context), context)
         finally:
             self._streams.release()
 
@@ -140,3 +143,39 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
             while len(self._inline) > INLINE_CACHE:
                 self._inline.popitem(last=False)
         return compiled
+
+
+class _IdleStreams:
+    """Cancels the streams that have sent nothing for ``seconds``: one watcher thread for all of them."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._streams: dict[int, list] = {}  # id -> [last message time, context]
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+
+    def watched(self, requests: Iterator[pb.CheckBatchRequest],
+                context: grpc.ServicerContext) -> Iterator[pb.CheckBatchRequest]:
+        entry = [time.monotonic(), context]
+        with self._lock:
+            self._streams[id(entry)] = entry
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, name="idle-streams", daemon=True)
+                self._watcher.start()
+        try:
+            for request in requests:
+                entry[0] = time.monotonic()
+                yield request
+                entry[0] = time.monotonic()  # deciding is not idling
+        finally:
+            with self._lock:
+                self._streams.pop(id(entry), None)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self._seconds / 4))
+            now = time.monotonic()
+            with self._lock:
+                idle = [entry[1] for entry in self._streams.values() if now - entry[0] > self._seconds]
+            for context in idle:
+                context.cancel()

@@ -42,6 +42,7 @@ class ServerConfig:
     max_inline_policies_per_request: int = 20  # documents sent with one request or batch
     workers: int = 16               # threads serving calls, in each process
     max_streams: int = 0            # CheckStreams open at once in each process; 0: half the workers
+    stream_idle_seconds: float = 300.0  # a CheckStream that sends nothing for this long is cancelled
     processes: int = 1              # server processes sharing the port (SO_REUSEPORT) and the state directory
     watch_seconds: float = 0.5      # how often each process looks for versions another one wrote
     grace_seconds: float = 10.0     # how long SIGTERM waits for in-flight calls
@@ -92,6 +93,8 @@ class ServerConfig:
         if not 0 <= self.max_streams < self.workers:
             raise ConfigError(f"max_streams: must be below workers ({self.workers}), so that streams never hold "
                               f"every thread, not {self.max_streams}")
+        if self.stream_idle_seconds <= 0:
+            raise ConfigError(f"stream_idle_seconds: must be positive, not {self.stream_idle_seconds}")
         if self.watch_seconds <= 0:
             raise ConfigError(f"watch_seconds: must be positive, not {self.watch_seconds}")
         if self.grace_seconds < 0:

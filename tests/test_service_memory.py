@@ -120,3 +120,31 @@ def test_idle_streams_cannot_starve_the_server(tmp_path: Path):
         stop.set()
         for stream in streams:
             stream.cancel()
+
+
+def test_a_stream_that_sends_nothing_is_cancelled_and_one_that_sends_goes_on(tmp_path: Path):
+    import threading
+
+    with running_service(copy_store(tmp_path), tmp_path / "state", stream_idle_seconds=0.5) as service, \
+            grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stop = threading.Event()
+
+        def idle():
+            stop.wait(30)
+            return
+            yield
+
+        def busy():
+            for i in range(12):  # every 0.2 s for 2.4 s: never idle for 0.5 s
+                yield pb.CheckBatchRequest(batch_id=i, requests=[pb.CheckRequest(
+                    principal=ROLE, action="s3:GetObject", resource="arn:aws:s3:::b/key")])
+                time.sleep(0.2)
+
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as raised:
+            list(pb_grpc.AuthorizerStub(channel).CheckStream(idle()))
+        assert raised.value.code() is grpc.StatusCode.CANCELLED
+        assert time.perf_counter() - started < 5
+        stop.set()
+        answers = list(pb_grpc.AuthorizerStub(channel).CheckStream(busy()))
+        assert [a.batch_id for a in answers] == list(range(12))
