@@ -375,7 +375,7 @@ compiled = CompiledStore(store)
 built = time.perf_counter()
 sets = compiled.warm()
 warm, warm_cpu, warm_rss = time.perf_counter(), time.process_time(), rss_mb()
-batches = column_batches(read_requests(Path(sys.argv[2]), int(sys.argv[3])), 1000, frozenset(compiled.key_ids))
+batches = column_batches(read_requests(Path(sys.argv[2]), int(sys.argv[3])), 1000, compiled.context_keys)
 passes, codes = [], b""
 for _ in range(2):
     begin, begin_cpu = time.perf_counter(), time.process_time()
