@@ -1357,13 +1357,13 @@ cdef class _Converter:
                                bint owned=False) except -1:
         """One context entry of the request itself (``owned``: held by a list the batch owns already);
         raises RequestError if it cannot be read."""
+        if self.seen[kid] == stamp:  # a malformed request, whoever supplies the key in the end
+            raise RequestError(f"context key {_shown(key)} is given twice (key names are case-insensitive)")
+        self.seen[kid] = stamp
         if known and self.engine.principal_keys[kid]:
             return 0  # the store alone says who the principal is
         if self.overridden[kid] == stamp:
             return 0  # the session's tags win
-        if self.seen[kid] == stamp:
-            raise RequestError(f"context key {_shown(key)} is given twice (key names are case-insensitive)")
-        self.seen[kid] = stamp
         if type(value) is str:
             exact = _exact(value, context_text, key)
             self.batch.add_text(kid, exact, owned and exact is value)
@@ -1389,11 +1389,17 @@ cdef class _Converter:
                 raise RequestError("session tags must map tag keys to values")
             if not self.sessions[row]:
                 raise RequestError("session tags belong to an assumed-role session principal")
+            folded = set()  # every tag is checked, tested by a policy or not, as Request.create checks it
             for tag, value in dict(tags).items():
-                kid = self.key_id("aws:PrincipalTag/" + _exact(tag, text, "session tag key"))
+                tag = _exact(tag, text, "session tag key")
+                value = _exact(value, text, "session tag value")
+                if tag.lower() in folded:
+                    raise RequestError(f"session tag {_shown(tag)} is given twice (tag keys ignore case)")
+                folded.add(tag.lower())
+                kid = self.key_id("aws:PrincipalTag/" + tag)
                 if kid >= 0:
                     self.overridden[kid] = stamp
-                    self.batch.add_text(kid, _exact(value, text, "session tag value"))
+                    self.batch.add_text(kid, value)
         if known:
             for kid, texts, is_list in facts:
                 if self.overridden[kid] != stamp:
@@ -1798,10 +1804,6 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
                         batch.n_entries += 1
             twice = False
             for f in range(n_fields):
-                if known and engine.principal_keys[field_keys[f]]:
-                    continue  # the store alone says who the principal is
-                if overridden[field_keys[f]] == <uint64_t>(i + 1):
-                    continue  # the session's tags win
                 if is_list[f]:
                     if not _valid(lists[f].validity, lists[f].bit_offset + i):
                         continue
@@ -1818,6 +1820,10 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
                     twice = True
                     break
                 seen[field_keys[f]] = i + 1
+                if known and engine.principal_keys[field_keys[f]]:
+                    continue  # the store alone says who the principal is
+                if overridden[field_keys[f]] == <uint64_t>(i + 1):
+                    continue  # the session's tags win
                 batch.grow(1, count)
                 batch.entries[batch.n_entries].key = field_keys[f]
                 batch.entries[batch.n_entries].entry.count = <int32_t>count

@@ -88,6 +88,22 @@ def _tag_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple
     return fields
 
 
+def _tags_twice(tag_fields: list[tuple[int, str, pa.Array]], n: int) -> pa.Array:
+    """Per row: whether it gives one session tag under two spellings (tested by a policy or not, as
+    ``Request.create`` checks every tag)."""
+    twice = pa.array([False] * n, pa.bool_())
+    spellings: dict[str, list[pa.Array]] = {}
+    for _, name, values in tag_fields:
+        spellings.setdefault(name.lower(), []).append(values)
+    for group in spellings.values():
+        if len(group) > 1:
+            given = pa.array([0] * n, pa.int8())
+            for values in group:
+                given = pc.add(given, values.is_valid().cast(pa.int8()))
+            twice = pc.or_(twice, pc.greater(given, 1))
+    return twice
+
+
 def _places(conversion, principals: pa.Array, resources: pa.DictionaryArray, accounts: pa.Array | None,
             n_policies: int) -> tuple[list[pa.Array], dict[int, str], pa.Array]:
     """Per row: its caller row, identity profile, resource profile and grants offset, asking the converter
@@ -140,11 +156,13 @@ def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
     (callers, identities, resource_profiles, offsets), reasons, principal_of_row = _places(
         conversion, principals, resources, accounts, compiled._engine.n_policies)
     missing = pc.or_(actions.is_null(), resources.is_null())
-    if missing.true_count:
-        callers = pc.if_else(missing, pa.scalar(_engine.ROW_FAILED, pa.int32()), callers)
+    tag_fields = _tag_fields(compiled, batch)
+    tags_twice = _tags_twice(tag_fields, batch.num_rows)
+    refused = pc.or_(missing, tags_twice)
+    if refused.true_count:
+        callers = pc.if_else(refused, pa.scalar(_engine.ROW_FAILED, pa.int32()), callers)
     converted = _engine.convert_arrow(conversion, callers, identities, resource_profiles, offsets, actions, resources,
-                                      accounts,
-                                      _context_fields(compiled, batch), _tag_fields(compiled, batch))
+                                      accounts, _context_fields(compiled, batch), tag_fields)
     failing = pc.less(callers, 0)
     if failing.true_count:
         for row in pc.indices_nonzero(failing).to_pylist():
@@ -153,6 +171,8 @@ def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
                 converted.errors[row] = reasons[number]
             elif missing[row].as_py():
                 converted.errors[row] = "request action and resource must not be null"
+            elif tags_twice[row].as_py():
+                converted.errors[row] = "a session tag is given twice (tag keys ignore case)"
             else:
                 converted.unknown[row] = principals[row].as_py()
     errors = dict(converted.errors)

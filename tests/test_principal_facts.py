@@ -147,3 +147,24 @@ def test_without_a_store_the_request_says_who_the_principal_is():
         assert compiled.evaluate(request).decision is want
         assert compiled.evaluate_columns([principal], ["s3:GetObject"], [OBJECT], [context],
                                          session_tags=[tags])[0] is want
+
+
+def test_a_request_that_gives_a_key_or_tag_twice_fails_even_where_the_store_or_session_decides_it(engine):
+    """Request.create refuses a context key or session tag given twice, whatever supplies the key in the end
+    and whether a policy tests it: the engine fails such a request too, on every path."""
+    twice_tag = {"team": "ok", "TEAM": "ok"}  # no policy tests aws:PrincipalTag/TEAM … /team is tested
+    twice_untested = {"project": "a", "PROJECT": "b"}  # aws:PrincipalTag/project: no policy tests it
+    twice_key = {"aws:PrincipalTag/team": "ok", "AWS:PRINCIPALTAG/TEAM": "ok"}  # the store sets it anyway
+    for principal, context, tags in ((UNTAGGED_SESSION, {}, twice_tag), (UNTAGGED_SESSION, {}, twice_untested),
+                                     (BLOCKED, twice_key, None)):
+        with pytest.raises(ValueError, match="given twice"):
+            Request.create(principal, "s3:GetObject", OBJECT, context, session_tags=tags)
+        decided = engine.evaluate_columns([principal], ["s3:GetObject"], [OBJECT], [context], session_tags=[tags])
+        assert list(decided) == [IMPLICIT] and "given twice" in decided.errors[0]
+        columns = {"principal": [principal], "action": ["s3:GetObject"], "resource": [OBJECT]}
+        if context:
+            columns["context"] = pa.array([context], pa.struct([(k, pa.string()) for k in context]))
+        if tags:
+            columns["session_tags"] = pa.array([tags], pa.struct([(k, pa.string()) for k in tags]))
+        arrow = evaluate_arrow(engine, pa.table(columns)).to_pydict()
+        assert arrow["decision"] == ["ImplicitDeny"] and "given twice" in arrow["error"][0]
