@@ -25,11 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from evaluator.compiled_store import CompiledStore
 from evaluator.store import PolicyStore
@@ -37,7 +37,7 @@ from server.api import iam_evaluator_pb2 as pb
 from server.api import iam_evaluator_pb2_grpc as pb_grpc
 from server.client import request_columns
 
-TOKEN = "store-service-benchmark-token"
+TOKEN = "store-service-benchmark-admin-token"
 CODES = {pb.IMPLICIT_DENY: 0, pb.ALLOW: 1, pb.EXPLICIT_DENY: 2}
 
 
@@ -47,20 +47,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_serving(target: str, process: subprocess.Popen, timeout: float = 120) -> float:
-    started = time.perf_counter()
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.perf_counter() - started < timeout:
-            if process.poll() is not None:
-                raise SystemExit(f"the server exited with {process.returncode}")
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
+def wait_serving(metrics: str, process: subprocess.Popen, started: float, timeout: float = 120) -> float:
+    """Seconds from ``started`` until /healthz says every server process serves."""
+    while time.perf_counter() - started < timeout:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://{metrics}/healthz", timeout=1) as answer:
+                if answer.status == 200:
                     return time.perf_counter() - started
-            except grpc.RpcError:
-                pass
-            time.sleep(0.02)
+        except OSError:
+            pass
+        time.sleep(0.02)
     raise SystemExit("the server did not become SERVING")
 
 
@@ -112,17 +110,17 @@ def main(argv: list[str] | None = None) -> int:
                                           [r["resource"] for r in chunk], [r["context"] for r in chunk]).codes
                 for chunk in chunks]
 
-    port = free_port()
-    target = f"127.0.0.1:{port}"
+    target, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory() as state:
+        started = time.perf_counter()
         server = subprocess.Popen(
             [shutil.which("iam-eval") or "iam-eval", "serve", "--store", args.store, "--state-dir", state,
-             "--listen", target, "--metrics-listen", ""],
+             "--listen", target, "--metrics-listen", metrics],
             env={**os.environ, "IAM_EVAL_PROCESSES": str(args.server_processes), "IAM_EVAL_ADMIN_TOKEN": TOKEN,
                  "IAM_EVAL_MAX_BATCH": str(max(args.batch_size, 10_000)), "IAM_EVAL_LOG_LEVEL": "warning"},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            serving_seconds = wait_serving(target, server)
+            serving_seconds = wait_serving(metrics, server, started)
             wrong = 0
             with grpc.insecure_channel(target, [("grpc.max_receive_message_length", 64 << 20)]) as channel:
                 call = channel.unary_unary("/iam_evaluator.v1.Authorizer/CheckBatch")
