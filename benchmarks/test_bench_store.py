@@ -187,11 +187,7 @@ def test_decisions_correct(benchmark, checked):
 
 # --- 2. load and compile in a fresh process ----------------------------------------------------------------
 
-_FRESH = r"""
-import json, sys, time
-from evaluator.store import PolicyStore
-from evaluator.compiled_store import CompiledStore
-
+_LOAD = r"""
 def status_mb(field):  # VmRSS now, VmHWM the peak (ru_maxrss would count the forking parent's)
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 1024
@@ -203,7 +199,14 @@ start_rss = rss_mb()
 start, start_cpu = time.perf_counter(), time.process_time()
 with open(sys.argv[1], "rb") as snapshot:
     store = PolicyStore.from_json(snapshot.read())
-loaded, loaded_rss = time.perf_counter(), rss_mb()
+"""
+"""Loads the store in a fresh process, measuring time and memory (the start of both scripts below)."""
+
+_FRESH = r"""
+import json, sys, time
+from evaluator.store import PolicyStore
+from evaluator.compiled_store import CompiledStore
+""" + _LOAD + r"""loaded, loaded_rss = time.perf_counter(), rss_mb()
 compiled = CompiledStore(store)
 done, done_cpu, done_rss = time.perf_counter(), time.process_time(), rss_mb()
 print(json.dumps({"load_s": loaded - start, "compile_s": done - loaded, "seconds": done - start,
@@ -358,19 +361,7 @@ from pathlib import Path
 sys.path.append(sys.argv[4])
 from store_workload import column_batches, read_requests
 from evaluator.store import CompiledStore, PolicyStore
-
-def status_mb(field):  # VmRSS now, VmHWM the peak (ru_maxrss would count the forking parent's)
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 1024
-
-def rss_mb():
-    return status_mb("VmRSS")
-
-start_rss = rss_mb()
-start, start_cpu = time.perf_counter(), time.process_time()
-with open(sys.argv[1], "rb") as snapshot:
-    store = PolicyStore.from_json(snapshot.read())
-loaded = time.perf_counter()
+""" + _LOAD + r"""loaded = time.perf_counter()
 compiled = CompiledStore(store)
 built = time.perf_counter()
 sets = compiled.warm()
