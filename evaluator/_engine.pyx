@@ -989,11 +989,6 @@ cdef class Batch:
     def same_account(self, Py_ssize_t i):
         return bool(self.requests[i].same_account)
 
-    def caller(self, Py_ssize_t i):
-        """The principal ARN of request i, or None when the request was never decided."""
-        row = self.requests[i].caller
-        return self.callers[row] if row >= 0 else None
-
     def profiles(self, Py_ssize_t i):
         """The resolver's identity and resource profiles of request i, or None when it was never decided."""
         if self.requests[i].caller < 0:

@@ -437,7 +437,3 @@ class CompiledPolicySet(CompiledPolicies):
         has_boundary = self._caller_profile.has_boundary
         return bytes(statement_grant(statement, caller, has_boundary)
                      for statement in self.policies[resource_policy].statements)
-
-
-def compile_policies(policies: PolicySet) -> CompiledPolicySet:
-    return CompiledPolicySet(policies)
