@@ -128,7 +128,6 @@ class CompiledStore(CompiledPolicies):
         return {**super().get_stats(), "principals": len(self._identity_of), "identities": len(self._identity_sets)}
 
 
-
 def _remember(cache: dict, key, value) -> None:
     """Keep ``value`` in a cache that starts again when full (dict operations hold the GIL)."""
     if len(cache) >= CACHE:
