@@ -49,15 +49,20 @@ def _strings(batch: pa.RecordBatch, name: str, required: bool = True) -> pa.Arra
     return column.cast(pa.string())
 
 
-def _context_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple[int, str, pa.Array, bool]]:
-    index = batch.schema.get_field_index("context")
+def _struct_fields(batch: pa.RecordBatch, name: str, what: str) -> list[tuple[pa.Field, pa.Array]]:
+    """The fields of the struct column ``name`` (none when the column is absent), each with its values."""
+    index = batch.schema.get_field_index(name)
     if index < 0:
         return []
-    context = batch.column(index)
-    if not pa.types.is_struct(context.type):
-        raise SchemaError(f"column 'context' must be a struct of context keys, not {context.type}")
+    column = batch.column(index)
+    if not pa.types.is_struct(column.type):
+        raise SchemaError(f"column {name!r} must be a struct of {what}, not {column.type}")
+    return list(zip(column.type, column.flatten(), strict=True))
+
+
+def _context_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple[int, str, pa.Array, bool]]:
     fields = []
-    for field, values in zip(context.type, context.flatten(), strict=True):
+    for field, values in _struct_fields(batch, "context", "context keys"):
         key_id = compiled.key_ids.get(field.name.lower())
         if key_id is None:
             continue  # no policy tests this key
@@ -73,14 +78,8 @@ def _context_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[t
 
 def _tag_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple[int, str, pa.Array]]:
     """The ``session_tags`` struct (one string field per tag key) as the converter takes it."""
-    index = batch.schema.get_field_index("session_tags")
-    if index < 0:
-        return []
-    tags = batch.column(index)
-    if not pa.types.is_struct(tags.type):
-        raise SchemaError(f"column 'session_tags' must be a struct of tag keys, not {tags.type}")
     fields = []
-    for field, values in zip(tags.type, tags.flatten(), strict=True):
+    for field, values in _struct_fields(batch, "session_tags", "tag keys"):
         if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
             raise SchemaError(f"session tag {field.name!r} must hold strings, not {values.type}")
         fields.append((compiled.key_ids.get(PRINCIPAL_TAG + field.name.lower(), -1), field.name,
