@@ -461,14 +461,6 @@ class PolicyStore:
             for principal in principals.values()
         }
 
-    def all_policies(self) -> list[Policy]:
-        """Every policy of the store, once each."""
-        policies = {id(p): p for p in (*self.managed_policies.values(), *self.scps.values(), *self.rcps.values(),
-                                       *self.resource_policies.values())}
-        for holder in (*self.principals.values(), *self.groups.values()):
-            policies.update((id(p), p) for p in holder.inline_policies.values())
-        return list(policies.values())
-
     def policies_in_use(self) -> list[Policy]:
         """Every policy that applies to some request, once each: attached managed policies and
         boundaries, inline policies, SCPs and RCPs attached in the organisation (with
