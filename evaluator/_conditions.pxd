@@ -90,6 +90,7 @@ cdef class ConditionSet:
     cdef cval* _vals
     cdef int32_t* _names_key
     cdef Py_ssize_t _n_groups, _n_conds, _n_vals, _max_missing
+    cdef readonly Py_ssize_t nbytes    # memory of the frozen set, its patterns included
 
     # pseg slots of the scratch holds() needs (at least 1).
     cdef Py_ssize_t scratch_segments(self) noexcept nogil

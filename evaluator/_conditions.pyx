@@ -1005,6 +1005,8 @@ cdef class ConditionSet:
         self._n_groups = n_groups
         self._n_conds = n_conds
         self._n_vals = n_vals
+        self.nbytes = (self.patterns.nbytes + n_groups * sizeof(group_t) + n_conds * sizeof(cond_t)
+                       + n_vals * sizeof(cval) + n_names * sizeof(int32_t) + sum(len(data) for data in self._keep))
         self._b_groups = self._b_conds = self._b_vals = None
         self.frozen = True
 

@@ -70,6 +70,25 @@ cdef enum:
 
 cdef int64_t OWNER_SPAN = 1LL << 32  # owner classes are numbers below it
 
+# Spare scratch buffers kept by all engines of the process, and the most they may hold (bytes
+# allocated, an upper bound on what they commit); changed with the GIL held.
+cdef Py_ssize_t spare_held = 0
+cdef Py_ssize_t spare_budget = 512 * 1024 * 1024
+
+
+def set_spare_scratch_budget(Py_ssize_t nbytes):
+    """Bound the bytes of spare scratch buffers the process keeps across all engines; a buffer
+    released past it is freed (the next request allocates one again and warms its DFA caches)."""
+    global spare_budget
+    if nbytes < 0:
+        raise ValueError("the spare scratch budget is a number of bytes, 0 or more")
+    spare_budget = nbytes
+
+
+def spare_scratch_bytes():
+    """Bytes of spare scratch buffers the process keeps now."""
+    return spare_held
+
 
 ctypedef struct statement_t:
     int32_t policy           # the policy it belongs to
@@ -136,6 +155,7 @@ ctypedef struct mark_t:      # per policy: its roles for the profile last marked
 ctypedef struct scratch_t:
     uint32_t magic           # ENGINE_MAGIC while owned by an engine
     void* owner              # the Engine it was made for
+    Py_ssize_t nbytes        # bytes allocated for it
     void* action_scratch
     void* resource_scratch
     int32_t* action_ids
@@ -210,6 +230,7 @@ cdef class Engine:
     cdef int32_t n_names
     cdef scratch_t* spare[SPARE_SCRATCH]  # scratch kept for reuse: allocating and zeroing it is costly
     cdef int n_spare
+    cdef Py_ssize_t table_bytes       # bytes of the C tables above, tries and condition sets included
 
     def __cinit__(self):
         self.statements = NULL
@@ -222,8 +243,10 @@ cdef class Engine:
         self.private = NULL
 
     def __dealloc__(self):
+        global spare_held
         while self.n_spare:
             self.n_spare -= 1
+            spare_held -= self.spare[self.n_spare].nbytes
             free_scratch(self.spare[self.n_spare])
         free(self.statements)
         free(self.action_start)
@@ -333,6 +356,21 @@ cdef class Engine:
             self.not_action[i] = s
         self.max_group_missing = max(1, conditions.max_missing_any())
         self.n_names = max(1, len(conditions.key_names))
+        self.table_bytes = (action_trie.nbytes + resource_trie.nbytes + conditions.nbytes
+                            + self.n_statements * (sizeof(statement_t) + 2 * sizeof(int32_t))
+                            + (len(dynamic) + n_policies + self.n_statement_actions + res_at + len(not_action)
+                               + len(action_lists) + len(resource_lists) + 3) * sizeof(int32_t)
+                            + (sum(map(len, action_lists)) + sum(map(len, resource_lists))) * sizeof(int32_t)
+                            + self.n_keys + 2 * n_policies)
+
+    @property
+    def nbytes(self):
+        """Bytes of C memory the engine holds: its tables and its spare scratch buffers."""
+        cdef Py_ssize_t total = self.table_bytes
+        cdef int k
+        for k in range(self.n_spare):
+            total += self.spare[k].nbytes
+        return total
 
     # ---------------------------------------------------------------- scratch
 
@@ -366,6 +404,12 @@ cdef class Engine:
             raise MemoryError()
         for k in range(self.n_keys):
             sc.ctx[k].count = -1
+        sc.nbytes = (sizeof(scratch_t) + self.action_trie.scratch_size() + self.resource_trie.scratch_size()
+                     + (self.action_trie.result_capacity() + self.resource_trie.result_capacity()
+                        + n + self.max_group_missing) * sizeof(int32_t)
+                     + (2 * n + self.n_action_patterns + self.n_resource_patterns + self.n_names) * sizeof(uint64_t)
+                     + self.n_policies * sizeof(mark_t) + self.n_keys * sizeof(ctx_entry)
+                     + (self.conditions.scratch_segments() + self.patterns.max_segments()) * sizeof(pseg))
         sc.magic = ENGINE_MAGIC
         sc.owner = <void*>self
         return sc
@@ -373,9 +417,11 @@ cdef class Engine:
     cdef scratch_t* acquire(self) except NULL:
         """A scratch for one thread's use; called with the GIL held, which guards the spares."""
         cdef scratch_t* sc
+        global spare_held
         if self.n_spare:
             self.n_spare -= 1
             sc = self.spare[self.n_spare]
+            spare_held -= sc.nbytes
         else:
             sc = self.new_scratch()
         if sc.magic != ENGINE_MAGIC or sc.owner != <void*>self:
@@ -384,9 +430,12 @@ cdef class Engine:
         return sc
 
     cdef void release(self, scratch_t* sc) noexcept:
-        if self.n_spare < SPARE_SCRATCH:
+        """Keep the scratch for reuse while this engine and the process have room (GIL held)."""
+        global spare_held
+        if self.n_spare < SPARE_SCRATCH and spare_held + sc.nbytes <= spare_budget:
             self.spare[self.n_spare] = sc
             self.n_spare += 1
+            spare_held += sc.nbytes
         else:
             free_scratch(sc)
 

@@ -110,6 +110,7 @@ cdef class GlobTrie:
     cdef int32_t _hash_mask            # hash table slots - 1 (a power of two minus one)
     cdef Py_ssize_t _off_stamps, _off_states, _off_trans, _off_hash, _off_pool, _off_lists
     cdef Py_ssize_t _scratch_bytes
+    cdef readonly Py_ssize_t nbytes    # memory of the frozen trie (its scratch buffers not included)
 
     cdef void* _spare[GT_SPARE_SLOTS]
     cdef int _n_spare

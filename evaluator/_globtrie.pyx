@@ -849,6 +849,8 @@ cdef class GlobTrie:
             self._free_arrays()
             raise
         self._set_geometry(states, pool)
+        self.nbytes = (n_nodes * sizeof(gt_node) + self._n_edges * (1 + sizeof(int32_t))
+                       + (self._n_acc + self._n_ids) * sizeof(int32_t) + self._prefix_len)
         self._b_children = self._b_qmark = self._b_star = self._b_loop = self._b_acc = None
         self.frozen = True
 

@@ -55,6 +55,7 @@ cdef class PatternSet:
     cdef int32_t* _count               # per pattern: number of pieces
     cdef uint8_t* _has_vars            # per pattern: 1 if some piece is a variable
     cdef Py_ssize_t _n_patterns, _n_pieces, _max_segments
+    cdef readonly Py_ssize_t nbytes    # memory of the frozen set: its arrays and the bytes they point into
 
     # pseg slots the scratch of segments()/match() needs: the most pieces of a pattern with
     # variables (at least 1, so it can always be allocated).

@@ -267,6 +267,8 @@ cdef class PatternSet:
         self._n_patterns = n_patterns
         self._n_pieces = n_pieces
         self._max_segments = max_segments
+        self.nbytes = (n_pieces * (sizeof(pseg) + sizeof(int32_t) + 1) + n_tokens * sizeof(ptok)
+                       + n_patterns * (2 * sizeof(int32_t) + 1) + sum(len(data) for data in self._keep))
         self._build = None
         self.frozen = True
 

@@ -120,6 +120,10 @@ def profiles_of(policies: PolicySet, number: Callable[[Policy], int]) -> tuple[P
             Profile.of(resource, resource_policy=resource_policy, n_rcp=len(policies.rcp or ())))
 
 
+set_spare_scratch_budget = _engine.set_spare_scratch_budget
+spare_scratch_bytes = _engine.spare_scratch_bytes
+
+
 class CompiledPolicies:
     """Policies compiled once into one engine, each statement knowing its policy.
 
@@ -238,6 +242,11 @@ class CompiledPolicies:
     def get_stats(self) -> dict[str, Any]:
         """Sizes of the compiled tables, for capacity planning and benchmarks."""
         return dict(self._stats)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of C memory the engine holds now: its tables and its spare scratch buffers."""
+        return self._engine.nbytes
 
     # ------------------------------------------------------------ explanation
 

@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from evaluator.catalog import Catalog
+from evaluator.compile import set_spare_scratch_budget
 
 from .admin import PolicyAdminServicer
 from .api import iam_evaluator_pb2 as pb
@@ -204,6 +205,7 @@ def create_server(config: ServerConfig) -> Service:
         _refuse_if_in_use("listen", config.listen)
         _refuse_if_in_use("metrics_listen", config.metrics_listen)
     metrics = ServiceMetrics()
+    set_spare_scratch_budget(config.spare_scratch_bytes)
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes),
                ("grpc.so_reuseport", int(config.processes > 1))]  # else a second server fails to bind

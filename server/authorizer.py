@@ -23,7 +23,11 @@ from .live_store import Serving
 from .metrics import ServiceMetrics
 
 INLINE_CACHE = 64
-"""Inline policy sets kept compiled, for clients that send the same ones again."""
+"""Inline policy sets kept compiled, for clients that send the same ones again (also bounded in bytes)."""
+
+PYTHON_BYTES_PER_SOURCE_BYTE = 6
+"""Python objects a compiled set keeps (parsed policies, statement records), per byte of policy text:
+about 1.1 MB for 20 policies of 10 KB, measured with tracemalloc."""
 
 
 class AuthorizerServicer(pb_grpc.AuthorizerServicer):
@@ -31,7 +35,8 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         self._serving = serving  # raises ServiceError(UNAVAILABLE) until the store is compiled
         self._config = config
         self._metrics = metrics
-        self._inline: OrderedDict[bytes, CompiledPolicySet] = OrderedDict()
+        self._inline: OrderedDict[bytes, tuple[CompiledPolicySet, int]] = OrderedDict()  # with its cost in bytes
+        self._inline_bytes = 0
         self._inline_lock = threading.Lock()
         self._streams = threading.BoundedSemaphore(config.stream_limit)
         self._idle = _IdleStreams(config.stream_idle_seconds)
@@ -133,16 +138,25 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
                                    f"bytes, more than max_inline_policy_bytes ({limit})")
         key = policies.SerializeToString(deterministic=True)
         with self._inline_lock:
-            compiled = self._inline.get(key)
-            if compiled is not None:
+            cached = self._inline.get(key)
+            if cached is not None:
                 self._inline.move_to_end(key)
-                return compiled
+                return cached[0]
         compiled = CompiledPolicySet(convert.inline_policies(policies))
+        cost = compiled.nbytes + PYTHON_BYTES_PER_SOURCE_BYTE * sum(len(text) for text in documents)
         with self._inline_lock:
-            self._inline[key] = compiled
-            while len(self._inline) > INLINE_CACHE:
-                self._inline.popitem(last=False)
+            if key not in self._inline:
+                self._inline[key] = compiled, cost
+                self._inline_bytes += cost
+            while self._inline and (len(self._inline) > INLINE_CACHE
+                                    or self._inline_bytes > self._config.inline_cache_bytes):
+                self._inline_bytes -= self._inline.popitem(last=False)[1][1]
         return compiled
+
+    def inline_cache(self) -> tuple[int, int]:
+        """Inline policy sets kept compiled, and their estimated bytes."""
+        with self._inline_lock:
+            return len(self._inline), self._inline_bytes
 
 
 class _IdleStreams:

@@ -37,9 +37,11 @@ class ServerConfig:
     read_token: str = ""            # bearer token for PolicyAdmin's reads only (admin_token reads too)
     check_token: str = ""           # bearer token the Authorizer API requires; "" lets any caller check
     max_batch: int = 10_000         # requests in one CheckBatch (or one stream message)
-    max_message_bytes: int = 64 * 1024 * 1024  # largest request or response message
+    max_message_bytes: int = 16 * 1024 * 1024  # largest request or response message
     max_inline_policy_bytes: int = 10_240  # largest policy document sent with a request (AWS: a role's inline)
     max_inline_policies_per_request: int = 20  # documents sent with one request or batch
+    inline_cache_bytes: int = 64 * 1024 * 1024  # memory of the inline policy sets kept compiled, in each process
+    spare_scratch_bytes: int = 512 * 1024 * 1024  # working buffers kept for reuse by all engines of a process
     workers: int = 16               # threads serving calls, in each process
     max_streams: int = 0            # CheckStreams open at once in each process; 0: half the workers
     stream_idle_seconds: float = 300.0  # a CheckStream that sends nothing for this long is cancelled
@@ -90,6 +92,9 @@ class ServerConfig:
                      "workers", "processes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, not {getattr(self, name)}")
+        for name in ("inline_cache_bytes", "spare_scratch_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be 0 or more, not {getattr(self, name)}")
         if not 0 <= self.max_streams < self.workers:
             raise ConfigError(f"max_streams: must be below workers ({self.workers}), so that streams never hold "
                               f"every thread, not {self.max_streams}")

@@ -148,3 +148,47 @@ def test_a_stream_that_sends_nothing_is_cancelled_and_one_that_sends_goes_on(tmp
         stop.set()
         answers = list(pb_grpc.AuthorizerStub(channel).CheckStream(busy()))
         assert [a.batch_id for a in answers] == list(range(12))
+
+
+def full_document(name: str) -> str:
+    """A policy of nearly max_inline_policy_bytes, of many small statements (each its own trie paths)."""
+    statements, size = [], 0
+    while size < 9_000:
+        i = len(statements)
+        statements.append({"Sid": f"{name}x{i}", "Effect": "Allow", "Action": [f"s3:Get{name}{i}*"],
+                           "Resource": [f"arn:aws:s3:::{name}-{i}/*"],
+                           "Condition": {"StringEquals": {"aws:PrincipalTag/team": f"{name}{i}"}}})
+        size = len(json.dumps(statements))
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def test_inline_sets_kept_compiled_stay_within_their_byte_budget(tmp_path: Path):
+    """40 requests, each with 20 policies of 9 KB that no other sent (about 2.4 MB resident a compiled set):
+    with a budget of 4 MB the cache keeps one or two, where a count of 64 alone would keep all 40 (+96 MB)."""
+    with running_service(copy_store(tmp_path), tmp_path / "state", inline_cache_bytes=4 * 1024 * 1024) as service, \
+            grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        for i in range(3):  # warm up
+            check(channel, *(full_document(f"w{i}n{k}") for k in range(20)))
+        before = resident_mb()
+        for i in range(40):
+            documents = [full_document(f"d{i}n{k}") for k in range(19)]
+            assert check(channel, document(f"Grant{i}"), *documents).result.decision == pb.ALLOW
+        grown = resident_mb() - before
+    assert grown < 40, f"resident memory grew by {grown:.0f} MB over 40 distinct inline sets of 200 KB"
+
+
+def test_the_server_applies_its_spare_scratch_budget(tmp_path: Path):
+    from evaluator.compile import spare_scratch_bytes
+
+    held = spare_scratch_bytes()  # by engines of other tests, still alive
+    with running_service(copy_store(tmp_path), tmp_path / "state", spare_scratch_bytes=0) as service, \
+            grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        for i in range(5):
+            assert check(channel, document(f"Inline{i}")).result.decision == pb.ALLOW
+            assert pb_grpc.AuthorizerStub(channel).Check(pb.CheckRequest(
+                principal=ROLE, action="s3:GetObject", resource="arn:aws:s3:::b/key"), timeout=30).store_version
+        assert spare_scratch_bytes() == held
+    with running_service(tmp_path / "store", tmp_path / "state2") as service, \
+            grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        check(channel, document("Kept"))
+        assert spare_scratch_bytes() > held, "the default budget keeps scratch for reuse"

@@ -1,0 +1,91 @@
+"""The process-wide budget of spare scratch buffers, and the bytes an engine says it holds."""
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from evaluator.compile import CompiledPolicySet, set_spare_scratch_budget, spare_scratch_bytes
+from evaluator.parse import parse_policy
+from evaluator.request import PolicySet, Request
+
+REQUEST = Request.create(principal="arn:aws:iam::111122223333:user/alice", action="s3:GetObject",
+                         resource="arn:aws:s3:::bucket/key")
+DEFAULT_BUDGET = 512 * 1024 * 1024
+
+
+@pytest.fixture
+def budget() -> Iterator[None]:
+    """Every test starts with nothing kept and leaves the default budget behind."""
+    gc.collect()
+    yield
+    set_spare_scratch_budget(DEFAULT_BUDGET)
+
+
+def compiled(n_statements: int, tag: str = "") -> CompiledPolicySet:
+    statements = [{"Effect": "Allow", "Action": f"s3:Get{tag}{i}*", "Resource": f"arn:aws:s3:::bucket{tag}{i}/*"}
+                  for i in range(n_statements)]
+    statements.append({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::bucket/*"})
+    policy = parse_policy(json.dumps({"Version": "2012-10-17", "Statement": statements}))
+    return CompiledPolicySet(PolicySet(identity=(policy,)))
+
+
+def test_an_engine_counts_its_tables_and_the_scratch_it_keeps(budget):
+    policies = compiled(200)
+    tables = policies.nbytes
+    assert tables > 200 * 8, "at least a few bytes a statement"
+    held = spare_scratch_bytes()
+    assert policies.evaluate(REQUEST).decision == "Allow"
+    kept = spare_scratch_bytes() - held
+    assert kept > 0, "the scratch used for the call is kept for the next"
+    assert policies.nbytes == tables + kept
+    del policies
+    gc.collect()
+    assert spare_scratch_bytes() == held, "a freed engine gives its spares back to the budget"
+
+
+def test_a_budget_of_zero_keeps_no_scratch(budget):
+    set_spare_scratch_budget(0)
+    held = spare_scratch_bytes()  # by engines of other tests, still alive
+    policies = compiled(50)
+    tables = policies.nbytes
+    for _ in range(3):
+        assert policies.evaluate(REQUEST).decision == "Allow"
+        assert policies.evaluate_batch([REQUEST] * 3000, explain=False).codes.count(1) == 3000
+    assert spare_scratch_bytes() == held
+    assert policies.nbytes == tables
+
+
+def test_spare_scratch_stays_within_the_budget_across_engines(budget):
+    probe = compiled(100, "e0")
+    probe.evaluate(REQUEST)
+    one = probe.nbytes - compiled(100, "e0").nbytes  # one scratch of an engine of this size
+    del probe
+    gc.collect()
+    held = spare_scratch_bytes()
+    limit = held + 3 * one + one // 2
+    set_spare_scratch_budget(limit)
+    engines = [compiled(100, f"e{i}") for i in range(10)]
+    for engine in engines:
+        assert engine.evaluate(REQUEST).decision == "Allow"
+        assert spare_scratch_bytes() <= limit
+    assert spare_scratch_bytes() - held == 3 * one, "three engines keep a scratch, the others free theirs"
+    assert sum(engine.nbytes for engine in engines) == sum(compiled(100, f"e{i}").nbytes for i in range(10)) + 3 * one
+
+
+def test_a_negative_budget_is_refused(budget):
+    with pytest.raises(ValueError, match="0 or more"):
+        set_spare_scratch_budget(-1)
+
+
+@pytest.mark.parametrize("setting", ["inline_cache_bytes", "spare_scratch_bytes"])
+def test_the_service_budgets_are_settings_of_zero_or_more(setting):
+    from server.config import ConfigError, load_config
+
+    from .service_helpers import EXAMPLE_STORE
+
+    with pytest.raises(ConfigError, match=f"^{setting}: must be 0 or more, not -1"):
+        load_config(environ={}, store=str(EXAMPLE_STORE), **{setting: -1})
+    assert getattr(load_config(environ={}, store=str(EXAMPLE_STORE), **{setting: 0}), setting) == 0
