@@ -26,11 +26,12 @@ from ._types cimport cstr, ctx_entry
 
 from collections.abc import Mapping
 
+from . import service_rules
 from .principals import RequestError
 from .request import context_text, text
 
 # The roles a policy plays for a request (the layers of ``decision.Layers``).
-LAYER_IDENTITY, LAYER_RESOURCE, LAYER_BOUNDARY, LAYER_SESSION, LAYER_SCP, LAYER_RCP = range(6)
+LAYER_IDENTITY, LAYER_RESOURCE, LAYER_BOUNDARY, LAYER_SESSION, LAYER_SCP, LAYER_RCP, LAYER_ENDPOINT = range(7)
 # Statement flags.
 FLAG_DENY = 1
 FLAG_NOT_ACTION = 2
@@ -48,6 +49,7 @@ cdef enum:
     R_RESOURCE = 2
     R_BOUNDARY = 4
     R_SESSION = 8
+    R_ENDPOINT = 16
     F_DENY = 1
     F_NOT_ACTION = 2
     F_NOT_RESOURCE = 4
@@ -60,6 +62,7 @@ cdef enum:
     D_FAILED = 3
     # principals.Grant
     G_NONE = 0
+    G_ACCOUNT = 1
     G_BOUNDED = 2
     G_DIRECT = 3
     MAX_LEVELS = 64
@@ -69,6 +72,12 @@ cdef enum:
     C_ROW_UNKNOWN = -2
 
 cdef int64_t OWNER_SPAN = 1LL << 32  # owner classes are numbers below it
+
+# The per-service rules (``service_rules``): flags of a batch's distinct actions and kinds of its resources.
+cdef uint8_t RULE_ALWAYS = service_rules.ALWAYS
+cdef uint8_t RULE_RCP_APPLIES = service_rules.RCP_APPLIES
+cdef int RULE_MUST_ALLOW_SHIFT = service_rules.MUST_ALLOW_SHIFT
+cdef uint8_t RULE_BOUNDED_KINDS = sum(1 << kind for kind in service_rules.LIMITED_BY_BOUNDARY)
 
 # Spare scratch buffers kept by all engines of the process, and the most they may hold (bytes
 # allocated, an upper bound on what they commit); changed with the GIL held.
@@ -115,6 +124,9 @@ ctypedef struct profile_t:   # the layers of a request, as policies and what is 
     int32_t role_count
     uint8_t has_boundary
     uint8_t has_session
+    uint8_t has_endpoint     # a VPC endpoint policy stands in it, which must allow (a resource's profile)
+    uint8_t anonymous        # the caller signed nothing: only resource policies that name everyone allow
+                             # (a caller's profile)
     uint8_t n_scp
     uint8_t n_rcp
 
@@ -128,6 +140,7 @@ ctypedef struct request_t:
     int32_t identity_profile # index in Batch.profiles: the caller's identity layers (identity, boundary, session, SCPs)
     int32_t resource_profile # index in Batch.profiles: the resource's layers (its policy, its owner's RCPs)
     int32_t grants           # offset of the caller's grants for the profile's resource policy; -1: none
+    int32_t endpoint_grants  # likewise for the VPC endpoint policy of its resource profile; -1: none
     uint8_t same_account
     int32_t ctx_start        # this request's context entries in the batch
     int32_t ctx_count
@@ -136,6 +149,7 @@ ctypedef struct request_t:
 ctypedef struct matches_t:   # a batch's distinct actions (or resources) and the trie's patterns matching each
     cstr* texts
     Py_ssize_t n
+    uint8_t* rules           # per text: service_rules.action_flags (actions) or resource_kind (resources)
     int32_t* start           # n + 1 offsets into ids
     int32_t* ids
 
@@ -555,11 +569,23 @@ cdef class Engine:
         cdef const mark_t* mark
         cdef const keyed_entry* entries = batch.entries + rq.ctx_start
         cdef const uint8_t* grants = batch.grant_bytes + rq.grants if rq.grants >= 0 else NULL
+        cdef const uint8_t* endpoint_grants = batch.grant_bytes + rq.endpoint_grants if rq.endpoint_grants >= 0 \
+            else NULL
+        cdef const profile_t* identity = &batch.profile_table[rq.identity_profile]
+        cdef uint8_t action_rules = batch.actions.rules[rq.action_ix]
+        if action_rules & RULE_ALWAYS and not identity.anonymous:
+            return D_ALLOW
+        cdef bint rcp_applies = action_rules & RULE_RCP_APPLIES
+        cdef int must_allow = (action_rules >> RULE_MUST_ALLOW_SHIFT) & 3
+        if must_allow != batch.resources.rules[rq.resource_ix] or rq.grants < 0:
+            must_allow = 0
+        cdef uint64_t rcp_marks
 
         cdef bint star_request = engine_is_star(rq.resource.ptr, rq.resource.len)
         cdef bint unresolvable
         cdef int held, result = -1
         cdef bint any_deny = False, identity_allow = False, boundary_allow = False, session_allow = False
+        cdef bint endpoint_allow = False
         cdef uint64_t scp_allow = 0, rcp_allow = 0
         cdef uint8_t grant = G_NONE, names, bits
         self.mark_profiles(batch, rq, sc)
@@ -615,13 +641,16 @@ cdef class Engine:
             st = &self.statements[s]
             mark = &sc.policy_mark[st.policy]
             bits = mark.bits
+            rcp_marks = mark.rcp if rcp_applies else 0  # RCPs apply to some services only
             names = G_NONE
             if bits & R_RESOURCE:
                 names = grants[st.slot] if grants != NULL else G_NONE
                 if names == G_NONE:  # a resource-policy statement applies only to the callers it names
                     bits &= ~R_RESOURCE
-                    if bits == 0 and mark.scp == 0 and mark.rcp == 0:
-                        continue
+            if bits & R_ENDPOINT and (endpoint_grants == NULL or endpoint_grants[st.slot] == G_NONE):
+                bits &= ~R_ENDPOINT  # so does an endpoint policy's
+            if bits == 0 and mark.scp == 0 and rcp_marks == 0:
+                continue
             unresolvable = False
             if not (st.flags & F_RESOURCE_INDEXED) and not self.resource_applies(st, s, rq, star_request, sc,
                                                                                  &unresolvable):
@@ -659,15 +688,18 @@ cdef class Engine:
                 boundary_allow = True
             if bits & R_SESSION:
                 session_allow = True
+            if bits & R_ENDPOINT:
+                endpoint_allow = True
             scp_allow |= mark.scp
-            rcp_allow |= mark.rcp
+            rcp_allow |= rcp_marks
 
         for i in range(rq.ctx_count):
             sc.ctx[entries[i].key].count = -1
         if result == D_FAILED:
             return D_FAILED
-        return combine(&batch.profile_table[rq.identity_profile], &batch.profile_table[rq.resource_profile], any_deny,
-                       identity_allow, boundary_allow, session_allow, scp_allow, rcp_allow, grant, rq.same_account)
+        return combine(identity, &batch.profile_table[rq.resource_profile], any_deny, identity_allow,
+                       boundary_allow, session_allow, endpoint_allow, scp_allow, rcp_allow, rcp_applies, grant,
+                       rq.same_account, must_allow)
 
     # ---------------------------------------------------------------- batches
 
@@ -798,22 +830,36 @@ cdef inline void mark_roles(Batch batch, const profile_t* profile, scratch_t* sc
         mark.rcp |= role.rcp
 
 
-cdef inline int combine(const profile_t* identity, const profile_t* resource, bint any_deny, bint identity_allow, bint boundary_allow,
-                        bint session_allow, uint64_t scp_allow, uint64_t rcp_allow, uint8_t grant,
-                        bint same_account) noexcept nogil:
-    """``decision.combine`` in C (the decision only): deny wins; every SCP and RCP level must
-    allow; then the identity path within boundary and session policy, or the resource
-    policy's grant (on its own in the same account, beside the identity path across)."""
+cdef inline int combine(const profile_t* identity, const profile_t* resource, bint any_deny, bint identity_allow,
+                        bint boundary_allow, bint session_allow, bint endpoint_allow, uint64_t scp_allow,
+                        uint64_t rcp_allow, bint rcp_applies, uint8_t grant, bint same_account,
+                        int must_allow) noexcept nogil:
+    """``decision.combine`` in C (the decision only): deny wins; every SCP and RCP level (RCPs
+    for the services they apply to) and the VPC endpoint policy must allow; an anonymous caller
+    needs a resource policy that names everyone; then the identity path within boundary and
+    session policy, or the resource policy's grant (on its own in the same account, beside the
+    identity path across). Where the resource's own policy must allow (``must_allow``: a role's
+    trust policy, a key policy), the identity path counts only if that policy names the account."""
     if any_deny:
         return D_EXPLICIT
     cdef uint64_t all_scp = ((<uint64_t>1) << identity.n_scp) - 1 if identity.n_scp < 64 else ~(<uint64_t>0)
-    cdef uint64_t all_rcp = ((<uint64_t>1) << resource.n_rcp) - 1 if resource.n_rcp < 64 else ~(<uint64_t>0)
+    cdef uint64_t all_rcp = 0
+    if rcp_applies:
+        all_rcp = ((<uint64_t>1) << resource.n_rcp) - 1 if resource.n_rcp < 64 else ~(<uint64_t>0)
     if (scp_allow & all_scp) != all_scp or (rcp_allow & all_rcp) != all_rcp:
         return D_IMPLICIT
+    if resource.has_endpoint and not endpoint_allow:
+        return D_IMPLICIT
+    if identity.anonymous:
+        return D_ALLOW if grant != G_NONE else D_IMPLICIT
     cdef bint boundary_ok = not identity.has_boundary or boundary_allow
     cdef bint session_ok = not identity.has_session or session_allow
     cdef bint identity_path = identity_allow and boundary_ok and session_ok
+    if grant == G_DIRECT and (RULE_BOUNDED_KINDS >> must_allow) & 1:
+        grant = G_BOUNDED
     if same_account:
+        if must_allow and grant == G_NONE:
+            identity_path = False
         if identity_path or grant == G_DIRECT or (grant == G_BOUNDED and boundary_ok and session_ok):
             return D_ALLOW
         return D_IMPLICIT
@@ -847,8 +893,22 @@ cdef void free_matches(matches_t* m) noexcept:
     free(m.texts)
     free(m.start)
     free(m.ids)
+    free(m.rules)
     m.texts = NULL
     m.start = m.ids = NULL
+    m.rules = NULL
+
+
+cdef int _set_rules(matches_t* m, object rule) except -1:
+    """Per distinct text, the flags ``rule`` (a ``service_rules`` function) gives it. A text that is not
+    UTF-8 belongs to rows that fail; it is read with replacement characters only to fill its slot."""
+    cdef Py_ssize_t k
+    m.rules = <uint8_t*>malloc(max(1, m.n))
+    if m.rules == NULL:
+        raise MemoryError()
+    for k in range(m.n):
+        m.rules[k] = rule(m.texts[k].ptr[:m.texts[k].len].decode("utf-8", "replace"))
+    return 0
 
 
 cdef void close_explain(explain_t* ex) noexcept:
@@ -949,7 +1009,7 @@ def pack_roles(roles):
     plays ((policy, layer, level) triples merged); returns (bytes, highest policy number or -1)."""
     merged = {}
     for policy, layer, level in roles:
-        if policy < 0 or not 0 <= layer <= LAYER_RCP or not 0 <= level < MAX_LEVELS:
+        if policy < 0 or not 0 <= layer <= LAYER_ENDPOINT or not 0 <= level < MAX_LEVELS:
             raise ValueError("a role names a policy, layer or level the engine cannot have")
         bits, scp, rcp = merged.get(policy, (0, 0, 0))
         if layer == LAYER_SCP:
@@ -957,7 +1017,8 @@ def pack_roles(roles):
         elif layer == LAYER_RCP:
             rcp |= 1 << level
         else:
-            bits |= (R_IDENTITY, R_RESOURCE, R_BOUNDARY, R_SESSION)[layer]
+            bits |= {LAYER_IDENTITY: R_IDENTITY, LAYER_RESOURCE: R_RESOURCE, LAYER_BOUNDARY: R_BOUNDARY,
+                     LAYER_SESSION: R_SESSION, LAYER_ENDPOINT: R_ENDPOINT}[layer]
         merged[policy] = (bits, scp, rcp)
     cdef bytearray packed = bytearray(len(merged) * sizeof(role_t))
     cdef role_t* out = <role_t*><char*>packed
@@ -1053,6 +1114,18 @@ cdef class Batch:
         cdef int32_t policy = self.profile_objects[self.requests[i].resource_profile].resource_policy
         return bytes(self.grant_table[at:at + self.engine.policy_sizes[policy]])
 
+    def endpoint_grants(self, Py_ssize_t i):
+        """How the VPC endpoint policy of request i names its caller, per statement; None without one."""
+        cdef int32_t at = self.requests[i].endpoint_grants
+        if self.requests[i].caller < 0 or at < 0:
+            return None
+        cdef int32_t policy = self.profile_objects[self.requests[i].resource_profile].endpoint_policy
+        return bytes(self.grant_table[at:at + self.engine.policy_sizes[policy]])
+
+    def rules(self, Py_ssize_t i):
+        """The ``service_rules`` flags of request i's action, and its resource's kind."""
+        return self.actions.rules[self.requests[i].action_ix], self.resources.rules[self.requests[i].resource_ix]
+
     cdef int grow(self, Py_ssize_t entries, Py_ssize_t values) except -1:
         cdef void* p
         if self.n_entries + entries > self.cap_entries:
@@ -1136,11 +1209,15 @@ cdef class Batch:
             self.profile_table[p].role_count = <int32_t>(len(profile.packed) // sizeof(role_t))
             self.profile_table[p].has_boundary = profile.has_boundary
             self.profile_table[p].has_session = profile.has_session
+            self.profile_table[p].has_endpoint = profile.has_endpoint
+            self.profile_table[p].anonymous = profile.anonymous
             self.profile_table[p].n_scp = profile.n_scp
             self.profile_table[p].n_rcp = profile.n_rcp
             memcpy(&self.roles[r], packed, len(profile.packed))
             r += self.profile_table[p].role_count
             p += 1
+        _set_rules(&self.actions, service_rules.action_flags)
+        _set_rules(&self.resources, service_rules.resource_kind)
         self.engine.match_distinct(self)
         return 0
 
@@ -1385,6 +1462,45 @@ cdef class _Converter:
         rq.grants = self.grants(row, policy) if policy >= 0 else -1
         return 0
 
+    cdef int place_endpoints(self) except -1:
+        """Add to each converted request the policy of the VPC endpoint it came through, if the resolver
+        has any (``endpoint``): the value of its ``aws:SourceVpce`` selects it. After every row is converted,
+        so that the value is read as every other context value is, whichever path gave it."""
+        if not self.resolver.reads_endpoints:
+            return 0
+        cdef Batch batch = self.batch
+        cdef request_t* rq
+        cdef keyed_entry* entry
+        cdef const cstr* value
+        cdef Py_ssize_t i, k
+        cdef int32_t vpce = self.key_ids.get("aws:sourcevpce", -1)
+        endpoints = {}  # aws:SourceVpce as given (None: absent or not one string) -> policy
+        derived = {}    # (resource profile, endpoint policy) -> profile
+        for i in range(batch.n):
+            rq = &batch.requests[i]
+            if rq.caller < 0:
+                continue
+            given = None
+            for k in range(rq.ctx_start, rq.ctx_start + rq.ctx_count):
+                entry = &batch.entries[k]
+                if entry.key == vpce and entry.entry.count == 1 and not entry.entry.is_list:
+                    value = batch.values + <size_t>entry.entry.values
+                    given = value.ptr[:value.len].decode("utf-8")
+            policy = endpoints.get(given)
+            if policy is None:
+                policy = endpoints[given] = self.resolver.endpoint(given)
+                if not -1 <= policy < self.engine.n_policies:
+                    raise ValueError("the resolver gave a policy out of range")
+            if policy < 0:
+                continue
+            profile = derived.get((rq.resource_profile, policy))
+            if profile is None:
+                profile = derived[rq.resource_profile, policy] = batch.add_profile(
+                    batch.profile_objects[rq.resource_profile].with_endpoint(policy))
+            rq.resource_profile = profile
+            rq.endpoint_grants = self.grants(rq.caller, policy)
+        return 0
+
     cdef object key_id(self, object key):
         """The id of a context key as given (-1: no policy tests it); raises RequestError for a bad key."""
         cdef object kid = self.key_cache.get(key) if type(key) is str else None
@@ -1489,7 +1605,7 @@ cdef class _Converter:
         cdef const char* data
         cdef int32_t row
         rq.caller = ROW_FAILED
-        rq.grants = -1
+        rq.grants = rq.endpoint_grants = -1
         rq.ctx_start = <int32_t>self.batch.n_entries
         try:
             row = self.caller_row(_exact(principal, text, "request principal"))
@@ -1610,6 +1726,7 @@ def convert(Engine engine, resolver, principals, actions, resources, contexts=No
                                None if account_list is None else account_list[i],
                                None if context_list is None else context_list[i],
                                None if tag_list is None else tag_list[i])
+    conversion.place_endpoints()
     batch.set_texts(&batch.actions, conversion.action_texts)
     batch.set_texts(&batch.resources, conversion.resource_texts)
     batch.finish()
@@ -1777,7 +1894,7 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
             rq = &batch.requests[i]
             c = callers[i]
             rq.caller = c if c < 0 else ROW_FAILED
-            rq.grants = -1
+            rq.grants = rq.endpoint_grants = -1
             rq.ctx_start = <int32_t>batch.n_entries
             if c < 0:
                 continue  # the reason is in batch.errors or batch.unknown already
@@ -1884,6 +2001,7 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
                 continue
             rq.caller = c
             rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
+        conversion.place_endpoints()
         batch.finish()
     finally:
         free(seen)

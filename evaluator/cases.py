@@ -1,7 +1,8 @@
 """Policy test cases in the conformance format, and the runner behind ``iam-eval test``.
 
 A case is one JSON object per line: ``{"id", "policies", "request",
-"expect": {"decision"}}`` (see ``../shared/conformance/README.md``). Users keep
+"expect": {"decision"}}`` (see ``../shared/conformance/README.md``); ``expect`` may
+also name the layer that decides (``decided_by``, as decisions name it). Users keep
 such files beside their policies as regression tests, as ``opa test`` users do.
 
 A case passes only when its request is decided without an evaluation error and
@@ -42,11 +43,13 @@ class CaseResult:
     expected: str
     decision: Decision | None  # None when the case itself could not be read
     problem: str = ""
+    expected_by: str | None = None  # the layer expected to decide, when the case names one
 
     @property
     def passed(self) -> bool:
         decision = self.decision
-        return decision is not None and decision.error is None and str(decision.decision) == self.expected
+        return (decision is not None and decision.error is None and str(decision.decision) == self.expected
+                and self.expected_by in (None, decision.decided_by))
 
     def describe_failure(self) -> str:
         if self.decision is None:
@@ -55,7 +58,8 @@ class CaseResult:
         if d.error is not None:
             return (f"FAIL {self.case_id} [{self.category}]: expected {self.expected}, but the evaluation failed "
                     f"(denied as {d.decision}): {d.error}")
-        lines = [f"FAIL {self.case_id} [{self.category}]: expected {self.expected}, got {d.decision} "
+        by = f" decided by {self.expected_by}" if self.expected_by else ""
+        lines = [f"FAIL {self.case_id} [{self.category}]: expected {self.expected}{by}, got {d.decision} "
                  f"(decided by {d.decided_by}: {d.reason})"]
         lines += [f"    statement: {ref}" for ref in d.statements]
         if d.missing_keys:
@@ -92,7 +96,10 @@ def run_case(case: dict, location: str, engine: Engine) -> CaseResult:
         request = Request.from_json(case["request"])
     except (PolicyValidationError, RequestError) as exc:
         return CaseResult(case_id, case.get("category", ""), expected, None, f"{location}: {exc}")
-    return CaseResult(case_id, case.get("category", ""), expected, engine(policies, request))
+    expected_by = case["expect"].get("decided_by")
+    if expected_by is not None and not isinstance(expected_by, str):
+        return CaseResult(case_id, "", expected, None, f"{location}: expect.decided_by must be a layer's name")
+    return CaseResult(case_id, case.get("category", ""), expected, engine(policies, request), "", expected_by)
 
 
 def run_files(paths: list[Path], engine: Engine, out: TextIO) -> tuple[int, int]:

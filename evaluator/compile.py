@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from . import _engine
+from . import _engine, service_rules
 from ._conditions import ConditionSet
 from ._globtrie import GlobTrie
 from ._pattern import PatternSet
-from .decision import Decision, DecisionKind, LayerResult, Layers, StatementRef, combine, failed
+from .decision import Decision, DecisionKind, LayerResult, Layers, StatementRef, always_allowed, combine, failed
 from .facts import is_principal_key
 from .model import Effect, Policy
 from .principals import Caller, Grant, statement_grant
@@ -64,7 +64,8 @@ class BatchDecisions:
 
 
 LAYER_NAMES = {_engine.LAYER_IDENTITY: "identity", _engine.LAYER_RESOURCE: "resource",
-               _engine.LAYER_BOUNDARY: "permissions_boundary", _engine.LAYER_SESSION: "session"}
+               _engine.LAYER_BOUNDARY: "permissions_boundary", _engine.LAYER_SESSION: "session",
+               _engine.LAYER_ENDPOINT: "vpc_endpoint"}
 
 
 def layer_name(layer: int, level: int) -> str:
@@ -81,8 +82,9 @@ class Profile:
     """Some layers of a request as the engine's policy numbers: the role each policy plays.
 
     A request has two: its caller's (identity, boundary, session, SCP levels) and its
-    resource's (the resource's policy, the owner's RCP levels), so that each is shared by
-    many requests. ``roles`` lists (policy, layer, level) in the order decisions list
+    resource's (the resource's policy, the owner's RCP levels, and the policy of the VPC
+    endpoint the request came through), so that each is shared by many requests. An
+    anonymous caller's profile has no layers. ``roles`` lists (policy, layer, level) in the order decisions list
     statements, each layer's policies in their own order. A policy may play several roles.
     """
 
@@ -92,20 +94,33 @@ class Profile:
     has_session: bool
     n_scp: int
     n_rcp: int
+    endpoint_policy: int  # -1: no VPC endpoint policy (or this is a caller's profile)
+    anonymous: bool       # the caller's profile of an anonymous request
     packed: bytes  # the roles merged per policy, as the engine reads them (``_engine.pack_roles``)
     highest_policy: int
 
     @classmethod
     def of(cls, roles: list[tuple[int, int, int]], resource_policy: int = -1, has_boundary: bool = False,
-           has_session: bool = False, n_scp: int = 0, n_rcp: int = 0) -> Profile:
-        return cls(tuple(roles), resource_policy, has_boundary, has_session, n_scp, n_rcp,
-                   *_engine.pack_roles(roles))
+           has_session: bool = False, n_scp: int = 0, n_rcp: int = 0, endpoint_policy: int = -1,
+           anonymous: bool = False) -> Profile:
+        return cls(tuple(roles), resource_policy, has_boundary, has_session, n_scp, n_rcp, endpoint_policy,
+                   anonymous, *_engine.pack_roles(roles))
+
+    @property
+    def has_endpoint(self) -> bool:
+        return self.endpoint_policy >= 0
+
+    def with_endpoint(self, policy: int) -> Profile:
+        """This resource's profile for a request that came through a VPC endpoint with that policy."""
+        return Profile.of([*self.roles, (policy, _engine.LAYER_ENDPOINT, 0)], self.resource_policy,
+                          n_rcp=self.n_rcp, endpoint_policy=policy)
 
 
-def profiles_of(policies: PolicySet, number: Callable[[Policy], int]) -> tuple[Profile, Profile]:
-    """The caller's and the resource's profile of a policy set whose policies the engine numbers with
-    ``number`` (called once for each place a policy stands: identity, resource, boundary, session,
-    SCP levels, RCP levels)."""
+def profiles_of(policies: PolicySet, number: Callable[[Policy], int]) -> tuple[Profile, Profile, Profile]:
+    """The caller's, the resource's and an anonymous caller's profile of a policy set whose policies the
+    engine numbers with ``number`` (called once for each place a policy stands: identity, resource,
+    boundary, session, SCP levels, RCP levels). A VPC endpoint's policy joins per request
+    (``Profile.with_endpoint``)."""
     caller = [(number(p), _engine.LAYER_IDENTITY, 0) for p in policies.identity]
     resource, resource_policy = [], -1
     if policies.resource is not None:
@@ -117,7 +132,8 @@ def profiles_of(policies: PolicySet, number: Callable[[Policy], int]) -> tuple[P
     resource += [(number(p), _engine.LAYER_RCP, level) for level, pool in enumerate(policies.rcp or ()) for p in pool]
     return (Profile.of(caller, has_boundary=policies.permissions_boundary is not None,
                        has_session=policies.session is not None, n_scp=len(policies.scp or ())),
-            Profile.of(resource, resource_policy=resource_policy, n_rcp=len(policies.rcp or ())))
+            Profile.of(resource, resource_policy=resource_policy, n_rcp=len(policies.rcp or ())),
+            Profile.of([], anonymous=True))
 
 
 set_spare_scratch_budget = _engine.set_spare_scratch_budget
@@ -142,15 +158,22 @@ class CompiledPolicies:
     * ``owner(account)``: the owner class of an explicit resource account.
     * ``identity_profile(identity)``: the caller's ``Profile`` (identity, boundary, session, SCPs).
     * ``resource_profile(resource policy, owner class)``: the resource's ``Profile`` (its policy, RCPs).
-    * ``grants(principal, identity, resource policy)``: per statement of that policy, how its
-      Principal names the caller (``principals.Grant``).
+    * ``grants(principal, identity, resource policy)``: per statement of that policy (or of a VPC
+      endpoint's), how its Principal names the caller (``principals.Grant``).
+    * ``reads_endpoints``: whether requests may come through VPC endpoints with policies; if so,
+      ``endpoint(source_vpce)``: the policy number of the endpoint a request's ``aws:SourceVpce``
+      names (None: the request gives none), or -1 for none.
     """
 
-    def __init__(self, policies: Sequence[Policy], private: frozenset[int] = frozenset()) -> None:
+    reads_endpoints = False
+
+    def __init__(self, policies: Sequence[Policy], private: frozenset[int] = frozenset(),
+                 read_keys: Sequence[str] = ()) -> None:
         """Compile ``policies``; those numbered in ``private`` (each one principal's or one resource's)
-        are scanned for the requests that name them rather than indexed for all (see ``_engine.Engine``)."""
+        are scanned for the requests that name them rather than indexed for all (see ``_engine.Engine``).
+        ``read_keys``: context keys (lower case) the converters read though no policy tests them."""
         self.policies = tuple(policies)
-        self.key_ids: dict[str, int] = {}
+        self.key_ids: dict[str, int] = {key: number for number, key in enumerate(read_keys)}
         self.statements: list[_Compiled] = []
         patterns = PatternSet(self.key_ids)
         conditions = ConditionSet(self.key_ids)
@@ -264,9 +287,11 @@ class CompiledPolicies:
                 decisions.append(self._unknown(batch.unknown[i]))
             elif code == _engine.FAILED:
                 decisions.append(failed(self._failure(failed_statement)))
+            elif batch.rules(i)[0] & service_rules.ALWAYS and not batch.profiles(i)[0].anonymous:
+                decisions.append(always_allowed())
             else:
                 decisions.append(self._decision(applicable, missing, batch.same_account(i), *batch.profiles(i),
-                                                batch.grants(i)))
+                                                batch.grants(i), batch.endpoint_grants(i), *batch.rules(i)))
         return decisions
 
     def _failure(self, statement: int) -> str:
@@ -277,8 +302,10 @@ class CompiledPolicies:
                 f"{' or '.join(sorted(compiled.condition_keys))}")
 
     def _decision(self, applicable: list[int], missing: list[int], same_account: bool, caller: Profile,
-                  resource: Profile, grants: bytes | None) -> Decision:
+                  resource: Profile, grants: bytes | None, endpoint_grants: bytes | None, action_flags: int,
+                  resource_kind: int) -> Decision:
         """Build the explained decision with ``decision.combine``, the rule the reference uses."""
+        rcp_applies = bool(action_flags & service_rules.RCP_APPLIES)
         by_policy: dict[int, list[_Compiled]] = {}
         for number in applicable:
             compiled = self.statements[number]
@@ -286,12 +313,17 @@ class CompiledPolicies:
         by_layer: dict[str, tuple[list[StatementRef], list[StatementRef]]] = {}
         grant = Grant.NONE
         for policy, layer, level in caller.roles + resource.roles:
+            if layer == _engine.LAYER_RCP and not rcp_applies:
+                continue
             for compiled in by_policy.get(policy, ()):
                 names = Grant.NONE
                 if layer == _engine.LAYER_RESOURCE:
                     names = Grant(grants[compiled.slot]) if grants is not None else Grant.NONE
                     if names is Grant.NONE:
                         continue  # a resource-policy statement applies only to the callers it names
+                if layer == _engine.LAYER_ENDPOINT and (endpoint_grants is None
+                                                        or endpoint_grants[compiled.slot] == Grant.NONE):
+                    continue  # so does an endpoint policy's
                 denies, allows = by_layer.setdefault(layer_name(layer, level), ([], []))
                 if compiled.ref.effect is Effect.DENY:
                     denies.append(compiled.ref)
@@ -310,10 +342,12 @@ class CompiledPolicies:
             permissions_boundary=result("permissions_boundary") if caller.has_boundary else None,
             session=result("session") if caller.has_session else None,
             scp=tuple(result(f"scp[{i}]") for i in range(caller.n_scp)) if caller.n_scp else None,
-            rcp=tuple(result(f"rcp[{i}]") for i in range(resource.n_rcp)) if resource.n_rcp else None,
+            rcp=tuple(result(f"rcp[{i}]") for i in range(resource.n_rcp)) if resource.n_rcp and rcp_applies else None,
+            vpc_endpoint=result("vpc_endpoint") if resource.has_endpoint else None,
         )
         missing_keys = tuple(sorted(self._key_names[name] for name in missing))
-        return combine(layers, same_account, missing_keys)
+        must_allow = service_rules.must_allow(action_flags, resource_kind) if resource.resource_policy >= 0 else 0
+        return combine(layers, same_account, missing_keys, must_allow=must_allow, anonymous=caller.anonymous)
 
     # ------------------------------------------------------------ evaluation
 
@@ -417,17 +451,28 @@ class CompiledPolicySet(CompiledPolicies):
         layered = [*policies.identity, *((policies.resource,) if policies.resource is not None else ()),
                    *(policies.permissions_boundary or ()), *(policies.session or ()),
                    *(p for level in policies.scp or () for p in level),
-                   *(p for level in policies.rcp or () for p in level)]
+                   *(p for level in policies.rcp or () for p in level), *(policies.vpc_endpoint or ())]
         # The resource's policy is scanned, as a store's resource policies are (numbered after the identity's).
         super().__init__(layered, frozenset({len(policies.identity)} if policies.resource is not None else ()))
         self.policy_set = policies
         numbers = iter(range(len(layered)))
-        self._caller_profile, self._resource_profile = profiles_of(policies, lambda _: next(numbers))
+        self._caller_profile, self._resource_profile, self._anonymous_profile = profiles_of(
+            policies, lambda _: next(numbers))
+        if len(policies.vpc_endpoint or ()) > 1:
+            raise ValueError("a VPC endpoint has one policy")
+        self._endpoint = len(layered) - 1 if policies.vpc_endpoint else -1
+        self.reads_endpoints = self._endpoint >= 0
 
-    # The resolver: one profile for every request; the caller's own keys are used as given.
-    def caller(self, principal: str) -> tuple[str, int, int, None, bool]:
+    # The resolver: one profile for every request (another for anonymous ones), all through the set's VPC
+    # endpoint if it has one; the caller's own keys are used as given (an anonymous caller has none).
+    def caller(self, principal: str) -> tuple[str, int, int, tuple | None, bool]:
         caller = Caller.parse(principal)
+        if caller.kind == service_rules.ANONYMOUS:
+            return caller.account, 1, 0, (), False
         return caller.account, 0, 0, None, caller.kind == "assumed-role"
+
+    def endpoint(self, source_vpce: str | None) -> int:
+        return self._endpoint
 
     def resource(self, resource: str) -> tuple[int, int]:
         return self._resource_profile.resource_policy, 0
@@ -436,13 +481,13 @@ class CompiledPolicySet(CompiledPolicies):
         return 0
 
     def identity_profile(self, identity: int) -> Profile:
-        return self._caller_profile
+        return self._anonymous_profile if identity else self._caller_profile
 
     def resource_profile(self, resource_policy: int, owner: int) -> Profile:
         return self._resource_profile
 
     def grants(self, principal: str, identity: int, resource_policy: int) -> bytes:
         caller = Caller.parse(principal)
-        has_boundary = self._caller_profile.has_boundary
+        has_boundary = self.identity_profile(identity).has_boundary
         return bytes(statement_grant(statement, caller, has_boundary)
                      for statement in self.policies[resource_policy].statements)

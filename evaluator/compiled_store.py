@@ -7,8 +7,10 @@ without compiling anything: its principal (a role, a user, or the role of an
 assumed-role session) to its identity policies, boundary and SCP levels; its
 resource to its policy (an S3 object's bucket) and its owner's RCP levels.
 What the store knows of the principal replaces what the request says of it
-(``facts``). Building one costs what compiling the store's distinct policies
-costs; memory grows with distinct policies, not with principals.
+(``facts``). An anonymous caller has an identity of its own, with no layers; a
+request's ``aws:SourceVpce`` adds the policy of the endpoint it names. Building
+one costs what compiling the store's distinct policies costs; memory grows with
+distinct policies, not with principals.
 """
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ from .compile import CompiledPolicies, Profile, profiles_of
 from .decision import Decision
 from .principals import Caller, statement_grant
 from .request import PolicySet
+from .service_rules import ANONYMOUS
 from .store import PolicyStore, unknown_principal
+
+SOURCE_VPCE = "aws:sourcevpce"
 
 CACHE = 1 << 16
 """Entries of each cache kept between batches (callers, profiles, grants: a few hundred bytes
@@ -37,7 +42,9 @@ class CompiledStore(CompiledPolicies):
         private = [*store.resource_policies.values(),
                    *(p for holder in (*store.principals.values(), *store.groups.values())
                      for p in holder.inline_policies.values())]
-        super().__init__(policies, frozenset(numbers[id(p)] for p in private if id(p) in numbers))
+        super().__init__(policies, frozenset(numbers[id(p)] for p in private if id(p) in numbers),
+                         (SOURCE_VPCE,) if store.vpc_endpoints else ())
+        self.reads_endpoints = bool(store.vpc_endpoints)
         self._number = lambda policy: numbers[id(policy)]
         identities: dict[tuple, int] = {}
         self._identity_of: dict[str, int] = {}  # principal ARN -> identity class
@@ -65,6 +72,8 @@ class CompiledStore(CompiledPolicies):
         self._callers: dict[str, tuple | None] = {}
         self._resources: dict[str, tuple[int, int | None]] = {}
         self._identity_profiles = [profiles_of(layers, self._number)[0] for layers in self._identity_sets]
+        self._anonymous = len(self._identity_profiles)  # the identity of anonymous callers
+        self._identity_profiles.append(Profile.of([], anonymous=True))
         self._resource_profiles: dict[tuple[int, int], Profile] = {}
         self._grants: dict[tuple[str, int], bytes] = {}
 
@@ -77,9 +86,12 @@ class CompiledStore(CompiledPolicies):
         if view is False:
             caller = Caller.parse(principal)
             record = self.store.principal(principal)
-            view = None if record is None else (
-                caller.account, self._identity_of[record.arn], self._owner_of.get(caller.account, 0),
-                self._fact_entries(self.store.facts(principal)), caller.kind == "assumed-role")
+            if caller.kind == ANONYMOUS:
+                view = ("", self._anonymous, 0, self._fact_entries(self.store.facts(principal)), False)
+            else:
+                view = None if record is None else (
+                    caller.account, self._identity_of[record.arn], self._owner_of.get(caller.account, 0),
+                    self._fact_entries(self.store.facts(principal)), caller.kind == "assumed-role")
             _remember(self._callers, principal, view)
         return view
 
@@ -117,11 +129,15 @@ class CompiledStore(CompiledPolicies):
         grants = self._grants.get((principal, resource_policy))
         if grants is None:
             caller = Caller.parse(principal)
-            has_boundary = self._identity_sets[identity].permissions_boundary is not None
+            has_boundary = self._identity_profiles[identity].has_boundary
             grants = bytes(statement_grant(statement, caller, has_boundary)
                            for statement in self.policies[resource_policy].statements)
             _remember(self._grants, (principal, resource_policy), grants)
         return grants
+
+    def endpoint(self, source_vpce: str | None) -> int:
+        policy = self.store.vpc_endpoint(source_vpce)
+        return -1 if policy is None else self._number(policy)
 
     def get_stats(self) -> dict:
         """Sizes of the compiled tables, and how many principals share how many identities."""

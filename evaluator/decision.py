@@ -6,13 +6,17 @@ compiled engine cannot disagree about it. It follows the AWS IAM User Guide,
 every SCP and RCP level must allow, and then either an identity-based policy
 allows within the permissions boundary and session policy, or a resource-based
 policy allows (on its own when it names the caller in the same account; together
-with an identity-based Allow across accounts).
+with an identity-based Allow across accounts). The per-service rules of
+``service_rules`` join here: a role's trust policy and a KMS key policy must allow,
+an anonymous caller is allowed by resource policies alone, and a VPC endpoint's
+policy must allow as well.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
 
+from . import service_rules
 from .model import Effect
 from .principals import Grant
 
@@ -88,6 +92,7 @@ class Layers:
     session: LayerResult | None
     scp: tuple[LayerResult, ...] | None
     rcp: tuple[LayerResult, ...] | None
+    vpc_endpoint: LayerResult | None = None
 
     def named(self) -> list[tuple[str, LayerResult]]:
         named = [("identity", self.identity)]
@@ -96,10 +101,20 @@ class Layers:
         named += [("session", self.session)] if self.session else []
         named += [(f"scp[{i}]", level) for i, level in enumerate(self.scp or ())]
         named += [(f"rcp[{i}]", level) for i, level in enumerate(self.rcp or ())]
+        named += [("vpc_endpoint", self.vpc_endpoint)] if self.vpc_endpoint else []
         return named
 
 
-def combine(layers: Layers, same_account: bool, missing_keys: tuple[str, ...] = ()) -> Decision:
+def always_allowed() -> Decision:
+    """An action that needs no permission (``service_rules.ALWAYS_ALLOWED``), whatever the policies say."""
+    return Decision(DecisionKind.ALLOW, "always_allowed",
+                    reason="no permissions are required for this action, and no policy can deny it")
+
+
+def combine(layers: Layers, same_account: bool, missing_keys: tuple[str, ...] = (), *, must_allow: int = 0,
+            anonymous: bool = False) -> Decision:
+    """``must_allow``: the kind of resource (``service_rules``) whose own policy, present, must allow;
+    ``anonymous``: the caller signed nothing (its identity-side layers are absent)."""
     named = layers.named()
     denies = tuple(ref for _, result in named for ref in result.denies)
     if denies:
@@ -115,10 +130,18 @@ def combine(layers: Layers, same_account: bool, missing_keys: tuple[str, ...] = 
             if not level.allows:
                 return implicit(f"{kind}[{i}]", f"no {kind.upper()} at organisation level {i} allows the request")
 
+    if layers.vpc_endpoint is not None and not layers.vpc_endpoint.allows:
+        return implicit("vpc_endpoint", "the VPC endpoint's policy does not allow the request")
+    grant = layers.resource_grant
+    if anonymous:
+        if grant is Grant.NONE:
+            return implicit("resource", "an anonymous request is allowed only by a resource-based policy "
+                                        "that allows everyone (Principal \"*\")")
+        return Decision(DecisionKind.ALLOW, "resource", allows, missing_keys, "allowed by the resource policy")
+
     boundary_ok = layers.permissions_boundary is None or bool(layers.permissions_boundary.allows)
     session_ok = layers.session is None or bool(layers.session.allows)
     identity_allows = bool(layers.identity.allows)
-    grant = layers.resource_grant
 
     def limiting_layer() -> Decision:
         if not boundary_ok:
@@ -126,7 +149,11 @@ def combine(layers: Layers, same_account: bool, missing_keys: tuple[str, ...] = 
         return implicit("session", "the session policy does not allow the request")
 
     identity_path = identity_allows and boundary_ok and session_ok
+    if must_allow in service_rules.LIMITED_BY_BOUNDARY and grant is Grant.DIRECT:
+        grant = Grant.BOUNDED
     if same_account:
+        if must_allow and grant is Grant.NONE:  # the identity path counts only if the resource's policy delegates
+            return implicit(service_rules.RULE_NAMES[must_allow], service_rules.RULE_REASONS[must_allow])
         if identity_path or grant is Grant.DIRECT or (grant is Grant.BOUNDED and boundary_ok and session_ok):
             layer = "identity" if identity_path else "resource"
             return Decision(DecisionKind.ALLOW, layer, allows, missing_keys, f"allowed by the {layer} policies")
@@ -139,6 +166,8 @@ def combine(layers: Layers, same_account: bool, missing_keys: tuple[str, ...] = 
     if not identity_path:
         return limiting_layer()
     if grant is Grant.NONE:
+        if must_allow:
+            return implicit(service_rules.RULE_NAMES[must_allow], service_rules.RULE_REASONS[must_allow])
         return implicit("resource", "cross-account: the resource's policy does not allow the caller or its account")
     return Decision(DecisionKind.ALLOW, "identity", allows, missing_keys,
                     "allowed by the identity and resource policies")

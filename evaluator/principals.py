@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from .model import Effect, Principal, Statement
+from .service_rules import ANONYMOUS
 
 _ACCOUNT_ID = re.compile(r"\d{12}")
 
@@ -42,6 +43,9 @@ class Caller:
 
     @classmethod
     def parse(cls, arn: str) -> Caller:
+        """An IAM or STS ARN, or ``anonymous`` (a request no credentials signed: no account)."""
+        if arn == ANONYMOUS:
+            return cls(arn=arn, account="", kind=ANONYMOUS, role_name=None)
         parts = arn.split(":", 5)
         if len(parts) != 6 or parts[0] != "arn" or parts[2] not in ("iam", "sts"):
             raise RequestError(f"principal {arn!r} is not an IAM or STS ARN")
@@ -65,6 +69,8 @@ class Caller:
 def _names(name: str, caller: Caller) -> Grant:
     if name == "*":
         return caller.own_grant
+    if caller.kind == ANONYMOUS:  # only everyone names an anonymous caller
+        return Grant.NONE
     if name == caller.account or name == f"arn:aws:iam::{caller.account}:root":
         return Grant.ACCOUNT
     if name == caller.arn:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+from . import service_rules
 from .conditions import EvaluationError, comparator, condition_holds
-from .decision import Decision, LayerResult, Layers, StatementRef, combine, failed
+from .decision import Decision, LayerResult, Layers, StatementRef, always_allowed, combine, failed
 from .facts import effective_context
 from .model import Effect, Policy, Statement
 from .principals import Caller, Grant, RequestError, statement_grant
@@ -94,7 +95,8 @@ def layer_result(policies: tuple[Policy, ...], request: Request, missing: set[st
 def resource_layer(
     policy: Policy, request: Request, caller: Caller, has_boundary: bool, missing: set[str]
 ) -> tuple[LayerResult, Grant]:
-    """A resource-based policy: statements apply only where their Principal names the caller."""
+    """A resource-based policy (or a VPC endpoint's): statements apply only where their Principal names
+    the caller."""
     denies, allows, grant = [], [], Grant.NONE
     for statement in policy.statements:
         names = statement_grant(statement, caller, has_boundary)
@@ -115,29 +117,49 @@ def evaluate(policies: PolicySet, request: Request, facts: Mapping[str, object] 
     which replaces what the request says of it; the session's tags join either way.
     """
     try:
+        caller = Caller.parse(request.principal)
+        anonymous = caller.kind == service_rules.ANONYMOUS
+        if anonymous:
+            facts = {}  # AWS knows nothing of an anonymous caller, and the request cannot say otherwise
         if facts is not None or request.session_tags:
             request = replace(request, context=effective_context(request.context, facts, request.session_tags))
-        caller = Caller.parse(request.principal)
+        flags = service_rules.action_flags(request.action)
+        if flags & service_rules.ALWAYS and not anonymous:
+            return always_allowed()
         missing: set[str] = set()
 
         def layer(pool: tuple[Policy, ...] | None) -> LayerResult | None:
             return None if pool is None else layer_result(pool, request, missing)
 
+        has_boundary = policies.permissions_boundary is not None and not anonymous
         resource, grant = (
-            resource_layer(policies.resource, request, caller, policies.permissions_boundary is not None, missing)
+            resource_layer(policies.resource, request, caller, has_boundary, missing)
             if policies.resource
             else (None, Grant.NONE)
         )
+        endpoint = None
+        for policy in policies.vpc_endpoint or ():
+            endpoint = resource_layer(policy, request, caller, has_boundary, missing)[0]
+        rcp_applies = flags & service_rules.RCP_APPLIES and policies.rcp is not None
+        if anonymous:  # none of the caller's own layers: it has no identity
+            identity, boundary, session, scp = LayerResult(), None, None, None
+        else:
+            identity, boundary, session = (layer_result(policies.identity, request, missing),
+                                           layer(policies.permissions_boundary), layer(policies.session))
+            scp = None if policies.scp is None else tuple(layer_result(lv, request, missing) for lv in policies.scp)
         layers = Layers(
-            identity=layer_result(policies.identity, request, missing),
+            identity=identity,
             resource=resource,
             resource_grant=grant,
-            permissions_boundary=layer(policies.permissions_boundary),
-            session=layer(policies.session),
-            scp=None if policies.scp is None else tuple(layer_result(lv, request, missing) for lv in policies.scp),
-            rcp=None if policies.rcp is None else tuple(layer_result(lv, request, missing) for lv in policies.rcp),
+            permissions_boundary=boundary,
+            session=session,
+            scp=scp,
+            rcp=tuple(layer_result(lv, request, missing) for lv in policies.rcp) if rcp_applies else None,
+            vpc_endpoint=endpoint,
         )
-        return combine(layers, request.resource_account == caller.account, tuple(sorted(missing)))
+        must_allow = service_rules.must_allow(flags, service_rules.resource_kind(request.resource))
+        return combine(layers, request.resource_account == caller.account, tuple(sorted(missing)),
+                       must_allow=must_allow if policies.resource is not None else 0, anonymous=anonymous)
     except (EvaluationError, RequestError) as exc:
         return failed(str(exc))
     except Exception as exc:  # noqa: BLE001 - fail closed on any defect, and say so

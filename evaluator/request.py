@@ -155,6 +155,7 @@ class PolicySet:
     session: tuple[Policy, ...] | None = None
     scp: Levels | None = None
     rcp: Levels | None = None
+    vpc_endpoint: tuple[Policy, ...] | None = None  # the policy of the VPC endpoint the request came through
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PolicySet:
@@ -162,7 +163,7 @@ class PolicySet:
         (naming the layer) or ``RequestError`` for a bad shape."""
         if not isinstance(data, Mapping):
             raise RequestError(f"policies must be an object, not {data!r}")
-        unknown = set(data) - {"identity", "resource", "permissions_boundary", "session", "scp", "rcp"}
+        unknown = set(data) - {"identity", "resource", "permissions_boundary", "session", "scp", "rcp", "vpc_endpoint"}
         if unknown:
             raise RequestError(f"unknown policy layer(s): {', '.join(sorted(unknown))}")
 
@@ -186,6 +187,9 @@ class PolicySet:
             )
 
         resource = data.get("resource")
+        vpc_endpoint = docs("vpc_endpoint", PolicyKind.RESOURCE)
+        if vpc_endpoint is not None and len(vpc_endpoint) != 1:
+            raise RequestError("vpc_endpoint must be a list of exactly one policy: an endpoint has one")
         return cls(
             identity=docs("identity") or (),
             resource=None if resource is None else parse_policy(resource, kind=PolicyKind.RESOURCE, name="resource"),
@@ -193,4 +197,5 @@ class PolicySet:
             session=docs("session"),
             scp=levels("scp", PolicyKind.IDENTITY),
             rcp=levels("rcp", PolicyKind.RESOURCE),
+            vpc_endpoint=vpc_endpoint,
         )

@@ -21,18 +21,24 @@ names are free, and each ``*.json`` file in a folder holds one entry:
     scps/, rcps/        {"name": "DenyOutsideApprovedRegions", "document": {policy document}}
     resource_policies/  {"resource": "arn:aws:s3:::bucket", "document": {policy document}};
                         a role's trust policy is the resource policy of the role's ARN
+    vpc_endpoints/      {"id": "vpce-0123456789abcdef0", "document": {policy document}}: the
+                        policy of a VPC endpoint, for the requests whose aws:SourceVpce names it
     organization.json   {"id": "o-…", "root": NODE}, where a NODE is
                         {"id": "r-…" (the root), "ou-…" or a 12-digit account id,
                          "scps": [SCP name…], "rcps": [RCP name…], "children": [NODE…]}
 
 ``to_json`` writes the same entries as one document, ``{"principals": [...],
 "groups": [...], "managed_policies": [...], "scps": [...], "rcps": [...],
-"organization": {...}, "resource_policies": [...]}``, and ``from_json`` reads it.
+"organization": {...}, "resource_policies": [...], "vpc_endpoints": [...]}``, and ``from_json``
+reads it.
 
 Decisions name each policy after where it comes from: a managed policy by its
 ARN, an inline policy as ``role/Name:inline/PolicyName`` (or ``user/…``,
 ``group/…``), an SCP as ``scp/Name``, an RCP as ``rcp/Name``, a resource
-policy by its resource's ARN.
+policy by its resource's ARN, a VPC endpoint's policy by the endpoint's id.
+
+Anonymous requests (principal ``anonymous``) have no identity in the store: only the
+resource's policy, its owner's RCPs and the endpoint's policy apply to them.
 
 Organisation levels. AWS evaluates the SCPs of every level from the root down
 to the account, and each level must allow. AWS attaches FullAWSAccess to every
@@ -60,8 +66,10 @@ from .model import Policy
 from .parse import PolicyKind, decode_json, parse_policy
 from .principals import Caller, RequestError
 from .request import Levels, PolicySet, Request
+from .service_rules import ANONYMOUS
 
-SECTIONS = ("principals", "groups", "managed_policies", "scps", "rcps", "organization", "resource_policies")
+SECTIONS = ("principals", "groups", "managed_policies", "scps", "rcps", "organization", "resource_policies",
+            "vpc_endpoints")
 """The parts of a store: the keys of a snapshot, and of a store directory the folders (but
 ``organization.json``, a file)."""
 _FOLDERS = tuple(section for section in SECTIONS if section != "organization")
@@ -76,6 +84,7 @@ _ORGANIZATION_ID = re.compile(r"o-[a-z0-9]{10,32}")
 _ROOT_ID = re.compile(r"r-[0-9a-z]{4,32}")
 _OU_ID = re.compile(r"ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}")
 _ACCOUNT_ID = re.compile(r"\d{12}")
+_VPC_ENDPOINT_ID = re.compile(r"vpce-[0-9a-f]{8,17}")
 
 RCP_FULL_AWS_ACCESS = parse_policy(
     {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*"}]},
@@ -276,6 +285,8 @@ class StoreBuilder:
         principals = self._principals(managed, groups, organization)
         resource_policies = self._policies(
             "resource_policies", "resource", _RESOURCE_ARN, "an ARN", PolicyKind.RESOURCE)
+        vpc_endpoints = self._policies("vpc_endpoints", "id", _VPC_ENDPOINT_ID, "a VPC endpoint id (vpce-…)",
+                                       PolicyKind.RESOURCE)
         snapshot: dict[str, Any] = {
             section: [raw for _, raw in entries] for section, entries in self._entries.items() if entries
         }
@@ -283,7 +294,8 @@ class StoreBuilder:
             snapshot["organization"] = snapshot["organization"][0]
         return PolicyStore(
             principals=principals, groups=groups, managed_policies=managed, scps=scps, rcps=rcps,
-            organization=organization, resource_policies=resource_policies, snapshot=snapshot,
+            organization=organization, resource_policies=resource_policies, vpc_endpoints=vpc_endpoints,
+            snapshot=snapshot,
         )
 
     def _policies(self, section: str, key: str, form: re.Pattern, expected: str,
@@ -444,7 +456,7 @@ class PolicyStore:
     def __init__(self, *, principals: Mapping[str, PrincipalRecord], groups: Mapping[str, GroupRecord],
                  managed_policies: Mapping[str, Policy], scps: Mapping[str, Policy], rcps: Mapping[str, Policy],
                  organization: Organization | None, resource_policies: Mapping[str, Policy],
-                 snapshot: Mapping[str, Any]) -> None:
+                 vpc_endpoints: Mapping[str, Policy], snapshot: Mapping[str, Any]) -> None:
         self.principals = MappingProxyType(dict(principals))  # by ARN
         self.groups = MappingProxyType(dict(groups))  # by ARN
         self.managed_policies = MappingProxyType(dict(managed_policies))  # by ARN
@@ -452,6 +464,7 @@ class PolicyStore:
         self.rcps = MappingProxyType(dict(rcps))  # by name
         self.organization = organization
         self.resource_policies = MappingProxyType(dict(resource_policies))  # by resource ARN
+        self.vpc_endpoints = MappingProxyType(dict(vpc_endpoints))  # by endpoint id
         self._snapshot = snapshot
         self._roles_by_name = {(p.account, p.name): p for p in principals.values() if p.kind == "role"}
         groups_by_name = {(g.account, g.name): g for g in groups.values()}
@@ -464,7 +477,8 @@ class PolicyStore:
     def policies_in_use(self) -> list[Policy]:
         """Every policy that applies to some request, once each: attached managed policies and
         boundaries, inline policies, SCPs and RCPs attached in the organisation (with
-        RCPFullAWSAccess), and resource policies. An unattached managed policy applies to none."""
+        RCPFullAWSAccess), resource policies and VPC endpoints' policies. An unattached managed policy
+        applies to none."""
         policies: dict[int, Policy] = {}
         for identity in self._identity_policies.values():
             policies.update((id(p), p) for p in identity)
@@ -476,6 +490,7 @@ class PolicyStore:
             for attached in (*self.organization.scps.values(), *self.organization.rcps.values()):
                 policies.update((id(p), p) for p in attached)
         policies.update((id(p), p) for p in self.resource_policies.values())
+        policies.update((id(p), p) for p in self.vpc_endpoints.values())
         return list(policies.values())
 
     def _identity(self, principal: PrincipalRecord, groups: list[GroupRecord]) -> tuple[Policy, ...]:
@@ -550,25 +565,38 @@ class PolicyStore:
             policy = self.resource_policies.get(resource_arn.split("/", 1)[0])
         return policy
 
-    def policy_set(self, principal_arn: str, resource_arn: str,
-                   resource_account: str | None = None) -> PolicySet | None:
-        """The policies that apply when the principal acts on the resource; None for an unknown principal.
+    def vpc_endpoint(self, source_vpce: object) -> Policy | None:
+        """The policy of the VPC endpoint a request's ``aws:SourceVpce`` names (None for an endpoint the
+        store does not hold: AWS's default endpoint policy allows everything)."""
+        return self.vpc_endpoints.get(source_vpce) if isinstance(source_vpce, str) else None
+
+    def policy_set(self, principal_arn: str, resource_arn: str, resource_account: str | None = None,
+                   source_vpce: object = None) -> PolicySet | None:
+        """The policies that apply when the principal acts on the resource, through the VPC endpoint
+        ``source_vpce`` names if any; None for an unknown principal.
 
         ``resource_account`` (the owner, whose RCPs apply) defaults as in
         ``Request``: the account in the resource ARN, else the principal's.
         """
+        endpoint = self.vpc_endpoint(source_vpce)
+        organization = self.organization
+        if principal_arn == ANONYMOUS:
+            owner = resource_account or _arn_account(resource_arn)
+            return PolicySet(resource=self.resource_policy(resource_arn),
+                             rcp=organization.rcp_levels(owner) if organization and owner else None,
+                             vpc_endpoint=None if endpoint is None else (endpoint,))
         principal = self.principal(principal_arn)
         if principal is None:
             return None
         owner = resource_account or _arn_account(resource_arn) or principal.account
         boundary = principal.permissions_boundary_arn
-        organization = self.organization
         return PolicySet(
             identity=self._identity_policies[principal.arn],
             resource=self.resource_policy(resource_arn),
             permissions_boundary=None if boundary is None else (self.managed_policies[boundary],),
             scp=organization.scp_levels(principal.account) if organization else None,
             rcp=organization.rcp_levels(owner) if organization else None,
+            vpc_endpoint=None if endpoint is None else (endpoint,),
         )
 
     def principal_context(self, principal_arn: str) -> dict[str, str | list[str]]:
@@ -597,7 +625,9 @@ class PolicyStore:
 
     def facts(self, principal_arn: str) -> dict[str, str | tuple[str, ...]] | None:
         """``principal_context`` as the ``facts`` rule takes it (keys lower-cased, lists as
-        tuples), or None for a principal the store does not hold."""
+        tuples), or None for a principal the store does not hold; an anonymous caller has none."""
+        if principal_arn == ANONYMOUS:
+            return {}
         if self.principal(principal_arn) is None:
             return None
         return {key.lower(): tuple(value) if isinstance(value, list) else value
@@ -618,7 +648,8 @@ def unknown_principal(principal_arn: str) -> Decision:
 def reference_decision(store: PolicyStore, request: Request) -> Decision:
     """The reference evaluator's answer for a request to the store: the policies that apply
     to it, and the store's facts of its principal in place of the request's (``facts``)."""
-    policy_set = store.policy_set(request.principal, request.resource, request.resource_account)
+    policy_set = store.policy_set(request.principal, request.resource, request.resource_account,
+                                  request.context.get("aws:sourcevpce"))
     if policy_set is None:
         return unknown_principal(request.principal)
     return reference.evaluate(policy_set, request, store.facts(request.principal))
