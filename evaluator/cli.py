@@ -20,6 +20,7 @@ from .model import Policy
 from .parse import PolicyKind, parse_policy
 from .principals import RequestError
 from .request import PolicySet, Request
+from .service_rules import ANONYMOUS
 from .validate import validate_policy
 
 BAD_INPUT = 2
@@ -102,8 +103,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         session=(_load(args.session_policy),) if args.session_policy else None,
         scp=tuple(tuple(_load(p) for p in level) for level in args.scp) if args.scp else None,
         rcp=tuple(tuple(_load(p, PolicyKind.RESOURCE) for p in level) for level in args.rcp) if args.rcp else None,
+        vpc_endpoint=(_load(args.vpc_endpoint_policy, PolicyKind.RESOURCE),) if args.vpc_endpoint_policy else None,
     )
-    request = Request.create(args.principal, args.action, args.resource,
+    request = Request.create(ANONYMOUS if args.anonymous else args.principal, args.action, args.resource,
                              read_context(args.context, args.context_file), args.resource_account,
                              read_session_tags(args.session_tag))
     decision = ENGINES[args.engine](policies, request)
@@ -220,7 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SCPs of one organisation level; repeat per level, root first")
     check.add_argument("--rcp", nargs="+", action="append", metavar="FILE",
                        help="RCPs of one organisation level; repeat per level, root first")
-    check.add_argument("--principal", required=True, help="caller ARN (IAM user, role or assumed-role session)")
+    check.add_argument("--vpc-endpoint-policy", metavar="FILE",
+                       help="the policy of the VPC endpoint the request came through (it must allow too)")
+    caller = check.add_mutually_exclusive_group(required=True)
+    caller.add_argument("--principal", help="caller ARN (IAM user, role or assumed-role session)")
+    caller.add_argument("--anonymous", action="store_true",
+                        help="an unauthenticated caller, allowed only by a resource policy with Principal \"*\"")
     check.add_argument("--action", required=True, help="service:Action")
     check.add_argument("--resource", required=True, help="resource ARN, or * for actions without resources")
     check.add_argument("--resource-account", help="account owning the resource (default: from the ARN, "

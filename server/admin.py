@@ -23,7 +23,7 @@ from .store_versions import delete_entry, entry_keys, find_entry, put_entry
 def _section(kind: int) -> str:
     if kind not in convert.SECTIONS:
         named = pb.PolicyKind.Name(kind) if kind in pb.PolicyKind.values() else kind  # an open enum: any number
-        raise ValueError(f"policy kind must be MANAGED, SCP, RCP or RESOURCE, not {named}")
+        raise ValueError(f"policy kind must be MANAGED, SCP, RCP, RESOURCE or VPC_ENDPOINT, not {named}")
     return convert.SECTIONS[kind]
 
 
@@ -43,7 +43,7 @@ class PolicyAdminServicer(pb_grpc.PolicyAdminServicer):
     def PutPolicy(self, request: pb.PutPolicyRequest, context) -> pb.StoreChange:
         _section(request.policy.kind)
         if not request.policy.name:
-            raise ValueError("the policy needs a name (an ARN for MANAGED and RESOURCE)")
+            raise ValueError("the policy needs a name (an ARN for MANAGED and RESOURCE, an id for VPC_ENDPOINT)")
         section, entry = convert.policy_entry(request.policy)
         kind = pb.PolicyKind.Name(request.policy.kind).lower()
         return self._change(lambda snapshot: put_entry(snapshot, section, entry),

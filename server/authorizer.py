@@ -126,7 +126,8 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         make the server spend long (under the GIL) or much memory compiling what it sent."""
         documents = [*policies.identity, *([policies.resource] if policies.resource else []),
                      *policies.permissions_boundary, *policies.session,
-                     *(text for level in (*policies.scp, *policies.rcp) for text in level.documents)]
+                     *(text for level in (*policies.scp, *policies.rcp) for text in level.documents),
+                     *policies.vpc_endpoint]
         limit = self._config.max_inline_policies_per_request
         if len(documents) > limit:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"the request sends {len(documents)} policies, "

@@ -64,11 +64,13 @@ def _print_message(message) -> None:
 
 def cmd_client_check(args: argparse.Namespace) -> int:
     from evaluator.cli import read_context, read_session_tags
+    from evaluator.service_rules import ANONYMOUS
 
     from .api import iam_evaluator_pb2 as pb
     context, session_tags = read_context(args.context, args.context_file), read_session_tags(args.session_tag)
+    principal = ANONYMOUS if args.anonymous else args.principal
     with _client(args) as client:
-        response = client.check(args.principal, args.action, args.resource, context, args.resource_account,
+        response = client.check(principal, args.action, args.resource, context, args.resource_account,
                                 explain=args.explain, session_tags=session_tags)
     result = response.result
     if args.json:
@@ -212,12 +214,15 @@ def add_commands(commands) -> None:
     calls = client.add_subparsers(dest="call", required=True)
 
     check = calls.add_parser("check", help="decide one request")
-    check.add_argument("--principal", required=True)
+    caller = check.add_mutually_exclusive_group(required=True)
+    caller.add_argument("--principal", help="caller ARN")
+    caller.add_argument("--anonymous", action="store_true", help="an unauthenticated caller")
     check.add_argument("--action", required=True)
     check.add_argument("--resource", required=True)
     check.add_argument("--resource-account")
     check.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
-                       help="a context key; repeat a key for a list")
+                       help="a context key; repeat a key for a list (aws:SourceVpce=ID: through that VPC "
+                            "endpoint, whose policy in the store must allow too)")
     check.add_argument("--context-file", metavar="FILE", help="JSON object of context keys")
     check.add_argument("--session-tag", action="append", default=[], metavar="KEY=VALUE",
                        help="a tag of the assumed-role session given as --principal; repeat for more tags")
@@ -234,7 +239,7 @@ def add_commands(commands) -> None:
     batch.add_argument("--explain", action="store_true")
     batch.set_defaults(run=_calling(cmd_client_batch))
 
-    kinds = ["managed", "scp", "rcp", "resource"]
+    kinds = ["managed", "scp", "rcp", "resource", "vpc-endpoint"]
     admin = _admin_commands
     specs = {
         "validate": [("file", {}), ("--kind", {"choices": kinds, "default": "managed"})],

@@ -20,7 +20,8 @@ import grpc
 from .api import iam_evaluator_pb2 as pb
 from .api import iam_evaluator_pb2_grpc as pb_grpc
 
-POLICY_KINDS = {"managed": pb.MANAGED, "scp": pb.SCP, "rcp": pb.RCP, "resource": pb.RESOURCE}
+POLICY_KINDS = {"managed": pb.MANAGED, "scp": pb.SCP, "rcp": pb.RCP, "resource": pb.RESOURCE,
+                "vpc-endpoint": pb.VPC_ENDPOINT}
 
 
 def _text(item: Any) -> str:
@@ -144,7 +145,8 @@ class Client:
     def check(self, principal: str, action: str, resource: str, context: Mapping[str, Any] | None = None,
               resource_account: str | None = None, explain: bool = False,
               session_tags: Mapping[str, str] | None = None) -> pb.CheckResponse:
-        """Decide one request; ``session_tags`` are the tags of an assumed-role session principal."""
+        """Decide one request. ``principal`` is an ARN, or ``"anonymous"`` for an unauthenticated caller;
+        ``session_tags`` are the tags of an assumed-role session principal."""
         request = pb.CheckRequest(principal=principal, action=action, resource=resource,
                                   context={k: context_values(v) for k, v in (context or {}).items()},
                                   resource_account=resource_account or "", explain=explain,

@@ -35,9 +35,11 @@ _ENCODED_RESULTS = tuple(pb.CheckBatchResponse(results=[result]).SerializeToStri
 """Each code's result as a CheckBatchResponse holding it alone: encoded messages concatenate into one
 whose repeated fields are the parts' in order, so a response is these pieces joined."""
 
-SECTIONS = {pb.MANAGED: "managed_policies", pb.SCP: "scps", pb.RCP: "rcps", pb.RESOURCE: "resource_policies"}
+SECTIONS = {pb.MANAGED: "managed_policies", pb.SCP: "scps", pb.RCP: "rcps", pb.RESOURCE: "resource_policies",
+            pb.VPC_ENDPOINT: "vpc_endpoints"}
 """The store section that holds each kind of policy."""
-_NAME_FIELDS = {"managed_policies": "arn", "scps": "name", "rcps": "name", "resource_policies": "resource"}
+_NAME_FIELDS = {"managed_policies": "arn", "scps": "name", "rcps": "name", "resource_policies": "resource",
+                "vpc_endpoints": "id"}
 
 
 def context_value(values: pb.ContextValues) -> str | tuple[str, ...]:
@@ -146,13 +148,16 @@ def _context_column(column: pb.ContextColumn, n: int) -> list:
 
 
 def inline_policies(message: pb.InlinePolicies) -> PolicySet:
-    """The policies a request brought; raises ``PolicyValidationError`` naming the bad one."""
+    """The policies a request brought; raises ``PolicyValidationError`` naming the bad one, or ``ValueError``
+    for more than one VPC endpoint policy."""
     def parse(documents: Iterable[str], layer: str, kind: DocumentKind = DocumentKind.IDENTITY):
         return tuple(parse_policy(text, kind=kind, name=f"{layer}[{i}]") for i, text in enumerate(documents))
 
     def levels(levels: Sequence[pb.PolicyLevel], layer: str, kind: DocumentKind):
         return tuple(parse(level.documents, f"{layer}[{i}]", kind) for i, level in enumerate(levels)) or None
 
+    if len(message.vpc_endpoint) > 1:
+        raise ValueError(f"vpc_endpoint holds {len(message.vpc_endpoint)} policies; a VPC endpoint has one")
     return PolicySet(
         identity=parse(message.identity, "identity"),
         resource=parse_policy(message.resource, kind=DocumentKind.RESOURCE, name="resource")
@@ -161,6 +166,7 @@ def inline_policies(message: pb.InlinePolicies) -> PolicySet:
         session=parse(message.session, "session") or None,
         scp=levels(message.scp, "scp", DocumentKind.IDENTITY),
         rcp=levels(message.rcp, "rcp", DocumentKind.RESOURCE),
+        vpc_endpoint=parse(message.vpc_endpoint, "vpc_endpoint", DocumentKind.RESOURCE) or None,
     )
 
 
@@ -190,8 +196,8 @@ def finding(item: Finding) -> pb.Finding:
 
 
 def document_kind(kind: int) -> DocumentKind:
-    """Resource policies and RCPs name principals; the other kinds must not."""
-    return DocumentKind.RESOURCE if kind in (pb.RESOURCE, pb.RCP) else DocumentKind.IDENTITY
+    """Resource policies, RCPs and VPC endpoint policies name principals; the other kinds must not."""
+    return DocumentKind.RESOURCE if kind in (pb.RESOURCE, pb.RCP, pb.VPC_ENDPOINT) else DocumentKind.IDENTITY
 
 
 def _document(text: str, kind: DocumentKind, name: str) -> Any:

@@ -45,7 +45,7 @@ from evaluator.store import PolicyStore, StoreError
 logger = logging.getLogger("iam_eval.store_versions")
 
 KEYS = {"principals": "arn", "groups": "arn", "managed_policies": "arn", "scps": "name", "rcps": "name",
-        "resource_policies": "resource"}
+        "resource_policies": "resource", "vpc_endpoints": "id"}
 """The sections of a snapshot that are lists of entries, and the field that identifies an entry in each."""
 
 _VERSION_FILE = re.compile(r"v(\d{8,})\.json")

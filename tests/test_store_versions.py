@@ -235,6 +235,8 @@ NEW_ENTRIES = {
              {"name": "Extra", "document": document("Replaced", principal=True)}),
     "resource_policies": ({"resource": "arn:aws:s3:::extra", "document": document("Original", principal=True)},
                           {"resource": "arn:aws:s3:::extra", "document": document("Replaced", principal=True)}),
+    "vpc_endpoints": ({"id": "vpce-0123456789abcdef0", "document": document("Original", principal=True)},
+                      {"id": "vpce-0123456789abcdef0", "document": document("Replaced", principal=True)}),
 }
 
 
