@@ -458,8 +458,6 @@ class CompiledPolicySet(CompiledPolicies):
         numbers = iter(range(len(layered)))
         self._caller_profile, self._resource_profile, self._anonymous_profile = profiles_of(
             policies, lambda _: next(numbers))
-        if len(policies.vpc_endpoint or ()) > 1:
-            raise ValueError("a VPC endpoint has one policy")
         self._endpoint = len(layered) - 1 if policies.vpc_endpoint else -1
         self.reads_endpoints = self._endpoint >= 0
 

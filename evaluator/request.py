@@ -157,6 +157,10 @@ class PolicySet:
     rcp: Levels | None = None
     vpc_endpoint: tuple[Policy, ...] | None = None  # the policy of the VPC endpoint the request came through
 
+    def __post_init__(self) -> None:
+        if self.vpc_endpoint is not None and len(self.vpc_endpoint) != 1:
+            raise RequestError("vpc_endpoint must be a list of exactly one policy: an endpoint has one")
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PolicySet:
         """Parse the conformance ``policies`` object; raises ``PolicyValidationError``
@@ -187,9 +191,6 @@ class PolicySet:
             )
 
         resource = data.get("resource")
-        vpc_endpoint = docs("vpc_endpoint", PolicyKind.RESOURCE)
-        if vpc_endpoint is not None and len(vpc_endpoint) != 1:
-            raise RequestError("vpc_endpoint must be a list of exactly one policy: an endpoint has one")
         return cls(
             identity=docs("identity") or (),
             resource=None if resource is None else parse_policy(resource, kind=PolicyKind.RESOURCE, name="resource"),
@@ -197,5 +198,5 @@ class PolicySet:
             session=docs("session"),
             scp=levels("scp", PolicyKind.IDENTITY),
             rcp=levels("rcp", PolicyKind.RESOURCE),
-            vpc_endpoint=vpc_endpoint,
+            vpc_endpoint=docs("vpc_endpoint", PolicyKind.RESOURCE),
         )

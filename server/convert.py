@@ -148,7 +148,7 @@ def _context_column(column: pb.ContextColumn, n: int) -> list:
 
 
 def inline_policies(message: pb.InlinePolicies) -> PolicySet:
-    """The policies a request brought; raises ``PolicyValidationError`` naming the bad one, or ``ValueError``
+    """The policies a request brought; raises ``PolicyValidationError`` naming the bad one, or ``RequestError``
     for more than one VPC endpoint policy."""
     def parse(documents: Iterable[str], layer: str, kind: DocumentKind = DocumentKind.IDENTITY):
         return tuple(parse_policy(text, kind=kind, name=f"{layer}[{i}]") for i, text in enumerate(documents))
@@ -156,8 +156,6 @@ def inline_policies(message: pb.InlinePolicies) -> PolicySet:
     def levels(levels: Sequence[pb.PolicyLevel], layer: str, kind: DocumentKind):
         return tuple(parse(level.documents, f"{layer}[{i}]", kind) for i, level in enumerate(levels)) or None
 
-    if len(message.vpc_endpoint) > 1:
-        raise ValueError(f"vpc_endpoint holds {len(message.vpc_endpoint)} policies; a VPC endpoint has one")
     return PolicySet(
         identity=parse(message.identity, "identity"),
         resource=parse_policy(message.resource, kind=DocumentKind.RESOURCE, name="resource")

@@ -167,8 +167,9 @@ def test_an_endpoint_has_one_policy():
     with pytest.raises(RequestError, match="list"):
         PolicySet.from_json({"identity": [], "vpc_endpoint": doc})
     endpoint = parse_policy(doc, kind=PolicyKind.RESOURCE)
-    with pytest.raises(ValueError, match="one policy"):
-        CompiledPolicySet(PolicySet(vpc_endpoint=(endpoint, endpoint)))
+    for endpoints in ((endpoint, endpoint), ()):
+        with pytest.raises(RequestError, match="exactly one"):
+            PolicySet(vpc_endpoint=endpoints)
 
 
 @pytest.mark.parametrize("principal", ["Anonymous", "anonymous ", "*", ""])

@@ -136,11 +136,11 @@ def test_an_inline_vpc_endpoint_policy_must_allow_too(client, case):
 def test_an_endpoint_has_one_policy(client):
     policies = pb.InlinePolicies(identity=[ALLOW_S3], vpc_endpoint=[ENDPOINT_READS, ENDPOINT_READS])
     error = rpc_error(lambda: check(client, CALLER, "s3:GetObject", OBJECT, policies))
-    assert error.code() == INVALID and "vpc_endpoint holds 2 policies; a VPC endpoint has one" in error.details()
+    assert error.code() == INVALID and "vpc_endpoint must be a list of exactly one policy" in error.details()
     batch = pb.CheckBatchRequest(requests=[pb.CheckRequest(principal=CALLER, action="s3:GetObject",
                                                            resource=OBJECT)], policies=policies)
     error = rpc_error(lambda: client.call(client.authorizer.CheckBatch, batch))
-    assert error.code() == INVALID and "a VPC endpoint has one" in error.details()
+    assert error.code() == INVALID and "exactly one policy" in error.details()
 
 
 def test_inline_limits_count_the_endpoint_policy(client):
