@@ -8,6 +8,7 @@ not committed), with their imports made relative to that package.
 """
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,11 +33,25 @@ def generate_stubs() -> None:
             (stubs / generated.name).write_text(text)
 
 
+def stage_cython() -> Path:
+    """The Cython sources copied under the package's import name (``build/cython/iam_evaluator``), so that
+    Cython names the modules and their cimports as they are installed (it names them by their folder)."""
+    staged = Path("build/cython/iam_evaluator")
+    staged.mkdir(parents=True, exist_ok=True)
+    (staged / "__init__.py").touch()
+    for source in [*Path("evaluator").glob("*.pyx"), *Path("evaluator").glob("*.pxd")]:
+        copy = staged / source.name
+        if not copy.exists() or copy.read_bytes() != source.read_bytes():
+            shutil.copy2(source, copy)
+    return staged
+
+
 generate_stubs()
+staged = stage_cython()
 macros = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
 extensions = [
-    Extension(f"evaluator.{pyx.stem}", [str(pyx)], define_macros=macros, extra_compile_args=["-O3"])
-    for pyx in sorted(Path("evaluator").glob("*.pyx"))
+    Extension(f"iam_evaluator.{pyx.stem}", [str(pyx)], define_macros=macros, extra_compile_args=["-O3"])
+    for pyx in sorted(staged.glob("*.pyx"))
 ]
 
 setup(

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from evaluator import PolicySet, parse_policy
-from evaluator.arrow import evaluate_arrow
-from evaluator.compile import CompiledPolicies, CompiledPolicySet
-from evaluator.compiled_store import CompiledStore
-from evaluator.store import PolicyStore
-from evaluator.usage import StatementUsage
+from iam_evaluator import PolicySet, parse_policy
+from iam_evaluator.arrow import evaluate_arrow
+from iam_evaluator.compile import CompiledPolicies, CompiledPolicySet
+from iam_evaluator.compiled_store import CompiledStore
+from iam_evaluator.store import PolicyStore
+from iam_evaluator.usage import StatementUsage
 
 
 @dataclass(frozen=True)

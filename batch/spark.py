@@ -44,7 +44,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from evaluator.arrow import STATEMENT
+from iam_evaluator.arrow import STATEMENT
 
 from .policies import BatchEvaluator, PolicySource
 from .readers import _Invalid, _session_tags

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from evaluator.arrow import STATEMENT
+from iam_evaluator.arrow import STATEMENT
 
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
 _MAGIC = b"PAR1"

@@ -48,13 +48,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from workloads import ACCOUNT, EXAMPLES, GUARD_RAILS, REPO, seed_requests
 
-from evaluator import DecisionKind, Request
-from evaluator.compiled_store import CompiledStore
-from evaluator.principals import Caller
-from evaluator.store import PolicyStore, reference_decision
-from server.api import iam_evaluator_pb2 as pb
-from server.api import iam_evaluator_pb2_grpc as pb_grpc
-from server.client import context_values, request_columns
+from iam_evaluator import DecisionKind, Request
+from iam_evaluator.compiled_store import CompiledStore
+from iam_evaluator.principals import Caller
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.api import iam_evaluator_pb2_grpc as pb_grpc
+from iam_evaluator.server.client import context_values, request_columns
+from iam_evaluator.store import PolicyStore, reference_decision
 
 WORKLOADS = ("check", "batch", "stream")
 METHOD = "/iam_evaluator.v1.Authorizer/"
@@ -468,7 +468,7 @@ def start_server(store: Path, state_dir: Path, token: str, log: Path,
     target = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "IAM_EVAL_ADMIN_TOKEN": token, "IAM_EVAL_LOG_LEVEL": "warning",
            "IAM_EVAL_PROCESSES": str(processes)}
-    process = subprocess.Popen([sys.executable, "-m", "evaluator.cli", "serve", "--store", str(store), "--state-dir",
+    process = subprocess.Popen([sys.executable, "-m", "iam_evaluator", "serve", "--store", str(store), "--state-dir",
                                 str(state_dir), "--listen", target, "--metrics-listen", ""],
                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.monotonic() + 120

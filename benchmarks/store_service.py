@@ -31,11 +31,11 @@ from pathlib import Path
 
 import grpc
 
-from evaluator.compiled_store import CompiledStore
-from evaluator.store import PolicyStore
-from server.api import iam_evaluator_pb2 as pb
-from server.api import iam_evaluator_pb2_grpc as pb_grpc
-from server.client import request_columns
+from iam_evaluator.compiled_store import CompiledStore
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.api import iam_evaluator_pb2_grpc as pb_grpc
+from iam_evaluator.server.client import request_columns
+from iam_evaluator.store import PolicyStore
 
 TOKEN = "store-service-benchmark-admin-token"
 CODES = {pb.IMPLICIT_DENY: 0, pb.ALLOW: 1, pb.EXPLICIT_DENY: 2}

@@ -32,10 +32,10 @@ import pyarrow.parquet as pq
 import pytest
 from workloads import CORPUS, EXAMPLES, REPO
 
-from batch.policies import PolicySource
-from batch.readers import read_requests, write_requests_parquet
-from batch.runner import run_local
-from evaluator.arrow import evaluate_arrow
+from iam_evaluator.arrow import evaluate_arrow
+from iam_evaluator.batch.policies import PolicySource
+from iam_evaluator.batch.readers import read_requests, write_requests_parquet
+from iam_evaluator.batch.runner import run_local
 
 N = int(os.environ.get("IAM_EVAL_BATCH_REQUESTS", "200000"))
 IN_MEMORY_ROWS = 500_000  # the in-process yardstick decides at most this many (all held in memory)
@@ -43,8 +43,8 @@ POLICIES = [str(p) for p in sorted(EXAMPLES.glob("*.json"))]
 
 _PROBE = """
 import itertools, json, os, resource, sys, threading
-from batch.policies import PolicySource
-from batch.runner import run_local
+from iam_evaluator.batch.policies import PolicySource
+from iam_evaluator.batch.runner import run_local
 
 def children():
     for entry in os.scandir("/proc"):

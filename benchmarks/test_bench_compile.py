@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from workloads import corpus_policy_set
 
-from evaluator.compile import CompiledPolicySet
+from iam_evaluator.compile import CompiledPolicySet
 
 MEASURE = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from workloads import corpus_policy_set
-from evaluator.compile import CompiledPolicySet
+from iam_evaluator.compile import CompiledPolicySet
 
 def rss():
     with open("/proc/self/statm") as f:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from workloads import requests_table, seed_policy_set, seed_requests
 
-from evaluator import reference
-from evaluator.arrow import evaluate_arrow
-from evaluator.compile import CompiledPolicySet
+from iam_evaluator import reference
+from iam_evaluator.arrow import evaluate_arrow
+from iam_evaluator.compile import CompiledPolicySet
 
 N = 50_000
 REFERENCE_N = 2_000

@@ -8,11 +8,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from evaluator._globtrie import GlobTrie
 from workloads import corpus_documents, corpus_requests, seed_policy_set, seed_requests
 
-from evaluator import parse_policy
-from evaluator.wildcard import matcher
+from iam_evaluator import parse_policy
+from iam_evaluator._globtrie import GlobTrie
+from iam_evaluator.wildcard import matcher
 
 N = 2_000
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from workloads import corpus_policy_set, corpus_requests, synthetic_policy_set, synthetic_requests
 
-from evaluator import reference
-from evaluator.compile import CompiledPolicySet
+from iam_evaluator import reference
+from iam_evaluator.compile import CompiledPolicySet
 
 SIZES = [10, 100, 1_000, 10_000, 100_000]
 N = 20_000

@@ -20,11 +20,11 @@ from loadgen import (
 )
 from workloads import seed_requests
 
-from evaluator import Request
-from server.api import iam_evaluator_pb2 as pb
-from server.app import create_server
-from server.client import Client
-from server.config import load_config
+from iam_evaluator import Request
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.app import create_server
+from iam_evaluator.server.client import Client
+from iam_evaluator.server.config import load_config
 
 N = 1_000
 SINGLE_N = 200

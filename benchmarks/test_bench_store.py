@@ -50,10 +50,10 @@ from store_workload import (
     with_more_principals,
 )
 
-from evaluator import Request, RequestError
-from evaluator.arrow import evaluate_arrow
-from evaluator.compiled_store import CompiledStore
-from evaluator.store import PolicyStore, reference_decision
+from iam_evaluator import Request, RequestError
+from iam_evaluator.arrow import evaluate_arrow
+from iam_evaluator.compiled_store import CompiledStore
+from iam_evaluator.store import PolicyStore, reference_decision
 
 N = int(os.environ.get("IAM_EVAL_STORE_REQUESTS", "200000"))
 CHECKED = min(N, 20_000)  # rows compared with the reference (~3,000 checks/s)
@@ -204,8 +204,8 @@ with open(sys.argv[1], "rb") as snapshot:
 
 _FRESH = r"""
 import json, sys, time
-from evaluator.store import PolicyStore
-from evaluator.compiled_store import CompiledStore
+from iam_evaluator.store import PolicyStore
+from iam_evaluator.compiled_store import CompiledStore
 """ + _LOAD + r"""loaded, loaded_rss = time.perf_counter(), rss_mb()
 compiled = CompiledStore(store)
 done, done_cpu, done_rss = time.perf_counter(), time.process_time(), rss_mb()
@@ -360,7 +360,7 @@ import json, sys, time
 from pathlib import Path
 sys.path.append(sys.argv[4])
 from store_workload import column_batches, read_requests
-from evaluator.store import CompiledStore, PolicyStore
+from iam_evaluator.store import CompiledStore, PolicyStore
 """ + _LOAD + r"""loaded = time.perf_counter()
 compiled = CompiledStore(store)
 built = time.perf_counter()

@@ -17,7 +17,7 @@ import random
 from functools import cache
 from pathlib import Path
 
-from evaluator import PolicySet, Request, RequestError, parse_policy
+from iam_evaluator import PolicySet, Request, RequestError, parse_policy
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "policies"

@@ -3,8 +3,8 @@
 
 Usage from another .pyx (after ``conditions.freeze()``)::
 
-    from evaluator._conditions cimport ConditionSet
-    from evaluator._pattern cimport pseg
+    from ._conditions cimport ConditionSet
+    from ._pattern cimport pseg
     segs = <pseg*>malloc(conditions.scratch_segments() * sizeof(pseg))      # one per thread
     missing = <int32_t*>malloc(conditions.max_missing_any() * sizeof(int32_t))
     with nogil:
@@ -19,8 +19,8 @@ names). ``name_key(name)`` is the key id of a name.
 """
 from libc.stdint cimport int32_t, uint8_t, uint64_t
 
-from evaluator._pattern cimport PatternSet, pseg
-from evaluator._types cimport cstr, ctx_entry
+from ._pattern cimport PatternSet, pseg
+from ._types cimport cstr, ctx_entry
 
 
 ctypedef struct decview:           # a decimal number spelled in UTF-8 text (digits may be non-ASCII)

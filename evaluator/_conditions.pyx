@@ -30,10 +30,10 @@ from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp
 
-from evaluator._pattern cimport ContextArray, PatternSet, pcur, pseg, glob_range, segments_equal, utf8_step
-from evaluator._types cimport cstr, ctx_entry
+from ._pattern cimport ContextArray, PatternSet, pcur, pseg, glob_range, segments_equal, utf8_step
+from ._types cimport cstr, ctx_entry
 
-from evaluator.operators import OPERATORS, Comparison, Family, read_bool, read_date, read_network, read_number
+from .operators import OPERATORS, Comparison, Family, read_bool, read_date, read_network, read_number
 
 
 cdef extern from "Python.h":

@@ -3,7 +3,7 @@
 
 Usage from another .pyx (after ``trie.freeze()``)::
 
-    from evaluator._globtrie cimport GlobTrie
+    from ._globtrie cimport GlobTrie
     scratch = calloc(trie.scratch_size(), 1)       # one per thread, zero-filled once
     out = <int32_t*>malloc(trie.result_capacity() * sizeof(int32_t))
     with nogil:

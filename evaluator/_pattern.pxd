@@ -8,7 +8,7 @@ into ``pseg`` views (no copying); the glob and equality helpers below work on th
 
 Usage from another .pyx (after ``patterns.freeze()``)::
 
-    from evaluator._pattern cimport PatternSet, pseg
+    from ._pattern cimport PatternSet, pseg
     segs = <pseg*>malloc(patterns.max_segments() * sizeof(pseg))   # one per thread
     with nogil:
         r = patterns.match(index, utf8, utf8_len, ctx, segs)         # 1 match, 0 none, 2 unresolvable
@@ -18,7 +18,7 @@ may match concurrently, each with its own ``segs`` scratch.
 """
 from libc.stdint cimport int32_t, uint8_t, uint16_t
 
-from evaluator._types cimport cstr, ctx_entry
+from ._types cimport cstr, ctx_entry
 
 
 # A pattern token: 0..255 is a literal UTF-8 byte; PT_STAR / PT_QMARK are the wildcards.

@@ -17,10 +17,10 @@ from libc.stdint cimport int32_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp
 
-from evaluator._types cimport cstr, ctx_entry
+from ._types cimport cstr, ctx_entry
 
-from evaluator.variables import VARIABLE, parse_variable
-from evaluator.wildcard import QMARK, STAR
+from .variables import VARIABLE, parse_variable
+from .wildcard import QMARK, STAR
 
 # ${*}, ${?} and ${$}: variables that stand for a literal character.
 cdef dict _LITERAL_VARIABLES = {"*": "*", "?": "?", "$": "$"}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from evaluator.catalog import Catalog
-from evaluator.findings import Severity
-from evaluator.validate import validate_policy
+from iam_evaluator.catalog import Catalog
+from iam_evaluator.findings import Severity
+from iam_evaluator.validate import validate_policy
 
 from . import convert
 from .api import iam_evaluator_pb2 as pb

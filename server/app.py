@@ -29,8 +29,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from evaluator.catalog import Catalog
-from evaluator.compile import set_spare_scratch_budget
+from iam_evaluator.catalog import Catalog
+from iam_evaluator.compile import set_spare_scratch_budget
 
 from .admin import PolicyAdminServicer
 from .api import iam_evaluator_pb2 as pb

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from evaluator.compile import BatchDecisions, CompiledPolicySet
+from iam_evaluator.compile import BatchDecisions, CompiledPolicySet
 
 from . import convert
 from .api import iam_evaluator_pb2 as pb

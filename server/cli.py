@@ -63,8 +63,8 @@ def _print_message(message) -> None:
 
 
 def cmd_client_check(args: argparse.Namespace) -> int:
-    from evaluator.cli import read_context, read_session_tags
-    from evaluator.service_rules import ANONYMOUS
+    from iam_evaluator.cli import read_context, read_session_tags
+    from iam_evaluator.service_rules import ANONYMOUS
 
     from .api import iam_evaluator_pb2 as pb
     context, session_tags = read_context(args.context, args.context_file), read_session_tags(args.session_tag)
@@ -144,9 +144,9 @@ def _admin(build):
 
 
 def _admin_commands():
-    from evaluator.findings import PolicyValidationError
-    from evaluator.parse import decode_json
-    from evaluator.store import StoreError
+    from iam_evaluator.findings import PolicyValidationError
+    from iam_evaluator.parse import decode_json
+    from iam_evaluator.store import StoreError
 
     from . import convert
     from .api import iam_evaluator_pb2 as pb

@@ -10,12 +10,12 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from evaluator import PolicySet, Request
-from evaluator.compile import BatchDecisions
-from evaluator.decision import Decision, DecisionKind
-from evaluator.findings import Finding, PolicyValidationError
-from evaluator.parse import PolicyKind as DocumentKind
-from evaluator.parse import decode_json, parse_policy
+from iam_evaluator import PolicySet, Request
+from iam_evaluator.compile import BatchDecisions
+from iam_evaluator.decision import Decision, DecisionKind
+from iam_evaluator.findings import Finding, PolicyValidationError
+from iam_evaluator.parse import PolicyKind as DocumentKind
+from iam_evaluator.parse import decode_json, parse_policy
 
 from .api import iam_evaluator_pb2 as pb
 

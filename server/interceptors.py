@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 import grpc
 from google.protobuf.message import DecodeError
 
-from evaluator.findings import PolicyValidationError, Severity
-from evaluator.principals import RequestError
-from evaluator.store import StoreError
+from iam_evaluator.findings import PolicyValidationError, Severity
+from iam_evaluator.principals import RequestError
+from iam_evaluator.store import StoreError
 
 from .config import ServerConfig
 from .metrics import ServiceMetrics

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluator.account_export import load_account_export
-from evaluator.compiled_store import CompiledStore
-from evaluator.findings import PolicyValidationError
-from evaluator.parse import decode_json
-from evaluator.store import SECTIONS, PolicyStore, StoreError, store_error
+from iam_evaluator.account_export import load_account_export
+from iam_evaluator.compiled_store import CompiledStore
+from iam_evaluator.findings import PolicyValidationError
+from iam_evaluator.parse import decode_json
+from iam_evaluator.store import SECTIONS, PolicyStore, StoreError, store_error
 
 from .store_versions import StoreVersion, VersionedStore
 

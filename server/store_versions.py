@@ -38,9 +38,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from evaluator.findings import PolicyValidationError
-from evaluator.parse import decode_json
-from evaluator.store import PolicyStore, StoreError
+from iam_evaluator.findings import PolicyValidationError
+from iam_evaluator.parse import decode_json
+from iam_evaluator.store import PolicyStore, StoreError
 
 logger = logging.getLogger("iam_eval.store_versions")
 

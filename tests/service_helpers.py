@@ -22,12 +22,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from evaluator.decision import Decision, DecisionKind
-from evaluator.principals import RequestError
-from evaluator.request import Request
-from evaluator.store import PolicyStore, reference_decision
-from server.api import iam_evaluator_pb2 as pb
-from server.client import Client
+from iam_evaluator.decision import Decision, DecisionKind
+from iam_evaluator.principals import RequestError
+from iam_evaluator.request import Request
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.client import Client
+from iam_evaluator.store import PolicyStore, reference_decision
 
 from .conftest import REPO
 
@@ -121,8 +121,8 @@ def running_service(store: Path, state_dir: Path, *, load: bool = True, metrics:
                     **settings: Any) -> Iterator[Any]:
     """A server in this process on a free loopback port (with ``metrics``, /metrics on another), stopped on exit.
     (Metrics are off unless asked for: stopping their HTTP server takes half a second.)"""
-    from server.app import create_server
-    from server.config import load_config
+    from iam_evaluator.server.app import create_server
+    from iam_evaluator.server.config import load_config
 
     config = load_config(environ={}, store=str(store), state_dir=str(state_dir), listen="127.0.0.1:0",
                          metrics_listen="127.0.0.1:0" if metrics else "", **settings)
@@ -188,7 +188,7 @@ class ServerProcess:
     """``iam-eval serve`` as a subprocess, its JSON log lines collected as they come."""
 
     def __init__(self, *args: str, environment: Mapping[str, str] | None = None) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "evaluator.cli", "serve", *args], cwd=REPO,
+        self.process = subprocess.Popen([sys.executable, "-m", "iam_evaluator", "serve", *args], cwd=REPO,
                                         env=cli_environment(**(environment or {})), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []

@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from evaluator import DecisionKind, PolicySet, Request, parse_policy
-from evaluator.arrow import SchemaError, evaluate_arrow
-from evaluator.compile import CompiledPolicySet
+from iam_evaluator import DecisionKind, PolicySet, Request, parse_policy
+from iam_evaluator.arrow import SchemaError, evaluate_arrow
+from iam_evaluator.compile import CompiledPolicySet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from workloads import seed_policy_set, seed_requests  # noqa: E402
@@ -136,7 +136,7 @@ def test_same_and_cross_account_from_columns():
 
 
 def test_statement_usage_counts_what_the_log_used():
-    from evaluator.usage import StatementUsage
+    from iam_evaluator.usage import StatementUsage
 
     compiled = compiled_with(
         {"Sid": "Read", "Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket", "s3:GetBucket*"],

@@ -10,14 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch import runner
-from batch.policies import PolicySource
-from batch.readers import MalformedRecord, read_requests, write_requests_parquet
-from batch.runner import WorkerFailed, run_local
-from batch.writers import JoinedOutput, RowsWriter, decision_schema
-from evaluator import PolicySet, parse_policy
-from evaluator.cli import main
-from evaluator.compile import CompiledPolicySet
+from iam_evaluator import PolicySet, parse_policy
+from iam_evaluator.batch import runner
+from iam_evaluator.batch.policies import PolicySource
+from iam_evaluator.batch.readers import MalformedRecord, read_requests, write_requests_parquet
+from iam_evaluator.batch.runner import WorkerFailed, run_local
+from iam_evaluator.batch.writers import JoinedOutput, RowsWriter, decision_schema
+from iam_evaluator.cli import main
+from iam_evaluator.compile import CompiledPolicySet
 
 from .conftest import EXAMPLES, REPO
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from evaluator.store import PolicyStore
-from server import live_store, store_versions
-from server.api import iam_evaluator_pb2 as pb
-from server.api import iam_evaluator_pb2_grpc as pb_grpc
-from server.live_store import LiveStore
-from server.store_versions import ChangeFailed, VersionedStore, put_entry
+from iam_evaluator.server import live_store, store_versions
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.api import iam_evaluator_pb2_grpc as pb_grpc
+from iam_evaluator.server.live_store import LiveStore
+from iam_evaluator.server.store_versions import ChangeFailed, VersionedStore, put_entry
+from iam_evaluator.store import PolicyStore
 
 from .conftest import REPO
 from .service_helpers import rpc_error, running_service

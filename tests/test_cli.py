@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from evaluator.cli import main
+from iam_evaluator.cli import main
 
 from .conftest import CONFORMANCE, EXAMPLES, require
 

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from evaluator import DecisionKind, PolicySet, Request, parse_policy
-from evaluator.compile import CHUNK, CompiledPolicySet
+from iam_evaluator import DecisionKind, PolicySet, Request, parse_policy
+from iam_evaluator.compile import CHUNK, CompiledPolicySet
 
 ROLE = "arn:aws:iam::111122223333:role/Builder"
 ALLOW, IMPLICIT, EXPLICIT = DecisionKind.ALLOW, DecisionKind.IMPLICIT_DENY, DecisionKind.EXPLICIT_DENY
@@ -24,8 +24,8 @@ def allow(action="s3:GetObject", resource="*", **extra):
 
 @pytest.mark.parametrize("module", ["_engine", "_globtrie", "_conditions", "_pattern"])
 def test_extensions_are_compiled(module):
-    imported = __import__(f"evaluator.{module}", fromlist=["_"])
-    assert imported.__file__.endswith(".so"), f"evaluator.{module} did not load as a compiled extension"
+    imported = __import__(f"iam_evaluator.{module}", fromlist=["_"])
+    assert imported.__file__.endswith(".so"), f"iam_evaluator.{module} did not load as a compiled extension"
 
 
 def test_adversarial_pattern_against_a_long_resource():

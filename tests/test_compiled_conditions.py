@@ -12,22 +12,22 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
-import evaluator._conditions as compiled_conditions
-import evaluator._pattern as compiled_pattern
 import pytest
-from evaluator._conditions import ConditionSet
-from evaluator._pattern import PatternSet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evaluator.conditions import comparator, condition_holds
-from evaluator.model import Effect, Policy, Statement
-from evaluator.operators import OPERATORS, Family, read_address, read_date, read_number
-from evaluator.parse import parse_policy
-from evaluator.reference import statement_applies
-from evaluator.request import Request
-from evaluator.variables import Unresolvable, expand_pattern
-from evaluator.wildcard import glob_match
+import iam_evaluator._conditions as compiled_conditions
+import iam_evaluator._pattern as compiled_pattern
+from iam_evaluator._conditions import ConditionSet
+from iam_evaluator._pattern import PatternSet
+from iam_evaluator.conditions import comparator, condition_holds
+from iam_evaluator.model import Effect, Policy, Statement
+from iam_evaluator.operators import OPERATORS, Family, read_address, read_date, read_number
+from iam_evaluator.parse import parse_policy
+from iam_evaluator.reference import statement_applies
+from iam_evaluator.request import Request
+from iam_evaluator.variables import Unresolvable, expand_pattern
+from iam_evaluator.wildcard import glob_match
 
 CURRENT = "2012-10-17"
 ACCOUNT = "111122223333"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluator.cases import ENGINES, read_cases, run_case
+from iam_evaluator.cases import ENGINES, read_cases, run_case
 
 from .conftest import CONFORMANCE, require
 

@@ -20,11 +20,11 @@ from collections.abc import Callable
 import pyarrow as pa
 from hypothesis import HealthCheck, event, given, settings
 
-from evaluator import PolicySet, Request, reference
-from evaluator.arrow import evaluate_arrow
-from evaluator.compile import CHUNK, CompiledPolicies, CompiledPolicySet
-from evaluator.decision import Decision, failed
-from evaluator.principals import RequestError
+from iam_evaluator import PolicySet, Request, reference
+from iam_evaluator.arrow import evaluate_arrow
+from iam_evaluator.compile import CHUNK, CompiledPolicies, CompiledPolicySet
+from iam_evaluator.decision import Decision, failed
+from iam_evaluator.principals import RequestError
 
 from .strategies import policy_cases
 

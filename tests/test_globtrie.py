@@ -11,11 +11,12 @@ import random
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-import evaluator._globtrie as globtrie
 import pytest
-from evaluator._globtrie import QMARK, STAR, GlobTrie
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import iam_evaluator._globtrie as globtrie
+from iam_evaluator._globtrie import QMARK, STAR, GlobTrie
 
 # ---------------------------------------------------------------------- helpers
 

@@ -25,10 +25,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from evaluator import DecisionKind, PolicySet, Request, RequestError, parse_policy, reference
-from evaluator.arrow import evaluate_arrow
-from evaluator.compile import CHUNK, CompiledPolicySet
-from evaluator.decision import Decision, failed
+from iam_evaluator import DecisionKind, PolicySet, Request, RequestError, parse_policy, reference
+from iam_evaluator.arrow import evaluate_arrow
+from iam_evaluator.compile import CHUNK, CompiledPolicySet
+from iam_evaluator.decision import Decision, failed
 
 from .conftest import REPO
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from evaluator.compile import CompiledPolicySet, set_spare_scratch_budget, spare_scratch_bytes
-from evaluator.parse import parse_policy
-from evaluator.request import PolicySet, Request
+from iam_evaluator.compile import CompiledPolicySet, set_spare_scratch_budget, spare_scratch_bytes
+from iam_evaluator.parse import parse_policy
+from iam_evaluator.request import PolicySet, Request
 
 REQUEST = Request.create(principal="arn:aws:iam::111122223333:user/alice", action="s3:GetObject",
                          resource="arn:aws:s3:::bucket/key")
@@ -82,7 +82,7 @@ def test_a_negative_budget_is_refused(budget):
 
 @pytest.mark.parametrize("setting", ["inline_cache_bytes", "spare_scratch_bytes"])
 def test_the_service_budgets_are_settings_of_zero_or_more(setting):
-    from server.config import ConfigError, load_config
+    from iam_evaluator.server.config import ConfigError, load_config
 
     from .service_helpers import EXAMPLE_STORE
 

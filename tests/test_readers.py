@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch import cloudtrail, readers
-from batch.readers import (
+from iam_evaluator.batch import cloudtrail, readers
+from iam_evaluator.batch.readers import (
     LogPart,
     MalformedRecord,
     PartReader,

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import pytest
 
-from evaluator import DecisionKind, Effect, PolicyKind, PolicySet, Request, StatementRef, parse_policy
-from evaluator.reference import evaluate
+from iam_evaluator import DecisionKind, Effect, PolicyKind, PolicySet, Request, StatementRef, parse_policy
+from iam_evaluator.reference import evaluate
 
 ACCOUNT = "111122223333"
 OTHER = "444455556666"

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from evaluator import DecisionKind, Effect, PolicySet, Request, StatementRef, parse_policy
-from evaluator.reference import evaluate
+from iam_evaluator import DecisionKind, Effect, PolicySet, Request, StatementRef, parse_policy
+from iam_evaluator.reference import evaluate
 
 ACCOUNT = "111122223333"
 USER = f"arn:aws:iam::{ACCOUNT}:user/alice"

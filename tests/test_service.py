@@ -20,15 +20,15 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from evaluator import reference
-from evaluator.decision import DecisionKind
-from evaluator.parse import PolicyKind as DocumentKind
-from evaluator.parse import parse_policy
-from evaluator.request import PolicySet, Request
-from evaluator.store import PolicyStore
-from server.api import iam_evaluator_pb2 as pb
-from server.api import iam_evaluator_pb2_grpc as pb_grpc
-from server.client import Client, request_columns
+from iam_evaluator import reference
+from iam_evaluator.decision import DecisionKind
+from iam_evaluator.parse import PolicyKind as DocumentKind
+from iam_evaluator.parse import parse_policy
+from iam_evaluator.request import PolicySet, Request
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.api import iam_evaluator_pb2_grpc as pb_grpc
+from iam_evaluator.server.client import Client, request_columns
+from iam_evaluator.store import PolicyStore
 
 from .service_helpers import (
     ACCOUNT,

@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.api import iam_evaluator_pb2 as pb
-from server.api import iam_evaluator_pb2_grpc as pb_grpc
-from server.client import Client
-from server.config import ConfigError, load_config
-from server.interceptors import status
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.api import iam_evaluator_pb2_grpc as pb_grpc
+from iam_evaluator.server.client import Client
+from iam_evaluator.server.config import ConfigError, load_config
+from iam_evaluator.server.interceptors import status
 
 from .conftest import EXAMPLES, REPO
 from .service_helpers import (
@@ -54,7 +54,7 @@ def bearer(*tokens: str) -> tuple:
 
 
 def run_command(*args: str, timeout: float = 60, **environment: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evaluator.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "iam_evaluator", *args], cwd=REPO,
                           env=cli_environment(**environment), capture_output=True, text=True, timeout=timeout)
 
 
@@ -199,7 +199,7 @@ def test_with_only_a_read_token_the_store_can_be_read_but_not_changed(tmp_path):
 
 def client_command(port: int, token: str, capsys, *args: str) -> tuple[int, str, str]:
     """``iam-eval client …`` against the server on ``port``: exit code, stdout, stderr."""
-    from evaluator.cli import main
+    from iam_evaluator.cli import main
 
     code = main(["client", "--target", f"127.0.0.1:{port}", "--token", token, "--timeout", str(RPC_TIMEOUT), *args])
     out, err = capsys.readouterr()
@@ -239,7 +239,7 @@ def test_the_client_validate_command_exits_1_for_a_policy_with_errors(tmp_path, 
 
 
 def main_validate(path: Path) -> int:
-    from evaluator.cli import main
+    from iam_evaluator.cli import main
 
     return main(["validate", "--json", str(path)])
 
@@ -386,7 +386,7 @@ def big_log(tmp_path_factory) -> Path:
 
 
 def start_batch(log: Path, output: Path, *extra: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "evaluator.cli", "batch", "--policy", *POLICIES, "--input",
+    return subprocess.Popen([sys.executable, "-m", "iam_evaluator", "batch", "--policy", *POLICIES, "--input",
                              str(log), "--output", str(output), *extra], cwd=REPO, env=cli_environment(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             **popen)

@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.api import iam_evaluator_pb2 as pb
-from server.api import iam_evaluator_pb2_grpc as pb_grpc
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.api import iam_evaluator_pb2_grpc as pb_grpc
 
 from .service_helpers import copy_store, rpc_error, running_service
 
@@ -178,7 +178,7 @@ def test_inline_sets_kept_compiled_stay_within_their_byte_budget(tmp_path: Path)
 
 
 def test_the_server_applies_its_spare_scratch_budget(tmp_path: Path):
-    from evaluator.compile import spare_scratch_bytes
+    from iam_evaluator.compile import spare_scratch_bytes
 
     held = spare_scratch_bytes()  # by engines of other tests, still alive
     with running_service(copy_store(tmp_path), tmp_path / "state", spare_scratch_bytes=0) as service, \

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from evaluator.store import PolicyStore
-from server.api import iam_evaluator_pb2 as pb
-from server.client import Client, request_columns
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.client import Client, request_columns
+from iam_evaluator.store import PolicyStore
 
 from .conftest import REPO
 from .service_helpers import (
@@ -65,7 +65,7 @@ def server_process(tmp_path):
 
 
 def run_client(target: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evaluator.cli", "client", "--target", target,
+    return subprocess.run([sys.executable, "-m", "iam_evaluator", "client", "--target", target,
                            "--timeout", str(RPC_TIMEOUT), *args], cwd=REPO, env=cli_environment(),
                           capture_output=True, text=True, timeout=60)
 
@@ -206,7 +206,7 @@ CONFIG_ERRORS = {
 @pytest.mark.parametrize("case", CONFIG_ERRORS.values(), ids=CONFIG_ERRORS.keys())
 def test_a_bad_setting_exits_2_naming_it(tmp_path, case):
     arguments, environment, fragments = case
-    command = [sys.executable, "-m", "evaluator.cli", "serve", "--store", str(EXAMPLE_STORE), "--state-dir",
+    command = [sys.executable, "-m", "iam_evaluator", "serve", "--store", str(EXAMPLE_STORE), "--state-dir",
                str(tmp_path / "state"), "--listen", "127.0.0.1:0", "--metrics-listen", "", *arguments]
     done = subprocess.run(command, cwd=REPO, env=cli_environment(**environment), capture_output=True, text=True,
                           timeout=60)
@@ -218,7 +218,7 @@ def test_a_bad_setting_exits_2_naming_it(tmp_path, case):
 
 def test_a_config_file_with_an_unknown_setting_exits_2(tmp_path):
     config = write(tmp_path / "server.toml", 'max_batch = 10\nmax_bach = 20\n')
-    done = subprocess.run([sys.executable, "-m", "evaluator.cli", "serve", "--store", str(EXAMPLE_STORE),
+    done = subprocess.run([sys.executable, "-m", "iam_evaluator", "serve", "--store", str(EXAMPLE_STORE),
                            "--config", str(config)], cwd=REPO, env=cli_environment(), capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2

@@ -10,13 +10,13 @@ import json
 import pyarrow as pa
 import pytest
 
-from evaluator import DecisionKind, PolicySet, Request, parse_policy, reference
-from evaluator.arrow import evaluate_arrow
-from evaluator.compile import CompiledPolicySet
-from evaluator.compiled_store import CompiledStore
-from evaluator.parse import PolicyKind
-from evaluator.principals import RequestError
-from evaluator.store import PolicyStore, StoreError, reference_decision
+from iam_evaluator import DecisionKind, PolicySet, Request, parse_policy, reference
+from iam_evaluator.arrow import evaluate_arrow
+from iam_evaluator.compile import CompiledPolicySet
+from iam_evaluator.compiled_store import CompiledStore
+from iam_evaluator.parse import PolicyKind
+from iam_evaluator.principals import RequestError
+from iam_evaluator.store import PolicyStore, StoreError, reference_decision
 
 ALLOW, EXPLICIT, IMPLICIT = DecisionKind.ALLOW, DecisionKind.EXPLICIT_DENY, DecisionKind.IMPLICIT_DENY
 

@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 import pytest
 
-from evaluator.cli import main
-from server.api import iam_evaluator_pb2 as pb
-from server.client import Client, request_columns
+from iam_evaluator.cli import main
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.client import Client, request_columns
 
 from .service_helpers import (
     ACCOUNT,

@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 import pytest
 
-from batch.readers import read_requests, write_requests_parquet
-from evaluator.cli import main
-from server.api import iam_evaluator_pb2 as pb
-from server.client import Client, request_columns
+from iam_evaluator.batch.readers import read_requests, write_requests_parquet
+from iam_evaluator.cli import main
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.client import Client, request_columns
 
 from .conftest import REPO
 from .service_helpers import RPC_TIMEOUT, LockstepStream, cli_environment, rpc_error, running_service
@@ -296,7 +296,7 @@ def test_cli_client_batch_reads_session_tags(target, tmp_path, capsys):
 def iam_eval(*argv: str) -> subprocess.CompletedProcess:
     """The real command, in its own process: the batch runner forks workers, which a process serving gRPC
     should not."""
-    return subprocess.run([sys.executable, "-m", "evaluator.cli", *argv], cwd=REPO, env=cli_environment(),
+    return subprocess.run([sys.executable, "-m", "iam_evaluator", *argv], cwd=REPO, env=cli_environment(),
                           capture_output=True, text=True, timeout=300)
 
 

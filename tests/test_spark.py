@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from evaluator import PolicySet, Request, parse_policy
-from evaluator.arrow import evaluate_arrow
-from evaluator.compile import CompiledPolicySet
-from evaluator.compiled_store import CompiledStore
-from evaluator.store import PolicyStore
+from iam_evaluator import PolicySet, Request, parse_policy
+from iam_evaluator.arrow import evaluate_arrow
+from iam_evaluator.compile import CompiledPolicySet
+from iam_evaluator.compiled_store import CompiledStore
+from iam_evaluator.store import PolicyStore
 
 from .conftest import EXAMPLES, REPO
 
@@ -29,10 +29,10 @@ except ImportError:
     pytest.skip("pyspark is not installed (pip install 'iam-evaluator[spark]'); CI installs it, so there these "
                 "tests run", allow_module_level=True)
 
-from batch.policies import PolicySource
-from batch.readers import read_requests, write_requests_parquet
-from batch.spark import run_spark  # noqa: E402
-from evaluator.cli import main
+from iam_evaluator.batch.policies import PolicySource
+from iam_evaluator.batch.readers import read_requests, write_requests_parquet
+from iam_evaluator.batch.spark import run_spark  # noqa: E402
+from iam_evaluator.cli import main
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from workloads import ACCOUNT, OTHER, seed_requests  # noqa: E402
@@ -288,7 +288,7 @@ def local_batch(store: Path, log: Path, output: Path) -> tuple[dict[str, tuple[s
     problem reported for each line of ``log`` that is not a request."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("IAM_EVAL_")}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
-    job = subprocess.run([sys.executable, "-m", "evaluator.cli", "batch", "--store", str(store), "--input", str(log),
+    job = subprocess.run([sys.executable, "-m", "iam_evaluator", "batch", "--store", str(store), "--input", str(log),
                           "--output", str(output), "--workers", "1"], cwd=REPO, env=environment,
                          capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stderr

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from evaluator import DecisionKind, Request, reference
-from evaluator.account_export import load_account_export
-from evaluator.compiled_store import CompiledStore
-from evaluator.store import PolicyStore, StoreError
+from iam_evaluator import DecisionKind, Request, reference
+from iam_evaluator.account_export import load_account_export
+from iam_evaluator.compiled_store import CompiledStore
+from iam_evaluator.store import PolicyStore, StoreError
 
 from .conftest import CORPUS, REPO, require
 

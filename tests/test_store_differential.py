@@ -17,8 +17,8 @@ import os
 
 from hypothesis import HealthCheck, given, settings
 
-from evaluator.compiled_store import CompiledStore
-from evaluator.store import PolicyStore, reference_decision
+from iam_evaluator.compiled_store import CompiledStore
+from iam_evaluator.store import PolicyStore, reference_decision
 
 from .store_strategies import store_cases
 from .test_differential import REFUSED, check_every_path, count_outcomes, reference_answers

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluator.store import PolicyStore, StoreError
-from server.store_versions import (
+from iam_evaluator.server.store_versions import (
     KEYS,
     EntryNotFound,
     VersionConflict,
@@ -28,6 +27,7 @@ from server.store_versions import (
     find_entry,
     put_entry,
 )
+from iam_evaluator.store import PolicyStore, StoreError
 
 from .conftest import REPO
 
@@ -313,8 +313,8 @@ def counter_policy(number: int) -> dict:
 
 WRITER = textwrap.dedent("""
     import json, sys
-    from evaluator.store import PolicyStore
-    from server.store_versions import VersionedStore, put_entry
+    from iam_evaluator.store import PolicyStore
+    from iam_evaluator.server.store_versions import VersionedStore, put_entry
 
     directory, example_store, padding = sys.argv[1], sys.argv[2], int(sys.argv[3])
 

@@ -15,13 +15,13 @@ from typing import Any
 import grpc
 import pytest
 
-from evaluator.account_export import load_account_export
-from evaluator.cli import main
-from evaluator.store import PolicyStore, StoreError
-from server.api import iam_evaluator_pb2 as pb
-from server.client import Client
-from server.live_store import load_store
-from server.store_versions import VersionedStore
+from iam_evaluator.account_export import load_account_export
+from iam_evaluator.cli import main
+from iam_evaluator.server.api import iam_evaluator_pb2 as pb
+from iam_evaluator.server.client import Client
+from iam_evaluator.server.live_store import load_store
+from iam_evaluator.server.store_versions import VersionedStore
+from iam_evaluator.store import PolicyStore, StoreError
 
 from .service_helpers import (
     ACCOUNT,

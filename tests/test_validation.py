@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from evaluator import PolicyKind, PolicyValidationError, Severity, parse_policy
-from evaluator.catalog import Catalog
-from evaluator.findings import pointer
-from evaluator.validate import validate_policy
+from iam_evaluator import PolicyKind, PolicyValidationError, Severity, parse_policy
+from iam_evaluator.catalog import Catalog
+from iam_evaluator.findings import pointer
+from iam_evaluator.validate import validate_policy
 
 from .conftest import CORPUS, EXAMPLES, require
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluator.variables import Unresolvable, expand_pattern, expand_text
-from evaluator.wildcard import STAR, compile_glob, glob_match
+from iam_evaluator.variables import Unresolvable, expand_pattern, expand_text
+from iam_evaluator.wildcard import STAR, compile_glob, glob_match
 
 
 def oracle(pattern: str, text: str, ignore_case: bool) -> bool:

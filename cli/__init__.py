@@ -13,15 +13,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cases import DEFAULT_ENGINE, ENGINES, run_files
-from .catalog import CATALOG_ENV, Catalog
-from .findings import PolicyValidationError, Severity
-from .model import Policy
-from .parse import PolicyKind, parse_policy
-from .principals import RequestError
-from .request import PolicySet, Request
-from .service_rules import ANONYMOUS
-from .validate import validate_policy
+from iam_evaluator import __version__
+from iam_evaluator.cases import DEFAULT_ENGINE, ENGINES, run_files
+from iam_evaluator.catalog import CATALOG_ENV, Catalog
+from iam_evaluator.findings import PolicyValidationError, Severity
+from iam_evaluator.model import Policy
+from iam_evaluator.parse import PolicyKind, parse_policy
+from iam_evaluator.principals import RequestError
+from iam_evaluator.request import PolicySet, Request
+from iam_evaluator.service_rules import ANONYMOUS
+from iam_evaluator.validate import validate_policy
 
 BAD_INPUT = 2
 
@@ -152,13 +153,13 @@ def _batch_modules() -> None:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     _batch_modules()
-    from batch.policies import PolicySource
-    from batch.readers import MalformedRecord
-    from batch.runner import WorkerFailed, run_local
+    from iam_evaluator.batch.policies import PolicySource
+    from iam_evaluator.batch.readers import MalformedRecord
+    from iam_evaluator.batch.runner import WorkerFailed, run_local
 
     source = PolicySource.from_paths(args.policy, args.store)
     if args.engine == "spark":
-        from batch.spark import run_spark
+        from iam_evaluator.batch.spark import run_spark
 
         if args.stats:
             raise UsageError("--stats runs with the local engine only")
@@ -197,8 +198,8 @@ def _print_usage(usage: dict, path: Path) -> None:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     _batch_modules()
-    from batch.diff import run_diff
-    from batch.policies import PolicySource
+    from iam_evaluator.batch.diff import run_diff
+    from iam_evaluator.batch.policies import PolicySource
 
     def source(spec: list[str]) -> PolicySource:
         return PolicySource.from_paths(store=spec[0]) if len(spec) == 1 and Path(spec[0]).is_dir() \
@@ -211,6 +212,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iam-eval", description="Evaluate AWS IAM policies as AWS does.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser("check", help="decide one request against policies")
@@ -282,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE)
     test.set_defaults(run=cmd_test)
 
-    from server.cli import add_commands  # the service's commands; grpc is imported only when they run
+    from iam_evaluator.server.cli import add_commands  # the service's commands; grpc is imported only when they run
     add_commands(commands)
     return parser
 
