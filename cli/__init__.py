@@ -1,9 +1,10 @@
 """``iam-eval``: check one request, validate policies, run policy test cases.
 
-Exit codes: ``check`` 0 Allow, 1 deny, 2 bad input; ``validate`` 0 clean or
-warnings only, 1 errors, 2 unreadable input; ``test`` 0 all passed, 1 any
-failed, 2 bad input; ``batch`` 0 done, 2 bad input or a failed job (a worker
-died, the output could not be written).
+Exit codes: ``check`` 0 Allow, 1 deny, 2 bad input; ``validate`` 1 when a
+finding at or above ``--fail-on`` (error by default) exists, else 0, 2
+unreadable input; ``test`` 0 all passed, 1 any failed, 2 bad input; ``batch``
+0 done, 2 bad input or a failed job (a worker died, the output could not be
+written).
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from iam_evaluator.catalog import CATALOG_ENV, Catalog
 from iam_evaluator.findings import PolicyValidationError, Severity
 from iam_evaluator.model import Policy
 from iam_evaluator.parse import PolicyKind, parse_policy
+from iam_evaluator.policy_types import PolicyType
 from iam_evaluator.principals import RequestError
 from iam_evaluator.request import PolicySet, Request
+from iam_evaluator.sarif import sarif_log
 from iam_evaluator.service_rules import ANONYMOUS
 from iam_evaluator.validate import validate_policy
 
@@ -114,14 +117,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if decision.allowed else 1
 
 
+# The severities that fail ``validate --fail-on``.
+FAILING = {"error": {Severity.ERROR}, "warning": {Severity.ERROR, Severity.WARNING}}
+
+
+def policy_files(paths: list[str]) -> list[str]:
+    """The files named, and every ``*.json`` below each folder named, in name order."""
+    files = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = sorted(str(file) for file in Path(path).rglob("*.json") if file.is_file())
+            if not found:
+                raise UsageError(f"no *.json file below {path}")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     catalog = Catalog.from_environment(args.catalog)
-    if catalog is None and not args.json:
-        print(f"note: no IAM catalog (--catalog DIR or ${CATALOG_ENV}); action and condition-key checks skipped",
-              file=sys.stderr)
-    report = {path: validate_policy(read_file(path), kind=PolicyKind(args.type), catalog=catalog)
-              for path in args.files}
-    if args.json:
+    texts = {path: read_file(path) for path in policy_files(args.files)}
+    report = {path: validate_policy(text, kind=PolicyType(args.type), catalog=catalog) for path, text in texts.items()}
+    if args.format == "sarif":
+        print(json.dumps(sarif_log({path: (texts[path], report[path]) for path in report}, __version__), indent=2))
+    elif args.format == "json":
         print(json.dumps({path: [{"code": f.code, "severity": str(f.severity), "pointer": f.pointer,
                                   "message": f.message} for f in findings]
                           for path, findings in report.items()}, indent=2))
@@ -131,8 +151,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"{path}: {errors} error(s), {len(findings) - errors} warning(s)")
             for finding in findings:
                 print(f"  {finding}")
-    has_errors = any(f.severity is Severity.ERROR for findings in report.values() for f in findings)
-    return 1 if has_errors else 0
+    failing = FAILING[args.fail_on]
+    return 1 if any(f.severity in failing for findings in report.values() for f in findings) else 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -245,12 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=cmd_check)
 
     validate = commands.add_parser("validate", help="report errors and warnings in policy files")
-    validate.add_argument("files", nargs="+", metavar="FILE")
-    validate.add_argument("--type", choices=[k.value for k in PolicyKind], default="identity",
-                          help="identity-like (identity, boundary, SCP, session) or resource-based")
+    validate.add_argument("files", nargs="+", metavar="PATH", help="policy files, or folders: every *.json below")
+    validate.add_argument("--type", choices=[t.value for t in PolicyType], default="identity",
+                          help="identity-based (default), resource-based, SCP, RCP, permissions boundary or session "
+                               "policy")
     validate.add_argument("--catalog", metavar="DIR",
-                          help=f"folder with iam_actions.jsonl and condition_keys.jsonl (default ${CATALOG_ENV})")
-    validate.add_argument("--json", action="store_true", help="print findings as JSON")
+                          help=f"the IAM catalog: a folder with iam_actions.jsonl and condition_keys.jsonl "
+                               f"(default ${CATALOG_ENV}, else the catalog shipped with iam-eval)")
+    validate.add_argument("--fail-on", choices=sorted(FAILING), default="error",
+                          help="exit 1 when a finding of this severity or worse exists (default error)")
+    validate.add_argument("--format", choices=["text", "json", "sarif"], default="text",
+                          help="text (default), JSON by file, or a SARIF 2.1.0 log for code scanning")
+    validate.add_argument("--json", dest="format", action="store_const", const="json", help="--format json")
     validate.set_defaults(run=cmd_validate)
 
     batch = commands.add_parser("batch", help="replay request logs (JSON Lines, Parquet, CloudTrail) against policies")

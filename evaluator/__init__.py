@@ -1,7 +1,7 @@
 """iam-evaluator: AWS IAM policy evaluation, faithful and fast.
 
 parse → validate → evaluate: ``parse_policy`` builds the immutable model,
-``validate_policy`` adds catalog and size findings, ``reference.evaluate``
+``validate_policy`` adds type, catalog, size and security findings, ``reference.evaluate``
 decides a request exactly as AWS's documented logic does.
 """
 from importlib.metadata import PackageNotFoundError, version

@@ -26,7 +26,7 @@ STATEMENT_KEYS = {
 }
 PRINCIPAL_KEYS = {"AWS": "aws", "Service": "service", "Federated": "federated", "CanonicalUser": "canonical_user"}
 
-_ACTION = re.compile(r"[A-Za-z0-9*?_-]+:[A-Za-z0-9*?_-]+")
+ACTION_SYNTAX = re.compile(r"[A-Za-z0-9*?_-]+:[A-Za-z0-9*?_-]+")  # service:Action, wildcards allowed
 _ACCOUNT_ID = re.compile(r"\d{12}")
 
 
@@ -304,7 +304,7 @@ class _Parser:
         return tuple(value) if ok else None
 
     def action(self, text: str, where: tuple) -> None:
-        if text != "*" and not _ACTION.fullmatch(text):
+        if text != "*" and not ACTION_SYNTAX.fullmatch(text):
             self.error(
                 "E015", pointer(*where),
                 f"{text!r} is not an action: write service:Action (wildcards * and ? allowed) or \"*\"",
@@ -341,8 +341,8 @@ class _Parser:
             for key in has:
                 self.error(
                     "E018", pointer(*where, key),
-                    f"{key} is not allowed in an identity-based policy (the principal is the one the policy is "
-                    "attached to)",
+                    f"{key} is not allowed in an identity-based policy, permissions boundary, SCP or session policy: "
+                    "only resource-based policies name principals",
                 )
             return None, None
         if not has:
@@ -448,6 +448,16 @@ class _Parser:
                 except ValueError as exc:
                     self.error("E026", pointer(*at), f"bad value for a {family} condition: {exc}")
         return tuple(values) if len(values) == len(items) else None
+
+
+def readable_statements(doc: Any) -> Iterator[tuple[tuple, dict]]:
+    """``(where, statement)`` for every statement of ``doc`` that is an object, whatever else is wrong with the
+    policy: for the checks that report on all that can be read of a policy with errors."""
+    raw = doc.get("Statement") if isinstance(doc, dict) else None
+    if isinstance(raw, dict):
+        yield ("Statement",), raw
+    elif isinstance(raw, list):
+        yield from ((("Statement", index), item) for index, item in enumerate(raw) if isinstance(item, dict))
 
 
 def check_policy(

@@ -28,7 +28,7 @@ def _section(kind: int) -> str:
 
 
 class PolicyAdminServicer(pb_grpc.PolicyAdminServicer):
-    def __init__(self, live: Callable[[], LiveStore], catalog: Catalog | None) -> None:
+    def __init__(self, live: Callable[[], LiveStore], catalog: Catalog) -> None:
         self._live = live  # raises ServiceError(UNAVAILABLE) until the store is compiled
         self._catalog = catalog
 

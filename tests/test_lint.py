@@ -9,7 +9,7 @@ from .conftest import REPO
 
 def test_ruff_is_clean():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "evaluator", "batch", "cli", "server", "tests",
-                             "benchmarks"], cwd=REPO, capture_output=True, text=True)
+                             "tools", "benchmarks"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -325,6 +325,15 @@ def test_validate_policy_reports_findings_with_pointers(client):
     assert not not_json.valid and not_json.findings[0].severity == "error"
 
 
+def test_validate_policy_checks_names_against_the_shipped_catalog(client):
+    typo = client.call(client.admin.ValidatePolicy, pb.ValidatePolicyRequest(
+        document=document({"Effect": "Allow", "Action": "s3:GetObjekt", "Resource": "arn:aws:s3:::reports/*"}),
+        kind=pb.MANAGED))
+    assert typo.valid, "IAM accepts an action it does not know: a warning"
+    assert [(f.code, f.pointer, f.severity) for f in typo.findings] == [("W003", "/Statement/0/Action", "warning")]
+    assert typo.findings[0].message.endswith("did you mean s3:GetObject?")
+
+
 def policy_names(listed: pb.ListPoliciesResponse) -> set[tuple[int, str]]:
     return {(name.kind, name.name) for name in listed.policies}
 

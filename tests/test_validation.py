@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from iam_evaluator import PolicyKind, PolicyValidationError, Severity, parse_policy
 from iam_evaluator.catalog import Catalog
-from iam_evaluator.findings import pointer
+from iam_evaluator.findings import CODE_MEANINGS, pointer
+from iam_evaluator.policy_types import PolicyType
+from iam_evaluator.security_checks import SENSITIVE_SERVICES
 from iam_evaluator.validate import validate_policy
 
-from .conftest import CORPUS, EXAMPLES, require
+from .conftest import CORPUS, EXAMPLES, REPO, require
+
+PACKAGE = REPO / "evaluator"
 
 V = "2012-10-17"
 
@@ -222,9 +227,14 @@ def test_validate_returns_errors_without_raising():
     assert [f.code for f in findings] == ["W001", "E007"]
 
 
+# AWS's own service-role policy passes any role to EC2 (iam:PassedToService limits the service, not the role).
+EXAMPLE_FINDINGS = {"AWSServiceRoleForImageBuilder": [("W013", "/Statement/2/Resource")]}
+
+
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda p: p.stem)
 def test_shipped_examples_are_clean(path, catalog):
-    assert validate_policy(path.read_text(), catalog=catalog) == []
+    findings = validate_policy(path.read_text(), catalog=catalog)
+    assert [(f.code, f.pointer) for f in findings] == EXAMPLE_FINDINGS.get(path.stem, [])
 
 
 def test_every_managed_policy_parses():
@@ -261,3 +271,158 @@ def test_nesting_deeper_than_any_policy_is_refused_without_recursion():
             parse_policy(document)
         [finding] = raised.value.findings
         assert finding.code == "E001" and "nested more than" in finding.message
+
+
+# --- catalog checks read a policy with errors -----------------------------------------------------------
+
+
+def test_catalog_checks_run_on_every_statement_of_a_policy_with_errors():
+    source = pol(stmt(Effect="allow", Action="s3:GetObjekt"),
+                 stmt(Condition={"Bool": {"aws:SecureTransportt": "true"}}),
+                 "not a statement",
+                 stmt(Action=["nosuchservice:Get", 7]),
+                 stmt(Action="s3 GetObject"))
+    findings = validate_policy(source)
+    assert [(f.code, f.pointer) for f in findings] == [
+        ("E010", "/Statement/0/Effect"),
+        ("E007", "/Statement/2"),
+        ("E013", "/Statement/3/Action/1"),
+        ("E015", "/Statement/4/Action"),  # not an action: the parser's error, and no catalog warning on top
+        ("W003", "/Statement/0/Action"),
+        ("W004", "/Statement/1/Condition/Bool/aws:SecureTransportt"),
+        ("W002", "/Statement/3/Action/0"),
+    ]
+    assert findings[4].message.endswith("did you mean s3:GetObject?")
+    assert findings[5].message.endswith("did you mean aws:SecureTransport?")
+
+
+def test_text_that_cannot_be_read_gets_no_catalog_findings():
+    assert [f.code for f in validate_policy('{"Statement": [{"Action": "s3:GetObjekt"')] == ["E001"]
+    assert [f.code for f in validate_policy(pol(stmt(Action="s3:GetObjekt", Sid="\ud800")))] == ["E001"]
+
+
+SUGGESTIONS = [  # (action or condition key, the warning's code, its message's end)
+    ("s3:GetObjekt", "W003", "did you mean s3:GetObject?"),
+    ("S3:getobjekt", "W003", "did you mean s3:GetObject?"),
+    ("s4:GetObject", "W002", "did you mean s3:GetObject?"),
+    ("lamda:InvokeFunction", "W002", "did you mean lambda:InvokeFunction?"),
+    ("sts:AssumeRol", "W003", "did you mean sts:AssumeRole or sts:AssumeRoot?"),
+    ("s3:Zap*", "W003", "'s3:Zap*' matches no s3 action of the IAM catalog"),
+    ("aws:SourceIpp", "W004", "did you mean aws:SourceIp, aws:VpcSourceIp or aws:SourceVpc?"),
+    ("aws:ResourceTagg/team", "W004", "did you mean aws:ResourceTag/team or aws:RequestTag/team?"),
+    ("s3:x-amz-acll", "W004", "did you mean s3:x-amz-acl?"),
+]
+
+
+@pytest.mark.parametrize(("name", "code", "ending"), SUGGESTIONS, ids=[row[0] for row in SUGGESTIONS])
+def test_unknown_names_come_with_the_closest_known_ones(name, code, ending):
+    block = {"Action": name} if code != "W004" else {"Condition": {"StringEquals": {name: "x"}}}
+    [finding] = validate_policy(pol(stmt(**block)))
+    assert (finding.code, finding.message.endswith(ending)) == (code, True), finding.message
+
+
+# --- policy types -----------------------------------------------------------------------------------------
+
+RCP_FULL_AWS_ACCESS = pol(stmt(Principal="*", Action="*"))
+DENY_WITHOUT_TLS = stmt(Effect="Deny", Principal="*", Action="s3:*", Resource="arn:aws:s3:::reports/*",
+                        Condition={"Bool": {"aws:SecureTransport": "false"}})
+
+TYPE_RULES = [  # (name, type, policy, expected (code, pointer) list)
+    ("SCP with Principal", PolicyType.SCP, pol(stmt(Effect="Deny", Principal="*")),
+     [("E018", "/Statement/0/Principal")]),
+    ("boundary with NotPrincipal", PolicyType.BOUNDARY, pol(stmt(NotPrincipal={"AWS": "111122223333"})),
+     [("E018", "/Statement/0/NotPrincipal")]),
+    ("session policy with Principal", PolicyType.SESSION, pol(stmt(Principal={"AWS": "111122223333"})),
+     [("E018", "/Statement/0/Principal")]),
+    ("RCP with an Allow", PolicyType.RCP, pol(stmt(Principal="*", Action="s3:GetObject")),
+     [("E027", "/Statement/0/Effect")]),
+    ("RCPFullAWSAccess beside a Deny", PolicyType.RCP,
+     pol(stmt(Principal="*", Action="*"), DENY_WITHOUT_TLS), [("E027", "/Statement/0/Effect")]),
+    ("RCP with NotPrincipal", PolicyType.RCP, pol(stmt(Effect="Deny", NotPrincipal={"AWS": "111122223333"})),
+     [("E028", "/Statement/0/NotPrincipal")]),
+    ("RCP without Principal", PolicyType.RCP, pol(stmt(Effect="Deny")), [("E019", "/Statement/0")]),
+    ("RCPFullAWSAccess", PolicyType.RCP, RCP_FULL_AWS_ACCESS, []),
+    ("RCPFullAWSAccess with lists and a Sid", PolicyType.RCP,
+     pol(stmt(Sid="FullAccess", Principal="*", Action=["*"], Resource=["*"])), []),
+    ("RCP that denies", PolicyType.RCP, pol(DENY_WITHOUT_TLS), []),
+    ("FullAWSAccess SCP", PolicyType.SCP, pol(stmt(Action="*")), []),
+    ("boundary allowing all of IAM", PolicyType.BOUNDARY, pol(stmt(Action="iam:*")), []),
+]
+
+
+@pytest.mark.parametrize(("policy_type", "source", "expected"), [pytest.param(*row[1:], id=row[0])
+                                                                  for row in TYPE_RULES])
+def test_each_policy_type_has_its_rules(policy_type, source, expected):
+    findings = validate_policy(source, kind=policy_type)
+    assert [(f.code, f.pointer) for f in findings] == expected
+    assert all(f.severity is Severity.ERROR for f in findings)
+
+
+def test_a_policy_kind_reads_as_the_type_of_its_name():
+    assert validate_policy(pol(stmt(Principal="*")), kind=PolicyKind.IDENTITY)[0].code == "E018"
+    assert validate_policy(pol(stmt(Principal={"AWS": "111122223333"})), kind=PolicyKind.RESOURCE) == []
+
+
+# --- security warnings ------------------------------------------------------------------------------------
+
+ACCOUNT = {"AWS": "arn:aws:iam::111122223333:root"}
+QUEUE = "arn:aws:sqs:us-east-1:111122223333:orders"
+SECURITY = [  # (name, type, policy, expected (code, pointer) list)
+    ("iam:PassRole on every role", PolicyType.IDENTITY, pol(stmt(Action="iam:PassRole", Resource=["*"])),
+     [("W013", "/Statement/0/Resource/0")]),
+    ("iam:Pass* on every role", PolicyType.IDENTITY, pol(stmt(Action=["iam:Get*", "iam:Pass*"])),
+     [("W013", "/Statement/0/Resource")]),
+    ("Allow with NotAction", PolicyType.IDENTITY, pol(stmt(Action=None, NotAction="iam:*")),
+     [("W014", "/Statement/0/NotAction")]),
+    ("Allow with NotResource", PolicyType.IDENTITY, pol(stmt(Resource=None, NotResource="arn:aws:s3:::secret/*")),
+     [("W015", "/Statement/0/NotResource")]),
+    ("public queue", PolicyType.RESOURCE, pol(stmt(Principal="*", Action="sqs:SendMessage", Resource=QUEUE)),
+     [("W016", "/Statement/0/Principal")]),
+    ("public queue, every AWS principal", PolicyType.RESOURCE,
+     pol(stmt(Principal={"AWS": ["111122223333", "*"]}, Action="sqs:SendMessage", Resource=QUEUE)),
+     [("W016", "/Statement/0/Principal")]),
+    ("all of KMS", PolicyType.IDENTITY, pol(stmt(Action=["kms:Decrypt", "KMS:*"])),
+     [("W017", "/Statement/0/Action/1")]),
+    ("every action", PolicyType.IDENTITY, pol(stmt(Action="*")),
+     [("W013", "/Statement/0/Resource"), ("W017", "/Statement/0/Action")]),
+    ("bucket policy without a TLS deny", PolicyType.RESOURCE,
+     pol(stmt(Principal=ACCOUNT, Resource=["arn:aws:s3:::reports", "arn:aws:s3:::reports/*"])),
+     [("W018", "/Statement/0/Resource/0")]),
+]
+CLEAN = [  # (name, type, policy): no finding at all
+    ("narrow identity policy", PolicyType.IDENTITY,
+     pol(stmt(Action=["s3:GetObject", "s3:ListBucket"], Resource="arn:aws:s3:::reports/*"),
+         stmt(Action="iam:PassRole", Resource="arn:aws:iam::111122223333:role/builder"),
+         stmt(Effect="Deny", Action=None, NotAction="iam:*", Resource=None, NotResource="arn:aws:s3:::reports/*"),
+         stmt(Action="ec2:*", Resource="*"))),
+    ("bucket policy that denies insecure transport", PolicyType.RESOURCE,
+     pol(stmt(Principal=ACCOUNT, Action="s3:GetObject", Resource="arn:aws:s3:::reports/*"), DENY_WITHOUT_TLS)),
+    ("public queue for the organization only", PolicyType.RESOURCE,
+     pol(stmt(Principal="*", Action="sqs:SendMessage", Resource=QUEUE,
+              Condition={"StringEquals": {"aws:PrincipalOrgID": "o-a1b2c3d4e5"}}))),
+]
+
+
+@pytest.mark.parametrize(("policy_type", "source", "expected"), [pytest.param(*row[1:], id=row[0])
+                                                                  for row in SECURITY])
+def test_each_security_warning_fires(policy_type, source, expected):
+    findings = validate_policy(source, kind=policy_type)
+    assert [(f.code, f.pointer) for f in findings] == expected
+    assert all(f.severity is Severity.WARNING and f.message for f in findings)
+
+
+@pytest.mark.parametrize(("policy_type", "source"), [pytest.param(*row[1:], id=row[0]) for row in CLEAN])
+def test_a_clean_policy_gets_no_security_warning(policy_type, source):
+    assert validate_policy(source, kind=policy_type) == []
+
+
+def test_security_warnings_are_stable_codes_with_their_own_meaning():
+    assert [code for code, _ in CODE_MEANINGS.items() if code >= "W013"] == \
+        ["W013", "W014", "W015", "W016", "W017", "W018"]
+    assert {"iam", "kms", "sts", "organizations", "s3"} <= SENSITIVE_SERVICES
+
+
+def test_every_code_the_validator_can_give_has_a_meaning():
+    sources = ["parse.py", "validate.py", "catalog_checks.py", "security_checks.py", "policy_types.py"]
+    codes = {code for name in sources for code in re.findall(r'"([EW]\d{3})"', (PACKAGE / name).read_text())}
+    assert codes == set(CODE_MEANINGS)
