@@ -1,10 +1,12 @@
 """Hypothesis strategies: whole policy stores, as snapshots, and requests to them.
 
 A small world again (three accounts in one organisation, a few roles, users,
-groups, managed policies, SCPs, RCPs and resources), so that principals share
-policies, conditions on the principal's tags and organisation meet the facts
-the store sets, and requests reach every layer: a snapshot is what
-``PolicyStore.from_json`` reads (the format is in ``evaluator/store.py``).
+groups, managed policies, SCPs, RCPs, resources and VPC endpoints), so that principals
+share policies, conditions on the principal's tags and organisation meet the facts
+the store sets, and requests reach every layer and every per-service rule (anonymous
+callers, GetCallerIdentity, trust and key policies, RCPs on the services they apply
+to and on lambda and ec2, which they do not, the endpoint ``aws:SourceVpce`` names):
+a snapshot is what ``PolicyStore.from_json`` reads (the format is in ``evaluator/store.py``).
 Statements come from ``strategies``, drawn from this module's ``World``.
 """
 from __future__ import annotations
@@ -12,13 +14,16 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from .strategies import (
+    ANONYMOUS,
     TAG_VALUES,
     World,
     allowed_targets,
     contexts,
+    endpoint_policies,
     policies,
     principal_elements,
     session_tags_for,
+    with_public_statement,
 )
 
 ORG = "o-abcdefgh12"
@@ -55,15 +60,21 @@ FULL_AWS_ACCESS = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "A
 BUCKET_A, BUCKET_B = "arn:aws:s3:::bucket-a", "arn:aws:s3:::bucket-b"
 QUEUE = f"arn:aws:sqs:us-east-1:{A2}:queue-1"
 KEY = f"arn:aws:kms:us-east-1:{A1}:key/k-1"
-POLICY_RESOURCES = [BUCKET_A, BUCKET_B, QUEUE, KEY]  # and the trust policies of the store's roles
+FUNCTION = f"arn:aws:lambda:us-east-1:{A3}:function:fn-1"  # lambda: a service RCPs do not apply to
+POLICY_RESOURCES = [BUCKET_A, BUCKET_B, QUEUE, KEY, FUNCTION]  # and the trust policies of the store's roles
+ROLE_ARNS = [role_arn(a, r) for a in ACCOUNTS for r in ROLES]
+VPCE_IDS = ["vpce-0a1b2c3d", "vpce-0123456789abcdef0", "vpce-99998888"]  # 8 to 17 hex digits
+UNKNOWN_VPCE = ["vpce-ffffffff", "VPCE-0A1B2C3D"]  # endpoints no store holds (ids compare exactly)
 
 # Requests: mostly an action on a resource of its kind (an S3 object's policy is its bucket's).
 OBJECTS = [f"{BUCKET_A}/web/report.csv", f"{BUCKET_A}/alice/notes.txt", f"{BUCKET_B}/data/x"]
 TARGETS = {
     "s3:GetObject": OBJECTS, "s3:PutObject": OBJECTS, "s3:ListBucket": [BUCKET_A, BUCKET_B],
     "sqs:SendMessage": [QUEUE], "kms:Decrypt": [KEY, f"arn:aws:kms:us-east-1:{A3}:key/k-2"],
-    "sts:AssumeRole": [role_arn(A1, "Builder"), role_arn(A2, "Deployer"), role_arn(A3, "service/Reader")],
+    "kms:GenerateDataKey": [KEY],
+    "sts:AssumeRole": ROLE_ARNS, "sts:TagSession": ROLE_ARNS, "sts:GetCallerIdentity": ["*"],
     "ec2:RunInstances": ["*", f"arn:aws:ec2:us-east-1:{A3}:instance/i-1"],
+    "lambda:InvokeFunction": [FUNCTION, f"arn:aws:lambda:us-east-1:{A1}:function:fn-2"],
 }
 ACTIONS = sorted(TARGETS)
 RESOURCES = ["*", *sorted({resource for resources in TARGETS.values() for resource in resources})]
@@ -79,8 +90,11 @@ SERVICE_PATTERNS = {  # per service: (Action patterns, Resource patterns); "*" o
     "sqs": (["sqs:*", "sqs:SendMessage"],
             ["*", "*", "arn:aws:sqs:*:*:queue-*", QUEUE, "arn:aws:sqs:*:${aws:PrincipalAccount}:*"]),
     "kms": (["kms:*", "kms:Decrypt"], ["*", "*", "arn:aws:kms:*:*:key/*", KEY]),
-    "sts": (["sts:*", "sts:AssumeRole"], ["*", "*", "arn:aws:iam::*:role/*", role_arn(A1, "Builder")]),
+    "sts": (["sts:*", "sts:AssumeRole", "sts:TagSession", "sts:GetCallerIdentity"],
+            ["*", "*", "arn:aws:iam::*:role/*", role_arn(A1, "Builder"),
+             "arn:aws:iam::${aws:PrincipalAccount}:role/*"]),
     "ec2": (["ec2:*", "ec2:RunInstances"], ["*", "arn:aws:ec2:*:*:instance/*"]),
+    "lambda": (["lambda:*", "lambda:InvokeFunction"], ["*", "*", "arn:aws:lambda:*:*:function:*", FUNCTION]),
 }
 SPECIFIC_RESOURCES = sorted({r for _, resources in SERVICE_PATTERNS.values() for r in resources if r != "*"})
 ANY_TARGETS = (  # any service's patterns, "*" for half the resources
@@ -106,6 +120,8 @@ CONDITIONS = [
     ("IpAddress", "aws:SourceIp", st.sampled_from(["10.0.0.0/8"])),
     ("Bool", "aws:SecureTransport", st.sampled_from(["true"])),
     ("StringEquals", "aws:RequestedRegion", st.sampled_from(["us-east-1"])),
+    ("StringEquals", "aws:SourceVpce", st.sampled_from(VPCE_IDS[:2])),
+    ("StringNotEqualsIfExists", "aws:sourcevpce", st.sampled_from(VPCE_IDS[2:])),
 ]
 PRINCIPAL_NAMES = ["*", *ACCOUNTS, OUTSIDE, *(f"arn:aws:iam::{a}:root" for a in ACCOUNTS), role_arn(A1, "Builder"),
                    role_arn(A2, "Deployer"), role_arn(A2, "service/Reader"), f"arn:aws:iam::{A1}:user/alice",
@@ -132,13 +148,17 @@ CONTEXT_VALUES = {
     "aws:SourceIp": st.sampled_from(["10.1.2.3", "192.168.0.1", "not-an-ip"]),
     "aws:SecureTransport": st.sampled_from(["true", "false"]),
     "aws:RequestedRegion": st.sampled_from(["us-east-1", "eu-west-1"]),
+    "aws:SourceVpce": st.sampled_from(VPCE_IDS + UNKNOWN_VPCE),  # names an endpoint the store may hold
 }
 
 POLICIES = policies(world=STORE_WORLD)
 RCPS = policies(with_principal=True, world=STORE_WORLD, max_statements=2)
-RESOURCE_POLICIES = {  # a resource's policy mostly names its own service's actions
-    service: policies(with_principal=True, world=_world(targets, targets, ANY_TARGETS), max_statements=2)
-    for service, targets in SERVICE_TARGETS.items()}
+RESOURCE_WORLDS = {service: _world(targets, targets, ANY_TARGETS) for service, targets in SERVICE_TARGETS.items()}
+RESOURCE_POLICIES = {  # a resource's policy mostly names its own service's actions; some allow everyone something
+    service: policies(with_principal=True, world=world, max_statements=2).flatmap(
+        lambda policy, world=world: with_public_statement(policy, world))
+    for service, world in RESOURCE_WORLDS.items()}
+ENDPOINT_POLICIES = endpoint_policies(STORE_WORLD)
 
 
 def _subset(elements, max_size=2, min_size=0):
@@ -230,6 +250,9 @@ def stores(draw) -> dict:
     snapshot["resource_policies"] = [  # a role's trust policy is for sts
         {"resource": arn, "document": draw(RESOURCE_POLICIES["sts" if ":role/" in arn else arn.split(":")[2]])}
         for arn in governed]
+    if draw(st.integers(0, 2)) == 2:  # a third of the stores hold one or two VPC endpoints
+        snapshot["vpc_endpoints"] = [{"id": vpce, "document": draw(ENDPOINT_POLICIES)}
+                                     for vpce in draw(_subset(VPCE_IDS, min_size=1))]
     return {section: entries for section, entries in snapshot.items() if entries}
 
 
@@ -250,10 +273,12 @@ def granted_targets(snapshot: dict, arn: str) -> list[tuple[str, str]]:
 @st.composite
 def store_requests(draw, snapshot: dict, refused=False) -> dict:
     """A request to the store as JSON: mostly from its principals and their roles' sessions,
-    sometimes from principals it does not hold, rarely from malformed ones."""
+    sometimes from principals it does not hold or anonymous callers, rarely from malformed
+    ones; through a VPC endpoint (``aws:SourceVpce``) sometimes, one the store holds or not."""
     holders = [p["arn"] for p in snapshot["principals"]]
     roles = [arn for arn in holders if ":role/" in arn]
-    pick = draw(st.integers(0, 19))  # of 20: 9 a principal it holds, 8 a session of a role, 2 unknown, 1 malformed
+    pick = draw(st.integers(0, 22))
+    # of 23: 9 a principal it holds, 8 a session of a role, 2 unknown, 1 malformed, 3 anonymous
     granted: list[tuple[str, str]] = []
     if pick < 17:
         held = draw(st.sampled_from(roles if pick >= 9 and roles else holders))
@@ -262,8 +287,10 @@ def store_requests(draw, snapshot: dict, refused=False) -> dict:
         granted = granted_targets(snapshot, held)
     elif pick < 19:
         principal = draw(st.sampled_from(UNKNOWN_PRINCIPALS))
-    else:
+    elif pick < 20:
         principal = draw(st.sampled_from(MALFORMED_PRINCIPALS))
+    else:
+        principal = ANONYMOUS
     governed = [resource for resource in RESOURCES
                 if any(resource.split("/")[0] == p["resource"] or resource == p["resource"]
                        for p in snapshot.get("resource_policies", ()))]
@@ -276,15 +303,20 @@ def store_requests(draw, snapshot: dict, refused=False) -> dict:
     else:  # mostly an action on a resource of its kind
         action = draw(st.sampled_from(ACTIONS))
         resource = draw(st.sampled_from(TARGETS[action] if draw(st.integers(0, 4)) else RESOURCES))
+    context = draw(contexts(CONTEXT_VALUES, max_keys=4, refused=refused))
+    endpoints = [endpoint["id"] for endpoint in snapshot.get("vpc_endpoints", ())]
+    if endpoints and draw(st.integers(0, 2)) == 2 and not any(key.lower() == "aws:sourcevpce" for key in context):
+        spelled = draw(st.sampled_from(["aws:SourceVpce", "aws:sourcevpce", "AWS:SOURCEVPCE"]))
+        context[spelled] = draw(st.sampled_from(endpoints + UNKNOWN_VPCE[:1]))
     request = {
         "principal": principal,
         "action": action,
         "resource": resource,
-        "context": draw(contexts(CONTEXT_VALUES, max_keys=4, refused=refused)),
+        "context": context,
     }
-    if draw(st.integers(0, 3)) == 0:
+    if draw(st.integers(0, 1 if principal == ANONYMOUS else 3)) == 0:
         request["resource_account"] = draw(st.sampled_from([*ACCOUNTS, OUTSIDE]))
-    tags = draw(session_tags_for(request["principal"], refused))
+    tags = None if principal == ANONYMOUS else draw(session_tags_for(principal, refused))
     if tags is not None:
         request["session_tags"] = tags
     return request

@@ -4,9 +4,14 @@ The world is small on purpose (a few services, ARNs, principals, context keys)
 so that generated patterns, conditions and requests meet often: most requests
 match some statement, and conditions see present, absent, matching and
 non-matching values of every type; half the requests are aimed at what the
-identity policies allow. Statements and policies take their patterns,
-conditions and Principal names from a ``World``, so that the store strategies
-(``store_strategies``) draw from a world of their own.
+identity policies allow (an anonymous caller's at what the resource policy allows).
+The world meets the per-service rules (``evaluator.service_rules``) too: a caller
+that signed nothing (``anonymous``), GetCallerIdentity, AssumeRole and TagSession on
+roles (whose trust policy the resource policy is), KMS keys (whose key policy it is),
+services that RCPs apply to and services they do not (ec2, iam, lambda), and a VPC
+endpoint's policy. Statements and policies take their patterns, conditions and
+Principal names from a ``World``, so that the store strategies (``store_strategies``)
+draw from a world of their own.
 """
 from __future__ import annotations
 
@@ -26,15 +31,18 @@ PRINCIPALS = [
     f"arn:aws:iam::{OTHER}:user/mallory",
     f"arn:aws:sts::{OTHER}:assumed-role/Reader/r-1",
 ]
+ANONYMOUS = "anonymous"  # a request no credentials signed; drawn apart, for one request in eight
 
 ACTIONS = [
     "s3:GetObject", "s3:PutObject", "s3:ListBucket", "S3:getobject", "ec2:RunInstances", "ec2:DescribeImages",
     "iam:PassRole", "kms:Decrypt", "imagebuilder:GetImage", "imagebuilder:ListImages",
+    "sts:GetCallerIdentity", "sts:AssumeRole", "sts:TagSession", "lambda:InvokeFunction", "sqs:SendMessage",
 ]
 ACTION_PATTERNS = [
     "*", "s3:*", "s3:Get*", "s3:get*", "S3:*Object", "s3:?etObject", "s3:GetObject", "s3:PutObject",
     "ec2:*", "ec2:Describe*", "ec2:RunInstances", "iam:PassRole", "iam:Pass*", "kms:*", "kms:Dec?ypt",
     "imagebuilder:*", "imagebuilder:Get*", "imagebuilder:List*", "*:GetObject", "s3:*Bucket*",
+    "sts:*", "sts:AssumeRole", "sts:*Session", "lambda:*", "lambda:Invoke*", "sqs:*", "sqs:SendMessage",
 ]
 
 RESOURCES = [
@@ -48,6 +56,10 @@ RESOURCES = [
     f"arn:aws:iam::{ACCOUNT}:role/Builder",
     f"arn:aws:kms:us-east-1:{OTHER}:key/k-1",
     f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/imagebuilder/x:log-stream:1",
+    f"arn:aws:iam::{OTHER}:role/Reader",  # a role in each account (and Builder above)
+    f"arn:aws:kms:us-east-1:{ACCOUNT}:key/k-2",  # a key in the callers' account
+    f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:fn-1",
+    f"arn:aws:sqs:us-east-1:{OTHER}:queue-1",
 ]
 RESOURCE_PATTERNS = [
     "*", "arn:aws:s3:::bucket-a", "arn:aws:s3:::bucket-a/*", "arn:aws:s3:::bucket-?/*", "arn:aws:s3:::*",
@@ -56,7 +68,16 @@ RESOURCE_PATTERNS = [
     "arn:aws:ec2:*:*:instance/*", f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-0abc", "arn:aws:ec2:*:*:*",
     f"arn:aws:iam::{ACCOUNT}:role/*", "arn:aws:iam::*:role/Build?r", "arn:aws:kms:*:*:key/*",
     "arn:aws:logs:*:*:log-group:/aws/imagebuilder/*", "arn:aws:*:*:*:*", "arn:aws:s3:::bucket-a/*/notes.txt",
+    "arn:aws:iam::*:role/*", f"arn:aws:iam::{OTHER}:role/Reader", f"arn:aws:kms:*:{ACCOUNT}:key/*",
+    "arn:aws:lambda:*:*:function:*", f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:fn-1",
+    "arn:aws:sqs:*:*:queue-*", f"arn:aws:sqs:us-east-1:{OTHER}:queue-1",
 ]
+RULE_TARGETS = [  # (action, resource) pairs whose resource's own policy must allow: trust and key policies
+    *((action, resource) for action in ("sts:AssumeRole", "sts:TagSession") for resource in RESOURCES
+      if ":role/" in resource),
+    *(("kms:Decrypt", resource) for resource in RESOURCES if ":key/" in resource),
+]
+VPCE_IDS = ["vpce-0a1b2c3d", "vpce-0123456789abcdef0"]  # as aws:SourceVpce gives them
 
 # Context keys, each with values that its conditions will and will not match.
 CONTEXT_VALUES = {
@@ -73,6 +94,7 @@ CONTEXT_VALUES = {
     "s3:prefix": st.sampled_from(["home/", "home/alice/", "public/", ""]),
     "kms:EncryptionContextKeys": st.lists(st.sampled_from(["a", "b", "c"]), max_size=3, unique=True),
     "aws:BinaryThing": st.sampled_from(["QUJD", "REVG"]),
+    "aws:SourceVpce": st.sampled_from(VPCE_IDS),
 }
 
 CONDITIONS = [
@@ -105,6 +127,8 @@ CONDITIONS = [
     ("ForAllValues:StringNotEquals", "kms:EncryptionContextKeys", st.sampled_from(["a"])),
     ("ForAnyValue:StringNotEquals", "kms:EncryptionContextKeys", st.sampled_from(["a", "b"])),
     ("ForAnyValue:StringEquals", "aws:username", st.sampled_from(["alice"])),
+    ("StringEquals", "aws:SourceVpce", st.sampled_from(VPCE_IDS[:1])),
+    ("StringNotEqualsIfExists", "aws:sourcevpce", st.sampled_from(VPCE_IDS[1:])),
 ]
 
 TAG_KEYS = ["team", "env"]
@@ -178,6 +202,36 @@ def policies(draw, with_principal=False, world: World = POLICY_WORLD, max_statem
     return {"Version": version, "Statement": items}
 
 
+@st.composite
+def with_public_statement(draw, policy: dict, world: World = POLICY_WORLD) -> dict:
+    """A resource policy, half the time with one more statement that allows everyone
+    (Principal "*"), so that anonymous requests meet Allows too."""
+    if draw(st.booleans()):
+        statement = draw(statements(world=world))
+        statement.update({"Sid": "Public", "Effect": "Allow", "Principal": "*"})
+        policy = {**policy, "Statement": [*policy["Statement"], statement]}
+    return policy
+
+
+RULE_ACTION_PATTERNS = ["sts:AssumeRole", "sts:TagSession", "sts:*", "kms:Decrypt", "kms:*", "*"]
+RULE_PRINCIPALS = principal_elements([ACCOUNT, OTHER, f"arn:aws:iam::{ACCOUNT}:root", f"arn:aws:iam::{OTHER}:root",
+                                      *PRINCIPALS], service=False)  # the accounts (delegating) or callers
+
+
+@st.composite
+def with_rule_statement(draw, policy: dict) -> dict:
+    """A resource policy, a third of the time with one more Allow of AssumeRole, TagSession or
+    KMS actions to an account or a caller: it acts as a trust or key policy that names (or
+    delegates to) the caller, so that the resource-must-allow rules meet their Allows."""
+    if draw(st.integers(0, 2)) == 2:
+        statement = {"Sid": "Rule", "Effect": "Allow", "Principal": draw(RULE_PRINCIPALS),
+                     "Action": draw(_one_or_list(st.sampled_from(RULE_ACTION_PATTERNS), 2)), "Resource": "*"}
+        if draw(st.integers(0, 2)) == 2:
+            statement["Condition"] = draw(condition_blocks())
+        policy = {**policy, "Statement": [*policy["Statement"], statement]}
+    return policy
+
+
 ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 RCP_ALLOW_ALL = {"Version": "2012-10-17",
                  "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*"}]}
@@ -192,16 +246,30 @@ def _levels(draw, level_policies, allow_all, max_size):
 
 
 @st.composite
+def endpoint_policies(draw, world: World = POLICY_WORLD):
+    """A VPC endpoint's policy (a resource-kind policy, with Principal); most begin with the
+    allow-all statement of AWS's default endpoint policy, so that requests get past it."""
+    policy = draw(policies(with_principal=True, world=world, max_statements=2))
+    if draw(st.integers(0, 3)) < 3:
+        policy["Statement"] = [*RCP_ALLOW_ALL["Statement"], *policy["Statement"]]
+    return policy
+
+
+@st.composite
 def policy_sets(draw):
-    """A conformance-shaped ``policies`` object."""
-    return {
+    """A conformance-shaped ``policies`` object; a third of them with a VPC endpoint's policy."""
+    policy_set = {
         "identity": draw(st.lists(policies(), max_size=3)),
-        "resource": draw(st.one_of(st.none(), policies(with_principal=True))),
+        "resource": draw(st.one_of(st.none(), policies(with_principal=True).flatmap(with_public_statement)
+                                   .flatmap(with_rule_statement))),
         "permissions_boundary": draw(st.one_of(st.none(), policies().map(lambda p: [p]))),
         "session": draw(st.one_of(st.none(), policies().map(lambda p: [p]))),
         "scp": draw(st.one_of(st.none(), _levels(policies(), ALLOW_ALL, 2))),
         "rcp": draw(st.one_of(st.none(), _levels(policies(with_principal=True), RCP_ALLOW_ALL, 1))),
     }
+    if draw(st.integers(0, 2)) == 2:
+        policy_set["vpc_endpoint"] = [draw(endpoint_policies())]
+    return policy_set
 
 
 @st.composite
@@ -264,24 +332,53 @@ def allowed_targets(documents: Sequence[dict], actions: Sequence[str],
     return sorted(targets)
 
 
+def names_everyone(statement: dict) -> bool:
+    """Whether a resource-policy statement's Principal names everyone, anonymous callers too."""
+    principal = statement.get("Principal")
+    return principal == "*" or isinstance(principal, dict) and "*" in _as_list(principal.get("AWS", []))
+
+
+def public_targets(document: dict | None, actions: Sequence[str], resources: Sequence[str]) -> list[tuple[str, str]]:
+    """The (action, resource) pairs that an Allow of a resource policy ``document`` grants everyone:
+    what an anonymous request may be allowed."""
+    if document is None:
+        return []
+    public = [statement for statement in document["Statement"] if names_everyone(statement)]
+    return allowed_targets([{"Statement": public}], actions, resources)
+
+
 @st.composite
-def requests(draw, refused=False, aimed_at: Sequence[tuple[str, str]] = ()):
-    """A request as JSON; half the time, when given, for one of the (action, resource) pairs
-    ``aimed_at``. With ``refused``, ``Request.from_json`` refuses a few of them (a context key
-    or session tag given twice, session tags on a principal that is no session)."""
-    if aimed_at and draw(st.booleans()):
-        action, resource = draw(st.sampled_from(aimed_at))
+def requests(draw, refused=False, aimed_at: Sequence[tuple[str, str]] = (),
+             public: Sequence[tuple[str, str]] = (), both: Sequence[tuple[str, str]] = ()):
+    """A request as JSON, from one of ``PRINCIPALS`` or (one in eight) ``anonymous``; half the
+    time, when given, for one of the (action, resource) pairs ``aimed_at`` (an anonymous
+    request three times in four for one of ``public``, what the resource policy allows
+    everyone, as nothing else can allow it). A third of a signed caller's aimed requests are
+    for one of ``both``, pairs that the resource policy allows too (to some caller): cross-account
+    grants, trust and key policies. One in eight of the others is for one of ``RULE_TARGETS``
+    (half the time, if any, one that ``aimed_at`` holds). With ``refused``,
+    ``Request.from_json`` refuses a few of them (a context key or session tag given twice,
+    session tags on a principal that is no session); an anonymous request has no session tags."""
+    principal = ANONYMOUS if draw(st.integers(0, 7)) == 7 else draw(st.sampled_from(PRINCIPALS))
+    targets = public if principal == ANONYMOUS else aimed_at
+    if targets and draw(st.integers(0, 3 if principal == ANONYMOUS else 1)):
+        if principal != ANONYMOUS and both and draw(st.integers(0, 2)) == 2:
+            targets = both
+        action, resource = draw(st.sampled_from(targets))
+    elif draw(st.integers(0, 7)) == 7:
+        granted = [target for target in RULE_TARGETS if target in aimed_at]  # the identity path, to be delegated
+        action, resource = draw(st.sampled_from(granted if granted and draw(st.booleans()) else RULE_TARGETS))
     else:
         action, resource = draw(st.sampled_from(ACTIONS)), draw(st.sampled_from(RESOURCES))
     request = {
-        "principal": draw(st.sampled_from(PRINCIPALS)),
+        "principal": principal,
         "action": action,
         "resource": resource,
         "context": draw(contexts(CONTEXT_VALUES, refused=refused)),
     }
     if draw(st.booleans()):
         request["resource_account"] = draw(st.sampled_from([ACCOUNT, OTHER]))
-    tags = draw(session_tags_for(request["principal"], refused))
+    tags = None if principal == ANONYMOUS else draw(session_tags_for(principal, refused))
     if tags is not None:
         request["session_tags"] = tags
     return request
@@ -290,7 +387,10 @@ def requests(draw, refused=False, aimed_at: Sequence[tuple[str, str]] = ()):
 @st.composite
 def policy_cases(draw, refused=False) -> tuple[dict, list[dict]]:
     """A policy set, and requests to decide with it: half of them for what its identity
-    policies allow."""
+    policies allow (an anonymous caller's for what its resource policy allows)."""
     policies_json = draw(policy_sets())
     aimed_at = allowed_targets(policies_json["identity"], ACTIONS, RESOURCES)
-    return policies_json, draw(st.lists(requests(refused, aimed_at), min_size=1, max_size=6))
+    resource = policies_json["resource"]
+    public = public_targets(resource, ACTIONS, RESOURCES)
+    both = sorted(set(aimed_at) & set(allowed_targets([resource], ACTIONS, RESOURCES))) if resource else []
+    return policies_json, draw(st.lists(requests(refused, aimed_at, public, both), min_size=1, max_size=6))

@@ -4,8 +4,10 @@ Every way into the engine must give the reference's answer to every request: one
 (``evaluate_batch``), columns (``evaluate_columns``, the context as one mapping per request or as
 one column per key as spelled, on one thread or two) and Arrow (``evaluate_arrow``), explained or
 not. Explained decisions must name the same layer, statements and missing keys; a request the
-reference cannot evaluate must fail, alone. ``test_store_differential`` runs the same paths on
-whole stores.
+reference cannot evaluate must fail, alone. The generated sets and requests meet the per-service
+rules (``evaluator.service_rules``): anonymous callers, GetCallerIdentity, trust and key policies,
+services with and without RCPs, a VPC endpoint's policy; ``--hypothesis-show-statistics`` counts
+the outcomes of each. ``test_store_differential`` runs the same paths on whole stores.
 
 IAM_EVAL_DIFFERENTIAL_EXAMPLES runs more examples than CI's default. IAM_EVAL_DIFFERENTIAL_REFUSED=1
 also draws requests that ``Request.create`` refuses (a context key or session tag given twice,
@@ -15,12 +17,12 @@ path that can carry them; the converters do not refuse all of them yet, so CI le
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 from hypothesis import HealthCheck, event, given, settings
 
-from iam_evaluator import PolicySet, Request, reference
+from iam_evaluator import PolicySet, Request, reference, service_rules
 from iam_evaluator.arrow import evaluate_arrow
 from iam_evaluator.compile import CHUNK, CompiledPolicies, CompiledPolicySet
 from iam_evaluator.decision import Decision, failed
@@ -122,10 +124,33 @@ def arrow_batches(requests_json: list[dict]) -> list[tuple[list[int], pa.RecordB
     return [(numbers, record_batch([requests_json[i] for i in numbers])) for numbers, _ in groups]
 
 
-def count_outcomes(expected: list[Decision]) -> None:
-    """How often each decision and deciding layer is reached: ``--hypothesis-show-statistics``."""
+def rule_met(request_json: dict) -> str | None:
+    """The per-service rule (``service_rules``) a request meets, if any, to count its outcomes by."""
+    if request_json.get("principal") == service_rules.ANONYMOUS:
+        return "anonymous"
+    action, resource = request_json.get("action"), request_json.get("resource")
+    if not isinstance(action, str) or not isinstance(resource, str):
+        return None
+    flags = service_rules.action_flags(action)
+    if flags & service_rules.ALWAYS:
+        return "always allowed action"
+    kind = service_rules.must_allow(flags, service_rules.resource_kind(resource))
+    if kind:
+        return service_rules.RULE_NAMES[kind]
+    return None if flags & service_rules.RCP_APPLIES else "service without RCPs"
+
+
+def count_outcomes(expected: list[Decision], requests_json: Sequence[dict] = ()) -> None:
+    """How often each decision and deciding layer is reached, and each per-service rule met:
+    ``--hypothesis-show-statistics``."""
     for decision in expected:
         event(f"{decision.decision} by {decision.decided_by.split('[')[0]}")
+    for request_json, decision in zip(requests_json, expected, strict=False):
+        rule = rule_met(request_json)
+        if rule is not None:
+            event(f"{rule}: {decision.decision} by {decision.decided_by.split('[')[0]}")
+        if any(key.lower() == "aws:sourcevpce" for key in request_json.get("context", {})):
+            event(f"aws:SourceVpce given: {decision.decision} by {decision.decided_by.split('[')[0]}")
 
 
 def check_every_path(compiled: CompiledPolicies, requests_json: list[dict], built: list[Request | None],
@@ -193,5 +218,5 @@ def test_compiled_equals_reference(case):
     policies_json, requests_json = case
     policies = PolicySet.from_json(policies_json)
     built, expected = reference_answers(requests_json, lambda request: reference.evaluate(policies, request))
-    count_outcomes(expected)
+    count_outcomes(expected, requests_json)
     check_every_path(CompiledPolicySet(policies), requests_json, built, expected)

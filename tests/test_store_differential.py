@@ -2,13 +2,15 @@
 
 Hypothesis draws whole stores (accounts in an organisation with SCPs and RCPs at every level,
 roles and users sharing managed policies, inline and group policies, permissions boundaries,
-principal tags, resource and trust policies) and batches of requests to them: the store's
-principals, sessions of its roles (sometimes with session tags), principals it does not hold,
-malformed ones; same- and cross-account resources, "*", an explicit resource account; contexts
-that try to say who the principal is. Every row must get ``reference_decision``'s answer on every
-path into ``CompiledStore`` (``test_differential.check_every_path``). IAM_EVAL_DIFFERENTIAL_EXAMPLES
-sets the number of stores, IAM_EVAL_DIFFERENTIAL_REFUSED=1 adds requests that ``Request.create``
-refuses (see ``test_differential``).
+principal tags, resource, trust and key policies, VPC endpoints) and batches of requests to them:
+the store's principals, sessions of its roles (sometimes with session tags), principals it does not
+hold, anonymous callers, malformed ones; same- and cross-account resources, "*", an explicit resource
+account; actions that per-service rules concern (GetCallerIdentity, AssumeRole and TagSession on
+roles, KMS on keys, lambda and ec2, which RCPs do not cover); contexts that try to say who the
+principal is, and ``aws:SourceVpce`` naming an endpoint the store holds or not. Every row must get
+``reference_decision``'s answer on every path into ``CompiledStore``
+(``test_differential.check_every_path``). IAM_EVAL_DIFFERENTIAL_EXAMPLES sets the number of stores,
+IAM_EVAL_DIFFERENTIAL_REFUSED=1 adds requests that ``Request.create`` refuses (see ``test_differential``).
 """
 from __future__ import annotations
 
@@ -33,5 +35,5 @@ def test_compiled_store_equals_reference(case):
     snapshot, requests_json = case
     store = PolicyStore.from_json(json.dumps(snapshot))
     built, expected = reference_answers(requests_json, lambda request: reference_decision(store, request))
-    count_outcomes(expected)
+    count_outcomes(expected, requests_json)
     check_every_path(CompiledStore(store), requests_json, built, expected)
