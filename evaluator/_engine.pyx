@@ -1108,18 +1108,19 @@ cdef class Batch:
 
     def grants(self, Py_ssize_t i):
         """How the resource policy of request i names its caller, per statement; None without one."""
-        cdef int32_t at = self.requests[i].grants
-        if self.requests[i].caller < 0 or at < 0:
-            return None
-        cdef int32_t policy = self.profile_objects[self.requests[i].resource_profile].resource_policy
-        return bytes(self.grant_table[at:at + self.engine.policy_sizes[policy]])
+        return self._grants(i, False)
 
     def endpoint_grants(self, Py_ssize_t i):
         """How the VPC endpoint policy of request i names its caller, per statement; None without one."""
-        cdef int32_t at = self.requests[i].endpoint_grants
-        if self.requests[i].caller < 0 or at < 0:
+        return self._grants(i, True)
+
+    cdef object _grants(self, Py_ssize_t i, bint endpoint):
+        cdef const request_t* rq = &self.requests[i]
+        cdef int32_t at = rq.endpoint_grants if endpoint else rq.grants
+        if rq.caller < 0 or at < 0:
             return None
-        cdef int32_t policy = self.profile_objects[self.requests[i].resource_profile].endpoint_policy
+        profile = self.profile_objects[rq.resource_profile]
+        policy = profile.endpoint_policy if endpoint else profile.resource_policy
         return bytes(self.grant_table[at:at + self.engine.policy_sizes[policy]])
 
     def rules(self, Py_ssize_t i):
