@@ -78,6 +78,8 @@ cdef uint8_t RULE_ALWAYS = service_rules.ALWAYS
 cdef uint8_t RULE_RCP_APPLIES = service_rules.RCP_APPLIES
 cdef int RULE_MUST_ALLOW_SHIFT = service_rules.MUST_ALLOW_SHIFT
 cdef uint8_t RULE_BOUNDED_KINDS = sum(1 << kind for kind in service_rules.LIMITED_BY_BOUNDARY)
+cdef tuple RESOURCE_KINDS = tuple((service.encode(), start.encode(), kind)
+                                  for service, start, kind in service_rules.RESOURCE_KINDS)
 
 # Spare scratch buffers kept by all engines of the process, and the most they may hold (bytes
 # allocated, an upper bound on what they commit); changed with the GIL held.
@@ -900,14 +902,57 @@ cdef void free_matches(matches_t* m) noexcept:
 
 
 cdef int _set_rules(matches_t* m, object rule) except -1:
-    """Per distinct text, the flags ``rule`` (a ``service_rules`` function) gives it. A text that is not
-    UTF-8 belongs to rows that fail; it is read with replacement characters only to fill its slot."""
+    """Per distinct action, the flags ``rule`` (``service_rules.action_flags``) gives it; or, without a
+    rule, per distinct resource its kind (``service_rules.RESOURCE_KINDS``). A text that is not UTF-8
+    belongs to rows that fail; it is read with replacement characters only to fill its slot."""
     cdef Py_ssize_t k
     m.rules = <uint8_t*>malloc(max(1, m.n))
     if m.rules == NULL:
         raise MemoryError()
+    cdef bytes text
     for k in range(m.n):
-        m.rules[k] = rule(m.texts[k].ptr[:m.texts[k].len].decode("utf-8", "replace"))
+        if rule is None:
+            m.rules[k] = _resource_kind(m.texts[k].ptr, m.texts[k].len)
+            continue
+        text = m.texts[k].ptr[:m.texts[k].len]
+        flags = _action_flags.get(text)
+        if flags is None:
+            if len(_action_flags) >= ACTION_FLAGS_KEPT:
+                _action_flags.clear()
+            flags = _action_flags[text] = rule(text.decode("utf-8", "replace"))
+        m.rules[k] = flags
+    return 0
+
+
+cdef dict _action_flags = {}  # action as given (UTF-8) -> its flags: a batch's actions are mostly known ones
+cdef Py_ssize_t ACTION_FLAGS_KEPT = 1 << 16
+
+
+cdef uint8_t _resource_kind(const char* text, Py_ssize_t n):
+    """``service_rules.resource_kind`` without making a string: the ARN's service and resource part
+    against ``RESOURCE_KINDS``."""
+    cdef Py_ssize_t field = 0, i, service_at = 0, service_end = 0, resource_at = -1
+    if n < 4 or memcmp(text, b"arn:", 4) != 0:
+        return 0
+    for i in range(n):
+        if text[i] == b":":
+            field += 1
+            if field == 2:
+                service_at = i + 1
+            elif field == 3:
+                service_end = i
+            elif field == 5:
+                resource_at = i + 1
+                break
+    if resource_at < 0:
+        return 0
+    cdef bytes service, start
+    for service, start, kind in RESOURCE_KINDS:
+        if service_end - service_at == len(service) and memcmp(text + service_at, <const char*>service,
+                                                               len(service)) == 0 \
+                and n - resource_at >= len(start) and memcmp(text + resource_at, <const char*>start,
+                                                             len(start)) == 0:
+            return kind
     return 0
 
 
@@ -1218,7 +1263,7 @@ cdef class Batch:
             r += self.profile_table[p].role_count
             p += 1
         _set_rules(&self.actions, service_rules.action_flags)
-        _set_rules(&self.resources, service_rules.resource_kind)
+        _set_rules(&self.resources, None)
         self.engine.match_distinct(self)
         return 0
 

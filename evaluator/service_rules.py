@@ -69,16 +69,18 @@ def action_flags(action: str) -> int:
     return flags
 
 
+RESOURCE_KINDS = (("iam", "role/", ROLE), ("kms", "key/", KMS_KEY))
+"""(service of the ARN, start of its resource part, kind): the resources whose own policy may have to allow.
+The engine matches the same table in C, once per distinct resource of a batch."""
+
+
 def resource_kind(resource: str) -> int:
-    """ROLE for an IAM role ARN, KMS_KEY for a KMS key ARN, else 0."""
+    """The kind (``RESOURCE_KINDS``) of a resource ARN, else 0."""
     parts = resource.split(":", 5)
     if len(parts) != 6 or parts[0] != "arn":
         return 0
-    if parts[2] == "iam" and parts[5].startswith("role/"):
-        return ROLE
-    if parts[2] == "kms" and parts[5].startswith("key/"):
-        return KMS_KEY
-    return 0
+    return next((kind for service, start, kind in RESOURCE_KINDS
+                 if parts[2] == service and parts[5].startswith(start)), 0)
 
 
 def must_allow(flags: int, kind: int) -> int:

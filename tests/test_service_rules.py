@@ -213,3 +213,17 @@ def test_without_a_store_anonymous_callers_have_no_principal_keys():
         assert compiled.evaluate(request).decision is want
         assert compiled.evaluate_columns([principal], ["s3:GetObject"], [PUBLIC_OBJECT],
                                          {"aws:PrincipalAccount": [A]}, resource_accounts=[A])[0] is want
+
+
+@pytest.mark.parametrize("resource", [
+    f"arn:aws:iam::{A}:role/Deployer", f"arn:aws:iam::{A}:role/", f"arn:aws:iam::{A}:rolex", f"arn:aws:iam::{A}:user/x",
+    "arn:aws-cn:iam::1:role/path/R", "arn::iam::1:role/x", "arn:aws:iamx::1:role/x", KEY,
+    f"arn:aws:kms:us-east-1:{A}:alias/k", "arn:aws:kms:r:1:key/", "arn:aws:kms:r:1:key", "arn:aws:KMS:r:1:key/k",
+    "arn:aws:s3:::bucket/role/x", "arn:aws:iam::1::role/x", "*",
+])
+def test_the_engine_reads_resource_kinds_as_the_rule_defines_them(resource):
+    from iam_evaluator.service_rules import resource_kind
+
+    compiled = CompiledPolicySet(PolicySet())
+    batch = compiled._convert([ALICE], ["sts:AssumeRole"], [resource], resource_accounts=[A])
+    assert not batch.errors and batch.rules(0)[1] == resource_kind(resource)
