@@ -59,10 +59,21 @@ def run_diff(before: PolicySource, after: PolicySource, inputs: list[str], outpu
     return rows, groups, problems
 
 
+CHANGES = ("newly allowed", "newly denied", "deny changed")
+"""The kinds of change, in the order they are listed: what a change newly grants first."""
+
+
 def _change(was: str, now: str) -> str:
     if now == "Allow":
         return "newly allowed"
     return "newly denied" if was == "Allow" else "deny changed"
+
+
+def fails(groups: Counter, fail_on: str | None) -> bool:
+    """Whether a diff used as a gate fails: ``newly-allowed`` on a change that grants, ``any-change`` on any."""
+    if fail_on == "any-change":
+        return bool(groups)
+    return fail_on == "newly-allowed" and any(key[0] == "newly allowed" for key in groups)
 
 
 def render(groups: Counter, rows: int, out: TextIO) -> None:
@@ -71,6 +82,6 @@ def render(groups: Counter, rows: int, out: TextIO) -> None:
     if not groups:
         return
     print(f"{'change':<14} {'requests':>9}  {'before → after':<28} {'action':<40} principal", file=out)
-    for (change, principal, action, was, now), count in sorted(groups.items(), key=lambda item: (item[0][0],
-                                                                                               -item[1])):
+    for (change, principal, action, was, now), count in sorted(
+            groups.items(), key=lambda item: (CHANGES.index(item[0][0]), -item[1])):
         print(f"{change:<14} {count:>9}  {was + ' → ' + now:<28} {action:<40} {principal}", file=out)

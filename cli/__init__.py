@@ -4,7 +4,7 @@ Exit codes: ``check`` 0 Allow, 1 deny, 2 bad input; ``validate`` 1 when a
 finding at or above ``--fail-on`` (error by default) exists, else 0, 2
 unreadable input; ``test`` 0 all passed, 1 any failed, 2 bad input; ``batch``
 0 done, 2 bad input or a failed job (a worker died, the output could not be
-written).
+written); ``diff`` 0, or 1 when ``--fail-on`` sees what it names, 2 bad input.
 """
 from __future__ import annotations
 
@@ -218,16 +218,16 @@ def _print_usage(usage: dict, path: Path) -> None:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     _batch_modules()
-    from iam_evaluator.batch.diff import run_diff
+    from iam_evaluator.batch.diff import fails, run_diff
     from iam_evaluator.batch.policies import PolicySource
 
     def source(spec: list[str]) -> PolicySource:
         return PolicySource.from_paths(store=spec[0]) if len(spec) == 1 and Path(spec[0]).is_dir() \
             else PolicySource.from_paths(policies=spec)
 
-    run_diff(source(args.before), source(args.after), args.input, args.output, sys.stdout,
-             batch_rows=args.batch_rows, strict=args.strict)
-    return 0
+    _, groups, _ = run_diff(source(args.before), source(args.after), args.input, args.output, sys.stdout,
+                            batch_rows=args.batch_rows, strict=args.strict)
+    return 1 if fails(groups, args.fail_on) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="every changed request (.jsonl or .parquet; default changes.jsonl)")
     diff.add_argument("--batch-rows", type=int, default=8192)
     diff.add_argument("--strict", action="store_true")
+    diff.add_argument("--fail-on", choices=["newly-allowed", "any-change"],
+                      help="exit 1 when a request is newly allowed, or changes at all (a gate for CI)")
     diff.set_defaults(run=cmd_diff)
 
     test = commands.add_parser("test", help="run policy test cases (conformance JSON Lines)")

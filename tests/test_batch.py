@@ -121,6 +121,34 @@ def test_diff_reports_the_requests_that_change(log, tmp_path, capsys):
     assert out.startswith(f"{len(want)} of {len(requests)} requests change decision")
 
 
+def test_diff_as_a_gate_fails_on_what_it_is_told_to(log, tmp_path, capsys):
+    """Moving a Deny from imagebuilder:Get* to iam:PassRole newly allows the one and newly denies the other:
+    --fail-on newly-allowed and any-change exit 1, and the newly allowed requests are listed first; the move
+    back the other way is the same; only adding a Deny (nothing newly allowed) passes --fail-on newly-allowed."""
+    folder, _ = log
+
+    def deny(name: str, action: str) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Deny", "Action": action, "Resource": "*"}]}))
+        return str(path)
+
+    deny_get, deny_pass = deny("deny-get.json", "imagebuilder:Get*"), deny("deny-pass.json", "iam:PassRole")
+    common = ["--input", str(folder / "log.jsonl"), "--output", str(tmp_path / "changes.jsonl")]
+    move = ["--before", *POLICIES, deny_get, "--after", *POLICIES, deny_pass, *common]
+    for fail_on, code in ((None, 0), ("newly-allowed", 1), ("any-change", 1)):
+        assert main(["diff", *move, *(["--fail-on", fail_on] if fail_on else [])]) == code
+        out = capsys.readouterr().out
+    order = ["newly allowed", "newly denied", "deny changed"]
+    kinds = [kind for kind in (" ".join(line.split()[:2]) for line in out.splitlines()) if kind in order]
+    assert {"newly allowed", "newly denied"} <= set(kinds), out
+    assert kinds == sorted(kinds, key=order.index), "newly allowed requests come first"
+    tighten = ["--before", *POLICIES, "--after", *POLICIES, deny_pass, *common]
+    assert main(["diff", *tighten, "--fail-on", "newly-allowed"]) == 0
+    assert main(["diff", *tighten, "--fail-on", "any-change"]) == 1
+    assert main(["diff", "--before", *POLICIES, "--after", *POLICIES, *common, "--fail-on", "any-change"]) == 0
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--policy", "/no/such.json", "--input", "x.jsonl", "--output", "o.jsonl"], "No such file"),
     (["--store", "/no/store", "--input", "x.jsonl", "--output", "o.jsonl"], "store"),
