@@ -901,26 +901,36 @@ cdef void free_matches(matches_t* m) noexcept:
     m.rules = NULL
 
 
-cdef int _set_rules(matches_t* m, object rule) except -1:
-    """Per distinct action, the flags ``rule`` (``service_rules.action_flags``) gives it; or, without a
-    rule, per distinct resource its kind (``service_rules.RESOURCE_KINDS``). A text that is not UTF-8
-    belongs to rows that fail; it is read with replacement characters only to fill its slot."""
-    cdef Py_ssize_t k
+cdef int _alloc_rules(matches_t* m) except -1:
     m.rules = <uint8_t*>malloc(max(1, m.n))
     if m.rules == NULL:
         raise MemoryError()
+    return 0
+
+
+cdef int _set_action_flags(matches_t* m) except -1:
+    """Per distinct action, its ``service_rules.action_flags``. A text that is not UTF-8 belongs to rows
+    that fail; it is read with replacement characters only to fill its slot."""
+    _alloc_rules(m)
+    cdef Py_ssize_t k
     cdef bytes text
     for k in range(m.n):
-        if rule is None:
-            m.rules[k] = _resource_kind(m.texts[k].ptr, m.texts[k].len)
-            continue
         text = m.texts[k].ptr[:m.texts[k].len]
         flags = _action_flags.get(text)
         if flags is None:
             if len(_action_flags) >= ACTION_FLAGS_KEPT:
                 _action_flags.clear()
-            flags = _action_flags[text] = rule(text.decode("utf-8", "replace"))
+            flags = _action_flags[text] = service_rules.action_flags(text.decode("utf-8", "replace"))
         m.rules[k] = flags
+    return 0
+
+
+cdef int _set_resource_kinds(matches_t* m) except -1:
+    """Per distinct resource, its kind (``service_rules.RESOURCE_KINDS``)."""
+    _alloc_rules(m)
+    cdef Py_ssize_t k
+    for k in range(m.n):
+        m.rules[k] = _resource_kind(m.texts[k].ptr, m.texts[k].len)
     return 0
 
 
@@ -1262,8 +1272,8 @@ cdef class Batch:
             memcpy(&self.roles[r], packed, len(profile.packed))
             r += self.profile_table[p].role_count
             p += 1
-        _set_rules(&self.actions, service_rules.action_flags)
-        _set_rules(&self.resources, None)
+        _set_action_flags(&self.actions)
+        _set_resource_kinds(&self.resources)
         self.engine.match_distinct(self)
         return 0
 
@@ -1519,7 +1529,7 @@ cdef class _Converter:
         cdef keyed_entry* entry
         cdef const cstr* value
         cdef Py_ssize_t i, k
-        cdef int32_t vpce = self.key_ids.get("aws:sourcevpce", -1)
+        cdef int32_t vpce = self.key_ids.get(service_rules.SOURCE_VPCE, -1)
         endpoints = {}  # aws:SourceVpce as given (None: absent or not one string) -> policy
         derived = {}    # (resource profile, endpoint policy) -> profile
         for i in range(batch.n):

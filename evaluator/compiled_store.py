@@ -18,10 +18,8 @@ from .compile import CompiledPolicies, Profile, profiles_of
 from .decision import Decision
 from .principals import Caller, statement_grant
 from .request import PolicySet
-from .service_rules import ANONYMOUS
+from .service_rules import ANONYMOUS, SOURCE_VPCE
 from .store import PolicyStore, unknown_principal
-
-SOURCE_VPCE = "aws:sourcevpce"
 
 CACHE = 1 << 16
 """Entries of each cache kept between batches (callers, profiles, grants: a few hundred bytes

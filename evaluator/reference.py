@@ -137,9 +137,8 @@ def evaluate(policies: PolicySet, request: Request, facts: Mapping[str, object] 
             if policies.resource
             else (None, Grant.NONE)
         )
-        endpoint = None
-        for policy in policies.vpc_endpoint or ():
-            endpoint = resource_layer(policy, request, caller, has_boundary, missing)[0]
+        endpoint = (resource_layer(policies.vpc_endpoint[0], request, caller, has_boundary, missing)[0]
+                    if policies.vpc_endpoint else None)
         rcp_applies = flags & service_rules.RCP_APPLIES and policies.rcp is not None
         if anonymous:  # none of the caller's own layers: it has no identity
             identity, boundary, session, scp = LayerResult(), None, None, None

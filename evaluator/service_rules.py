@@ -10,6 +10,10 @@ from __future__ import annotations
 ANONYMOUS = "anonymous"
 """The principal of a request that no credentials signed (public S3 reads, public SQS/SNS)."""
 
+SOURCE_VPCE = "aws:sourcevpce"
+"""The context key (lower case) naming the VPC endpoint a request came through: it selects the endpoint's
+policy in a store."""
+
 ALWAYS_ALLOWED = frozenset({"sts:getcalleridentity"})
 """AWS STS API reference, GetCallerIdentity: "No permissions are required to perform this
 operation. If an administrator attaches a policy to your identity that explicitly denies

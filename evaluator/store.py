@@ -66,7 +66,7 @@ from .model import Policy
 from .parse import PolicyKind, decode_json, parse_policy
 from .principals import Caller, RequestError
 from .request import Levels, PolicySet, Request
-from .service_rules import ANONYMOUS
+from .service_rules import ANONYMOUS, SOURCE_VPCE
 
 SECTIONS = ("principals", "groups", "managed_policies", "scps", "rcps", "organization", "resource_policies",
             "vpc_endpoints")
@@ -649,7 +649,7 @@ def reference_decision(store: PolicyStore, request: Request) -> Decision:
     """The reference evaluator's answer for a request to the store: the policies that apply
     to it, and the store's facts of its principal in place of the request's (``facts``)."""
     policy_set = store.policy_set(request.principal, request.resource, request.resource_account,
-                                  request.context.get("aws:sourcevpce"))
+                                  request.context.get(SOURCE_VPCE))
     if policy_set is None:
         return unknown_principal(request.principal)
     return reference.evaluate(policy_set, request, store.facts(request.principal))
