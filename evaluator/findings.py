@@ -1,8 +1,8 @@
 """Validation findings: what is wrong with a policy, where, and how badly.
 
-Every finding carries a stable code (``E…`` errors, ``W…`` warnings) and a JSON
-pointer (RFC 6901) into the policy document, so tools and people can find the
-offending element without re-reading the whole policy.
+Every finding carries a stable code (``E…`` errors, ``W…`` warnings and notes) and
+a JSON pointer (RFC 6901) into the policy document, so tools and people can find
+the offending element without re-reading the whole policy.
 """
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ from enum import StrEnum
 
 
 class Severity(StrEnum):
+    """How bad a finding is, named as SARIF names its levels: an error makes the policy invalid, a warning is
+    most likely a mistake, a note is a suggestion."""
+
     ERROR = "error"
     WARNING = "warning"
+    NOTE = "note"
+
+
+FAILING = {"error": frozenset({Severity.ERROR}), "warning": frozenset({Severity.ERROR, Severity.WARNING})}
+"""For each ``--fail-on`` choice, the severities that fail a check (exit 1): a note, a suggestion, never does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +81,7 @@ CODE_MEANINGS = {
     "W015": "Allow with NotResource",
     "W016": "A resource policy allowing every principal without a Condition",
     "W017": "Allow of every action, or of every action of a sensitive service",
-    "W018": "A bucket policy that does not deny requests without TLS",
+    "W018": "A bucket policy that does not deny requests without TLS (a suggestion)",
 }
 
 

@@ -1,4 +1,5 @@
-"""Security warnings, in the spirit of IAM Access Analyzer's policy checks: grants wider than they look.
+"""Security warnings (and one suggestion), in the spirit of IAM Access Analyzer's policy checks: grants wider than
+they look.
 
 They read a policy that parses. The grant checks apply to the types whose Allow grants (identity-based and
 resource-based policies); an Allow in an SCP, RCP, boundary or session policy only sets a limit.
@@ -85,7 +86,8 @@ def _denies_insecure_transport(statement: Statement) -> bool:
 
 
 def _insecure_transport_finding(doc: Mapping, policy: Policy) -> list[Finding]:
-    """A bucket policy should deny requests without TLS (AWS's S3 security best practice)."""
+    """A bucket policy should deny requests without TLS (AWS's S3 security best practice). A note, not a
+    warning: a best practice the policy lacks, not a grant wider than it looks."""
     statements = list(zip(readable_statements(doc), policy.statements, strict=True))
     if any(_denies_insecure_transport(statement) for _, statement in statements):
         return []
@@ -93,7 +95,7 @@ def _insecure_transport_finding(doc: Mapping, policy: Policy) -> list[Finding]:
         bucket = next((arn for arn in statement.resources or () if _S3_ARN.match(arn)), None)
         if bucket is not None:
             return [Finding(
-                "W018", Severity.WARNING, _at(where, raw, "Resource", bucket),
+                "W018", Severity.NOTE, _at(where, raw, "Resource", bucket),
                 "the bucket policy does not deny requests without TLS: add a statement denying \"s3:*\" to "
                 "Principal \"*\" with {\"Bool\": {\"aws:SecureTransport\": \"false\"}}",
             )]

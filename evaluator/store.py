@@ -32,6 +32,11 @@ names are free, and each ``*.json`` file in a folder holds one entry:
 "organization": {...}, "resource_policies": [...], "vpc_endpoints": [...]}``, and ``from_json``
 reads it.
 
+One checker serves loading and validation: ``read_directory`` and ``read_snapshot``
+collect the entries, then ``StoreBuilder.build`` refuses the store at its first
+entry with an error, and ``StoreBuilder.check`` reports every finding of every
+entry (``iam-eval validate --store``).
+
 Decisions name each policy after where it comes from: a managed policy by its
 ARN, an inline policy as ``role/Name:inline/PolicyName`` (or ``user/…``,
 ``group/…``), an SCP as ``scp/Name``, an RCP as ``rcp/Name``, a resource
@@ -53,8 +58,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -63,7 +68,8 @@ from . import reference
 from .decision import Decision, DecisionKind, failed
 from .findings import Finding, PolicyValidationError, Severity, pointer
 from .model import Policy
-from .parse import PolicyKind, decode_json, parse_policy
+from .parse import PolicyKind, check_policy, decode_json, parse_policy
+from .policy_types import PolicyType
 from .principals import Caller, RequestError
 from .request import Levels, PolicySet, Request
 from .service_rules import ANONYMOUS, SOURCE_VPCE
@@ -93,6 +99,15 @@ RCP_FULL_AWS_ACCESS = parse_policy(
 """AWS's RCP on every organisation target, which cannot be detached."""
 
 
+SECTION_TYPES = {"managed_policies": PolicyType.IDENTITY, "scps": PolicyType.SCP, "rcps": PolicyType.RCP,
+                 "resource_policies": PolicyType.RESOURCE, "vpc_endpoints": PolicyType.RESOURCE}
+"""The type whose rules the policies of each section follow. Inline policies are identity-based, and a managed
+policy that principals use only as their permissions boundary follows a boundary's rules."""
+
+DocumentCheck = Callable[[Mapping, PolicyType], list[Finding]]
+"""Every finding for one policy document, checked with the rules of its type (``validate.validate_policy``)."""
+
+
 class StoreError(ValueError):
     """A store source that cannot be loaded, naming the file (or entry) and carrying every finding in it.
 
@@ -112,6 +127,39 @@ class StoreError(ValueError):
 def store_error(source: str, where: tuple, code: str, message: str) -> StoreError:
     """A StoreError with one finding."""
     return StoreError(source, [Finding(code, Severity.ERROR, pointer(*where), message)])
+
+
+@dataclass
+class EntryFindings:
+    """The findings of one entry of a store, pointing into the entry: a file of a store directory, an element
+    of a snapshot (``at`` is its place in the snapshot's file), or a file or folder that cannot be read."""
+
+    file: str
+    at: tuple = ()
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        """The entry as errors name it: its file, then its place in the file."""
+        return f"{self.file} {pointer(*self.at)}" if self.at else self.file
+
+    @property
+    def failed(self) -> bool:
+        return any(finding.severity is Severity.ERROR for finding in self.findings)
+
+
+def _shown(value: Any) -> str:
+    """A value as a message quotes it: a scalar's JSON (at most 60 characters), a container by its type alone,
+    so that a large or deeply nested one is never encoded."""
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    return json.dumps(value)[:60]
+
+
+def _printable(value: Any) -> bool:
+    """Whether ``value`` is text a name may be: printable, so without control characters or a lone surrogate
+    (which no UTF-8 encoder can write)."""
+    return isinstance(value, str) and value.isprintable()
 
 
 @dataclass(frozen=True)
@@ -161,23 +209,23 @@ class Organization:
 
 
 class _Checker:
-    """Checks one entry (a file, or an element of a snapshot) and raises all its findings together."""
+    """Checks one entry (a file, or an element of a snapshot) and collects all its findings in ``report``."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.findings: list[Finding] = []
+    def __init__(self, file: str, at: tuple = (), validate: DocumentCheck | None = None) -> None:
+        self.report = EntryFindings(file, at)
+        self.validate = validate
+
+    @property
+    def failed(self) -> bool:
+        return self.report.failed
 
     def error(self, code: str, where: tuple, message: str) -> None:
-        self.findings.append(Finding(code, Severity.ERROR, pointer(*where), message))
-
-    def raise_findings(self) -> None:
-        if self.findings:
-            raise StoreError(self.source, self.findings)
+        self.report.findings.append(Finding(code, Severity.ERROR, pointer(*where), message))
 
     def object(self, raw: Any, where: tuple, keys: tuple[str, ...], required: tuple[str, ...]) -> dict:
         """``raw`` if it is an object with only ``keys`` and all of ``required``; else {} (and findings)."""
         if not isinstance(raw, dict):
-            self.error("S001", where, f"expected a JSON object, not {json.dumps(raw)[:60]}")
+            self.error("S001", where, f"expected a JSON object, not {_shown(raw)}")
             return {}
         for key in getattr(raw, "duplicates", ()):
             self.error("S001", (*where, key), f"the key {key!r} is given more than once")
@@ -194,9 +242,9 @@ class _Checker:
         value = obj.get(key)
         if value is None:
             return None
-        match = form.fullmatch(value) if isinstance(value, str) else None
+        match = form.fullmatch(value) if _printable(value) else None
         if match is None:
-            self.error("S001", (*where, key), f"{key} must be {expected}, not {json.dumps(value)}")
+            self.error("S001", (*where, key), f"{key} must be {expected}, not {_shown(value)}")
         return match
 
     def texts(self, obj: dict, key: str, where: tuple) -> list[tuple[tuple, str]]:
@@ -207,22 +255,24 @@ class _Checker:
             return []
         strings = []
         for i, item in enumerate(value):
-            if isinstance(item, str) and item:
+            if _printable(item) and item:
                 strings.append(((*where, key, i), item))
             else:
-                self.error("S001", (*where, key, i), f"{key} must hold non-empty strings, not {json.dumps(item)}")
+                self.error("S001", (*where, key, i), f"{key} must hold names (printable text), not {_shown(item)}")
         return strings
 
-    def policy(self, document: Any, where: tuple, kind: PolicyKind, name: str) -> Policy | None:
+    def policy(self, document: Any, where: tuple, policy_type: PolicyType, name: str) -> Policy | None:
+        """The document parsed as its type says, None when it does not parse; its findings (``validate``'s
+        if given, else the parser's) are added, their pointers starting from the entry."""
         if not isinstance(document, dict):
             self.error("S001", where, "a policy document must be a JSON object")
             return None
-        try:
-            return parse_policy(document, kind=kind, name=name)
-        except PolicyValidationError as exc:
-            prefix = pointer(*where)
-            self.findings += [replace(finding, pointer=prefix + finding.pointer) for finding in exc.findings]
-            return None
+        policy, findings = check_policy(document, kind=policy_type.kind, name=name)
+        if self.validate is not None:
+            findings = self.validate(document, policy_type)
+        prefix = pointer(*where)
+        self.report.findings += [replace(finding, pointer=prefix + finding.pointer) for finding in findings]
+        return policy
 
     def inline_policies(self, obj: dict, owner: str) -> dict[str, Policy]:
         """The ``inline_policies`` object, each named ``owner:inline/PolicyName``."""
@@ -232,7 +282,9 @@ class _Checker:
             return {}
         policies = {}
         for name, document in documents.items():
-            policy = self.policy(document, ("inline_policies", name), PolicyKind.IDENTITY, f"{owner}:inline/{name}")
+            if not _printable(name):
+                self.error("S001", ("inline_policies", name), f"a policy name must be printable text, not {name!r}")
+            policy = self.policy(document, ("inline_policies", name), PolicyType.IDENTITY, f"{owner}:inline/{name}")
             if policy is not None:
                 policies[name] = policy
         return policies
@@ -240,8 +292,8 @@ class _Checker:
     def tags(self, obj: dict) -> dict[str, str]:
         """Tag keys become context keys, which ignore case, so two may not differ only in case."""
         tags = obj.get("tags", {})
-        if not isinstance(tags, dict) or not all(isinstance(value, str) for value in tags.values()):
-            self.error("S001", ("tags",), "tags must map tag keys to string values")
+        if not isinstance(tags, dict) or not all(map(_printable, (*tags, *tags.values()))):
+            self.error("S001", ("tags",), "tags must map tag keys to string values (printable text)")
             return {}
         folded: set[str] = set()
         for key in tags:
@@ -250,7 +302,7 @@ class _Checker:
             folded.add(key.lower())
         return dict(tags)
 
-    def managed_policy_arns(self, obj: dict, managed: Mapping[str, Policy]) -> tuple[str, ...]:
+    def managed_policy_arns(self, obj: dict, managed: set[str]) -> tuple[str, ...]:
         arns = []
         for where, arn in self.texts(obj, "managed_policies", ()):
             if arn not in managed:
@@ -260,72 +312,120 @@ class _Checker:
 
 
 class StoreBuilder:
-    """Collects entries from any source, then checks and links them all in ``build``.
+    """Collects entries from any source, then checks and links them all: ``build`` makes the store, ``check``
+    reports every finding of every entry.
 
     Entries are checked in the order their references need (managed policies
-    and SCPs before the principals and nodes that name them), and the first
-    entry with a problem raises a ``StoreError`` carrying all of that entry's
-    findings; nothing half-built is returned. The builder keeps the entries it
-    is given, for ``PolicyStore.to_json``.
+    and SCPs before the principals and nodes that name them), each entry fully
+    and every entry, also after one with errors; an entry with errors still
+    defines its name, so what refers to it is not reported as well. ``build``
+    raises a ``StoreError`` for the first entry with an error, carrying all of
+    that entry's findings; nothing half-built is returned. The builder keeps
+    the entries it is given, for ``PolicyStore.to_json``.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, list[tuple[str, Any]]] = {section: [] for section in SECTIONS}
+        self._entries: dict[str, list[tuple[str, tuple, Any]]] = {section: [] for section in SECTIONS}
+        self._unreadable: list[EntryFindings] = []
+        self._checked: list[_Checker] = []
+        self._validate: DocumentCheck | None = None
 
-    def add(self, section: str, entry: Any, source: str) -> None:
-        """Add one entry of ``section``; ``source`` names it in errors (a file, or where in a document)."""
-        self._entries[section].append((source, entry))
+    def add(self, section: str, entry: Any, source: str, at: tuple = ()) -> None:
+        """Add one entry of ``section``; ``source`` names it in errors (a file, or where in a document), and
+        ``at`` is its place in that file when the file holds more (a snapshot's entries)."""
+        self._entries[section].append((source, at, entry))
+
+    def refuse(self, source: str, findings: Sequence[Finding]) -> None:
+        """Keep what could not be read as an entry (a file, a folder, a snapshot's shape) with its findings."""
+        self._unreadable.append(EntryFindings(source, (), list(findings)))
 
     def build(self) -> PolicyStore:
-        managed = self._policies("managed_policies", "arn", _POLICY_ARN, "a managed policy ARN", PolicyKind.IDENTITY)
-        scps = self._policies("scps", "name", _POLICY_NAME, "an SCP name", PolicyKind.IDENTITY)
-        rcps = self._policies("rcps", "name", _POLICY_NAME, "an RCP name", PolicyKind.RESOURCE)
-        organization = self._organization(scps, rcps)
-        groups = self._groups(managed)
-        principals = self._principals(managed, groups, organization)
-        resource_policies = self._policies(
-            "resource_policies", "resource", _RESOURCE_ARN, "an ARN", PolicyKind.RESOURCE)
-        vpc_endpoints = self._policies("vpc_endpoints", "id", _VPC_ENDPOINT_ID, "a VPC endpoint id (vpce-…)",
-                                       PolicyKind.RESOURCE)
+        store = self._read(None)
+        problem = next((report for report in self._reports() if report.failed), None)
+        if problem is not None:
+            raise StoreError(problem.source, problem.findings)
+        return PolicyStore(**store)
+
+    def check(self, validate: DocumentCheck) -> list[EntryFindings]:
+        """Every entry (and what could not be read) with its findings, nothing raised: its shape, its
+        references, and ``validate``'s findings for each policy document, given the type of its place."""
+        self._read(validate)
+        return self._reports()
+
+    def _reports(self) -> list[EntryFindings]:
+        return [*self._unreadable, *(checker.report for checker in self._checked)]
+
+    def _checker(self, source: str, at: tuple) -> _Checker:
+        checker = _Checker(source, at, self._validate)
+        self._checked.append(checker)
+        return checker
+
+    def _read(self, validate: DocumentCheck | None) -> dict[str, Any]:
+        """Check every entry; the parts of the store, whole only when no entry has an error."""
+        self._checked, self._validate = [], validate
+        managed, managed_names = self._policies("managed_policies", "arn", _POLICY_ARN, "a managed policy ARN",
+                                                self._boundaries_only())
+        scps, scp_names = self._policies("scps", "name", _POLICY_NAME, "an SCP name")
+        rcps, rcp_names = self._policies("rcps", "name", _POLICY_NAME, "an RCP name")
+        organization = self._organization({"scps": (scps, scp_names), "rcps": (rcps, rcp_names)})
+        groups, group_names = self._groups(managed_names)
+        principals = self._principals(managed_names, group_names, organization)
+        resource_policies, _ = self._policies("resource_policies", "resource", _RESOURCE_ARN, "an ARN")
+        vpc_endpoints, _ = self._policies("vpc_endpoints", "id", _VPC_ENDPOINT_ID, "a VPC endpoint id (vpce-…)")
         snapshot: dict[str, Any] = {
-            section: [raw for _, raw in entries] for section, entries in self._entries.items() if entries
+            section: [raw for _, _, raw in entries] for section, entries in self._entries.items() if entries
         }
         if "organization" in snapshot:
             snapshot["organization"] = snapshot["organization"][0]
-        return PolicyStore(
-            principals=principals, groups=groups, managed_policies=managed, scps=scps, rcps=rcps,
-            organization=organization, resource_policies=resource_policies, vpc_endpoints=vpc_endpoints,
-            snapshot=snapshot,
-        )
+        return {"principals": principals, "groups": groups, "managed_policies": managed, "scps": scps,
+                "rcps": rcps, "organization": organization, "resource_policies": resource_policies,
+                "vpc_endpoints": vpc_endpoints, "snapshot": snapshot}
+
+    def _boundaries_only(self) -> set[str]:
+        """The managed policies that principals name as their permissions boundary and nothing attaches."""
+        boundaries, attached = set(), set()
+        for section in ("principals", "groups"):
+            for _, _, raw in self._entries[section]:
+                if not isinstance(raw, dict):
+                    continue
+                if isinstance(raw.get("permissions_boundary"), str):
+                    boundaries.add(raw["permissions_boundary"])
+                if isinstance(raw.get("managed_policies"), list):
+                    attached.update(arn for arn in raw["managed_policies"] if isinstance(arn, str))
+        return boundaries - attached
 
     def _policies(self, section: str, key: str, form: re.Pattern, expected: str,
-                  kind: PolicyKind) -> dict[str, Policy]:
-        """Entries ``{key: …, "document": …}``, by key; SCPs and RCPs are named ``scp/…`` and ``rcp/…``."""
+                  boundaries: Collection[str] = ()) -> tuple[dict[str, Policy], set[str]]:
+        """Entries ``{key: …, "document": …}``: the policies by key, and every key defined (also by an entry
+        with errors); SCPs and RCPs are named ``scp/…`` and ``rcp/…``."""
         policies: dict[str, Policy] = {}
         first_source: dict[str, str] = {}
         prefix = {"scps": "scp/", "rcps": "rcp/"}.get(section, "")
-        for source, raw in self._entries[section]:
-            check = _Checker(source)
+        for source, at, raw in self._entries[section]:
+            check = self._checker(source, at)
             entry = check.object(raw, (), (key, "document"), (key, "document"))
             match = check.text(entry, key, (), form, expected)
             if match is not None and match[0] in first_source:
                 check.error("S003", (key,), f"{match[0]} is already defined in {first_source[match[0]]}")
             name = prefix + (match[0] if match else "?")
-            policy = check.policy(entry.get("document"), ("document",), kind, name)
-            check.raise_findings()
-            assert match is not None and policy is not None
-            policies[match[0]] = policy
-            first_source[match[0]] = source
-        return policies
+            policy_type = PolicyType.BOUNDARY if match and match[0] in boundaries else SECTION_TYPES[section]
+            policy = check.policy(entry.get("document"), ("document",), policy_type, name)
+            if match is not None:
+                first_source.setdefault(match[0], check.report.source)
+                if policy is not None and not check.failed:
+                    policies[match[0]] = policy
+        return policies, set(first_source)
 
-    def _organization(self, scps: Mapping[str, Policy], rcps: Mapping[str, Policy]) -> Organization | None:
+    def _organization(self, layers: Mapping[str, tuple[Mapping[str, Policy], set[str]]]) -> Organization | None:
+        """The organisation; ``layers`` holds the SCPs and the RCPs that nodes attach: the policies by name, and
+        every name defined."""
         entries = self._entries["organization"]
         if not entries:
             return None
-        if len(entries) > 1:
-            raise store_error(entries[1][0], (), "S003", f"a store has one organization; {entries[0][0]} has it")
-        source, raw = entries[0]
-        check = _Checker(source)
+        for source, at, _ in entries[1:]:
+            self._checker(source, at).error("S003", (), f"a store has one organization; {entries[0][0]} has it")
+        source, at, raw = entries[0]
+        check = self._checker(source, at)
         entry = check.object(raw, (), ("id", "root"), ("id", "root"))
         organization_id = check.text(entry, "id", (), _ORGANIZATION_ID, "an organization id (o-…)")
         account_paths: dict[str, tuple[str, ...]] = {}
@@ -341,20 +441,21 @@ class StoreBuilder:
             kind = next((k for form, k in forms if isinstance(target, str) and form.fullmatch(target)), None)
             if kind is None:
                 expected = "a root id (r-…)" if not path else "an OU id (ou-…-…) or a 12-digit account id"
-                check.error("S004", (*where, "id"), f"unknown organisation target {json.dumps(target)}: "
+                check.error("S004", (*where, "id"), f"unknown organisation target {_shown(target)}: "
                                                     f"expected {expected}")
                 return
             if target in seen:
                 check.error("S003", (*where, "id"), f"{target} appears twice in the organisation")
             seen.add(target)
             path = (*path, target)
-            for layer, named, default in (("scps", scps, ()), ("rcps", rcps, (RCP_FULL_AWS_ACCESS,))):
+            for layer, default in (("scps", ()), ("rcps", (RCP_FULL_AWS_ACCESS,))):
+                named, defined = layers[layer]
                 policies = []
                 for at, name in check.texts(node, layer, where):
-                    if name in named:
-                        policies.append(named[name])
-                    else:
+                    if name not in defined:
                         check.error("S002", at, f"no {layer[:-1].upper()} named {name!r} in the store")
+                    elif name in named:
+                        policies.append(named[name])
                 if policies:
                     attached[layer][target] = (*default, *policies)
             children = node.get("children", [])
@@ -370,16 +471,17 @@ class StoreBuilder:
 
         if "root" in entry:
             visit(entry["root"], ("root",), ())
-        check.raise_findings()
-        assert organization_id is not None
+        if check.failed or organization_id is None:
+            return None
         return Organization(organization_id[0], MappingProxyType(account_paths),
                             MappingProxyType(attached["scps"]), MappingProxyType(attached["rcps"]))
 
-    def _groups(self, managed: Mapping[str, Policy]) -> dict[str, GroupRecord]:
+    def _groups(self, managed: set[str]) -> tuple[dict[str, GroupRecord], set[tuple[str, str]]]:
+        """The groups by ARN, and the (account, name) of every group defined (also by an entry with errors)."""
         groups: dict[str, GroupRecord] = {}
         by_name: dict[tuple[str, str], str] = {}
-        for source, raw in self._entries["groups"]:
-            check = _Checker(source)
+        for source, at, raw in self._entries["groups"]:
+            check = self._checker(source, at)
             entry = check.object(raw, (), ("arn", "managed_policies", "inline_policies"), ("arn",))
             match = check.text(entry, "arn", (), _GROUP_ARN, "an IAM group ARN")
             if match is not None and (match[1], match[2]) in by_name:
@@ -388,20 +490,20 @@ class StoreBuilder:
             name = match[2] if match else "?"
             inline = check.inline_policies(entry, f"group/{name}")
             arns = check.managed_policy_arns(entry, managed)
-            check.raise_findings()
-            assert match is not None
-            groups[match[0]] = GroupRecord(match[0], match[1], name, arns, MappingProxyType(inline))
-            by_name[match[1], name] = source
-        return groups
+            if match is None:
+                continue
+            by_name.setdefault((match[1], name), check.report.source)
+            if not check.failed:
+                groups[match[0]] = GroupRecord(match[0], match[1], name, arns, MappingProxyType(inline))
+        return groups, set(by_name)
 
-    def _principals(self, managed: Mapping[str, Policy], groups: Mapping[str, GroupRecord],
+    def _principals(self, managed: set[str], group_names: set[tuple[str, str]],
                     organization: Organization | None) -> dict[str, PrincipalRecord]:
         principals: dict[str, PrincipalRecord] = {}
         by_name: dict[tuple[str, str, str], str] = {}
-        group_names = {(group.account, group.name) for group in groups.values()}
         keys = ("arn", "managed_policies", "inline_policies", "groups", "permissions_boundary", "tags")
-        for source, raw in self._entries["principals"]:
-            check = _Checker(source)
+        for source, at, raw in self._entries["principals"]:
+            check = self._checker(source, at)
             entry = check.object(raw, (), keys, ("arn",))
             match = check.text(entry, "arn", (), _PRINCIPAL_ARN, "an IAM role or user ARN")
             account, kind, name = match.groups() if match else ("?", "?", "?")
@@ -420,24 +522,79 @@ class StoreBuilder:
             if boundary is not None and boundary[0] not in managed:
                 check.error("S002", ("permissions_boundary",), f"no managed policy {boundary[0]} in the store")
             tags = check.tags(entry)
-            check.raise_findings()
-            assert match is not None
+            if match is None:
+                continue
+            by_name.setdefault((account, kind, name), check.report.source)
+            if check.failed:
+                continue
             org_path = organization.account_paths.get(account, ()) if organization else ()
             principals[match[0]] = PrincipalRecord(
                 match[0], kind, account, name, arns, MappingProxyType(inline), tuple(g for _, g in member_of),
                 boundary[0] if boundary else None, MappingProxyType(tags), org_path,
             )
-            by_name[account, kind, name] = source
         return principals
 
 
-def _read_json(path: Path) -> Any:
+def _add_file(builder: StoreBuilder, section: str, path: Path) -> None:
+    """The entry in the file, or its findings when it cannot be read: not UTF-8, not JSON, a key given twice."""
     try:
-        return decode_json(path.read_bytes(), unique_keys=True)
+        builder.add(section, decode_json(path.read_bytes(), unique_keys=True), str(path))
     except OSError as exc:
-        raise store_error(str(path), (), "S001", f"cannot read: {exc.strerror}") from None
+        builder.refuse(str(path), [Finding("S001", Severity.ERROR, "", f"cannot read: {exc.strerror}")])
     except PolicyValidationError as exc:
-        raise StoreError(str(path), exc.findings) from None
+        builder.refuse(str(path), exc.findings)
+
+
+def read_directory(path: str | Path) -> StoreBuilder:
+    """The entries of a store directory (the layout is in this module's docstring), for ``build`` or
+    ``check``; a file or folder that cannot be read, or is not part of a store, is kept with its findings."""
+    root = Path(path)
+    builder = StoreBuilder()
+    if not root.is_dir():
+        builder.refuse(str(root), [Finding("S001", Severity.ERROR, "", "not a store directory")])
+        return builder
+    for child in sorted(root.iterdir()):
+        unknown_folder = child.is_dir() and child.name not in _FOLDERS and not child.name.startswith(".")
+        if unknown_folder or (child.suffix == ".json" and child.name != "organization.json"):
+            builder.refuse(str(child), [Finding(
+                "S001", Severity.ERROR, "",
+                f"not part of a store, which holds organization.json and {', '.join(_FOLDERS)}")])
+    for section in _FOLDERS:
+        for file in sorted((root / section).glob("*.json")):
+            _add_file(builder, section, file)
+    organization = root / "organization.json"
+    if organization.exists():
+        _add_file(builder, "organization", organization)
+    return builder
+
+
+def read_store(path: str | Path) -> StoreBuilder:
+    """A store directory or a snapshot file, whichever ``path`` is (``OSError`` when a file cannot be read)."""
+    return read_directory(path) if Path(path).is_dir() else read_snapshot(Path(path).read_bytes(), str(path))
+
+
+def read_snapshot(text: str | bytes, source: str = "snapshot") -> StoreBuilder:
+    """The entries of a snapshot written by ``PolicyStore.to_json``, for ``build`` or ``check``; ``source``
+    names it in errors. A snapshot that is not JSON, or a part of it that is not a section, is kept with its
+    findings, and the sections that can be read are read."""
+    builder = StoreBuilder()
+    try:
+        snapshot = decode_json(text, unique_keys=True)
+    except PolicyValidationError as exc:
+        builder.refuse(source, exc.findings)
+        return builder
+    check = _Checker(source)
+    for section, entries in check.object(snapshot, (), SECTIONS, ()).items():
+        if section == "organization":
+            builder.add(section, entries, source, (section,))
+        elif section in SECTIONS and not isinstance(entries, list):
+            check.error("S001", (section,), f"{section} must be a list of entries")
+        elif section in SECTIONS:
+            for i, entry in enumerate(entries):
+                builder.add(section, entry, source, (section, i))
+    if check.report.findings:
+        builder.refuse(source, check.report.findings)
+    return builder
 
 
 def _arn_account(arn: str) -> str:
@@ -504,43 +661,17 @@ class PolicyStore:
     @classmethod
     def from_directory(cls, path: str | Path) -> PolicyStore:
         """Load a store directory (the layout is in this module's docstring)."""
-        root = Path(path)
-        if not root.is_dir():
-            raise store_error(str(root), (), "S001", "not a store directory")
-        for child in sorted(root.iterdir()):
-            unknown_folder = child.is_dir() and child.name not in _FOLDERS and not child.name.startswith(".")
-            if unknown_folder or (child.suffix == ".json" and child.name != "organization.json"):
-                raise store_error(str(child), (), "S001",
-                                  f"not part of a store, which holds organization.json and {', '.join(_FOLDERS)}")
-        builder = StoreBuilder()
-        for section in _FOLDERS:
-            for file in sorted((root / section).glob("*.json")):
-                builder.add(section, _read_json(file), str(file))
-        organization = root / "organization.json"
-        if organization.exists():
-            builder.add("organization", _read_json(organization), str(organization))
-        return builder.build()
+        return read_directory(path).build()
+
+    @classmethod
+    def load(cls, path: str | Path) -> PolicyStore:
+        """Load a store directory or a snapshot file."""
+        return read_store(path).build()
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "snapshot") -> PolicyStore:
         """Read a snapshot written by ``to_json``; ``source`` names it in errors."""
-        try:
-            snapshot = decode_json(text, unique_keys=True)
-        except PolicyValidationError as exc:
-            raise StoreError(source, exc.findings) from None
-        check = _Checker(source)
-        for section, entries in check.object(snapshot, (), SECTIONS, ()).items():
-            if section != "organization" and not isinstance(entries, list):
-                check.error("S001", (section,), f"{section} must be a list of entries")
-        check.raise_findings()
-        builder = StoreBuilder()
-        for section, entries in snapshot.items():
-            if section == "organization":
-                builder.add(section, entries, f"{source} /organization")
-            else:
-                for i, entry in enumerate(entries):
-                    builder.add(section, entry, f"{source} /{section}/{i}")
-        return builder.build()
+        return read_snapshot(text, source).build()
 
     def to_json(self) -> str:
         """The whole snapshot as one JSON document, for ``from_json``."""

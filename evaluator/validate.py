@@ -2,13 +2,16 @@
 
 ``validate_policy`` returns every finding (the parser's errors plus these) and never raises for a bad policy;
 it is what ``iam-eval validate`` prints. The type's rules and the catalog checks read every statement that can
-be read, also in a policy with errors; the other warnings need a policy that parses.
+be read, also in a policy with errors; the other warnings need a policy that parses. ``validate_store`` applies it
+to every document of a store, with the type of the document's place, beside the store's own checks.
 """
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 
 from .catalog import Catalog
 from .catalog_checks import catalog_findings
@@ -17,6 +20,7 @@ from .model import Effect, Policy
 from .parse import PolicyKind, check_policy, decode_json, readable_statements
 from .policy_types import PolicyType, type_findings
 from .security_checks import security_findings
+from .store import read_store
 
 # AWS IAM quotas, in characters not counting white space.
 SIZE_LIMITS = {PolicyKind.IDENTITY: (6_144, "a managed policy"), PolicyKind.RESOURCE: (20_480, "an S3 bucket policy")}
@@ -65,3 +69,18 @@ def validate_policy(
         findings += security_findings(doc, policy, policy_type)
     findings += catalog_findings(doc, catalog or Catalog.shipped())
     return findings
+
+
+def validate_store(path: str | Path, *, catalog: Catalog | None = None) -> dict[str, list[Finding]]:
+    """Every finding of the store at ``path`` (a store directory, or a snapshot file), by the file it is in, in
+    name order, each pointing from the top of its file: what cannot be read, each entry's shape and references
+    (the store's S findings), and ``validate_policy``'s findings for each document with its type. A file with no
+    finding is listed too. Raises ``OSError`` when a snapshot cannot be read."""
+    builder = read_store(path)
+    report: dict[str, list[Finding]] = {}
+    for entry in builder.check(lambda document, policy_type: validate_policy(document, kind=policy_type,
+                                                                             catalog=catalog)):
+        at = pointer(*entry.at)
+        report.setdefault(entry.file, []).extend(replace(finding, pointer=at + finding.pointer)
+                                                 for finding in entry.findings)
+    return dict(sorted(report.items()))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from iam_evaluator.catalog import Catalog
 from iam_evaluator.findings import Severity
+from iam_evaluator.store import SECTION_TYPES
 from iam_evaluator.validate import validate_policy
 
 from . import convert
@@ -36,7 +37,10 @@ class PolicyAdminServicer(pb_grpc.PolicyAdminServicer):
         return self._live().current
 
     def ValidatePolicy(self, request: pb.ValidatePolicyRequest, context) -> pb.ValidatePolicyResponse:
-        findings = validate_policy(request.document, kind=convert.document_kind(request.kind), catalog=self._catalog)
+        """The findings ``iam-eval validate`` gives the document, with the rules of the type its kind has in a
+        store (an unspecified kind: MANAGED's)."""
+        policy_type = SECTION_TYPES[_section(request.kind or pb.MANAGED)]
+        findings = validate_policy(request.document, kind=policy_type, catalog=self._catalog)
         return pb.ValidatePolicyResponse(valid=not any(f.severity is Severity.ERROR for f in findings),
                                          findings=[convert.finding(f) for f in findings])
 

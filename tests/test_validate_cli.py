@@ -2,14 +2,35 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 from iam_evaluator.catalog import CATALOG_ENV
 from iam_evaluator.cli import main
 from iam_evaluator.locate import locate
 
+from .sarif_schema import SARIF_SCHEMA, SCHEMA_URI
+
 V = "2012-10-17"
+
+_PCHAR = r"(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-F]{2})"
+URI_REFERENCE = re.compile(  # RFC 3986: a file URI, or a relative path whose first segment has no colon
+    rf"file://(?:/{_PCHAR}*)+|(?:[A-Za-z0-9._~!$&'()*+,;=@-]|%[0-9A-F]{{2}})+(?:/{_PCHAR}*)*")
+
+
+def assert_valid_sarif(log: dict) -> None:
+    """``log`` follows the SARIF 2.1.0 schema, and its URIs are RFC 3986 references (jsonschema does not check
+    the schema's uri formats)."""
+    jsonschema.validate(log, SARIF_SCHEMA, cls=jsonschema.Draft7Validator)
+    for sarif_run in log["runs"]:
+        bases = [base["uri"] for base in sarif_run.get("originalUriBaseIds", {}).values()]
+        uris = [result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+                for result in sarif_run["results"]]
+        assert all(URI_REFERENCE.fullmatch(uri) for uri in bases + uris), bases + uris
+        assert all(base.startswith("file:///") and base.endswith("/") for base in bases)
 
 
 @pytest.fixture(autouse=True)
@@ -139,16 +160,17 @@ SARIF_POLICY = """\
 BROKEN_POLICY = '{"Statement": [{"Effect": "allow", "Action": "s3:GetObject", "Resource": "*"}]}'
 
 
-def test_sarif_log(capsys, tmp_path):
-    typo, broken = tmp_path / "typo.json", tmp_path / "broken.json"
+def test_sarif_log(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # files under the current directory are named relative to it
+    typo, broken = Path("typo.json"), tmp_path / "broken.json"
     typo.write_text(SARIF_POLICY)
     broken.write_text(BROKEN_POLICY)
     code, out, _ = run(capsys, "validate", typo, broken, "--format", "sarif")
     log = json.loads(out)
     assert code == 1
 
-    # The structure SARIF 2.1.0 requires, checked by hand (the schema is not available offline).
-    assert log["version"] == "2.1.0" and log["$schema"].endswith("sarif-schema-2.1.0.json")
+    assert_valid_sarif(log)
+    assert log["version"] == "2.1.0" and log["$schema"] == SCHEMA_URI
     [sarif_run] = log["runs"]
     driver = sarif_run["tool"]["driver"]
     assert driver["name"] == "iam-eval"
@@ -159,15 +181,19 @@ def test_sarif_log(capsys, tmp_path):
         assert result["level"] in ("error", "warning", "note") and result["message"]["text"]
         assert set(result["locations"][0]["physicalLocation"]) == {"artifactLocation", "region"}
 
-    placed = [(r["ruleId"], r["level"], r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+    # Relative to the current directory, with the base id that says so (an absolute path under it too).
+    assert sarif_run["originalUriBaseIds"] == {"%SRCROOT%": {"uri": tmp_path.as_uri() + "/"}}
+    file = {"uri": "typo.json", "uriBaseId": "%SRCROOT%"}
+    other = {"uri": "broken.json", "uriBaseId": "%SRCROOT%"}
+    placed = [(r["ruleId"], r["level"], r["locations"][0]["physicalLocation"]["artifactLocation"],
                r["locations"][0]["physicalLocation"]["region"]) for r in sarif_run["results"]]
     assert placed == [
         # The typo in statement 1 (lines 10-15) is on line 13, where "s3:GetObjekt" starts in column 35.
-        ("W003", "warning", str(typo), {"startLine": 13, "startColumn": 35}),
+        ("W003", "warning", file, {"startLine": 13, "startColumn": 35}),
         # The key typo in statement 2 (lines 16-21), at its key.
-        ("W004", "warning", str(typo), {"startLine": 20, "startColumn": 38}),
-        ("W001", "warning", str(broken), {"startLine": 1, "startColumn": 1}),  # no pointer: the document
-        ("E010", "error", str(broken), {"startLine": 1, "startColumn": 17}),  # at the key "Effect"
+        ("W004", "warning", file, {"startLine": 20, "startColumn": 38}),
+        ("W001", "warning", other, {"startLine": 1, "startColumn": 1}),  # no pointer: the document
+        ("E010", "error", other, {"startLine": 1, "startColumn": 17}),  # at the key "Effect"
     ]
     assert SARIF_POLICY.splitlines()[12][34:].startswith('"s3:GetObjekt"')
     assert SARIF_POLICY.splitlines()[19][37:].startswith('"aws:RequestedRegionn"')
