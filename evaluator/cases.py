@@ -5,35 +5,74 @@ A case is one JSON object per line: ``{"id", "policies", "request",
 also name the layer that decides (``decided_by``, as decisions name it). Users keep
 such files beside their policies as regression tests, as ``opa test`` users do.
 
+Cases test the files a repository keeps. Wherever ``policies`` holds a policy document
+(an object), it may hold a string instead: the path of a policy file, relative to the case
+file's folder (or absolute), read as strict JSON (a key given twice is an error). A string
+is always a path, never JSON text: ``{"identity": ["policies/dev.json"], "scp":
+[["scps/root.json"]]}``. Decisions name a policy read from a file by that path. Instead of
+``policies``, a case may name a policy store, ``"store": "path"`` (a store directory or a
+snapshot file, see ``store.py``; relative in the same way): the request is decided against
+what the store holds for its principal. A run loads and compiles each store once.
+
 A case passes only when its request is decided without an evaluation error and
 the decision is the expected one. An error denies the request (ImplicitDeny,
 decided by "error"), but that is the engine failing closed, not the decision
-AWS would make, and the format has no way to expect one.
+AWS would make, and the format has no way to expect one. A case that cannot be
+run at all (a bad line, a missing file, an invalid policy) fails with its problem;
+JUnit reports it as an error, a wrong decision as a failure.
 """
 from __future__ import annotations
 
+import re
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import reference
 from .compile import CompiledPolicySet
+from .compiled_store import CompiledStore
 from .decision import Decision, DecisionKind
 from .findings import PolicyValidationError
+from .model import Policy
 from .parse import decode_json
 from .principals import RequestError
 from .request import PolicySet, Request
+from .service_rules import SOURCE_VPCE
+from .store import PolicyStore, StoreError, reference_decision
 
-Engine = Callable[[PolicySet, Request], Decision]
 
 def compiled(policies: PolicySet, request: Request) -> Decision:
     """Compile the case's policies and decide its request with the compiled engine."""
     return CompiledPolicySet(policies).evaluate(request)
 
 
-ENGINES: dict[str, Engine] = {"compiled": compiled, "reference": reference.evaluate}
+@dataclass(frozen=True)
+class Engine:
+    """How an engine decides a case: with the case's own policies, or with a store, which it
+    prepares once (``for_store``) and then asks per request."""
+
+    evaluate: Callable[[PolicySet, Request], Decision]
+    for_store: Callable[[PolicyStore], Callable[[Request], Decision]]
+
+    def __call__(self, policies: PolicySet, request: Request) -> Decision:
+        return self.evaluate(policies, request)
+
+
+ENGINES: dict[str, Engine] = {
+    "compiled": Engine(compiled, lambda store: CompiledStore(store).evaluate),
+    "reference": Engine(reference.evaluate, lambda store: partial(reference_decision, store)),
+}
 DEFAULT_ENGINE = "compiled"
+
+Stores = dict[Path, tuple[PolicyStore, Callable[[Request], Decision]]]
+"""The stores one run has loaded and prepared for its engine, by resolved path."""
+
+
+class CaseError(ValueError):
+    """A case that cannot be run as written: a file it names cannot be read, a store is no path."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +83,8 @@ class CaseResult:
     decision: Decision | None  # None when the case itself could not be read
     problem: str = ""
     expected_by: str | None = None  # the layer expected to decide, when the case names one
+    near_misses: tuple[reference.NearMiss, ...] = ()  # for an unexpected deny: the Allows that nearly applied
+    more_near_misses: int = 0
 
     @property
     def passed(self) -> bool:
@@ -64,54 +105,201 @@ class CaseResult:
         lines += [f"    statement: {ref}" for ref in d.statements]
         if d.missing_keys:
             lines.append(f"    missing context keys: {', '.join(d.missing_keys)}")
+        lines += [f"    nearly applied: {miss}" for miss in self.near_misses]
+        if self.more_near_misses:
+            lines.append(f"    … and {self.more_near_misses} more statement(s) that nearly applied")
         return "\n".join(lines)
 
+    def to_json(self) -> dict:
+        """Every field, always present: null or empty where it does not apply."""
+        decision = self.decision.to_json() if self.decision is not None else {
+            "decision": None, "decided_by": None, "statements": [], "missing_keys": [], "reason": None, "error": None}
+        near_misses = [{"policy": m.statement.policy, "index": m.statement.index, "sid": m.statement.sid,
+                        "effect": str(m.statement.effect), "reason": m.reason} for m in self.near_misses]
+        return {"id": self.case_id, "category": self.category, "passed": self.passed,
+                "expected": {"decision": self.expected or None, "decided_by": self.expected_by}, **decision,
+                "problem": self.problem or None, "near_misses": near_misses, "more_near_misses": self.more_near_misses}
 
-def read_cases(path: Path) -> Iterator[tuple[str, dict | None, str]]:
-    """Yield (location, case, problem) per non-blank line; a bad line is yielded with its problem."""
+
+def _numbered_cases(path: Path) -> Iterator[tuple[int, dict | None, str]]:
+    """Yield (line, case, problem) per non-blank line; a bad line is yielded with its problem."""
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            location = f"{path}:{number}"
             try:
                 case = decode_json(line, unique_keys=True)  # a key given twice is an error, not the last one
             except PolicyValidationError as exc:
-                yield location, None, "; ".join(map(str, exc.findings))
+                yield number, None, "; ".join(map(str, exc.findings))
                 continue
-            if not isinstance(case, dict) or not {"policies", "request", "expect"} <= set(case):
-                yield location, None, "a case needs policies, request and expect"
+            if not isinstance(case, dict) or not {"request", "expect"} <= set(case) or \
+                    ("policies" in case) == ("store" in case):
+                yield number, None, "a case needs request, expect, and either policies or a store"
                 continue
-            yield location, case, ""
+            yield number, case, ""
 
 
-def run_case(case: dict, location: str, engine: Engine) -> CaseResult:
-    case_id = str(case.get("id", location))
+def read_cases(path: Path) -> Iterator[tuple[str, dict | None, str]]:
+    """Yield (location ``path:line``, case, problem) per non-blank line, as ``_numbered_cases``."""
+    for number, case, problem in _numbered_cases(path):
+        yield f"{path}:{number}", case, problem
+
+
+def _shown(path: str) -> str:
+    """A path as messages show it: quoted, escaped, cut short."""
+    return repr(path[:200]) + ("…" if len(path) > 200 else "")
+
+
+def _read_policy_file(folder: Path, name: str) -> Any:
+    """A policy file a case names, as strict JSON: a key given twice is an error, as everywhere."""
+    try:
+        return decode_json((folder / name).read_bytes(), unique_keys=True)
+    except PolicyValidationError as exc:
+        raise CaseError(f"policy file {_shown(name)}: {'; '.join(map(str, exc.findings))}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a path no file system takes (a NUL, a lone surrogate)
+        raise CaseError(f"cannot read policy file {_shown(name)}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _with_files(value: Any, folder: Path, where: str, files: dict[str, str], depth: int) -> Any:
+    """A layer (or a level of one, or one policy) with each path replaced by its file's document.
+    ``files`` gets each path by its position, named as ``PolicySet.from_json`` names policies."""
+    if isinstance(value, str):
+        files[where] = value
+        return _read_policy_file(folder, value)
+    if isinstance(value, list) and depth:
+        return [_with_files(item, folder, f"{where}[{i}]", files, depth - 1) for i, item in enumerate(value)]
+    return value
+
+
+def _renamed(value: Any, files: dict[str, str]) -> Any:
+    """A layer's policies (a policy, a tuple, a tuple of levels) named by the file each came from."""
+    if isinstance(value, Policy):
+        return replace(value, name=files.get(value.name, value.name))
+    return value if value is None else tuple(_renamed(item, files) for item in value)
+
+
+def _policy_set(raw: Any, folder: Path) -> PolicySet:
+    """A case's ``policies``, each string read as the policy file it names (levels are lists of lists)."""
+    if not isinstance(raw, dict):
+        return PolicySet.from_json(raw)  # which says what is wrong
+    files: dict[str, str] = {}
+    layers = {layer: _with_files(value, folder, layer, files, depth=2) for layer, value in raw.items()}
+    try:
+        policies = PolicySet.from_json(layers)
+    except PolicyValidationError as exc:
+        raise PolicyValidationError(exc.findings, files.get(exc.source, exc.source)) from None
+    return replace(policies, **{f.name: _renamed(getattr(policies, f.name), files) for f in fields(policies)})
+
+
+def _prepared_store(folder: Path, name: Any, engine: Engine,
+                    stores: Stores) -> tuple[PolicyStore, Callable[[Request], Decision]]:
+    """The store a case names (a directory or a snapshot file), loaded and prepared once per run."""
+    if not isinstance(name, str):
+        raise CaseError(f"store must be the path of a store directory or snapshot file, not {type(name).__name__}")
+    path = folder / name
+    try:
+        key = path.resolve()
+        if key not in stores:
+            store = PolicyStore.load(path)
+            stores[key] = store, engine.for_store(store)
+    except StoreError:
+        raise  # its findings say what is wrong
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL, a lone surrogate, a symlink loop
+        raise CaseError(f"cannot read store {_shown(name)}: {getattr(exc, 'strerror', None) or exc}") from None
+    return stores[key]
+
+
+def run_case(case: dict, location: str, engine: Engine, folder: Path = Path(),
+             stores: Stores | None = None) -> CaseResult:
+    """Decide one case; the paths it names are relative to ``folder`` (its file's), and ``stores`` keeps
+    the stores its run has prepared."""
+    given_id = case.get("id")
+    case_id = str(given_id) if isinstance(given_id, (str, int)) else location
+    category = case.get("category", "")
     expected = case["expect"].get("decision") if isinstance(case["expect"], dict) else None
     if expected not in {str(kind) for kind in DecisionKind}:
         problem = f"{location}: expect.decision {expected!r} is not a decision"
         return CaseResult(case_id, "", str(expected), None, problem)
-    try:
-        policies = PolicySet.from_json(case["policies"])
-        request = Request.from_json(case["request"])
-    except (PolicyValidationError, RequestError) as exc:
-        return CaseResult(case_id, case.get("category", ""), expected, None, f"{location}: {exc}")
     expected_by = case["expect"].get("decided_by")
     if expected_by is not None and not isinstance(expected_by, str):
         return CaseResult(case_id, "", expected, None, f"{location}: expect.decided_by must be a layer's name")
-    return CaseResult(case_id, case.get("category", ""), expected, engine(policies, request), "", expected_by)
+    try:
+        if "store" in case:
+            store, decide = _prepared_store(folder, case["store"], engine, {} if stores is None else stores)
+            request = Request.from_json(case["request"])
+            decision = decide(request)
+            policies = store.policy_set(request.principal, request.resource, request.resource_account,
+                                        request.context.get(SOURCE_VPCE))
+            facts = store.facts(request.principal)
+        else:
+            policies, facts = _policy_set(case["policies"], folder), None
+            request = Request.from_json(case["request"])
+            decision = engine(policies, request)
+    except (PolicyValidationError, RequestError, StoreError, CaseError) as exc:
+        return CaseResult(case_id, category, expected, None, f"{location}: {exc}")
+    misses: tuple[tuple[reference.NearMiss, ...], int] = ((), 0)
+    if expected == DecisionKind.ALLOW and decision.error is None and not decision.allowed and policies is not None:
+        misses = reference.near_misses(policies, request, facts)
+    return CaseResult(case_id, category, expected, decision, "", expected_by, *misses)
 
 
-def run_files(paths: list[Path], engine: Engine, out: TextIO) -> tuple[int, int]:
-    """Run every case, print each failure, end with ``N passed, M failed``."""
-    passed = failed = 0
-    for path in paths:
-        for location, case, problem in read_cases(path):
-            result = run_case(case, location, engine) if case else CaseResult(location, "", "", None, problem)
-            if result.passed:
-                passed += 1
-            else:
-                failed += 1
-                print(result.describe_failure(), file=out)
-    print(f"{passed} passed, {failed} failed", file=out)
-    return passed, failed
+Results = list[tuple[Path, list[tuple[int, CaseResult]]]]
+"""Each case file, with each case's line and result."""
+
+
+def run_files(paths: list[Path], engine: Engine) -> Results:
+    """Run every case of every file; each store is loaded and prepared once."""
+    stores: Stores = {}
+    return [(path, [(line, run_case(case, f"{path}:{line}", engine, path.parent, stores) if case
+                     else CaseResult(f"{path}:{line}", "", "", None, problem))
+                    for line, case, problem in _numbered_cases(path)])
+            for path in paths]
+
+
+def print_report(results: Results, out: TextIO) -> None:
+    """Print each failure, then ``N passed, M failed``."""
+    outcomes = [result for _, cases in results for _, result in cases]
+    for result in outcomes:
+        if not result.passed:  # a lone surrogate (in an id, say) is printed escaped, not raised
+            print(result.describe_failure().encode("utf-8", "backslashreplace").decode("utf-8"), file=out)
+    passed = sum(result.passed for result in outcomes)
+    print(f"{passed} passed, {len(outcomes) - passed} failed", file=out)
+
+
+def json_report(results: Results) -> dict:
+    """Every case, where it is and how it went, and the totals."""
+    cases = [{"file": str(path), "line": line, **result.to_json()} for path, outcomes in results
+             for line, result in outcomes]
+    passed = sum(case["passed"] for case in cases)
+    return {"cases": cases, "totals": {"cases": len(cases), "passed": passed, "failed": len(cases) - passed}}
+
+
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+"""Characters XML 1.0 cannot hold (control characters, lone surrogates)."""
+
+
+def _xml(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def junit_report(results: Results) -> ET.ElementTree:
+    """JUnit XML, as CI servers show test results: a ``testsuite`` per case file, a ``testcase`` per case.
+    A wrong decision (or an evaluation error) is a ``failure``, a case that could not be run an ``error``."""
+    suites = ET.Element("testsuites")
+    totals = dict.fromkeys(("tests", "failures", "errors"), 0)
+    for path, outcomes in results:
+        counts = {"tests": len(outcomes), "failures": 0, "errors": 0}
+        suite = ET.SubElement(suites, "testsuite", name=_xml(str(path)))
+        for _, result in outcomes:
+            testcase = ET.SubElement(suite, "testcase", classname=_xml(str(path)), name=_xml(result.case_id))
+            if not result.passed:
+                kind = "failure" if result.decision is not None else "error"
+                counts[f"{kind}s"] += 1
+                description = _xml(result.describe_failure())
+                ET.SubElement(testcase, kind, message=description.splitlines()[0]).text = description
+        for key, count in counts.items():
+            suite.set(key, str(count))
+            totals[key] += count
+    for key, count in totals.items():
+        suites.set(key, str(count))
+    return ET.ElementTree(suites)

@@ -8,7 +8,7 @@ the same decisions and statements, faster. Policy layers are combined by
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from . import service_rules
 from .conditions import EvaluationError, comparator, condition_holds
@@ -47,31 +47,42 @@ def resource_matches(patterns: tuple[str, ...], request: Request, substitute: bo
     return request.resource != "*" and any(test(request.resource) for test in tests)
 
 
-def statement_applies(statement: Statement, policy: Policy, request: Request, missing: set[str]) -> bool:
-    """Action, resource and every condition match (Principal is checked by the caller).
+def action_applies(statement: Statement, action: str) -> bool:
+    """Action names the request's action (or NotAction does not)."""
+    return ((statement.actions is None or action_matches(statement.actions, action))
+            and (statement.not_actions is None or not action_matches(statement.not_actions, action)))
+
+
+def why_not_applies(statement: Statement, policy: Policy, request: Request, missing: set[str]) -> str:
+    """Why a statement does not apply beyond its action: the first of Resource, NotResource, a policy
+    variable, a condition ("" when it applies). Adds the keys its conditions needed and missed to ``missing``.
 
     A policy variable that cannot be resolved makes the whole statement not
     apply, whether it stands in Resource or in a condition value; that is
     settled before any condition is evaluated.
     """
-    if statement.actions is not None and not action_matches(statement.actions, request.action):
-        return False
-    if statement.not_actions is not None and action_matches(statement.not_actions, request.action):
-        return False
     substitute = policy.has_policy_variables
-    needed: set[str] = set()
     try:
         if statement.resources is not None and not resource_matches(statement.resources, request, substitute):
-            return False
+            return f"Resource does not match {request.resource}"
         if statement.not_resources is not None and resource_matches(statement.not_resources, request, substitute):
-            return False
+            return f"NotResource matches {request.resource}"
         comparators = [comparator(c, request.context, substitute) for c in statement.conditions]
-    except Unresolvable:
-        return False
-    pairs = zip(statement.conditions, comparators, strict=True)
-    holds = [condition_holds(condition, request.context, compare, needed) for condition, compare in pairs]
-    missing |= needed
-    return all(holds)
+    except Unresolvable as exc:
+        return str(exc)
+    reason = ""
+    for condition, compare in zip(statement.conditions, comparators, strict=True):
+        needed: set[str] = set()  # every condition is evaluated: the decision lists every key it missed
+        if not condition_holds(condition, request.context, compare, needed) and not reason:
+            reason = (f"context key {condition.key} is missing ({condition.operator})" if needed
+                      else f"condition {condition.operator} on {condition.key} is false")
+        missing |= needed
+    return reason
+
+
+def statement_applies(statement: Statement, policy: Policy, request: Request, missing: set[str]) -> bool:
+    """Action, resource and every condition match (Principal is checked by the caller)."""
+    return action_applies(statement, request.action) and not why_not_applies(statement, policy, request, missing)
 
 
 def _ref(policy: Policy, statement: Statement) -> StatementRef:
@@ -110,6 +121,16 @@ def resource_layer(
     return LayerResult(tuple(denies), tuple(allows)), grant
 
 
+def _as_decided(request: Request, caller: Caller, facts: Mapping[str, object] | None) -> Request:
+    """The request with the context it is decided with: the store's facts of the principal in place of
+    what the request says of it, and the session's tags."""
+    if caller.kind == service_rules.ANONYMOUS:
+        facts = {}  # AWS knows nothing of an anonymous caller, and the request cannot say otherwise
+    if facts is not None or request.session_tags:
+        return replace(request, context=effective_context(request.context, facts, request.session_tags))
+    return request
+
+
 def evaluate(policies: PolicySet, request: Request, facts: Mapping[str, object] | None = None) -> Decision:
     """Decide one request. Any error denies it, with the reason in the decision.
 
@@ -119,10 +140,7 @@ def evaluate(policies: PolicySet, request: Request, facts: Mapping[str, object] 
     try:
         caller = Caller.parse(request.principal)
         anonymous = caller.kind == service_rules.ANONYMOUS
-        if anonymous:
-            facts = {}  # AWS knows nothing of an anonymous caller, and the request cannot say otherwise
-        if facts is not None or request.session_tags:
-            request = replace(request, context=effective_context(request.context, facts, request.session_tags))
+        request = _as_decided(request, caller, facts)
         flags = service_rules.action_flags(request.action)
         if flags & service_rules.ALWAYS and not anonymous:
             return always_allowed()
@@ -163,3 +181,45 @@ def evaluate(policies: PolicySet, request: Request, facts: Mapping[str, object] 
         return failed(str(exc))
     except Exception as exc:  # noqa: BLE001 - fail closed on any defect, and say so
         return failed(f"internal error: {type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class NearMiss:
+    """An Allow statement whose action matched the request but that did not apply, and the first reason."""
+
+    statement: StatementRef
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.statement}: {self.reason}"
+
+
+def near_misses(policies: PolicySet, request: Request, facts: Mapping[str, object] | None = None,
+                limit: int = 5) -> tuple[tuple[NearMiss, ...], int]:
+    """The Allow statements, in any layer, that nearly applied: what to look at when a request expected
+    to be allowed is denied (a Deny that did not apply cannot explain a deny). Returns the first ``limit``
+    and how many more there are.
+    """
+    caller = Caller.parse(request.principal)
+    request = _as_decided(request, caller, facts)
+    anonymous = caller.kind == service_rules.ANONYMOUS  # it has no identity: none of the caller's own layers
+    pooled = [] if anonymous else [*policies.identity, *(policies.permissions_boundary or ()),
+                                   *(policies.session or ()), *(p for level in policies.scp or () for p in level)]
+    pooled += [p for level in policies.rcp or () for p in level]
+    resource_based = [p for p in (policies.resource, *(policies.vpc_endpoint or ())) if p is not None]
+    has_boundary = policies.permissions_boundary is not None and not anonymous
+    misses = []
+    for policy, names_caller in [*((p, False) for p in pooled), *((p, True) for p in resource_based)]:
+        for statement in policy.statements:
+            if statement.effect is not Effect.ALLOW or not action_applies(statement, request.action):
+                continue
+            try:
+                if names_caller and statement_grant(statement, caller, has_boundary) is Grant.NONE:
+                    reason = "its Principal does not name the caller"
+                else:
+                    reason = why_not_applies(statement, policy, request, set())
+            except EvaluationError as exc:  # a context value its condition cannot read
+                reason = str(exc)
+            if reason:
+                misses.append(NearMiss(_ref(policy, statement), reason))
+    return tuple(misses[:limit]), max(0, len(misses) - limit)
