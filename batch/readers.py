@@ -443,21 +443,45 @@ def _read_json_lines(stream: IO[bytes], name: str, builder: _BatchBuilder,
 def _decoded(line: bytes) -> Any:
     """``json.loads(line)``, less its encoding detection when the line is plain UTF-8 (as logs are)."""
     if line.startswith(codecs.BOM_UTF8) or b"\0" in line[:4]:  # UTF-8 with a BOM, UTF-16 or UTF-32
-        return json.loads(line)
+        return _text_only(json.loads(line))
     try:
         text = line.decode()
     except UnicodeDecodeError:
-        return json.loads(line)
-    return _JSON.decode(text)
+        return _text_only(json.loads(line))
+    record = _JSON.decode(text)
+    return _text_only(record) if "\\u" in text else record  # only an escape can make a lone surrogate
+
+
+def _text_only(value: Any) -> Any:
+    """``value``, unless one of its strings holds a lone surrogate (an escape such as ``\\ud800`` left
+    unpaired): that is no text, and would fail the whole batch where it is encoded, so the record is refused
+    (``ValueError``) with its line."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"a lone surrogate (\\u{ord(value[error.start]):04x}) is not text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _text_only(key)
+            _text_only(item)
+    elif isinstance(value, list):
+        for item in value:
+            _text_only(item)
+    return value
 
 
 def _read_cloudtrail(text: IO[str], name: str, builder: _BatchBuilder) -> Iterator[pa.RecordBatch]:
     for index, record in enumerate(_cloudtrail_records(text)):
         location = f"{name}#Records[{index}]"
         try:
-            request = cloudtrail.request_from_record(record)
+            request = cloudtrail.request_from_record(_text_only(record))
         except cloudtrail.UnmappableRecord as error:
             builder.reject(error.kind, location, error.detail)
+            continue
+        except ValueError as error:
+            builder.reject("bad JSON", location, str(error))
             continue
         builder.add(request.principal, request.action, request.resource, request.resource_account,
                     request.context, None, location, request.resource_fallback)
@@ -602,7 +626,7 @@ def _add_json_context_rows(batch: pa.RecordBatch, name: str, first_row: int,
         context = record.get("context")
         if context is not None:
             try:
-                record["context"] = json.loads(context)
+                record["context"] = _text_only(json.loads(context))
             except (ValueError, RecursionError) as error:
                 builder.reject("bad context", location, f"context is not JSON: {error}")
                 continue

@@ -630,3 +630,22 @@ def test_a_malformed_record_error_crosses_processes():
     error = pickle.loads(pickle.dumps(MalformedRecord("bad JSON", "log.jsonl:3", "Expecting value")))
     assert (error.kind, error.location) == ("bad JSON", "log.jsonl:3")
     assert str(error) == "log.jsonl:3: bad JSON: Expecting value"
+
+
+def test_lone_surrogates_are_refused_with_their_line_and_pairs_are_text(tmp_path):
+    """An escape may spell a lone surrogate, which no text holds: wherever it sits (a field, a context key or
+    value, a list item, a session tag) that record is refused with its line and the others are read; an
+    escaped pair is one character, and fine."""
+    role = "arn:aws:sts::111122223333:assumed-role/app/s"
+    base = '{"principal": "%s", "action": "s3:GetObject", "resource": "arn:aws:s3:::b/%s"%s}'
+    lines = [base % (role, "\\ud800", ""), base % (role, "ok", ', "context": {"k\\udc00": "v"}'),
+             base % (role, "ok", ', "context": {"aws:TagKeys": ["a", "\\uDBFF"]}'),
+             base % (role, "ok", ', "session_tags": {"team": "x\\udfff"}'),
+             base % (role, "\\ud83d\\ude00", ""), base % (role + "\\ud800", "ok", "")]
+    path = write_lines(tmp_path / "requests.jsonl", lines)
+    problems = Problems()
+    [batch] = read_requests(path, problems=problems)
+    assert batch.column("resource").to_pylist() == ["arn:aws:s3:::b/\U0001F600"]
+    assert problems.counts == {"bad JSON": 5}
+    assert [location for location, _ in problems.first] == [f"{path}:{line}" for line in (1, 2, 3, 4, 6)]
+    assert all("lone surrogate" in detail for _, detail in problems.first)
