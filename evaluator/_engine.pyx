@@ -20,7 +20,7 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 from ._conditions cimport ConditionSet
-from ._globtrie cimport GlobTrie
+from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._pattern cimport PatternSet, pseg
 from ._types cimport cstr, ctx_entry
 
@@ -171,7 +171,8 @@ ctypedef struct mark_t:      # per policy: its roles for the profile last marked
 ctypedef struct scratch_t:
     uint32_t magic           # ENGINE_MAGIC while owned by an engine
     void* owner              # the Engine it was made for
-    Py_ssize_t nbytes        # bytes allocated for it
+    Py_ssize_t nbytes        # bytes allocated for it, as of its last release (the tries' DFA caches grow)
+    Py_ssize_t fixed_bytes   # the part that does not grow
     void* action_scratch
     void* resource_scratch
     int32_t* action_ids
@@ -388,6 +389,22 @@ cdef class Engine:
             total += self.spare[k].nbytes
         return total
 
+    def dfa_stats(self):
+        """The lazy-DFA caches of the spare scratch buffers, per trie: states cached now, states
+        built, times emptied, times grown, inputs finished by the NFA because the cache filled
+        up, inputs matched by the NFA alone (thrashing), inputs matched, bytes of cache."""
+        names = ("states", "built", "flushes", "grows", "fallbacks", "nfa_matches", "matches", "bytes")
+        stats = {"action": dict.fromkeys(names, 0), "resource": dict.fromkeys(names, 0)}
+        cdef const gt_cache* cache
+        cdef int k, side
+        for k in range(self.n_spare):
+            for side in range(2):
+                cache = <const gt_cache*>(self.spare[k].action_scratch if side == 0 else self.spare[k].resource_scratch)
+                for name, value in zip(names, (max(cache.n_states - 1, 0), cache.built, cache.flushes, cache.grows,
+                                               cache.fallbacks, cache.nfa_calls, cache.calls, cache.block_bytes)):
+                    stats["action" if side == 0 else "resource"][name] += value
+        return stats
+
     # ---------------------------------------------------------------- scratch
 
     cdef scratch_t* new_scratch(self) except NULL:
@@ -420,12 +437,14 @@ cdef class Engine:
             raise MemoryError()
         for k in range(self.n_keys):
             sc.ctx[k].count = -1
-        sc.nbytes = (sizeof(scratch_t) + self.action_trie.scratch_size() + self.resource_trie.scratch_size()
-                     + (self.action_trie.result_capacity() + self.resource_trie.result_capacity()
-                        + n + self.max_group_missing) * sizeof(int32_t)
-                     + (2 * n + self.n_action_patterns + self.n_resource_patterns + self.n_names) * sizeof(uint64_t)
-                     + self.n_policies * sizeof(mark_t) + self.n_keys * sizeof(ctx_entry)
-                     + (self.conditions.scratch_segments() + self.patterns.max_segments()) * sizeof(pseg))
+        sc.fixed_bytes = (sizeof(scratch_t) + self.action_trie.scratch_size() + self.resource_trie.scratch_size()
+                          + (self.action_trie.result_capacity() + self.resource_trie.result_capacity()
+                             + n + self.max_group_missing) * sizeof(int32_t)
+                          + (2 * n + self.n_action_patterns + self.n_resource_patterns + self.n_names)
+                          * sizeof(uint64_t)
+                          + self.n_policies * sizeof(mark_t) + self.n_keys * sizeof(ctx_entry)
+                          + (self.conditions.scratch_segments() + self.patterns.max_segments()) * sizeof(pseg))
+        sc.nbytes = sc.fixed_bytes
         sc.magic = ENGINE_MAGIC
         sc.owner = <void*>self
         return sc
@@ -448,6 +467,7 @@ cdef class Engine:
     cdef void release(self, scratch_t* sc) noexcept:
         """Keep the scratch for reuse while this engine and the process have room (GIL held)."""
         global spare_held
+        sc.nbytes = sc.fixed_bytes + gt_scratch_bytes(sc.action_scratch) + gt_scratch_bytes(sc.resource_scratch)
         if self.n_spare < SPARE_SCRATCH and spare_held + sc.nbytes <= spare_budget:
             self.spare[self.n_spare] = sc
             self.n_spare += 1
@@ -976,8 +996,8 @@ cdef void free_scratch(scratch_t* sc) noexcept:
     if sc == NULL:
         return
     sc.magic = 0
-    free(sc.action_scratch)
-    free(sc.resource_scratch)
+    gt_free_scratch(sc.action_scratch)
+    gt_free_scratch(sc.resource_scratch)
     free(sc.action_ids)
     free(sc.resource_ids)
     free(sc.action_mark)

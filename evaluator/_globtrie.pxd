@@ -8,6 +8,7 @@ Usage from another .pyx (after ``trie.freeze()``)::
     out = <int32_t*>malloc(trie.result_capacity() * sizeof(int32_t))
     with nogil:
         n = trie.match_into(<const unsigned char*>utf8, utf8_len, scratch, out)  # n sorted ids
+    gt_free_scratch(scratch)                       # not free(): the DFA cache is a block of its own
 
 A scratch buffer serves one trie and one thread at a time; several threads may match on the
 same frozen trie concurrently, each with its own scratch. The scratch also holds that thread's
@@ -58,7 +59,18 @@ cdef enum:
 
 
 # Head of a scratch buffer: the per-thread DFA cache bookkeeping (all zero in a fresh scratch).
+# The cache itself is one block of its own (NULL until the first match), so that it can grow: the
+# transition table first (a row per state), then the states, the hash table and the node pool.
 ctypedef struct gt_cache:
+    int32_t* trans        # the block; every pointer below points into it
+    gt_dstate* states     # state 0 is reserved: handle 0 means "no transition cached yet"
+    int32_t* slots        # hash table of state indices, 0 = empty
+    int32_t* pool         # node lists and cached results of the states
+    int64_t block_bytes   # size of the block
+    int32_t max_states    # states the block holds, the reserved state 0 included
+    int32_t pool_cap      # int32 slots of its node pool
+    int32_t hash_mask     # hash table slots - 1 (a power of two minus one)
+    int32_t grows         # times the block was replaced by one twice as large
     int32_t n_states      # states in use, the reserved state 0 included; 0 in a fresh scratch
     int32_t pool_used     # int32 slots of the node pool in use
     int32_t start         # handle of the start state, 0 if not cached
@@ -75,6 +87,12 @@ ctypedef struct gt_cache:
 
 cdef enum:
     GT_SPARE_SLOTS = 8    # scratch buffers kept for reuse by the Python-level match()
+
+
+# Free a scratch buffer and its DFA cache (use instead of free()).
+cdef void gt_free_scratch(void* scratch) noexcept nogil
+# Bytes a scratch buffer holds now, its DFA cache included (the cache grows with use).
+cdef Py_ssize_t gt_scratch_bytes(const void* scratch) noexcept nogil
 
 
 cdef class GlobTrie:
@@ -105,10 +123,10 @@ cdef class GlobTrie:
     cdef uint8_t _cls[256]             # input byte -> class (folding included)
     cdef int32_t _n_cls
     cdef int32_t _stride               # int32 slots per row of the transition table: _n_cls + GT_ROW_EXTRA
-    cdef int32_t _max_states           # states per scratch, the reserved state 0 included; 0: NFA only
-    cdef int32_t _pool_cap             # int32 slots of the node pool per scratch
-    cdef int32_t _hash_mask            # hash table slots - 1 (a power of two minus one)
-    cdef Py_ssize_t _off_stamps, _off_states, _off_trans, _off_hash, _off_pool, _off_lists
+    cdef int32_t _max_states           # states of a new cache, the reserved state 0 included; 0: NFA only
+    cdef int32_t _cap_states           # states a cache may grow to, the reserved state 0 included
+    cdef int32_t _pool_cap             # int32 slots of the node pool of a new cache
+    cdef Py_ssize_t _off_stamps, _off_lists
     cdef Py_ssize_t _scratch_bytes
     cdef readonly Py_ssize_t nbytes    # memory of the frozen trie (its scratch buffers not included)
 
@@ -128,7 +146,7 @@ cdef class GlobTrie:
 
     cdef void _free_arrays(self) noexcept
     cdef int _set_prefix(self) except -1
-    cdef int _set_geometry(self, Py_ssize_t states, Py_ssize_t pool) except -1
+    cdef int _set_geometry(self, Py_ssize_t states, Py_ssize_t pool, Py_ssize_t cap) except -1
     cdef list _tokens(self, pattern)
     cdef Py_ssize_t _new_node(self, bint loop)
     cdef Py_ssize_t _match(self, const unsigned char* text, Py_ssize_t n, void* scratch,

@@ -33,11 +33,13 @@ byte, whatever the number of patterns.
   candidates are compared with the node generation stamps of the NFA step that built them.
 * The bytes every pattern starts with (``arn:aws:`` for typical resource patterns) are compared
   at once, and the automaton starts where they lead.
-* The cache is bounded: at most ``dfa_states`` states and a pool of ``dfa_pool`` int32 slots for
-  their node lists and cached results (sized from the trie by ``freeze()``, see
-  ``_cache_geometry``). When a new state does not fit, the cache is emptied and matching
-  continues; if the same input fills it a second time, that input is finished by the NFA
-  simulation (no cache: O(active nodes) per code point, sinks dropped as soon as reached).
+* The cache grows by demand, within bounds: it starts with room for ``dfa_states`` states and a
+  pool of ``dfa_pool`` int32 slots for their node lists and cached results, and each time a new
+  state does not fit it is replaced by one twice as large (its states dropped), up to
+  ``dfa_max_states`` (all sized from the trie by ``freeze()``, see ``_cache_geometry``). A full
+  cache at its bound is emptied and matching continues; if the same input fills it a second
+  time, that input is finished by the NFA simulation (no cache: O(active nodes) per code point,
+  sinks dropped as soon as reached).
 * Thrashing: when the cache fills up before the states it holds paid for their construction
   (see ``_thrashing``: the working set is larger than the cache, as with thousands of distinct
   action names against thousands of patterns), the NFA alone runs the following calls for a
@@ -98,7 +100,7 @@ cdef enum:
     # Python-level calls release the GIL only for inputs this long: releasing and re-taking it
     # costs about as much as matching a short action name.
     _NOGIL_MIN_BYTES = 256
-    # Default cache bounds per scratch (see _cache_geometry).
+    # Default cache sizes per scratch (see _cache_geometry).
     _MIN_STATES = 512
     _MAX_STATES = 65536
     _NODES_PER_STATE = 4
@@ -288,7 +290,8 @@ cdef inline void _sort_ids(int32_t* ids, Py_ssize_t count, const int32_t* dense_
 
 # ---------------------------------------------------------------------- lazy DFA
 
-# Pointers into one scratch's DFA cache, plus the trie's cache geometry.
+# Pointers into one scratch's DFA cache (copied from its header: see gt_cache in the .pxd), plus
+# the trie's cache geometry.
 ctypedef struct gt_dfa:
     gt_cache* cache
     gt_dstate* states        # state 0 is reserved: handle 0 means "no transition cached yet"
@@ -302,6 +305,58 @@ ctypedef struct gt_dfa:
     int32_t max_states
     int32_t pool_cap
     int32_t hash_mask
+    int32_t cap_states       # the bound the cache may grow to
+
+
+cdef inline void _load(gt_dfa* d) noexcept nogil:
+    """Point d at its cache's current block."""
+    cdef gt_cache* cache = d.cache
+    d.states = cache.states
+    d.trans = cache.trans
+    d.slots = cache.slots
+    d.pool = cache.pool
+    d.max_states = cache.max_states
+    d.pool_cap = cache.pool_cap
+    d.hash_mask = cache.hash_mask
+
+
+cdef bint _new_block(gt_cache* cache, int32_t states, int32_t pool, int32_t stride) noexcept nogil:
+    """Give the cache an empty, zero-filled block for `states` states (the reserved state 0
+    included) and `pool` pool slots, freeing the old one; False when out of memory (nothing
+    changed)."""
+    cdef Py_ssize_t hash_slots = 2
+    while hash_slots < 2 * states:
+        hash_slots *= 2
+    # The transition rows are int32; the states after them need 8-byte alignment.
+    cdef Py_ssize_t trans_bytes = (<Py_ssize_t>states * stride * sizeof(int32_t) + 7) & ~(<Py_ssize_t>7)
+    cdef Py_ssize_t states_bytes = states * sizeof(gt_dstate)
+    cdef Py_ssize_t total = trans_bytes + states_bytes + (hash_slots + pool) * sizeof(int32_t)
+    cdef char* block = <char*>calloc(1, total)
+    if block == NULL:
+        return False
+    free(cache.trans)
+    cache.trans = <int32_t*>block
+    cache.states = <gt_dstate*>(block + trans_bytes)
+    cache.slots = <int32_t*>(block + trans_bytes + states_bytes)
+    cache.pool = cache.slots + hash_slots
+    cache.block_bytes = total
+    cache.max_states = states
+    cache.pool_cap = pool
+    cache.hash_mask = <int32_t>(hash_slots - 1)
+    cache.n_states = 1
+    cache.pool_used = 0
+    cache.start = 0
+    return True
+
+
+cdef void gt_free_scratch(void* scratch) noexcept nogil:
+    if scratch != NULL:
+        free((<gt_cache*>scratch).trans)
+        free(scratch)
+
+
+cdef Py_ssize_t gt_scratch_bytes(const void* scratch) noexcept nogil:
+    return (<const gt_cache*>scratch).block_bytes
 
 
 # A candidate state, its node lists in tmp_a / tmp_b, every node stamped with the run's gen.
@@ -405,6 +460,27 @@ cdef void _flush(gt_dfa* d) noexcept nogil:
     d.cache.flushes += 1
 
 
+cdef bint _full(gt_dfa* d) noexcept nogil:
+    """Called when the cache is full. Below its bound it doubles (the working set is larger than
+    the cache: give it room) and False is returned. At its bound, see _thrashing."""
+    cdef gt_cache* cache = d.cache
+    cdef int64_t states = 2 * <int64_t>(cache.max_states - 1) + 1
+    if cache.max_states < d.cap_states:
+        if states > d.cap_states:
+            states = d.cap_states
+        if _new_block(cache, <int32_t>states, <int32_t>min(2 * <int64_t>cache.pool_cap, 1 << 30), d.stride):
+            cache.grows += 1
+            cache.flushes += 1
+            cache.bytes = 0
+            cache.work = 0
+            _load(d)
+            return False
+    if _thrashing(d):
+        return True
+    _flush(d)
+    return False
+
+
 cdef bint _thrashing(gt_dfa* d) noexcept nogil:
     """Called when the cache is full. Since it was last emptied, b states of k NFA nodes on
     average were built and B input bytes matched: the NFA would have cost about B * k node
@@ -424,6 +500,7 @@ cdef bint _thrashing(gt_dfa* d) noexcept nogil:
     cache.nfa_left = <int64_t>cache.backoff * d.max_states
     _flush(d)
     return True
+
 
 
 @cython.boundscheck(False)
@@ -618,9 +695,9 @@ cdef Py_ssize_t _dfa_match(gt_run* r, gt_dfa* d, const uint8_t* cls, const unsig
         c.n_pend = 0
         c.n_lit = _enter_d(r, start_node, d.tmp_a, 0)
         s = _intern(r, d, &c)
-        if s == 0 and not _thrashing(d):
-            _flush(d)
+        if s == 0 and not _full(d):
             flushed = True
+            trans = d.trans
             s = _intern(r, d, &c)
         if s == 0:
             result = _fallback(r, d, &c, text, n, i)
@@ -644,9 +721,10 @@ cdef Py_ssize_t _dfa_match(gt_run* r, gt_dfa* d, const uint8_t* cls, const unsig
                 break
             _dfa_step(r, d, &d.states[trans[s + d.n_cls + GT_ROW_INDEX]], text[i], &c)
             v = _intern(r, d, &c)
-            if v == 0 and not flushed and not _thrashing(d):
-                _flush(d)  # s is gone with the rest; its transition is not recorded
+            if v == 0 and not flushed and not _full(d):
+                # s is gone with the rest; its transition is not recorded
                 flushed = True
+                trans = d.trans
                 v = _intern(r, d, &c)
             elif v != 0:
                 d.trans[s + cls[text[i]]] = GT_SELF if v == s else v
@@ -666,19 +744,21 @@ cdef Py_ssize_t _dfa_match(gt_run* r, gt_dfa* d, const uint8_t* cls, const unsig
 
 
 cdef tuple _cache_geometry(Py_ssize_t n_nodes):
-    """Default cache bounds for a trie of n_nodes nodes: (states, int32 pool slots).
+    """Default cache sizes for a trie of n_nodes nodes: (first states, int32 pool slots, bound).
 
-    One state per _NODES_PER_STATE nodes, between _MIN_STATES and _MAX_STATES (but at most
-    _STATES_PER_NODE per node, for tiny tries), and _POOL_PER_STATE pool slots per state (a
-    state holds a few nodes in practice: 1 to 8 on average for AWS policies). A state costs
-    sizeof(gt_dstate) = 32 bytes, 4 * (byte classes + 3) bytes of transitions, 8 bytes of hash
-    table and 4 * _POOL_PER_STATE bytes of pool: about 250 bytes with 40 classes, so the cache
-    takes 128 KB (512 states) to 16 MB (65536 states, for a whole store's patterns) per scratch;
-    the memory is zero-filled by the allocator and committed only as states are built.
+    A cache starts with one state per _NODES_PER_STATE nodes, at least _MIN_STATES, and
+    _POOL_PER_STATE pool slots per state (a state holds a few nodes in practice: 1 to 8 on
+    average for AWS policies); it may double up to _STATES_PER_NODE states per node, at most
+    _MAX_STATES. How many states a workload needs depends on its inputs more than on the
+    patterns (the seed workload's 51 statements need about 1,200 action states for the actions
+    of its log), hence the growth. A state costs sizeof(gt_dstate) = 32 bytes, 4 * (byte
+    classes + 3) bytes of transitions, 8 bytes of hash table and 4 * _POOL_PER_STATE bytes of
+    pool: about 250 bytes with 40 classes, so a cache takes 128 KB (512 states) to 16 MB (65536
+    states) per scratch.
     """
-    cdef Py_ssize_t states = min(max(n_nodes // _NODES_PER_STATE, _MIN_STATES), _MAX_STATES,
-                                 _STATES_PER_NODE * n_nodes)
-    return states, states * _POOL_PER_STATE
+    cdef Py_ssize_t bound = min(_STATES_PER_NODE * n_nodes, _MAX_STATES)
+    cdef Py_ssize_t states = min(max(n_nodes // _NODES_PER_STATE, _MIN_STATES), bound)
+    return states, states * _POOL_PER_STATE, bound
 
 
 cdef class GlobTrie:
@@ -703,7 +783,7 @@ cdef class GlobTrie:
         cdef int i
         self._free_arrays()
         for i in range(self._n_spare):
-            free(self._spare[i])
+            gt_free_scratch(self._spare[i])
 
     cdef void _free_arrays(self) noexcept:
         free(self._nodes)
@@ -780,18 +860,20 @@ cdef class GlobTrie:
     def freeze(self, *, dfa_states=None, dfa_pool=None):
         """Compile the trie into flat C arrays and drop the build state; later calls do nothing.
 
-        dfa_states / dfa_pool bound the lazy-DFA cache each scratch buffer holds: the number of
+        dfa_states / dfa_pool size the lazy-DFA cache each scratch buffer holds: the number of
         cached states, and the int32 slots for their node sets and cached results. By default
-        both are sized from the trie (see get_stats()); dfa_states=0 disables the DFA (every
-        match simulates the NFA). Small values are for tests of the cache-full paths.
+        both are sized from the trie and the cache doubles when full, up to a bound (see
+        get_stats()); given, they are fixed. dfa_states=0 disables the DFA (every match
+        simulates the NFA). Small values are for tests of the cache-full paths.
         """
         if self.frozen:
             return
-        states, pool = _cache_geometry(len(self._b_children))
+        states, pool, bound = _cache_geometry(len(self._b_children))
         if dfa_states is not None:
-            states = dfa_states
+            states = bound = dfa_states
         if dfa_pool is not None:
             pool = dfa_pool
+            bound = states
         if not (0 <= states <= _LIMIT_STATES and 0 <= pool <= (1 << 30)):
             raise ValueError(f"dfa_states must be in [0, {_LIMIT_STATES}] and dfa_pool in [0, 2**30]")
         cdef Py_ssize_t n_nodes = len(self._b_children)
@@ -848,7 +930,7 @@ cdef class GlobTrie:
         except MemoryError:
             self._free_arrays()
             raise
-        self._set_geometry(states, pool)
+        self._set_geometry(states, pool, bound)
         self.nbytes = (n_nodes * sizeof(gt_node) + self._n_edges * (1 + sizeof(int32_t))
                        + (self._n_acc + self._n_ids) * sizeof(int32_t) + self._prefix_len)
         self._b_children = self._b_qmark = self._b_star = self._b_loop = self._b_acc = None
@@ -882,25 +964,18 @@ cdef class GlobTrie:
         self._prefix_node = <int32_t>node
         return 0
 
-    cdef int _set_geometry(self, Py_ssize_t states, Py_ssize_t pool) except -1:
-        """Scratch layout for a cache of `states` states (0: no DFA) and `pool` pool slots."""
-        cdef Py_ssize_t hash_slots = 0
+    cdef int _set_geometry(self, Py_ssize_t states, Py_ssize_t pool, Py_ssize_t cap) except -1:
+        """Scratch layout, and the sizes of a cache: `states` states (0: no DFA) and `pool` pool
+        slots at first, growing up to `cap` states."""
         if states:
             self._max_states = <int32_t>(states + 1)  # + the reserved state 0
-            hash_slots = 2
-            while hash_slots < 2 * self._max_states:
-                hash_slots *= 2
+            self._cap_states = <int32_t>(max(states, cap) + 1)
             self._pool_cap = <int32_t>pool
         else:
-            self._max_states = self._pool_cap = 0
-        self._hash_mask = <int32_t>(hash_slots - 1)
-        # All offsets stay multiples of 8 up to the int32 arrays, which come last.
+            self._max_states = self._cap_states = self._pool_cap = 0
+        # The header, then uint64 stamps, then the uint32 lists: offsets stay multiples of 8.
         self._off_stamps = sizeof(gt_cache)
-        self._off_states = self._off_stamps + (1 + self._n_nodes + self._n_ids) * sizeof(uint64_t)
-        self._off_trans = self._off_states + self._max_states * sizeof(gt_dstate)
-        self._off_hash = self._off_trans + <Py_ssize_t>self._max_states * self._stride * sizeof(int32_t)
-        self._off_pool = self._off_hash + hash_slots * sizeof(int32_t)
-        self._off_lists = self._off_pool + self._pool_cap * sizeof(int32_t)
+        self._off_lists = self._off_stamps + (1 + self._n_nodes + self._n_ids) * sizeof(uint64_t)
         self._scratch_bytes = self._off_lists + 2 * self._n_nodes * sizeof(uint32_t)
         return 0
 
@@ -911,10 +986,9 @@ cdef class GlobTrie:
 
         Layout: the DFA cache header (gt_cache), a uint64 generation counter and a uint64 stamp
         per node and per distinct id (64 bits never wrap, so the scratch is never cleared
-        again), the cached states (gt_dstate), their transition table (a row per state: an
-        int32 per byte class, then GT_ROW_EXTRA int32), the hash table (int32 slots), the node
-        pool (int32 slots), then two uint32 node lists of one slot per node (the state being
-        built, or the NFA's active sets). Only the header and the hash table need the zeros.
+        again), then two uint32 node lists of one slot per node (the state being built, or the
+        NFA's active sets). Only the header needs the zeros. The cache's block is allocated at
+        the first match (see gt_cache): free a scratch with gt_free_scratch().
         """
         return self._scratch_bytes
 
@@ -930,7 +1004,7 @@ cdef class GlobTrie:
         1 if some pattern matches, else 0."""
         cdef char* base = <char*>scratch
         cdef gt_cache* cache = <gt_cache*>base
-        cdef const int32_t* trans = <const int32_t*>(base + self._off_trans)
+        cdef const int32_t* trans
         cdef const int32_t* meta
         cdef const int32_t* ids
         cdef const uint8_t* cls = self._cls
@@ -944,6 +1018,8 @@ cdef class GlobTrie:
                 cache.nfa_left -= 1
                 cache.nfa_calls += 1
                 dfa = False
+            elif cache.trans == NULL and not _new_block(cache, self._max_states, self._pool_cap, self._stride):
+                dfa = False  # no memory for a cache: the NFA needs none
         if self._prefix_len:  # every pattern starts with these bytes: compare them at once
             if n < self._prefix_len:
                 return 0
@@ -953,6 +1029,7 @@ cdef class GlobTrie:
             i = self._prefix_len
         if dfa:
             cache.bytes += n
+            trans = cache.trans
             s = cache.start
             if s > 0 and out != NULL:
                 # Fast path: every transition cached. Self-loops are stored as GT_SELF, so while
@@ -970,7 +1047,7 @@ cdef class GlobTrie:
                 if i == n:
                     meta = trans + s + self._n_cls
                     if meta[GT_ROW_ACC] >= 0:
-                        ids = <const int32_t*>(base + self._off_pool) + meta[GT_ROW_ACC]
+                        ids = cache.pool + meta[GT_ROW_ACC]
                         count = meta[GT_ROW_NACC]
                         for k in range(count):
                             out[k] = ids[k]
@@ -991,17 +1068,12 @@ cdef class GlobTrie:
         r.n_out = 0
         cdef gt_dfa d
         d.cache = cache
-        d.states = <gt_dstate*>(base + self._off_states)
-        d.trans = <int32_t*>(base + self._off_trans)
-        d.slots = <int32_t*>(base + self._off_hash)
-        d.pool = <int32_t*>(base + self._off_pool)
+        _load(&d)
         d.tmp_a = <uint32_t*>(base + self._off_lists)
         d.tmp_b = d.tmp_a + self._n_nodes
         d.n_cls = self._n_cls
         d.stride = self._stride
-        d.max_states = self._max_states
-        d.pool_cap = self._pool_cap
-        d.hash_mask = self._hash_mask
+        d.cap_states = self._cap_states
         cdef Py_ssize_t result, n_act
         if dfa:
             result = _dfa_match(&r, &d, cls, text, n, self._ids, s, i, self._prefix_node)
@@ -1048,7 +1120,7 @@ cdef class GlobTrie:
             self._spare[self._n_spare] = buf
             self._n_spare += 1
         else:
-            free(buf)
+            gt_free_scratch(buf)
 
     cdef object _search(self, str text, bint want_ids):
         cdef Py_ssize_t n
@@ -1120,13 +1192,15 @@ cdef class GlobTrie:
         stats = {"nodes": nodes, "edges": edges, "patterns": self._n_patterns, "ids": n_ids,
                  "memory_bytes": memory, "scratch_bytes": scratch, "frozen": bool(self.frozen)}
         if self.frozen:
-            names = ("dfa_states", "dfa_built", "dfa_flushes", "dfa_fallbacks", "dfa_nfa_matches", "dfa_matches")
+            names = ("dfa_states", "dfa_built", "dfa_flushes", "dfa_grows", "dfa_fallbacks", "dfa_nfa_matches",
+                     "dfa_matches", "dfa_cache_bytes")
             counters = dict.fromkeys(names, 0)
             for k in range(self._n_spare):
                 cache = <gt_cache*>self._spare[k]
-                for name, value in zip(names, (max(cache.n_states - 1, 0), cache.built, cache.flushes,
-                                               cache.fallbacks, cache.nfa_calls, cache.calls)):
+                for name, value in zip(names, (max(cache.n_states - 1, 0), cache.built, cache.flushes, cache.grows,
+                                               cache.fallbacks, cache.nfa_calls, cache.calls, cache.block_bytes)):
                     counters[name] += value
-            stats.update({"dfa_classes": self._n_cls, "dfa_max_states": max(self._max_states - 1, 0),
-                          "dfa_pool_slots": self._pool_cap, **counters})
+            stats.update({"dfa_classes": self._n_cls, "dfa_first_states": max(self._max_states - 1, 0),
+                          "dfa_max_states": max(self._cap_states - 1, 0), "dfa_pool_slots": self._pool_cap,
+                          **counters})
         return stats

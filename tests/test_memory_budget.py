@@ -71,8 +71,11 @@ def test_spare_scratch_stays_within_the_budget_across_engines(budget):
     for engine in engines:
         assert engine.evaluate(REQUEST).decision == "Allow"
         assert spare_scratch_bytes() <= limit
-    assert spare_scratch_bytes() - held == 3 * one, "three engines keep a scratch, the others free theirs"
-    assert sum(engine.nbytes for engine in engines) == sum(compiled(100, f"e{i}").nbytes for i in range(10)) + 3 * one
+    kept = [engine.nbytes - compiled(100, f"e{i}").nbytes for i, engine in enumerate(engines)]
+    assert sum(kept) == spare_scratch_bytes() - held
+    assert kept.count(one) == 3, "three engines keep a used scratch, the others free theirs"
+    # A scratch the call used without matching holds no DFA cache: it is smaller and may still fit.
+    assert all(size == one or 0 <= size <= one // 2 for size in kept)
 
 
 def test_a_negative_budget_is_refused(budget):
