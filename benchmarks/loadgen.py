@@ -48,7 +48,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from workloads import ACCOUNT, EXAMPLES, GUARD_RAILS, REPO, seed_requests
 
-from iam_evaluator import DecisionKind, Request
+from iam_evaluator import Decision, DecisionKind, Request
+from iam_evaluator.compile import BatchDecisions
 from iam_evaluator.compiled_store import CompiledStore
 from iam_evaluator.principals import Caller
 from iam_evaluator.server.api import iam_evaluator_pb2 as pb
@@ -60,9 +61,25 @@ WORKLOADS = ("check", "batch", "stream")
 METHOD = "/iam_evaluator.v1.Authorizer/"
 GUARD_RAILS_ARN = f"arn:aws:iam::{ACCOUNT}:policy/GuardRails"
 FLIPPED_REGION = "ap-southeast-2"
-CODE_DECISIONS = (pb.IMPLICIT_DENY, pb.ALLOW, pb.EXPLICIT_DENY, pb.IMPLICIT_DENY)
-"""The result each engine code stands for; code 3 (could not be evaluated) also carries an error."""
-REFERENCE_CODES = {DecisionKind.IMPLICIT_DENY: 0, DecisionKind.ALLOW: 1, DecisionKind.EXPLICIT_DENY: 2}
+UNEVALUABLE = 0
+"""The expected code of a request that cannot be evaluated (answered ImplicitDeny with an error); the
+other expected codes are ``DecisionKind.code``, the proto's numbers."""
+
+
+def expected_code(decision: Decision) -> int:
+    return UNEVALUABLE if decision.error else decision.decision.code
+
+
+def expected_codes_of(decided: BatchDecisions) -> bytes:
+    codes = bytearray(decided.codes)
+    for i in decided.errors:
+        codes[i] = UNEVALUABLE
+    return bytes(codes)
+
+
+def answered(code: int) -> int:
+    """The decision a result carries for an expected code."""
+    return code or DecisionKind.IMPLICIT_DENY.code
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
 CALL_TIMEOUT = 30.0
@@ -121,17 +138,17 @@ def expected_codes(snapshot: dict, requests: list[dict]) -> tuple[bytes, dict[in
     compiled = CompiledStore(store)
     decided = compiled.evaluate_columns([r["principal"] for r in requests], [r["action"] for r in requests],
                                         [r["resource"] for r in requests], [r["context"] for r in requests])
+    codes = expected_codes_of(decided)
     for i, r in enumerate(requests[:REFERENCE_SAMPLE]):
         want = reference_decision(store, Request.create(r["principal"], r["action"], r["resource"], r["context"]))
-        code = 3 if want.error else REFERENCE_CODES[want.decision]
-        if code != decided.codes[i]:
-            raise AssertionError(f"request {i}: the compiled store says {decided.codes[i]}, the reference "
+        if expected_code(want) != codes[i]:
+            raise AssertionError(f"request {i}: the compiled store says {codes[i]}, the reference "
                                  f"{want.decision} ({r})")
-    return decided.codes, dict(decided.errors)
+    return codes, dict(decided.errors)
 
 
 def result_messages(codes: bytes, errors: dict[int, str]) -> list[pb.CheckResult]:
-    return [pb.CheckResult(decision=CODE_DECISIONS[code], error=errors.get(i, "")) for i, code in enumerate(codes)]
+    return [pb.CheckResult(decision=answered(code), error=errors.get(i, "")) for i, code in enumerate(codes)]
 
 
 @dataclass
@@ -382,7 +399,7 @@ def _wrong(results, codes: bytes) -> int:
     """How many results differ from the expected codes (in decision, or in having an error)."""
     wrong = abs(len(results) - len(codes))
     for result, code in zip(results, codes, strict=False):
-        wrong += result.decision != CODE_DECISIONS[code] or bool(result.error) != (code == 3)
+        wrong += result.decision != answered(code) or bool(result.error) != (code == UNEVALUABLE)
     return wrong
 
 

@@ -1,8 +1,9 @@
 """``iam-eval``: check one request, validate policies, run policy test cases.
 
 Exit codes: ``check`` 0 Allow, 1 deny, 2 bad input; ``validate`` 1 when a
-finding at or above ``--fail-on`` (error by default) exists, else 0, 2
-unreadable input; ``test`` 0 all passed, 1 any failed, 2 bad input; ``batch``
+finding at or above ``--fail-on`` (error by default) exists, else 0 (a note
+never fails), 2 unreadable input (a store's unreadable files are findings);
+``test`` 0 all passed, 1 any failed, 2 bad input; ``batch``
 0 done, 2 bad input or a failed job (a worker died, the output could not be
 written); ``diff`` 0, or 1 when ``--fail-on`` sees what it names, 2 bad input.
 """
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from iam_evaluator import __version__
-from iam_evaluator.cases import DEFAULT_ENGINE, ENGINES, run_files
+from iam_evaluator.cases import DEFAULT_ENGINE, ENGINES, json_report, junit_report, print_report, run_files
 from iam_evaluator.catalog import CATALOG_ENV, Catalog
-from iam_evaluator.findings import PolicyValidationError, Severity
+from iam_evaluator.decision import Decision
+from iam_evaluator.files import policy_files
+from iam_evaluator.findings import FAILING, Finding, PolicyValidationError, Severity
 from iam_evaluator.model import Policy
 from iam_evaluator.parse import PolicyKind, parse_policy
 from iam_evaluator.policy_types import PolicyType
@@ -25,7 +28,7 @@ from iam_evaluator.principals import RequestError
 from iam_evaluator.request import PolicySet, Request
 from iam_evaluator.sarif import sarif_log
 from iam_evaluator.service_rules import ANONYMOUS
-from iam_evaluator.validate import validate_policy
+from iam_evaluator.validate import validate_policy, validate_store
 
 BAD_INPUT = 2
 
@@ -88,15 +91,25 @@ def read_session_tags(pairs: list[str]) -> dict[str, str] | None:
     return tags or None
 
 
-def _print_decision(decision, as_json: bool) -> None:
+def print_decision(decision: Decision, as_json: bool, store_version: int | None = None) -> None:
+    """A decision as ``check`` prints it, here and from the service (which adds the store version
+    that decided it)."""
     if as_json:
-        print(json.dumps(decision.to_json(), indent=2))
+        found = decision.to_json()
+        if store_version is not None:
+            found["store_version"] = store_version
+        print(json.dumps(found, indent=2))
         return
-    print(f"{decision.decision}  (decided by {decision.decided_by}: {decision.reason})")
+    print(decision.decision if not decision.decided_by else
+          f"{decision.decision}  (decided by {decision.decided_by}: {decision.reason})")
+    if decision.error and decision.error not in decision.reason:
+        print(f"  error: {decision.error}")
     for ref in decision.statements:
         print(f"  statement: {ref}")
     if decision.missing_keys:
         print(f"  missing context keys: {', '.join(decision.missing_keys)}")
+    if store_version is not None:
+        print(f"  store version {store_version}" if store_version else "  decided by the inline policies")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -113,44 +126,57 @@ def cmd_check(args: argparse.Namespace) -> int:
                              read_context(args.context, args.context_file), args.resource_account,
                              read_session_tags(args.session_tag))
     decision = ENGINES[args.engine](policies, request)
-    _print_decision(decision, args.json)
+    print_decision(decision, args.json)
     return 0 if decision.allowed else 1
 
 
-# The severities that fail ``validate --fail-on``.
-FAILING = {"error": {Severity.ERROR}, "warning": {Severity.ERROR, Severity.WARNING}}
+def _located_text(path: str) -> str:
+    """A store file's text, to place its findings on their lines ("" for a file that cannot be read: its
+    findings say why)."""
+    try:
+        return Path(path).read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
-def policy_files(paths: list[str]) -> list[str]:
-    """The files named, and every ``*.json`` below each folder named, in name order."""
-    files = []
-    for path in paths:
-        if Path(path).is_dir():
-            found = sorted(str(file) for file in Path(path).rglob("*.json") if file.is_file())
-            if not found:
-                raise UsageError(f"no *.json file below {path}")
-            files += found
-        else:
-            files.append(path)
-    return files
+def _print_escaped(line: str) -> None:
+    """Print ``line``, writing what stdout cannot encode (a lone surrogate in a file's name or a policy's key)
+    as its escape, so that the report is never cut short."""
+    encoding = sys.stdout.encoding or "utf-8"
+    print(line.encode(encoding, errors="backslashreplace").decode(encoding))
+
+
+def _count(findings: list[Finding]) -> str:
+    """Errors and warnings, and notes when there are any: a suggestion is counted apart from what fails."""
+    counts = {severity: sum(f.severity is severity for f in findings) for severity in Severity}
+    notes = f", {counts[Severity.NOTE]} note(s)" if counts[Severity.NOTE] else ""
+    return f"{counts[Severity.ERROR]} error(s), {counts[Severity.WARNING]} warning(s){notes}"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if not args.files and not args.store:
+        raise UsageError("name policy files or folders, or a store with --store")
     catalog = Catalog.from_environment(args.catalog)
     texts = {path: read_file(path) for path in policy_files(args.files)}
     report = {path: validate_policy(text, kind=PolicyType(args.type), catalog=catalog) for path, text in texts.items()}
+    if args.store:
+        try:
+            report.update(validate_store(args.store, catalog=catalog))
+        except OSError as exc:
+            raise UsageError(f"cannot read the store {args.store}: {exc.strerror}") from None
     if args.format == "sarif":
-        print(json.dumps(sarif_log({path: (texts[path], report[path]) for path in report}, __version__), indent=2))
+        located = {path: (texts[path] if path in texts else _located_text(path), findings)
+                   for path, findings in report.items()}
+        print(json.dumps(sarif_log(located, __version__), indent=2))
     elif args.format == "json":
         print(json.dumps({path: [{"code": f.code, "severity": str(f.severity), "pointer": f.pointer,
                                   "message": f.message} for f in findings]
                           for path, findings in report.items()}, indent=2))
     else:
         for path, findings in report.items():
-            errors = sum(f.severity is Severity.ERROR for f in findings)
-            print(f"{path}: {errors} error(s), {len(findings) - errors} warning(s)")
+            _print_escaped(f"{path}: {_count(findings)}")
             for finding in findings:
-                print(f"  {finding}")
+                _print_escaped(f"  {finding}")
     failing = FAILING[args.fail_on]
     return 1 if any(f.severity in failing for findings in report.values() for f in findings) else 0
 
@@ -160,8 +186,14 @@ def cmd_test(args: argparse.Namespace) -> int:
     for path in paths:
         if not path.is_file():
             raise UsageError(f"no such case file: {path}")
-    _, failed = run_files(paths, ENGINES[args.engine], sys.stdout)
-    return 1 if failed else 0
+    results = run_files(paths, ENGINES[args.engine])
+    if args.format == "json":
+        print(json.dumps(json_report(results), indent=2))
+    else:
+        print_report(results, sys.stdout)
+    if args.junit:
+        junit_report(results).write(args.junit, encoding="utf-8", xml_declaration=True)  # OSError: exit 2
+    return 0 if all(result.passed for _, outcomes in results for _, result in outcomes) else 1
 
 
 def _batch_modules() -> None:
@@ -221,12 +253,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from iam_evaluator.batch.diff import fails, run_diff
     from iam_evaluator.batch.policies import PolicySource
 
-    def source(spec: list[str]) -> PolicySource:
-        return PolicySource.from_paths(store=spec[0]) if len(spec) == 1 and Path(spec[0]).is_dir() \
-            else PolicySource.from_paths(policies=spec)
-
-    _, groups, _ = run_diff(source(args.before), source(args.after), args.input, args.output, sys.stdout,
-                            batch_rows=args.batch_rows, strict=args.strict)
+    before, after = PolicySource.read(args.before), PolicySource.read(args.after)
+    _, groups, _ = run_diff(before, after, args.input, args.output, sys.stdout, batch_rows=args.batch_rows,
+                            strict=args.strict)
     return 1 if fails(groups, args.fail_on) else 0
 
 
@@ -264,16 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compiled (default) or the pure-Python reference evaluator")
     check.set_defaults(run=cmd_check)
 
-    validate = commands.add_parser("validate", help="report errors and warnings in policy files")
-    validate.add_argument("files", nargs="+", metavar="PATH", help="policy files, or folders: every *.json below")
+    validate = commands.add_parser("validate", help="report errors, warnings and notes in policy files or a store")
+    validate.add_argument("files", nargs="*", metavar="PATH", help="policy files, or folders: every *.json below")
+    validate.add_argument("--store", metavar="DIR|SNAPSHOT",
+                          help="a whole store: every policy with its type's rules, and every reference")
     validate.add_argument("--type", choices=[t.value for t in PolicyType], default="identity",
-                          help="identity-based (default), resource-based, SCP, RCP, permissions boundary or session "
-                               "policy")
+                          help="of the policy files: identity-based (default), resource-based, SCP, RCP, permissions "
+                               "boundary or session policy")
     validate.add_argument("--catalog", metavar="DIR",
                           help=f"the IAM catalog: a folder with iam_actions.jsonl and condition_keys.jsonl "
                                f"(default ${CATALOG_ENV}, else the catalog shipped with iam-eval)")
     validate.add_argument("--fail-on", choices=sorted(FAILING), default="error",
-                          help="exit 1 when a finding of this severity or worse exists (default error)")
+                          help="exit 1 when a finding of this severity or worse exists (default error; a note "
+                               "never fails)")
     validate.add_argument("--format", choices=["text", "json", "sarif"], default="text",
                           help="text (default), JSON by file, or a SARIF 2.1.0 log for code scanning")
     validate.add_argument("--json", dest="format", action="store_const", const="json", help="--format json")
@@ -296,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.set_defaults(run=cmd_batch)
 
     diff = commands.add_parser("diff", help="requests whose decision changes between two policy versions")
-    diff.add_argument("--before", nargs="+", required=True, metavar="STORE_OR_POLICIES")
-    diff.add_argument("--after", nargs="+", required=True, metavar="STORE_OR_POLICIES")
+    sides = "policy files, folders of them, or a store (a store folder or a snapshot file), told apart by content"
+    diff.add_argument("--before", nargs="+", required=True, metavar="PATH", help=f"the policies now: {sides}")
+    diff.add_argument("--after", nargs="+", required=True, metavar="PATH", help=f"the policies proposed: {sides}")
     diff.add_argument("--input", nargs="+", required=True, metavar="PATH")
     diff.add_argument("--output", default="changes.jsonl", metavar="PATH",
                       help="every changed request (.jsonl or .parquet; default changes.jsonl)")
@@ -310,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     test = commands.add_parser("test", help="run policy test cases (conformance JSON Lines)")
     test.add_argument("cases", nargs="+", metavar="CASES.jsonl")
     test.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE)
+    test.add_argument("--format", choices=["text", "json"], default="text",
+                      help="text: each failure and the counts (default); json: every case and the totals")
+    test.add_argument("--json", dest="format", action="store_const", const="json", help="--format json")
+    test.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
     test.set_defaults(run=cmd_test)
 
     from iam_evaluator.server.cli import add_commands  # the service's commands; grpc is imported only when they run

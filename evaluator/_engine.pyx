@@ -39,8 +39,9 @@ FLAG_NOT_RESOURCE = 4
 FLAG_ANY_RESOURCE = 8  # Resource holds "*" or is absent: every request resource matches, "*" too
 FLAG_NOT_RESOURCE_STAR = 16  # NotResource holds "*": it excludes every request resource
 FLAG_RESOURCE_INDEXED = 32  # only fixed Resource patterns: found through the resource trie alone
-# Decision codes of the batch API.
-IMPLICIT_DENY, ALLOW, EXPLICIT_DENY, FAILED = range(4)
+# Decision codes: ``decision.DecisionKind.code`` (the proto's numbers), and FAILED, the engine's own mark
+# for a request it could not evaluate (denied; the Python APIs report it as ImplicitDeny with an error).
+ALLOW, EXPLICIT_DENY, IMPLICIT_DENY, FAILED = 1, 2, 3, 4
 # Rows that never reach the engine: converted with an error, or a principal the resolver does not know.
 ROW_FAILED, ROW_UNKNOWN = -1, -2
 
@@ -56,10 +57,10 @@ cdef enum:
     F_ANY_RESOURCE = 8
     F_NOT_RESOURCE_STAR = 16
     F_RESOURCE_INDEXED = 32
-    D_IMPLICIT = 0
     D_ALLOW = 1
     D_EXPLICIT = 2
-    D_FAILED = 3
+    D_IMPLICIT = 3
+    D_FAILED = 4
     # principals.Grant
     G_NONE = 0
     G_ACCOUNT = 1

@@ -21,14 +21,18 @@ import pyarrow.compute as pc
 
 from . import _engine
 from .compile import CompiledPolicies
-from .decision import Decision, failed
+from .decision import BY_CODE, Decision, failed
 from .facts import PRINCIPAL_TAG
 from .usage import StatementUsage
 
-DECISIONS = pa.array(["ImplicitDeny", "Allow", "ExplicitDeny"])
+DECISIONS = pa.array([str(kind) for kind in BY_CODE[1:]])
+"""The ``decision`` column's dictionary: the decision of code c at index c - 1."""
 STATEMENT = pa.struct([("policy", pa.string()), ("index", pa.int32()), ("sid", pa.string()),
                        ("effect", pa.string())])
-_FAILED_TO_IMPLICIT = bytes.maketrans(b"\x03", b"\x00")
+_INDICES = bytes.maketrans(bytes([_engine.ALLOW, _engine.EXPLICIT_DENY, _engine.IMPLICIT_DENY, _engine.FAILED]),
+                           bytes([_engine.ALLOW - 1, _engine.EXPLICIT_DENY - 1, _engine.IMPLICIT_DENY - 1,
+                                  _engine.IMPLICIT_DENY - 1]))
+"""Engine codes → indices into DECISIONS (a request that could not be evaluated is denied)."""
 
 
 class SchemaError(ValueError):
@@ -182,11 +186,13 @@ def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
     if usage is None:
         compiled._engine.evaluate_range(converted, 0, converted.n)
     codes = converted.codes_view()
-    for row in range(len(codes)):  # a condition that could not read its value: say which (rare)
-        if codes[row] == _engine.FAILED and row not in errors:
+    row = codes.find(_engine.FAILED)
+    while row >= 0:  # a condition that could not read its value: say which (rare)
+        if row not in errors:
             errors[row] = compiled._failure(compiled._engine.explain_range(converted, row, row + 1)[0][3])
+        row = codes.find(_engine.FAILED, row + 1)
     decision = pa.DictionaryArray.from_arrays(
-        pa.Array.from_buffers(pa.int8(), len(codes), [None, pa.py_buffer(codes.translate(_FAILED_TO_IMPLICIT))]),
+        pa.Array.from_buffers(pa.int8(), len(codes), [None, pa.py_buffer(codes.translate(_INDICES))]),
         DECISIONS)
     return pa.RecordBatch.from_arrays([decision, _errors(len(codes), errors)], ["decision", "error"])
 
@@ -201,8 +207,7 @@ def _errors(n: int, errors: dict[int, str]) -> pa.Array:
 
 
 def _explained(decisions: list[Decision]) -> pa.RecordBatch:
-    codes = {"ImplicitDeny": 0, "Allow": 1, "ExplicitDeny": 2}
-    decision = pa.DictionaryArray.from_arrays(pa.array([codes[str(d.decision)] for d in decisions], pa.int8()),
+    decision = pa.DictionaryArray.from_arrays(pa.array([d.decision.code - 1 for d in decisions], pa.int8()),
                                               DECISIONS)
     return pa.RecordBatch.from_arrays([
         decision,

@@ -20,7 +20,17 @@ from . import _engine, service_rules
 from ._conditions import ConditionSet
 from ._globtrie import GlobTrie
 from ._pattern import PatternSet
-from .decision import Decision, DecisionKind, LayerResult, Layers, StatementRef, always_allowed, combine, failed
+from .decision import (
+    BY_CODE,
+    Decision,
+    DecisionKind,
+    LayerResult,
+    Layers,
+    StatementRef,
+    always_allowed,
+    combine,
+    failed,
+)
 from .facts import is_principal_key
 from .model import Effect, Policy
 from .principals import Caller, Grant, statement_grant
@@ -30,8 +40,12 @@ CHUNK = 2048
 """Requests converted and decided together: small enough to stay in cache, large enough
 to amortise a call."""
 
-CODES = (DecisionKind.IMPLICIT_DENY, DecisionKind.ALLOW, DecisionKind.EXPLICIT_DENY, DecisionKind.IMPLICIT_DENY)
-"""Decision of each batch code; code 3 (evaluation failed) denies, like every error."""
+if (_engine.ALLOW, _engine.EXPLICIT_DENY, _engine.IMPLICIT_DENY) != tuple(
+        kind.code for kind in (DecisionKind.ALLOW, DecisionKind.EXPLICIT_DENY, DecisionKind.IMPLICIT_DENY)):
+    raise ImportError("the engine's decision codes are not DecisionKind's: rebuild the extension")
+
+FAILED_DENIES = bytes.maketrans(bytes([_engine.FAILED]), bytes([_engine.IMPLICIT_DENY]))
+"""Engine codes → decision codes: a request that could not be evaluated is denied (ImplicitDeny)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +64,17 @@ class _Compiled:
 class BatchDecisions:
     """Decisions of a batch without explanations: one code a request, and why any failed."""
 
-    codes: bytes  # 0 ImplicitDeny, 1 Allow, 2 ExplicitDeny, 3 evaluation failed (denied)
+    codes: bytes  # DecisionKind.code a request; one that could not be evaluated is ImplicitDeny, in errors
     errors: Mapping[int, str]
 
     def __len__(self) -> int:
         return len(self.codes)
 
     def __getitem__(self, index: int) -> DecisionKind:
-        return CODES[self.codes[index]]
+        return BY_CODE[self.codes[index]]
 
     def __iter__(self):
-        return (CODES[code] for code in self.codes)
+        return (BY_CODE[code] for code in self.codes)
 
 
 LAYER_NAMES = {_engine.LAYER_IDENTITY: "identity", _engine.LAYER_RESOURCE: "resource",
@@ -263,8 +277,9 @@ class CompiledPolicies:
         }
 
     def get_stats(self) -> dict[str, Any]:
-        """Sizes of the compiled tables, for capacity planning and benchmarks."""
-        return dict(self._stats)
+        """Sizes of the compiled tables, and the state of the lazy-DFA caches of the scratch buffers
+        kept for reuse, for capacity planning and benchmarks."""
+        return {**self._stats, "dfa_caches": self._engine.dfa_stats()}
 
     @property
     def nbytes(self) -> int:
@@ -370,7 +385,7 @@ class CompiledPolicies:
             return self._unknown(batch.unknown[0])
         if code == _engine.FAILED:
             return failed(self._failure(self._engine.explain_range(batch, 0, 1)[0][3]))
-        return Decision(CODES[code], "", reason="decided without explanation")
+        return Decision(BY_CODE[code], "", reason="decided without explanation")
 
     def evaluate_batch(self, requests: Sequence[Request], explain: bool = False,
                        threads: int = 1) -> BatchDecisions | list[Decision]:
@@ -426,9 +441,11 @@ class CompiledPolicies:
             codes[start:stop] = chunk_codes
             for i, message in batch.errors.items():
                 errors[start + i] = message
-            for i in range(len(chunk_codes)):  # rare: explain each evaluation failure to say why
-                if chunk_codes[i] == _engine.FAILED and i not in batch.errors:
+            i = chunk_codes.find(_engine.FAILED)
+            while i >= 0:  # rare: explain each evaluation failure to say why
+                if i not in batch.errors:
                     errors[start + i] = self._failure(self._engine.explain_range(batch, i, i + 1)[0][3])
+                i = chunk_codes.find(_engine.FAILED, i + 1)
 
         starts = range(0, n, CHUNK)
         if threads <= 1 or n <= CHUNK:
@@ -437,7 +454,7 @@ class CompiledPolicies:
         else:
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(decide, starts))
-        return BatchDecisions(bytes(codes), errors)
+        return BatchDecisions(bytes(codes).translate(FAILED_DENIES), errors)
 
 
 class CompiledPolicySet(CompiledPolicies):

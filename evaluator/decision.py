@@ -22,9 +22,24 @@ from .principals import Grant
 
 
 class DecisionKind(StrEnum):
+    """The three decisions, by the names AWS gives them; every output prints these names.
+
+    Where a decision is a number (the batch APIs' codes, the proto's ``Decision`` enum, the
+    engine) it is ``code``: 1 Allow, 2 ExplicitDeny, 3 ImplicitDeny; 0 is no decision.
+    """
+
     ALLOW = "Allow"
     EXPLICIT_DENY = "ExplicitDeny"
     IMPLICIT_DENY = "ImplicitDeny"
+
+    @property
+    def code(self) -> int:
+        return BY_CODE.index(self)
+
+
+BY_CODE: tuple[DecisionKind | None, ...] = (None, DecisionKind.ALLOW, DecisionKind.EXPLICIT_DENY,
+                                            DecisionKind.IMPLICIT_DENY)
+"""Each decision at its code."""
 
 
 @dataclass(frozen=True, slots=True, order=True)

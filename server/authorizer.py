@@ -49,7 +49,7 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         else:
             serving = self._serving()
             decision, version = serving.compiled.evaluate(checked), serving.version.number
-        self._metrics.count(convert.codes([decision]))
+        self._metrics.count_decisions([decision])
         return pb.CheckResponse(result=convert.result(decision, request.explain), store_version=version)
 
     def CheckBatch(self, request: pb.CheckBatchRequest, context: grpc.ServicerContext) -> pb.CheckBatchResponse | bytes:
@@ -115,9 +115,9 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
             decided = serving.compiled.evaluate_columns(principals, actions, resources, contexts, owners,
                                                         explain=request.explain, session_tags=session_tags)
         if isinstance(decided, BatchDecisions):
-            self._metrics.count(decided.codes)
+            self._metrics.count(decided.codes, len(decided.errors))
             return convert.encoded_response(decided, version, request.batch_id)
-        self._metrics.count(convert.codes(decided))
+        self._metrics.count_decisions(decided)
         return pb.CheckBatchResponse(results=[convert.result(d, True) for d in decided], store_version=version,
                                      batch_id=request.batch_id)
 

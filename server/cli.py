@@ -1,8 +1,8 @@
 """``iam-eval serve`` and ``iam-eval client …``: run the service, and talk to it.
 
 Client exit codes: ``check`` 0 Allow, 1 deny, 2 bad input or a failed call; ``validate``
-0 valid, 1 the policy has errors; the other commands 0 on success; any failed call 2 (the
-status and message on stderr).
+as ``iam-eval validate``: 1 when a finding at or above ``--fail-on`` (error by default) exists,
+else 0; the other commands 0 on success; any failed call 2 (the status and message on stderr).
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+
+from iam_evaluator.findings import FAILING
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -58,49 +60,30 @@ def _client(args: argparse.Namespace):
 
 
 def _print_message(message) -> None:
+    """A response as JSON with every field, defaults too, and 64-bit numbers (store versions) as numbers, as
+    in every other JSON output (protobuf's JSON mapping would quote them)."""
     from google.protobuf.json_format import MessageToDict
-    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2))
+    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+                                   unquote_int64_if_possible=True), indent=2))
 
 
 def cmd_client_check(args: argparse.Namespace) -> int:
-    from iam_evaluator.cli import read_context, read_session_tags
+    from iam_evaluator.cli import print_decision, read_context, read_session_tags
     from iam_evaluator.service_rules import ANONYMOUS
 
-    from .api import iam_evaluator_pb2 as pb
+    from . import convert
     context, session_tags = read_context(args.context, args.context_file), read_session_tags(args.session_tag)
     principal = ANONYMOUS if args.anonymous else args.principal
     with _client(args) as client:
         response = client.check(principal, args.action, args.resource, context, args.resource_account,
                                 explain=args.explain, session_tags=session_tags)
-    result = response.result
-    if args.json:
-        _print_message(response)
-    else:
-        print(pb.Decision.Name(result.decision))
-        if result.error:
-            print(f"  error: {result.error}")
-        for statement in result.statements:
-            print(f"  {statement.policy}#{statement.index}" + (f" ({statement.sid})" if statement.sid else ""))
-        if result.missing_keys:
-            print(f"  missing keys: {', '.join(result.missing_keys)}")
-        if result.reason:
-            print(f"  {result.reason} (store version {response.store_version})")
-    return 0 if result.decision == pb.ALLOW else 1
+    decision = convert.decision(response.result)
+    print_decision(decision, args.json, store_version=response.store_version)
+    return 0 if decision.allowed else 1
 
 
 def cmd_client_batch(args: argparse.Namespace) -> int:
-    from .api import iam_evaluator_pb2 as pb
-
-    decisions = {value: name for name, value in pb.Decision.items()}
-
-    def row(result: pb.CheckResult, version: int) -> dict:
-        found = {"decision": decisions[result.decision], "store_version": version}
-        if result.error:
-            found["error"] = result.error
-        if args.explain:
-            found.update(decided_by=result.decided_by, reason=result.reason, missing_keys=list(result.missing_keys),
-                         statements=[{"policy": s.policy, "sid": s.sid, "index": s.index} for s in result.statements])
-        return found
+    from . import convert
 
     def requests():
         with open(args.input, encoding="utf-8") as lines:
@@ -112,16 +95,20 @@ def cmd_client_batch(args: argparse.Namespace) -> int:
                         raise ValueError(f"{args.input}:{number}: not JSON: {exc}") from None
 
     counts: Counter[str] = Counter()
+    errors = 0
     output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         with _client(args) as client:
             for result, version in client.check_batch(requests(), args.batch_size, args.explain):
-                counts["Error" if result.error else decisions[result.decision]] += 1
-                output.write(json.dumps(row(result, version)) + "\n")
+                decision = convert.decision(result)
+                counts[str(decision.decision)] += 1
+                errors += decision.error is not None
+                output.write(json.dumps({**decision.to_json(), "store_version": version}) + "\n")
     finally:
         if output is not sys.stdout:
             output.close()
-    print(", ".join(f"{count} {name}" for name, count in sorted(counts.items())) or "no requests", file=sys.stderr)
+    summary = ", ".join(f"{count} {name}" for name, count in sorted(counts.items())) or "no requests"
+    print(summary + (f" ({errors} could not be evaluated)" if errors else ""), file=sys.stderr)
     return 0
 
 
@@ -133,13 +120,15 @@ def _policy_name(args: argparse.Namespace):
 
 def _admin(build):
     """A command that sends one admin request (built from the arguments) and prints the response;
-    exit 1 for a policy with errors (as ``iam-eval validate``), else 0."""
+    exit 1 for a policy with a finding at or above ``--fail-on`` (as ``iam-eval validate``), else 0."""
     def run(args: argparse.Namespace) -> int:
         method, request = build(args)
         with _client(args) as client:
             response = client.call(getattr(client.admin, method), request)
         _print_message(response)
-        return 1 if method == "ValidatePolicy" and not response.valid else 0
+        if method != "ValidatePolicy":
+            return 0
+        return 1 if any(finding.severity in FAILING[args.fail_on] for finding in response.findings) else 0
     return run
 
 
@@ -242,7 +231,10 @@ def add_commands(commands) -> None:
     kinds = ["managed", "scp", "rcp", "resource", "vpc-endpoint"]
     admin = _admin_commands
     specs = {
-        "validate": [("file", {}), ("--kind", {"choices": kinds, "default": "managed"})],
+        "validate": [("file", {}), ("--kind", {"choices": kinds, "default": "managed"}),
+                     ("--fail-on", {"choices": sorted(FAILING), "default": "error",
+                                    "help": "exit 1 when a finding of this severity or worse exists (default error; "
+                                            "a note never fails)"})],
         "put-policy": [("file", {}), ("--kind", {"choices": kinds, "required": True}), ("--name", {"required": True})],
         "get-policy": [("--kind", {"choices": kinds, "required": True}), ("--name", {"required": True})],
         "list-policies": [("--kind", {"choices": kinds})],

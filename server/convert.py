@@ -12,26 +12,21 @@ from typing import Any
 
 from iam_evaluator import PolicySet, Request
 from iam_evaluator.compile import BatchDecisions
-from iam_evaluator.decision import Decision, DecisionKind
+from iam_evaluator.decision import BY_CODE, Decision, DecisionKind, StatementRef
 from iam_evaluator.findings import Finding, PolicyValidationError
+from iam_evaluator.model import Effect
 from iam_evaluator.parse import PolicyKind as DocumentKind
 from iam_evaluator.parse import decode_json, parse_policy
+from iam_evaluator.store import SECTION_TYPES
 
 from .api import iam_evaluator_pb2 as pb
 
-DECISIONS = {DecisionKind.ALLOW: pb.ALLOW, DecisionKind.EXPLICIT_DENY: pb.EXPLICIT_DENY,
-             DecisionKind.IMPLICIT_DENY: pb.IMPLICIT_DENY}
-_CODES = {DecisionKind.IMPLICIT_DENY: 0, DecisionKind.ALLOW: 1, DecisionKind.EXPLICIT_DENY: 2}
+_CODE_RESULTS = tuple(pb.CheckResult(decision=kind.code) for kind in DecisionKind)
+"""The result of each decision without explanation, built once and copied into responses: the proto's
+``Decision`` numbers are ``DecisionKind.code``."""
 
-
-def codes(decisions: Iterable[Decision]) -> bytes:
-    """The engine's code for each decision (3: could not be evaluated), as the metrics count them."""
-    return bytes(3 if d.error else _CODES[d.decision] for d in decisions)
-_CODE_RESULTS = (pb.CheckResult(decision=pb.IMPLICIT_DENY), pb.CheckResult(decision=pb.ALLOW),
-                 pb.CheckResult(decision=pb.EXPLICIT_DENY))
-"""The result of each engine code without explanation, built once and copied into responses."""
-
-_ENCODED_RESULTS = tuple(pb.CheckBatchResponse(results=[result]).SerializeToString() for result in _CODE_RESULTS)
+_ENCODED_RESULTS = {result.decision: pb.CheckBatchResponse(results=[result]).SerializeToString()
+                    for result in _CODE_RESULTS}
 """Each code's result as a CheckBatchResponse holding it alone: encoded messages concatenate into one
 whose repeated fields are the parts' in order, so a response is these pieces joined."""
 
@@ -169,19 +164,29 @@ def inline_policies(message: pb.InlinePolicies) -> PolicySet:
 
 
 def result(decision: Decision, explain: bool) -> pb.CheckResult:
-    message = pb.CheckResult(decision=DECISIONS[decision.decision], error=decision.error or "")
+    message = pb.CheckResult(decision=decision.decision.code, error=decision.error or "")
     if explain:
         message.decided_by = decision.decided_by
         message.reason = decision.reason
         message.missing_keys.extend(decision.missing_keys)
-        message.statements.extend(pb.StatementRef(policy=s.policy, sid=s.sid or "", index=s.index)
-                                  for s in decision.statements)
+        message.statements.extend(pb.StatementRef(policy=s.policy, sid=s.sid or "", index=s.index,
+                                                  effect=str(s.effect)) for s in decision.statements)
     return message
+
+
+def decision(message: pb.CheckResult) -> Decision:
+    """A result as the library's decision, so that clients print what ``iam-eval check`` prints."""
+    kind = BY_CODE[message.decision] if 0 < message.decision < len(BY_CODE) else None
+    if kind is None:
+        raise ValueError(f"the service answered an unknown decision {message.decision}")
+    return Decision(kind, message.decided_by,
+                    tuple(StatementRef(s.policy, s.index, s.sid or None, Effect(s.effect)) for s in message.statements),
+                    tuple(message.missing_keys), message.reason, message.error or None)
 
 
 def encoded_response(decided: BatchDecisions, store_version: int, batch_id: int) -> bytes:
     """The CheckBatchResponse for unexplained decisions, encoded without building a message per result."""
-    pieces = [_ENCODED_RESULTS[code] if code < 3 else b"" for code in decided.codes]
+    pieces = [_ENCODED_RESULTS[code] for code in decided.codes]
     for i, error in decided.errors.items():
         pieces[i] = pb.CheckBatchResponse(results=[pb.CheckResult(decision=pb.IMPLICIT_DENY, error=error)]
                                           ).SerializeToString()
@@ -191,11 +196,6 @@ def encoded_response(decided: BatchDecisions, store_version: int, batch_id: int)
 
 def finding(item: Finding) -> pb.Finding:
     return pb.Finding(code=item.code, severity=str(item.severity), pointer=item.pointer, message=item.message)
-
-
-def document_kind(kind: int) -> DocumentKind:
-    """Resource policies, RCPs and VPC endpoint policies name principals; the other kinds must not."""
-    return DocumentKind.RESOURCE if kind in (pb.RESOURCE, pb.RCP, pb.VPC_ENDPOINT) else DocumentKind.IDENTITY
 
 
 def _document(text: str, kind: DocumentKind, name: str) -> Any:
@@ -213,7 +213,7 @@ def _document(text: str, kind: DocumentKind, name: str) -> Any:
 def policy_entry(policy: pb.StoredPolicy) -> tuple[str, dict[str, Any]]:
     """The store section and entry of a policy; raises ``PolicyValidationError`` for an invalid document."""
     section = SECTIONS[policy.kind]
-    document = _document(policy.document, document_kind(policy.kind), policy.name)
+    document = _document(policy.document, SECTION_TYPES[section].kind, policy.name)
     return section, {_NAME_FIELDS[section]: policy.name, "document": document}
 
 

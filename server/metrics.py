@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 
+from iam_evaluator.decision import Decision, DecisionKind
+
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000)
-_DECISIONS = ("ImplicitDeny", "Allow", "ExplicitDeny", "Error")  # by engine code; errors deny implicitly
 
 
 class _MetricsHandler(BaseHTTPRequestHandler):
@@ -77,8 +78,10 @@ def serve_all_processes(address: str, directory: str, serving: Callable[[], bool
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.checks = Counter("iam_eval_checks", "Requests decided, by decision (Error: could not be evaluated, "
-                              "denied)", ["decision"], registry=self.registry)
+        self.checks = Counter("iam_eval_checks", "Requests decided, by decision (Allow, ExplicitDeny, ImplicitDeny)",
+                              ["decision"], registry=self.registry)
+        self.check_errors = Counter("iam_eval_check_errors", "Requests that could not be evaluated (each is "
+                                    "counted as ImplicitDeny too)", registry=self.registry)
         self.latency = Histogram("iam_eval_rpc_duration_seconds", "Time to answer a call, by method",
                                  ["method"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.rpc_errors = Counter("iam_eval_rpc_errors", "Calls that ended with an error status, by method and code",
@@ -94,15 +97,20 @@ class ServiceMetrics:
                                            registry=self.registry, multiprocess_mode="liveall")
         self.watch_errors = Counter("iam_eval_store_watch_errors", "Failed looks for store versions other "
                                     "processes wrote (each is retried)", registry=self.registry)
-        self._by_code = [self.checks.labels(decision) for decision in _DECISIONS]
+        self._by_code = {kind.code: self.checks.labels(str(kind)) for kind in DecisionKind}
         self._http = None
 
-    def count(self, codes: bytes) -> None:
-        """Count a batch's decisions from its engine codes."""
-        for code, counter in enumerate(self._by_code):
+    def count(self, codes: bytes, errors: int = 0) -> None:
+        """Count decisions from their codes (``DecisionKind.code``), ``errors`` of them could not be evaluated."""
+        for code, counter in self._by_code.items():
             found = codes.count(code)
             if found:
                 counter.inc(found)
+        if errors:
+            self.check_errors.inc(errors)
+
+    def count_decisions(self, decisions: Sequence[Decision]) -> None:
+        self.count(bytes(d.decision.code for d in decisions), sum(d.error is not None for d in decisions))
 
     def serve(self, address: str, serving: Callable[[], bool]) -> int:
         """Serve /metrics and /healthz (``serving``) at host:port (port 0: any free port); returns the port."""

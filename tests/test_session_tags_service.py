@@ -28,6 +28,7 @@ from .conftest import REPO
 from .service_helpers import RPC_TIMEOUT, LockstepStream, cli_environment, rpc_error, running_service
 
 ALLOW, EXPLICIT, IMPLICIT = pb.ALLOW, pb.EXPLICIT_DENY, pb.IMPLICIT_DENY
+NAMES = {ALLOW: "Allow", EXPLICIT: "ExplicitDeny", IMPLICIT: "ImplicitDeny"}
 
 UNTAGGED = "arn:aws:iam::111111111111:role/untagged"
 BLOCKED = "arn:aws:iam::111111111111:role/blocked"
@@ -258,8 +259,8 @@ def client_check(target: str, principal: str, *options: str) -> list[str]:
 
 
 @pytest.mark.parametrize("principal, tag, untagged, tagged", [
-    (UNTAGGED_SESSION, "team=blocked", ("ALLOW", 0), ("EXPLICIT_DENY", 1)),
-    (BLOCKED_SESSION, "team=ok", ("EXPLICIT_DENY", 1), ("ALLOW", 0)),
+    (UNTAGGED_SESSION, "team=blocked", ("Allow", 0), ("ExplicitDeny", 1)),
+    (BLOCKED_SESSION, "team=ok", ("ExplicitDeny", 1), ("Allow", 0)),
 ], ids=["a session's tag applies", "a session's tag overrides its role's"])
 def test_cli_client_check_with_session_tags(target, capsys, principal, tag, untagged, tagged):
     """The context's aws:PrincipalTag/team says the opposite each time, and never counts."""
@@ -272,7 +273,7 @@ def test_cli_client_check_with_session_tags(target, capsys, principal, tag, unta
 def test_cli_client_check_of_a_role(target, capsys):
     """A role's tags come from the store: a forged one is dropped, and session tags are refused."""
     assert main(client_check(target, UNTAGGED, "--context", f"{TEAM}=blocked")) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "ALLOW"
+    assert capsys.readouterr().out.splitlines()[0] == "Allow"
     assert main(client_check(target, UNTAGGED, "--session-tag", "team=ok")) == 2
     assert f"INVALID_ARGUMENT: {NOT_A_SESSION}" in capsys.readouterr().err
     assert main(client_check(target, UNTAGGED_SESSION, "--session-tag", "team")) == 2
@@ -286,8 +287,9 @@ def test_cli_client_batch_reads_session_tags(target, tmp_path, capsys):
     out = tmp_path / "results.jsonl"
     assert main(["client", "--target", target, "batch", "--input", str(log), "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [row["decision"] for row in rows] == [pb.Decision.Name(decision) for _, decision in cases]
-    assert [NOT_A_SESSION in row.get("error", "") for row in rows] == [r is ROLE_WITH_TAGS for r, _ in cases]
+    assert [row["decision"] for row in rows] == [NAMES[decision] for _, decision in cases]
+    assert {row["store_version"] for row in rows} == {1}
+    assert [NOT_A_SESSION in (row["error"] or "") for row in rows] == [r is ROLE_WITH_TAGS for r, _ in cases]
 
 
 # ---------------------------------------------------------------- batch jobs
@@ -305,7 +307,6 @@ def test_a_batch_job_decides_session_tags_and_reports_malformed_ones(store_file,
     record whose session_tags are not an object of strings is a malformed record, with its file:line. The
     same requests as Parquet, session tags as a struct column, decide the same."""
     cases = [*CASES.values(), (ROLE_WITH_TAGS, IMPLICIT)]
-    names = {ALLOW: "Allow", EXPLICIT: "ExplicitDeny", IMPLICIT: "ImplicitDeny"}
     lines = [json.dumps(request) for request, _ in cases]
     lines.insert(2, json.dumps({**item(UNTAGGED_SESSION), "session_tags": {"team": 7}}))
     lines.insert(5, json.dumps({**item(UNTAGGED_SESSION), "session_tags": "team=blocked"}))
@@ -319,7 +320,7 @@ def test_a_batch_job_decides_session_tags_and_reports_malformed_ones(store_file,
                        "--workers", workers)
         assert job.returncode == 0, job.stderr
         rows = [json.loads(line) for line in output.read_text().splitlines()]
-        assert [row["decision"] for row in rows] == [names[decision] for _, decision in cases], source.name
+        assert [row["decision"] for row in rows] == [NAMES[decision] for _, decision in cases], source.name
         assert [NOT_A_SESSION in (row["error"] or "") for row in rows] == [r is ROLE_WITH_TAGS for r, _ in cases]
         if source == log:
             assert "2 bad session tags" in job.stdout
