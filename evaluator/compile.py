@@ -11,6 +11,7 @@ policies are immutable and safe to share between threads.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,19 @@ from .model import Effect, Policy
 from .principals import Caller, Grant, statement_grant
 from .request import PolicySet, Request
 
+CACHE = 1 << 16
+"""Entries of each resolver cache kept between calls and batches (callers, places, profiles,
+grants: a few hundred bytes each); past it a cache starts again, so hostile input cannot grow
+memory without bound."""
+
+
+def remember(cache: dict, key, value) -> None:
+    """Keep ``value`` in a cache that starts again when full (dict operations hold the GIL)."""
+    if len(cache) >= CACHE:
+        cache.clear()
+    cache[key] = value
+
+
 CHUNK = 2048
 """Requests converted and decided together: small enough to stay in cache, large enough
 to amortise a call."""
@@ -43,6 +57,9 @@ to amortise a call."""
 if (_engine.ALLOW, _engine.EXPLICIT_DENY, _engine.IMPLICIT_DENY) != tuple(
         kind.code for kind in (DecisionKind.ALLOW, DecisionKind.EXPLICIT_DENY, DecisionKind.IMPLICIT_DENY)):
     raise ImportError("the engine's decision codes are not DecisionKind's: rebuild the extension")
+
+UNEXPLAINED = {kind.code: Decision(kind, "", reason="decided without explanation") for kind in DecisionKind}
+"""The decision of each code when no explanation is asked: one immutable object each, shared."""
 
 FAILED_DENIES = bytes.maketrans(bytes([_engine.FAILED]), bytes([_engine.IMPLICIT_DENY]))
 """Engine codes → decision codes: a request that could not be evaluated is denied (ImplicitDeny)."""
@@ -385,7 +402,7 @@ class CompiledPolicies:
             return self._unknown(batch.unknown[0])
         if code == _engine.FAILED:
             return failed(self._failure(self._engine.explain_range(batch, 0, 1)[0][3]))
-        return Decision(BY_CODE[code], "", reason="decided without explanation")
+        return UNEXPLAINED[code]
 
     def evaluate_batch(self, requests: Sequence[Request], explain: bool = False,
                        threads: int = 1) -> BatchDecisions | list[Decision]:
@@ -422,9 +439,8 @@ class CompiledPolicies:
         codes = bytearray(n)
         errors: dict[int, str] = {}
 
-        def decide(start: int) -> None:
-            """Convert one chunk (with the GIL), then decide it (without): while one thread
-            decides, another converts, and the chunk's data is still in cache when decided."""
+        def convert(start: int) -> _engine.Batch:
+            """One chunk, converted with the GIL: small enough that its data is still in cache when decided."""
             stop = min(n, start + CHUNK)
 
             def chunk(column):  # one chunk: the converter copies the columns themselves
@@ -434,11 +450,12 @@ class CompiledPolicies:
                 chunk_contexts: Any = {key: chunk(column) for key, column in contexts.items()}
             else:
                 chunk_contexts = chunk(contexts)
-            batch = self._convert(chunk(principals), chunk(actions), chunk(resources), chunk_contexts,
-                                  chunk(resource_accounts), chunk(session_tags))
-            self._engine.evaluate_range(batch, 0, batch.n)
+            return self._convert(chunk(principals), chunk(actions), chunk(resources), chunk_contexts,
+                                 chunk(resource_accounts), chunk(session_tags))
+
+        def collect(start: int, batch: _engine.Batch) -> None:
             chunk_codes = batch.codes_view()
-            codes[start:stop] = chunk_codes
+            codes[start:start + len(chunk_codes)] = chunk_codes
             for i, message in batch.errors.items():
                 errors[start + i] = message
             i = chunk_codes.find(_engine.FAILED)
@@ -450,10 +467,25 @@ class CompiledPolicies:
         starts = range(0, n, CHUNK)
         if threads <= 1 or n <= CHUNK:
             for start in starts:
-                decide(start)
+                batch = convert(start)
+                self._engine.evaluate_range(batch, 0, batch.n)
+                collect(start, batch)
         else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(decide, starts))
+            # Converting reads Python objects and needs the GIL; deciding does not. So this thread
+            # converts chunk after chunk while the pool decides the chunks already converted (at most
+            # two per thread wait, which bounds the memory they hold).
+            with ThreadPoolExecutor(threads - 1) as pool:
+                waiting: deque = deque()
+                for start in starts:
+                    batch = convert(start)
+                    waiting.append((start, batch, pool.submit(self._engine.evaluate_range, batch, 0, batch.n)))
+                    while len(waiting) > 2 * threads or (waiting and waiting[0][2].done()):
+                        start, batch, future = waiting.popleft()
+                        future.result()
+                        collect(start, batch)
+                for start, batch, future in waiting:
+                    future.result()
+                    collect(start, batch)
         return BatchDecisions(bytes(codes).translate(FAILED_DENIES), errors)
 
 
@@ -477,14 +509,19 @@ class CompiledPolicySet(CompiledPolicies):
             policies, lambda _: next(numbers))
         self._endpoint = len(layered) - 1 if policies.vpc_endpoint else -1
         self.reads_endpoints = self._endpoint >= 0
+        self._callers: dict[str, tuple] = {}  # the resolver's answers, kept between calls
+        self._grants: dict[tuple[str, int, int], bytes] = {}
 
     # The resolver: one profile for every request (another for anonymous ones), all through the set's VPC
     # endpoint if it has one; the caller's own keys are used as given (an anonymous caller has none).
     def caller(self, principal: str) -> tuple[str, int, int, tuple | None, bool]:
-        caller = Caller.parse(principal)
-        if caller.kind == service_rules.ANONYMOUS:
-            return caller.account, 1, 0, (), False
-        return caller.account, 0, 0, None, caller.kind == "assumed-role"
+        view = self._callers.get(principal)
+        if view is None:
+            caller = Caller.parse(principal)
+            view = (caller.account, 1, 0, (), False) if caller.kind == service_rules.ANONYMOUS else (
+                caller.account, 0, 0, None, caller.kind == "assumed-role")
+            remember(self._callers, principal, view)
+        return view
 
     def endpoint(self, source_vpce: str | None) -> int:
         return self._endpoint
@@ -502,7 +539,11 @@ class CompiledPolicySet(CompiledPolicies):
         return self._resource_profile
 
     def grants(self, principal: str, identity: int, resource_policy: int) -> bytes:
-        caller = Caller.parse(principal)
-        has_boundary = self.identity_profile(identity).has_boundary
-        return bytes(statement_grant(statement, caller, has_boundary)
-                     for statement in self.policies[resource_policy].statements)
+        grants = self._grants.get((principal, identity, resource_policy))
+        if grants is None:
+            caller = Caller.parse(principal)
+            has_boundary = self.identity_profile(identity).has_boundary
+            grants = bytes(statement_grant(statement, caller, has_boundary)
+                           for statement in self.policies[resource_policy].statements)
+            remember(self._grants, (principal, identity, resource_policy), grants)
+        return grants

@@ -14,16 +14,12 @@ distinct policies, not with principals.
 """
 from __future__ import annotations
 
-from .compile import CompiledPolicies, Profile, profiles_of
+from .compile import CompiledPolicies, Profile, profiles_of, remember
 from .decision import Decision
 from .principals import Caller, statement_grant
 from .request import PolicySet
 from .service_rules import ANONYMOUS, SOURCE_VPCE
 from .store import PolicyStore, unknown_principal
-
-CACHE = 1 << 16
-"""Entries of each cache kept between batches (callers, profiles, grants: a few hundred bytes
-each); past it a cache starts again, so hostile input cannot grow memory without bound."""
 
 
 class CompiledStore(CompiledPolicies):
@@ -90,7 +86,7 @@ class CompiledStore(CompiledPolicies):
                 view = None if record is None else (
                     caller.account, self._identity_of[record.arn], self._owner_of.get(caller.account, 0),
                     self._fact_entries(self.store.facts(principal)), caller.kind == "assumed-role")
-            _remember(self._callers, principal, view)
+            remember(self._callers, principal, view)
         return view
 
     def _fact_entries(self, facts: dict) -> tuple[tuple[int, tuple[str, ...], bool], ...]:
@@ -105,7 +101,7 @@ class CompiledStore(CompiledPolicies):
             fields = resource.split(":", 5)
             owner = self.owner(fields[4]) if len(fields) == 6 and fields[4] else None
             place = (-1 if policy is None else self._number(policy)), owner
-            _remember(self._resources, resource, place)
+            remember(self._resources, resource, place)
         return place
 
     def owner(self, account: str) -> int:
@@ -120,7 +116,7 @@ class CompiledStore(CompiledPolicies):
         if profile is None:
             resource = None if resource_policy < 0 else self.policies[resource_policy]
             profile = profiles_of(PolicySet(resource=resource, rcp=self._owner_levels[owner]), self._number)[1]
-            _remember(self._resource_profiles, key, profile)
+            remember(self._resource_profiles, key, profile)
         return profile
 
     def grants(self, principal: str, identity: int, resource_policy: int) -> bytes:
@@ -130,7 +126,7 @@ class CompiledStore(CompiledPolicies):
             has_boundary = self._identity_profiles[identity].has_boundary
             grants = bytes(statement_grant(statement, caller, has_boundary)
                            for statement in self.policies[resource_policy].statements)
-            _remember(self._grants, (principal, resource_policy), grants)
+            remember(self._grants, (principal, resource_policy), grants)
         return grants
 
     def endpoint(self, source_vpce: str | None) -> int:
@@ -140,10 +136,3 @@ class CompiledStore(CompiledPolicies):
     def get_stats(self) -> dict:
         """Sizes of the compiled tables, and how many principals share how many identities."""
         return {**super().get_stats(), "principals": len(self._identity_of), "identities": len(self._identity_sets)}
-
-
-def _remember(cache: dict, key, value) -> None:
-    """Keep ``value`` in a cache that starts again when full (dict operations hold the GIL)."""
-    if len(cache) >= CACHE:
-        cache.clear()
-    cache[key] = value

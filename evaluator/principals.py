@@ -32,6 +32,10 @@ class Grant(IntEnum):
     DIRECT = 3  # the caller's own user or session ARN: grants on its own
 
 
+_PARSED: dict[str, Caller] = {}
+_PARSED_MAX = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """A caller ARN split into what principal matching needs."""
@@ -43,7 +47,20 @@ class Caller:
 
     @classmethod
     def parse(cls, arn: str) -> Caller:
-        """An IAM or STS ARN, or ``anonymous`` (a request no credentials signed: no account)."""
+        """An IAM or STS ARN, or ``anonymous`` (a request no credentials signed: no account). Callers
+        repeat from request to request: the parsed form of an exact ``str`` is kept (a few thousand at
+        most; the cache starts again when full)."""
+        caller = _PARSED.get(arn) if type(arn) is str else None
+        if caller is None:
+            caller = cls._parse(arn)
+            if type(arn) is str:
+                if len(_PARSED) >= _PARSED_MAX:
+                    _PARSED.clear()
+                _PARSED[arn] = caller
+        return caller
+
+    @classmethod
+    def _parse(cls, arn: str) -> Caller:
         if arn == ANONYMOUS:
             return cls(arn=arn, account="", kind=ANONYMOUS, role_name=None)
         parts = arn.split(":", 5)
