@@ -34,7 +34,7 @@ SINGLE_N = 20_000  # Request.create + evaluate(explain=False), one request a cal
 EXPLAINED_N = 5_000  # evaluate() with explanations, pre-built requests
 REFERENCE_N = 2_000  # the seed reference, timed; also the sample every seed contender is checked on
 SCALE_N = 20_000
-SCALE_CHECKED_N = 1_000  # checked against the reference at every size (about 7 minutes at 100,000 statements)
+SCALE_CHECKED_N = 1_000  # checked against the reference at every size (about 6 minutes at 100,000 statements)
 SCALE_REFERENCE_N = {10: 1_000, 100: 200, 1_000: 50}  # timed; the reference walks every statement
 ARROW_THREADS = "threads" in inspect.signature(evaluate_arrow).parameters
 

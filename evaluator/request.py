@@ -45,6 +45,8 @@ def text(value: Any, what: str) -> str:
 def context_text(value: Any, key: str) -> str:
     """One context value as IAM reads it: a string by ``text``, JSON booleans and numbers as
     their JSON text (subclasses of int and float by their value, never their own ``repr``)."""
+    if type(value) is str and value.isascii():  # the common case, settled before any message is built
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
