@@ -1361,8 +1361,7 @@ cdef class GlobTrie:
         cdef gt_plan p
         cdef int k
         if self.frozen:
-            wild = sum((self._nodes[i].qmark >= 0) + (self._nodes[i].star >= 0) for i in range(self._n_nodes))
-            nodes, edges, n_ids = self._n_nodes, self._n_edges + wild, self._n_ids
+            nodes, n_ids = self._n_nodes, self._n_ids
             memory = (self._n_nodes * sizeof(gt_node) + self._n_edges * (sizeof(uint8_t) + sizeof(int32_t))
                       + (self._n_acc + self._n_ids) * sizeof(int32_t))
             scratch = self.scratch_size()
@@ -1371,9 +1370,9 @@ cdef class GlobTrie:
             _plan(self._b_recs, &p)
             nodes, n_ids = p.n_nodes, p.n_ids
             _free_plan(&p)
-            edges = nodes - 1  # every node but the root is entered by one edge: a byte, '?' or '*'
             memory = scratch = 0
-        stats = {"nodes": nodes, "edges": edges, "patterns": self._n_patterns, "ids": n_ids,
+        # Every node but the root is entered by one edge (a byte, '?' or '*'): edges = nodes - 1.
+        stats = {"nodes": nodes, "edges": nodes - 1, "patterns": self._n_patterns, "ids": n_ids,
                  "memory_bytes": memory, "scratch_bytes": scratch, "frozen": bool(self.frozen)}
         if self.frozen:
             names = ("dfa_states", "dfa_built", "dfa_flushes", "dfa_grows", "dfa_fallbacks", "dfa_nfa_matches",
