@@ -100,12 +100,8 @@ cdef class GlobTrie:
     cdef readonly bint frozen
     cdef const uint8_t* _fold          # byte translation applied to the input (ASCII lower or identity)
 
-    # Build phase (Python objects, dropped by freeze()).
-    cdef list _b_children              # per node: dict byte -> node
-    cdef list _b_qmark                 # per node: node or -1
-    cdef list _b_star                  # per node: node or -1
-    cdef list _b_loop                  # per node: bool
-    cdef list _b_acc                   # per node: list of pattern ids
+    # Build phase: one bytes record per add() (tokens and id, see _CODE_END), dropped by freeze().
+    cdef list _b_recs
     cdef Py_ssize_t _n_patterns
 
     # Frozen representation (C memory owned by the object).
@@ -147,8 +143,7 @@ cdef class GlobTrie:
     cdef void _free_arrays(self) noexcept
     cdef int _set_prefix(self) except -1
     cdef int _set_geometry(self, Py_ssize_t states, Py_ssize_t pool, Py_ssize_t cap) except -1
-    cdef list _tokens(self, pattern)
-    cdef Py_ssize_t _new_node(self, bint loop)
+    cdef bytes _record(self, pattern, int32_t pattern_id)
     cdef Py_ssize_t _match(self, const unsigned char* text, Py_ssize_t n, void* scratch,
                            int32_t* out) noexcept nogil
     cdef void* _borrow(self) except NULL

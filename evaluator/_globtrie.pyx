@@ -50,13 +50,16 @@ state * log(edges per node)) plus hashing it; a cache fills at most twice per in
 match is linear in the input whatever the patterns (no backtracking), and the memory is the
 fixed scratch.
 
-Lifecycle: ``add()`` patterns, ``freeze()`` into flat C arrays, then match. A frozen trie is
+Lifecycle: ``add()`` patterns, ``freeze()`` into flat C arrays, then match. ``add()`` only
+records each pattern (its tokens and id, in one bytes object); ``freeze()`` sorts the records
+and builds the arrays in one pass over them, with no Python object per node. A frozen trie is
 immutable; every match uses its own scratch memory, so threads can match concurrently (the
 Python methods release the GIL while matching long inputs).
 """
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort
 from libc.string cimport memcpy, memset
 
@@ -92,11 +95,7 @@ class Wildcard(enum.Enum):
 STAR = Wildcard.STAR
 QMARK = Wildcard.QMARK
 
-cdef dict _WILDCARD_CHARS = {"*": STAR, "?": QMARK}
-
 cdef enum:
-    _TOK_STAR = -1
-    _TOK_QMARK = -2
     # Python-level calls release the GIL only for inputs this long: releasing and re-taking it
     # costs about as much as matching a short action name.
     _NOGIL_MIN_BYTES = 256
@@ -743,6 +742,193 @@ cdef Py_ssize_t _dfa_match(gt_run* r, gt_dfa* d, const uint8_t* cls, const unsig
     return _accept(r, d, s, dense_to_id)
 
 
+# ---------------------------------------------------------------------- build
+
+# add() keeps each pattern as one bytes record: its tokens as big-endian uint16 codes (stars
+# collapsed), then _CODE_END, then its id (big-endian, sign bit flipped so that bytes order is
+# id order). Sorting the records sorts the patterns token by token with '?' < '*' < literal
+# bytes and a pattern before its extensions, so the patterns below any one node are
+# consecutive, its children appear in the order of their tokens (byte edges sorted), and equal
+# patterns are adjacent with their ids ascending (identical records: the same pattern and id).
+cdef enum:
+    _CODE_END = 0
+    _CODE_QMARK = 1
+    _CODE_STAR = 2
+    _CODE_BYTE = 3            # + the byte: codes up to 258, hence two bytes each
+    _REC_TAIL = 6             # bytes after the codes: _CODE_END and the id
+
+ctypedef struct gt_rec:       # one record, read in place
+    const uint8_t* codes
+    Py_ssize_t n_codes
+    int32_t id
+
+# The sorted records and the shape of the trie they make (see _plan).
+ctypedef struct gt_plan:
+    gt_rec* recs
+    int32_t* shared           # per record: leading tokens in common with the previous record
+    int32_t* ids              # distinct ids ascending (their index is the dense id)
+    Py_ssize_t n_recs, n_ids
+    Py_ssize_t n_nodes        # the root and one node per token not shared with the previous record
+    Py_ssize_t n_edges        # byte edges (the other nodes hang from '?' and '*' edges)
+    Py_ssize_t n_acc          # distinct (pattern, id) pairs
+    Py_ssize_t depth          # tokens of the longest pattern
+
+
+cdef void _free_plan(gt_plan* p) noexcept:
+    free(p.recs)
+    free(p.shared)
+    free(p.ids)
+    p.recs = NULL
+    p.shared = p.ids = NULL
+
+
+cdef inline Py_ssize_t _put(uint8_t* out, Py_ssize_t m, uint16_t code) noexcept nogil:
+    """Write a token code at out[m:m + 2]; return the new length (unchanged for a '*' after a
+    '*': '**' matches what '*' does, and star nodes then never have a '*' child)."""
+    if code == _CODE_STAR and m and out[m - 1] == _CODE_STAR and out[m - 2] == 0:
+        return m
+    out[m] = code >> 8
+    out[m + 1] = code & 0xFF
+    return m + 2
+
+
+cdef inline uint16_t _code(const gt_rec* r, Py_ssize_t d) noexcept nogil:
+    return (r.codes[2 * d] << 8) | r.codes[2 * d + 1]
+
+
+cdef void _shape(gt_plan* p) noexcept nogil:
+    """Fill p.shared and the counts of p from the sorted p.recs, and p.ids from their ids."""
+    cdef Py_ssize_t k, d, m
+    cdef const gt_rec* r
+    cdef const gt_rec* prev = NULL
+    p.n_nodes = 1
+    p.n_edges = p.n_acc = p.depth = p.n_ids = 0
+    for k in range(p.n_recs):
+        r = &p.recs[k]
+        d = 0
+        if prev != NULL:
+            m = min(prev.n_codes, r.n_codes)
+            while d < m and r.codes[2 * d] == prev.codes[2 * d] and r.codes[2 * d + 1] == prev.codes[2 * d + 1]:
+                d += 1
+        p.shared[k] = <int32_t>d
+        p.n_nodes += r.n_codes - d
+        while d < r.n_codes:
+            p.n_edges += _code(r, d) >= _CODE_BYTE
+            d += 1
+        if not (prev != NULL and p.shared[k] == r.n_codes == prev.n_codes and r.id == prev.id):
+            p.n_acc += 1
+        p.depth = max(p.depth, r.n_codes)
+        p.ids[k] = r.id
+        prev = r
+    qsort(p.ids, p.n_recs, sizeof(int32_t), _cmp_int32)
+    for k in range(p.n_recs):
+        if p.n_ids == 0 or p.ids[k] != p.ids[p.n_ids - 1]:
+            p.ids[p.n_ids] = p.ids[k]
+            p.n_ids += 1
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int _plan(list recs, gt_plan* p) except -1:
+    """Sort the records of add() and read them into p, for _build (free p with _free_plan; its
+    record pointers stay valid while the records are kept, unchanged)."""
+    recs.sort()
+    cdef Py_ssize_t k, n = len(recs)
+    cdef const uint8_t* tail
+    cdef bytes rec
+    p.n_recs = n
+    p.recs = <gt_rec*>malloc((n + 1) * sizeof(gt_rec))
+    p.shared = <int32_t*>malloc((n + 1) * sizeof(int32_t))
+    p.ids = <int32_t*>malloc((n + 1) * sizeof(int32_t))
+    if not (p.recs and p.shared and p.ids):
+        _free_plan(p)
+        raise MemoryError()
+    for k in range(n):
+        rec = <bytes>recs[k]
+        p.recs[k].codes = <const uint8_t*>PyBytes_AS_STRING(rec)
+        p.recs[k].n_codes = (len(rec) - _REC_TAIL) // 2
+        tail = p.recs[k].codes + len(rec) - 4
+        p.recs[k].id = <int32_t>(((<uint32_t>tail[0] << 24) | (<uint32_t>tail[1] << 16)
+                                  | (<uint32_t>tail[2] << 8) | tail[3]) ^ 0x80000000u)
+    _shape(p)
+    return 0
+
+
+cdef inline int32_t _dense(const gt_plan* p, int32_t pattern_id) noexcept nogil:
+    """Index of pattern_id in p.ids (binary search; it is there)."""
+    cdef Py_ssize_t lo = 0, hi = p.n_ids - 1, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if p.ids[mid] < pattern_id:
+            lo = mid + 1
+        else:
+            hi = mid
+    return <int32_t>lo
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _build(const gt_plan* p, gt_node* nodes, uint8_t* edge_bytes, int32_t* edge_targets, int32_t* acc,
+                 int32_t* path, int32_t* parent, uint8_t* in_byte, uint8_t* used) noexcept nogil:
+    """Fill the zeroed nodes (p.n_nodes), byte edges and accept lists in one pass over the
+    sorted records, numbering nodes as they first appear (depth first, children in token order).
+
+    path[d] holds the node at depth d on the previous record's path (p.depth + 1 slots); the
+    records sharing its first shared[k] tokens go through the same nodes. Each byte edge is kept
+    as its target's parent and in_byte (p.n_nodes slots each), then placed by parent (a counting
+    sort: targets in descending order, so each parent's edges stay in byte order).
+    """
+    cdef Py_ssize_t k, d, x = 1, a = 0
+    cdef int32_t up
+    cdef uint16_t code
+    cdef const gt_rec* r
+    cdef gt_node* nd
+    cdef uint32_t end = 0
+    nodes[0].qmark = nodes[0].star = -1
+    parent[0] = -1
+    path[0] = 0
+    for k in range(p.n_recs):
+        r = &p.recs[k]
+        for d in range(p.shared[k], r.n_codes):
+            code = _code(r, d)
+            up = path[d]
+            nd = &nodes[x]
+            nd.qmark = nd.star = -1
+            parent[x] = -1
+            if code == _CODE_QMARK:
+                nodes[up].qmark = <int32_t>x
+            elif code == _CODE_STAR:
+                nodes[up].star = <int32_t>x
+                nd.loop = 1
+            else:
+                nodes[up].n_edges += 1
+                parent[x] = up
+                in_byte[x] = <uint8_t>(code - _CODE_BYTE)
+                used[in_byte[x]] = 1
+            path[d + 1] = <int32_t>x
+            x += 1
+        nd = &nodes[path[r.n_codes]]
+        if k and p.shared[k] == r.n_codes == p.recs[k - 1].n_codes:  # the previous pattern again
+            if r.id == p.recs[k - 1].id:
+                continue
+        else:
+            nd.acc_start = <uint32_t>a
+        acc[a] = _dense(p, r.id)
+        nd.acc_count += 1
+        a += 1
+    for k in range(p.n_nodes):  # edge_start: the end of the node's edges for now
+        nd = &nodes[k]
+        end += nd.n_edges
+        nd.edge_start = end
+        nd.sink = nd.loop and nd.n_edges == 0 and nd.qmark < 0
+    for k in range(p.n_nodes - 1, 0, -1):
+        up = parent[k]
+        if up >= 0:
+            nodes[up].edge_start -= 1
+            edge_bytes[nodes[up].edge_start] = in_byte[k]
+            edge_targets[nodes[up].edge_start] = <int32_t>k
+
+
 cdef tuple _cache_geometry(Py_ssize_t n_nodes):
     """Default cache sizes for a trie of n_nodes nodes: (first states, int32 pool slots, bound).
 
@@ -773,11 +959,7 @@ cdef class GlobTrie:
             self._fold = _LOWER
         else:
             self._fold = _SAME
-        self._b_children = [{}]
-        self._b_qmark = [-1]
-        self._b_star = [-1]
-        self._b_loop = [False]
-        self._b_acc = [[]]
+        self._b_recs = []
 
     def __dealloc__(self):
         cdef int i
@@ -802,30 +984,51 @@ cdef class GlobTrie:
 
     # ------------------------------------------------------------------ build phase
 
-    cdef list _tokens(self, pattern):
-        """Pattern -> list of literal bytes (folded if ignore_case) and _TOK_* codes, stars collapsed."""
-        cdef list toks = []
-        items = [_WILDCARD_CHARS.get(c, c) for c in pattern] if isinstance(pattern, str) else pattern
-        for item in items:
-            if item is STAR:
-                if not toks or toks[-1] != _TOK_STAR:  # '**' == '*'; keeps star nodes star-free
-                    toks.append(_TOK_STAR)
-            elif item is QMARK:
-                toks.append(_TOK_QMARK)
-            elif isinstance(item, str):
-                lit = (<str>item).encode("utf-8", "surrogatepass")
-                toks.extend(lit.lower() if self.ignore_case else lit)  # bytes.lower(): ASCII only
-            else:
-                raise TypeError(f"pattern tokens must be str, STAR or QMARK, not {type(item).__name__}")
-        return toks
-
-    cdef Py_ssize_t _new_node(self, bint loop):
-        self._b_children.append({})
-        self._b_qmark.append(-1)
-        self._b_star.append(-1)
-        self._b_loop.append(loop)
-        self._b_acc.append([])
-        return len(self._b_children) - 1
+    cdef bytes _record(self, pattern, int32_t pattern_id):
+        """The record add() keeps for pattern (see _CODE_END); a bad token raises first."""
+        cdef const unsigned char* data = NULL
+        cdef Py_ssize_t n, i, m = 0
+        cdef bytes encoded
+        cdef list parts = None
+        cdef uint8_t b
+        if isinstance(pattern, str):
+            try:
+                data = <const unsigned char*>PyUnicode_AsUTF8AndSize(pattern, &n)
+            except UnicodeEncodeError:  # lone surrogates: one character each, as in matching
+                encoded = (<str>pattern).encode("utf-8", "surrogatepass")
+                data = encoded
+                n = len(encoded)
+        else:
+            parts, n = [], 0
+            for item in pattern:
+                if item is STAR or item is QMARK:
+                    n += 1
+                elif isinstance(item, str):
+                    item = (<str>item).encode("utf-8", "surrogatepass")
+                    n += len(item)
+                else:
+                    raise TypeError(f"pattern tokens must be str, STAR or QMARK, not {type(item).__name__}")
+                parts.append(item)
+        cdef bytes rec = PyBytes_FromStringAndSize(NULL, 2 * n + _REC_TAIL)
+        cdef uint8_t* out = <uint8_t*>PyBytes_AS_STRING(rec)
+        if parts is None:  # in UTF-8, the bytes of '*' and '?' stand for these characters only
+            for i in range(n):
+                b = data[i]
+                m = _put(out, m, _CODE_STAR if b == 0x2A else _CODE_QMARK if b == 0x3F else _CODE_BYTE + self._fold[b])
+        else:
+            for item in parts:
+                if item is STAR:
+                    m = _put(out, m, _CODE_STAR)
+                elif item is QMARK:
+                    m = _put(out, m, _CODE_QMARK)
+                else:
+                    for b in <bytes>item:
+                        m = _put(out, m, _CODE_BYTE + self._fold[b])
+        cdef uint32_t key = <uint32_t>pattern_id ^ 0x80000000u
+        out[m] = out[m + 1] = _CODE_END
+        for i in range(4):
+            out[m + 2 + i] = (key >> (24 - 8 * i)) & 0xFF
+        return rec if m == 2 * n else rec[:m + _REC_TAIL]
 
     def add(self, pattern, int32_t pattern_id):
         """Index pattern under pattern_id.
@@ -837,24 +1040,7 @@ cdef class GlobTrie:
         """
         if self.frozen:
             raise ValueError("GlobTrie is frozen; add() must come before freeze()")
-        cdef Py_ssize_t node = 0, nxt
-        cdef dict children
-        for tok in self._tokens(pattern):  # tokenize first: a bad token leaves the trie unchanged
-            if tok >= 0:
-                children = self._b_children[node]
-                nxt = children.get(tok, -1)
-                if nxt < 0:
-                    nxt = children[tok] = self._new_node(False)
-            elif tok == _TOK_QMARK:
-                nxt = self._b_qmark[node]
-                if nxt < 0:
-                    nxt = self._b_qmark[node] = self._new_node(False)
-            else:
-                nxt = self._b_star[node]
-                if nxt < 0:
-                    nxt = self._b_star[node] = self._new_node(True)
-            node = nxt
-        self._b_acc[node].append(pattern_id)
+        self._b_recs.append(self._record(pattern, pattern_id))
         self._n_patterns += 1
 
     def freeze(self, *, dfa_states=None, dfa_pool=None):
@@ -868,58 +1054,54 @@ cdef class GlobTrie:
         """
         if self.frozen:
             return
-        states, pool, bound = _cache_geometry(len(self._b_children))
-        if dfa_states is not None:
-            states = bound = dfa_states
-        if dfa_pool is not None:
-            pool = dfa_pool
-            bound = states
-        if not (0 <= states <= _LIMIT_STATES and 0 <= pool <= (1 << 30)):
-            raise ValueError(f"dfa_states must be in [0, {_LIMIT_STATES}] and dfa_pool in [0, 2**30]")
-        cdef Py_ssize_t n_nodes = len(self._b_children)
-        accepts = [sorted(set(ids)) for ids in self._b_acc]
-        ids = sorted({i for node_ids in accepts for i in node_ids})
-        dense = {pid: k for k, pid in enumerate(ids)}
-        self._n_nodes = n_nodes
-        self._n_edges = sum(len(c) for c in self._b_children)
-        self._n_acc = sum(len(a) for a in accepts)
-        self._n_ids = len(ids)
-        # +1: malloc(0) may return NULL, which would read as an allocation failure.
-        self._nodes = <gt_node*>calloc(n_nodes, sizeof(gt_node))
-        self._edge_bytes = <uint8_t*>malloc(self._n_edges + 1)
-        self._edge_targets = <int32_t*>malloc((self._n_edges + 1) * sizeof(int32_t))
-        self._acc = <int32_t*>malloc((self._n_acc + 1) * sizeof(int32_t))
-        self._ids = <int32_t*>malloc((self._n_ids + 1) * sizeof(int32_t))
-        if not (self._nodes and self._edge_bytes and self._edge_targets and self._acc and self._ids):
+        cdef gt_plan p
+        cdef int32_t* path = NULL
+        cdef int32_t* parent = NULL
+        cdef uint8_t* in_byte = NULL
+        cdef uint8_t used[256]  # bytes on some edge
+        cdef bint ok = False
+        cdef int b
+        memset(&p, 0, sizeof(p))
+        memset(used, 0, sizeof(used))
+        _plan(self._b_recs, &p)
+        try:
+            states, pool, bound = _cache_geometry(p.n_nodes)
+            if dfa_states is not None:
+                states = bound = dfa_states
+            if dfa_pool is not None:
+                pool = dfa_pool
+                bound = states
+            if not (0 <= states <= _LIMIT_STATES and 0 <= pool <= (1 << 30)):
+                raise ValueError(f"dfa_states must be in [0, {_LIMIT_STATES}] and dfa_pool in [0, 2**30]")
+            # +1: malloc(0) may return NULL, which would read as an allocation failure.
+            self._nodes = <gt_node*>calloc(p.n_nodes, sizeof(gt_node))
+            self._edge_bytes = <uint8_t*>malloc(p.n_edges + 1)
+            self._edge_targets = <int32_t*>malloc((p.n_edges + 1) * sizeof(int32_t))
+            self._acc = <int32_t*>malloc((p.n_acc + 1) * sizeof(int32_t))
+            self._ids = <int32_t*>malloc((p.n_ids + 1) * sizeof(int32_t))
+            path = <int32_t*>malloc((p.depth + 1) * sizeof(int32_t))
+            parent = <int32_t*>malloc(p.n_nodes * sizeof(int32_t))
+            in_byte = <uint8_t*>malloc(p.n_nodes)
+            ok = (self._nodes and self._edge_bytes and self._edge_targets and self._acc and self._ids
+                  and path and parent and in_byte)
+            if ok:
+                memcpy(self._ids, p.ids, p.n_ids * sizeof(int32_t))
+                _build(&p, self._nodes, self._edge_bytes, self._edge_targets, self._acc, path, parent, in_byte, used)
+        finally:
+            free(path)
+            free(parent)
+            free(in_byte)
+            _free_plan(&p)
+        if not ok:
             self._free_arrays()  # stay unfrozen and consistent; freeze() may be retried
             raise MemoryError()
-        cdef Py_ssize_t i, e = 0, a = 0
-        cdef gt_node* nd
-        for i in range(self._n_ids):
-            self._ids[i] = ids[i]
-        used = bytearray(256)  # bytes on some edge
-        for i in range(n_nodes):
-            nd = &self._nodes[i]
-            nd.edge_start = e
-            nd.n_edges = len(self._b_children[i])
-            for byte, target in sorted(self._b_children[i].items()):
-                self._edge_bytes[e] = byte
-                self._edge_targets[e] = target
-                used[byte] = 1
-                e += 1
-            nd.qmark = self._b_qmark[i]
-            nd.star = self._b_star[i]
-            nd.loop = self._b_loop[i]
-            nd.sink = nd.loop and nd.n_edges == 0 and nd.qmark < 0
-            nd.acc_start = a
-            nd.acc_count = len(accepts[i])
-            for pid in accepts[i]:
-                self._acc[a] = dense[pid]
-                a += 1
+        self._n_nodes = p.n_nodes
+        self._n_edges = p.n_edges
+        self._n_acc = p.n_acc
+        self._n_ids = p.n_ids
         # Byte classes: a byte on an edge (after folding) is its own class; the others only
         # differ by the length of the UTF-8 sequence they start.
         classes = {}
-        cdef int b
         for b in range(256):
             key = self._fold[b] if used[self._fold[b]] else -_SEQ_LEN[b]
             self._cls[b] = classes.setdefault(key, len(classes))
@@ -931,9 +1113,9 @@ cdef class GlobTrie:
             self._free_arrays()
             raise
         self._set_geometry(states, pool, bound)
-        self.nbytes = (n_nodes * sizeof(gt_node) + self._n_edges * (1 + sizeof(int32_t))
+        self.nbytes = (self._n_nodes * sizeof(gt_node) + self._n_edges * (1 + sizeof(int32_t))
                        + (self._n_acc + self._n_ids) * sizeof(int32_t) + self._prefix_len)
-        self._b_children = self._b_qmark = self._b_star = self._b_loop = self._b_acc = None
+        self._b_recs = None
         self.frozen = True
 
     cdef int _set_prefix(self) except -1:
@@ -1176,20 +1358,21 @@ cdef class GlobTrie:
         cache filled up, matches run by the NFA alone (the cache was thrashing), matches run.
         """
         cdef gt_cache* cache
+        cdef gt_plan p
         cdef int k
         if self.frozen:
-            wild = sum((self._nodes[i].qmark >= 0) + (self._nodes[i].star >= 0) for i in range(self._n_nodes))
-            nodes, edges, n_ids = self._n_nodes, self._n_edges + wild, self._n_ids
+            nodes, n_ids = self._n_nodes, self._n_ids
             memory = (self._n_nodes * sizeof(gt_node) + self._n_edges * (sizeof(uint8_t) + sizeof(int32_t))
                       + (self._n_acc + self._n_ids) * sizeof(int32_t))
             scratch = self.scratch_size()
-        else:
-            nodes = len(self._b_children)
-            edges = (sum(len(c) for c in self._b_children) + sum(q >= 0 for q in self._b_qmark)
-                     + sum(s >= 0 for s in self._b_star))
-            n_ids = len({i for a in self._b_acc for i in a})
+        else:  # the shape freeze() would build
+            memset(&p, 0, sizeof(p))
+            _plan(self._b_recs, &p)
+            nodes, n_ids = p.n_nodes, p.n_ids
+            _free_plan(&p)
             memory = scratch = 0
-        stats = {"nodes": nodes, "edges": edges, "patterns": self._n_patterns, "ids": n_ids,
+        # Every node but the root is entered by one edge (a byte, '?' or '*'): edges = nodes - 1.
+        stats = {"nodes": nodes, "edges": nodes - 1, "patterns": self._n_patterns, "ids": n_ids,
                  "memory_bytes": memory, "scratch_bytes": scratch, "frozen": bool(self.frozen)}
         if self.frozen:
             names = ("dfa_states", "dfa_built", "dfa_flushes", "dfa_grows", "dfa_fallbacks", "dfa_nfa_matches",

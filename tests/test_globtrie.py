@@ -268,6 +268,161 @@ def test_empty_trie():
     assert not trie.matches("abc")
 
 
+# ---------------------------------------------------------------------- build from sorted patterns
+# freeze() sorts the patterns and builds the trie in one pass over them: whatever the order of
+# add(), the trie (its size and its matches) is the same, with one node per distinct token prefix.
+
+
+def token_prefixes(entries, ignore_case):
+    """The distinct token prefixes of the patterns ('**' read as '*'): one trie node each."""
+    prefixes = {()}
+    for pattern, _ in entries:
+        tokens = []
+        for t in tokens_of(pattern):
+            if t is STAR or t is QMARK:
+                if not (t is STAR and tokens and tokens[-1] is STAR):
+                    tokens.append(t)
+            else:
+                data = t.encode("utf-8", "surrogatepass")
+                tokens.extend(data.lower() if ignore_case else data)
+        prefixes.update(tuple(tokens[:k]) for k in range(len(tokens) + 1))
+    return prefixes
+
+
+def assert_shape(trie, entries, ignore_case):
+    nodes = len(token_prefixes(entries, ignore_case))
+    stats = trie.get_stats()
+    assert (stats["nodes"], stats["edges"], stats["patterns"], stats["ids"]) == (
+        nodes, nodes - 1, len(entries), len({pattern_id for _, pattern_id in entries}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=entries_strategy, ignore_case=st.booleans(), data=st.data())
+def test_any_order_builds_the_same_trie(entries, ignore_case, data):
+    orders = [entries, data.draw(st.permutations(entries)), entries[::-1]]
+    inputs = data.draw(st.lists(st.text(INPUT_CHARS, max_size=8), max_size=5))
+    inputs += [instantiate(data, pattern) for pattern, _ in entries]
+    tries = []
+    for order in orders:
+        trie = GlobTrie(ignore_case)
+        for pattern, pattern_id in order:
+            trie.add(pattern, pattern_id)
+        assert_shape(trie, entries, ignore_case)  # unfrozen
+        trie.freeze()
+        assert_shape(trie, entries, ignore_case)
+        tries.append(trie)
+    assert len({trie.nbytes for trie in tries}) == 1
+    for text in inputs:
+        expected = oracle(entries, text, ignore_case)
+        assert [trie.match(text) for trie in tries] == [expected] * len(tries), (entries, text)
+
+
+def test_large_set_in_any_order():
+    rng = random.Random(77)
+    words = ["s3", "ec2", "Get", "Put", "Object", "List", "é", "日", "😀", ":", "/"]
+    entries = [("".join(rng.choice(words + ["*", "?"]) for _ in range(rng.randrange(7))), rng.randrange(1_000))
+               for _ in range(3_000)]
+    entries += entries[:200]  # duplicates: the same pattern and id again
+    inputs = arns(100) + ["".join(rng.choice(words) for _ in range(rng.randrange(6))) for _ in range(300)]
+    shuffled = entries[:]
+    rng.shuffle(shuffled)
+    first, second = build(entries, ignore_case=True), build(shuffled, ignore_case=True)
+    assert first.get_stats() == second.get_stats() and first.nbytes == second.nbytes
+    assert_shape(first, entries, True)
+    regexes = [(re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
+                           re.DOTALL | re.IGNORECASE | re.ASCII), pattern_id) for pattern, pattern_id in entries]
+    for text in inputs:
+        expected = sorted({pattern_id for regex, pattern_id in regexes if regex.fullmatch(text)})
+        assert first.match(text) == second.match(text) == expected, text
+
+
+@pytest.mark.parametrize("geometry", [DEFAULT, NFA_ONLY], ids=["dfa", "nfa"])
+def test_patterns_that_are_prefixes_of_each_other(geometry):
+    entries = [("abc", 1), ("", 2), ("ab", 3), ("a", 4), ("abc*", 5), ("ab?", 6), ("abcd", 7)]
+    expected = {"": [2], "a": [4], "ab": [3], "abc": [1, 5, 6], "abcd": [5, 7], "abx": [6], "abcde": [5], "b": []}
+    for order in (entries, entries[::-1]):
+        trie = build(order, **geometry)
+        assert_shape(trie, entries, False)
+        assert {text: trie.match(text) for text in expected} == expected
+
+
+@pytest.mark.parametrize("geometry", [DEFAULT, NFA_ONLY], ids=["dfa", "nfa"])
+def test_wildcard_and_literal_siblings(geometry):
+    # Below "a": a '?' edge, a '*' edge and byte edges, among them the smallest bytes and the
+    # literal '*' and '?'; '**' is one '*'.
+    entries = [("a?", 1), ("a*", 2), ("a\x00", 3), ("a\x01", 4), (["a", "*"], 5), (["a", "?"], 6), ("a\x7f", 7),
+               ("aé", 8), ("a", 9), ("a**b", 10), ("a?b", 11), (["a", STAR, STAR, "*"], 12), ("a\x02", 13)]
+    inputs = ["a", "a\x00", "a\x01", "a\x02", "a*", "a?", "a\x7f", "aé", "ax", "ab", "axb", "a*b", "a**", "a\x00\x00",
+              "", "b"]
+    for order in (entries, entries[::-1]):
+        trie = build(order, **geometry)
+        assert_shape(trie, entries, False)
+        for text in inputs:
+            assert trie.match(text) == oracle(entries, text, False), text
+
+
+@pytest.mark.parametrize("ignore_case", [False, True])
+def test_non_ascii_siblings(ignore_case):
+    # é è ê share their first byte, 日 旦 their first two, 😀 😁 their first three; lone
+    # surrogates are 3-byte sequences too.
+    entries = [("é", 1), ("è*", 2), ("ê?", 3), ("日", 4), ("旦x", 5), ("😀", 6), ("😁*", 7), ("\ud800", 8),
+               ("\udfff?", 9), ("E", 10), ("É?", 11)]
+    inputs = ["é", "è", "èé", "êx", "ê", "日", "旦x", "旦", "😀", "😁", "😁😀", "\ud800", "\udfffa", "e", "E", "Éa",
+              "éa", "\ud800\udfff"]
+    for order in (entries, entries[::-1]):
+        for geometry in (DEFAULT, NFA_ONLY):
+            trie = build(order, ignore_case, **geometry)
+            assert_shape(trie, entries, ignore_case)
+            for text in inputs:
+                assert trie.match(text) == oracle(entries, text, ignore_case), text
+
+
+def test_empty_pattern_among_others():
+    entries = [("*", 3), ("", 1), ("a", 4), ([], 2), ("", 1), ([""], 1)]
+    trie = build(entries)
+    assert trie.match("") == [1, 2, 3]
+    assert trie.match("a") == [3, 4]
+    assert_shape(trie, entries, False)
+
+
+def test_duplicates_and_extreme_ids():
+    lo, hi = -2**31, 2**31 - 1
+    entries = [("a*", hi), ("a*", lo), ("a*", hi), ("a*", -1), ("a*", 0), ("", 5), ("", 5), ("b", lo), ("b", lo)]
+    for order in (entries, entries[::-1]):
+        trie = build(order)
+        assert trie.match("ab") == [lo, -1, 0, hi]
+        assert trie.match("b") == [lo]
+        assert trie.match("") == [5]
+        assert_shape(trie, entries, False)
+    with pytest.raises(OverflowError):
+        GlobTrie(False).add("a", 2**31)
+
+
+def test_bad_tokens_leave_the_trie_unchanged():
+    trie = GlobTrie(False)
+    trie.add("ab", 1)
+    before = trie.get_stats()
+    for bad in (["a", 3], [STAR, None], b"ab", ["x", STAR, 1.5], None):
+        with pytest.raises(TypeError):
+            trie.add(bad, 2)
+    assert trie.get_stats() == before
+    trie.freeze()
+    assert trie.match("ab") == [1]
+    assert trie.match("x") == []
+
+
+def test_unfrozen_stats_then_more_patterns():
+    trie = GlobTrie(True)
+    trie.add("S3:Get*", 1)
+    assert trie.get_stats()["nodes"] == 8  # the root, then s 3 : g e t *
+    trie.add("s3:GetObject", 2)
+    trie.add("s3:*", 3)
+    assert trie.get_stats()["nodes"] == 8 + 6 + 1
+    trie.freeze()
+    assert trie.match("s3:getobject") == [1, 2, 3]
+    assert trie.match("S3:PutObject") == [3]
+
+
 # ---------------------------------------------------------------------- lazy DFA
 
 
