@@ -11,6 +11,8 @@ policies are immutable and safe to share between threads.
 """
 from __future__ import annotations
 
+import functools
+import gc
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,23 @@ from .facts import is_principal_key
 from .model import Effect, Policy
 from .principals import Caller, Grant, statement_grant
 from .request import PolicySet, Request
+
+
+def collector_paused(function: Callable) -> Callable:
+    """Run ``function`` with the cyclic garbage collector paused (unless it was off already): compiling
+    allocates objects by the hundred thousand, which either live as long as the engine or die together,
+    and the collector would walk the whole heap again and again meanwhile (a fifth of the time)."""
+    @functools.wraps(function)
+    def paused(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+    return paused
+
 
 CACHE = 1 << 16
 """Entries of each resolver cache kept between calls and batches (callers, places, profiles,
@@ -198,6 +217,7 @@ class CompiledPolicies:
 
     reads_endpoints = False
 
+    @collector_paused
     def __init__(self, policies: Sequence[Policy], private: frozenset[int] = frozenset(),
                  read_keys: Sequence[str] = ()) -> None:
         """Compile ``policies``; those numbered in ``private`` (each one principal's or one resource's)

@@ -14,7 +14,7 @@ distinct policies, not with principals.
 """
 from __future__ import annotations
 
-from .compile import CompiledPolicies, Profile, profiles_of, remember
+from .compile import CompiledPolicies, Profile, collector_paused, profiles_of, remember
 from .decision import Decision
 from .principals import Caller, statement_grant
 from .request import PolicySet
@@ -28,6 +28,7 @@ class CompiledStore(CompiledPolicies):
     An unknown principal is an implicit deny decided by ``principal``, not an error.
     """
 
+    @collector_paused
     def __init__(self, store: PolicyStore) -> None:
         self.store = store
         policies = store.policies_in_use()

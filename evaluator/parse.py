@@ -100,7 +100,30 @@ operator, a key, its values); anything far deeper is an attack on the parser, re
 
 def _unreadable_text(doc: Any) -> list[Finding]:
     """E001 for text that is not Unicode (a lone surrogate, in a key or a value) and for nesting past
-    MAX_DEPTH, each at its pointer; checked without recursion, before anything else reads the document."""
+    MAX_DEPTH, each at its pointer; checked without recursion, before anything else reads the document.
+    Documents are almost always readable: a first walk says so without building a pointer."""
+    return [] if _readable(doc) else _located_unreadable(doc)
+
+
+def _readable(doc: Any) -> bool:
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and not _encodable(key):
+                    return False
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str) and not _encodable(value):
+            return False
+    return True
+
+
+def _located_unreadable(doc: Any) -> list[Finding]:
     findings: list[Finding] = []
     stack: list[tuple[Any, tuple]] = [(doc, ())]
     while stack:

@@ -165,3 +165,23 @@ def test_a_batch_is_decided_only_by_the_engine_it_was_converted_for():
         one._engine.evaluate_range(batch, 0, 2)
     one._engine.evaluate_range(batch, 0, 1)
     assert batch.codes_view() == bytes([1])
+
+
+def test_compiling_pauses_the_garbage_collector_and_restores_it():
+    import gc
+
+    from iam_evaluator.compile import CompiledPolicies
+
+    assert gc.isenabled()
+    engine = compiled(allow())
+    assert gc.isenabled(), "on again after compiling"
+    gc.disable()
+    try:
+        compiled(allow())
+        assert not gc.isenabled(), "a collector the caller turned off stays off"
+    finally:
+        gc.enable()
+    with pytest.raises(AttributeError):
+        CompiledPolicies([object()])  # fails while compiling
+    assert gc.isenabled(), "on again after a compile that failed"
+    assert engine.evaluate(Request.create(ROLE, "s3:GetObject", "*")).decision is ALLOW
