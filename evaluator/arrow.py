@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import _engine
-from .compile import CompiledPolicies
+from .compile import CompiledPolicies, decide_in_threads
 from .decision import BY_CODE, Decision, failed
 from .facts import PRINCIPAL_TAG
 from .usage import StatementUsage
@@ -29,10 +29,11 @@ DECISIONS = pa.array([str(kind) for kind in BY_CODE[1:]])
 """The ``decision`` column's dictionary: the decision of code c at index c - 1."""
 STATEMENT = pa.struct([("policy", pa.string()), ("index", pa.int32()), ("sid", pa.string()),
                        ("effect", pa.string())])
-_INDICES = bytes.maketrans(bytes([_engine.ALLOW, _engine.EXPLICIT_DENY, _engine.IMPLICIT_DENY, _engine.FAILED]),
-                           bytes([_engine.ALLOW - 1, _engine.EXPLICIT_DENY - 1, _engine.IMPLICIT_DENY - 1,
-                                  _engine.IMPLICIT_DENY - 1]))
-"""Engine codes → indices into DECISIONS (a request that could not be evaluated is denied)."""
+_INDICES = bytes.maketrans(
+    bytes([_engine.ALLOW, _engine.EXPLICIT_DENY, _engine.IMPLICIT_DENY, _engine.FAILED, 0]),
+    bytes([_engine.ALLOW - 1, _engine.EXPLICIT_DENY - 1] + [_engine.IMPLICIT_DENY - 1] * 3))
+"""Engine codes → indices into DECISIONS: a request that could not be evaluated is denied, and so is one
+left without a code (0, which no decision has: fail closed)."""
 
 
 class SchemaError(ValueError):
@@ -150,7 +151,7 @@ def _places(conversion, principals: pa.Array, resources: pa.DictionaryArray, acc
 
 
 def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
-            usage: StatementUsage | None) -> pa.RecordBatch:
+            usage: StatementUsage | None, threads: int = 1) -> pa.RecordBatch:
     principals = _strings(batch, "principal")
     actions, resources = _strings(batch, "action"), _strings(batch, "resource")
     accounts = _strings(batch, "resource_account", required=False)
@@ -184,7 +185,7 @@ def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
     if explain:
         return _explained(compiled._explain(converted))
     if usage is None:
-        compiled._engine.evaluate_range(converted, 0, converted.n)
+        decide_in_threads(compiled._engine, converted, threads)
     codes = converted.codes_view()
     row = codes.find(_engine.FAILED)
     while row >= 0:  # a condition that could not read its value: say which (rare)
@@ -220,26 +221,27 @@ def _explained(decisions: list[Decision]) -> pa.RecordBatch:
 
 
 def evaluate_arrow(compiled: CompiledPolicies, requests: pa.RecordBatch | pa.Table, explain: bool = False,
-                   usage: StatementUsage | None = None) -> pa.RecordBatch | pa.Table:
+                   usage: StatementUsage | None = None, threads: int = 1) -> pa.RecordBatch | pa.Table:
     """Decide every row of ``requests``; the result has one row per request, in order.
 
-    With ``usage``, also count which statements and action patterns the requests used.
+    With ``usage``, also count which statements and action patterns the requests used. ``threads``
+    share the deciding of each record batch (converting it stays on the calling thread).
     """
     if isinstance(requests, pa.Table):
-        batches = [_decide_text(compiled, batch, explain, usage) for batch in requests.to_batches()]
+        batches = [_decide_text(compiled, batch, explain, usage, threads) for batch in requests.to_batches()]
         return pa.Table.from_batches(batches, schema=_output_schema(explain))
-    return _decide_text(compiled, requests, explain, usage)
+    return _decide_text(compiled, requests, explain, usage, threads)
 
 
 def _decide_text(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
-                 usage: StatementUsage | None) -> pa.RecordBatch:
+                 usage: StatementUsage | None, threads: int = 1) -> pa.RecordBatch:
     """``_decide``, after checking that every string is UTF-8 (Arrow does not check what it is handed): a
     row with text that is not fails alone, as a lone surrogate does on the other paths."""
     if _valid_text(batch.columns):
-        return _decide(compiled, batch, explain, usage)
+        return _decide(compiled, batch, explain, usage, threads)
     bad = _rows_with_invalid_text(batch)
     keep = pa.array([row not in bad for row in range(batch.num_rows)])
-    decided = _decide(compiled, batch.filter(keep), explain, usage).to_pylist()
+    decided = _decide(compiled, batch.filter(keep), explain, usage, threads).to_pylist()
     failure = dict(failed("request text is not valid UTF-8").to_json(), statements=[], missing_keys=[])
     rows, at = [], 0
     for row in range(batch.num_rows):

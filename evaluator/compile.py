@@ -56,6 +56,17 @@ def collector_paused(function: Callable) -> Callable:
     return paused
 
 
+def decide_in_threads(engine: _engine.Engine, batch: _engine.Batch, threads: int) -> None:
+    """Decide a converted batch, its rows split among ``threads`` threads (the engine decides without the GIL)."""
+    if threads <= 1 or batch.n < 2 * CHUNK:
+        engine.evaluate_range(batch, 0, batch.n)
+        return
+    step = -(-batch.n // threads)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda start: engine.evaluate_range(batch, start, min(batch.n, start + step)),
+                      range(0, batch.n, step)))
+
+
 CACHE = 1 << 16
 """Entries of each resolver cache kept between calls and batches (callers, places, profiles,
 grants: a few hundred bytes each); past it a cache starts again, so hostile input cannot grow
@@ -80,8 +91,9 @@ if (_engine.ALLOW, _engine.EXPLICIT_DENY, _engine.IMPLICIT_DENY) != tuple(
 UNEXPLAINED = {kind.code: Decision(kind, "", reason="decided without explanation") for kind in DecisionKind}
 """The decision of each code when no explanation is asked: one immutable object each, shared."""
 
-FAILED_DENIES = bytes.maketrans(bytes([_engine.FAILED]), bytes([_engine.IMPLICIT_DENY]))
-"""Engine codes → decision codes: a request that could not be evaluated is denied (ImplicitDeny)."""
+FAILED_DENIES = bytes.maketrans(bytes([_engine.FAILED, 0]), bytes([_engine.IMPLICIT_DENY] * 2))
+"""Engine codes → decision codes: a request that could not be evaluated is denied (ImplicitDeny), and so
+is one left without a code (0, which no decision has: fail closed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +434,7 @@ class CompiledPolicies:
             return self._unknown(batch.unknown[0])
         if code == _engine.FAILED:
             return failed(self._failure(self._engine.explain_range(batch, 0, 1)[0][3]))
-        return UNEXPLAINED[code]
+        return UNEXPLAINED.get(code) or UNEXPLAINED[_engine.IMPLICIT_DENY]  # no decision has another code
 
     def evaluate_batch(self, requests: Sequence[Request], explain: bool = False,
                        threads: int = 1) -> BatchDecisions | list[Decision]:

@@ -46,6 +46,14 @@ def test_decisions_equal_the_batch_api(seed):
     assert result.column("error").null_count == len(requests)
 
 
+def test_threads_share_the_deciding_and_change_nothing(seed):
+    compiled, requests, table = seed
+    want = [str(d) for d in compiled.evaluate_batch(requests)] * 3
+    tripled = pa.concat_tables([table] * 3).combine_chunks()  # 9,000 rows: enough to split
+    for threads in (1, 2, 3):
+        assert evaluate_arrow(compiled, tripled, threads=threads).column("decision").to_pylist() == want
+
+
 def test_record_batches_slices_and_chunks(seed):
     compiled, requests, table = seed
     want = [str(d) for d in compiled.evaluate_batch(requests)]

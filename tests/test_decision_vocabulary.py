@@ -121,3 +121,15 @@ def test_client_json_matches_check_json_and_store_versions_are_numbers(tmp_path,
         assert main([*target, "version"]) == 0
         version = json.loads(capsys.readouterr().out)
         assert version["version"] == 1
+
+
+def test_a_row_left_without_a_code_reads_as_a_deny():
+    """Code 0 is no decision: were the engine ever to leave a row undecided, the batch APIs and Arrow read it
+    as ImplicitDeny, never as the decision at index 0 of some table."""
+    from iam_evaluator import arrow
+    from iam_evaluator.compile import FAILED_DENIES
+
+    engine_codes = bytes([0, 1, 2, 3, 4])  # none, Allow, ExplicitDeny, ImplicitDeny, could not be evaluated
+    assert engine_codes.translate(FAILED_DENIES) == bytes([3, 1, 2, 3, 3])
+    names = [arrow.DECISIONS[index].as_py() for index in engine_codes.translate(arrow._INDICES)]
+    assert names == ["ImplicitDeny", "Allow", "ExplicitDeny", "ImplicitDeny", "ImplicitDeny"]
