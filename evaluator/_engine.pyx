@@ -1391,6 +1391,7 @@ cdef class _Converter:
     cdef dict resource_memo   # resource -> its index among the batch's distinct resources
     cdef list resource_texts  # the distinct resources
     cdef list resource_places # per distinct resource: (resource policy, owner class or None)
+    cdef tuple every_place    # the place of every resource, when the resolver gives all one (else None)
     cdef dict owner_memo      # account -> owner class
     cdef dict identity_memo   # identity -> its profile's index
     cdef dict resource_profile_memo  # (resource policy, owner class) as one number -> its profile's index
@@ -1426,6 +1427,7 @@ cdef class _Converter:
         self.resource_profile_memo = {}
         self.grant_memo = {}
         self.key_cache = {}
+        self.every_place = self.resource_place("*") if resolver.places_every_resource else None
         self.seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
         self.overridden = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
         if self.seen == NULL or self.overridden == NULL:
@@ -1527,7 +1529,8 @@ cdef class _Converter:
         if ix is None:
             ix = self.resource_memo[resource] = len(self.resource_texts)
             self.resource_texts.append(resource)
-            self.resource_places.append(self.resource_place(resource))
+            self.resource_places.append(self.every_place if self.every_place is not None
+                                        else self.resource_place(resource))
         rq.resource_ix = ix
         policy, owner_class = self.resource_places[ix]
         if owner is not None:

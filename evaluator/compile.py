@@ -216,7 +216,8 @@ class CompiledPolicies:
       and owner classes are small numbers: what selects the identity layers, and the RCP
       levels of a resource owner.
     * ``resource(resource)``: (resource policy number or -1, owner class, or None for the
-      caller's own account).
+      caller's own account). ``places_every_resource``: True when that answer is the same for
+      every resource (a policy set), so that it is asked once, not once per distinct resource.
     * ``owner(account)``: the owner class of an explicit resource account.
     * ``identity_profile(identity)``: the caller's ``Profile`` (identity, boundary, session, SCPs).
     * ``resource_profile(resource policy, owner class)``: the resource's ``Profile`` (its policy, RCPs).
@@ -228,6 +229,7 @@ class CompiledPolicies:
     """
 
     reads_endpoints = False
+    places_every_resource = False
 
     @collector_paused
     def __init__(self, policies: Sequence[Policy], private: frozenset[int] = frozenset(),
@@ -543,6 +545,8 @@ class CompiledPolicySet(CompiledPolicies):
         self.reads_endpoints = self._endpoint >= 0
         self._callers: dict[str, tuple] = {}  # the resolver's answers, kept between calls
         self._grants: dict[tuple[str, int, int], bytes] = {}
+
+    places_every_resource = True
 
     # The resolver: one profile for every request (another for anonymous ones), all through the set's VPC
     # endpoint if it has one; the caller's own keys are used as given (an anonymous caller has none).
