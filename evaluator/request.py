@@ -108,12 +108,15 @@ class Request:
             raise RequestError(f"request context must be an object, not {type(context).__name__}")
         normalised: dict[str, ContextValue] = {}
         for key, value in dict(context or {}).items():
-            key = text(key, "context key")
+            if type(key) is not str or not key.isascii():
+                key = text(key, "context key")
             if not key:
                 raise RequestError("context key names must be non-empty")
-            if key.lower() in normalised:
+            folded = key.lower()
+            if folded in normalised:
                 raise RequestError(f"context key {_shown(key)} is given twice (key names are case-insensitive)")
-            normalised[key.lower()] = _context_value(key, value)
+            # A plain ASCII string, the common value, is settled here.
+            normalised[folded] = value if type(value) is str and value.isascii() else _context_value(key, value)
         tags: dict[str, str] = {}
         if session_tags is not None:
             if not isinstance(session_tags, Mapping):
@@ -125,7 +128,12 @@ class Request:
                 if any(key.lower() == other.lower() for other in tags):
                     raise RequestError(f"session tag {_shown(key)} is given twice (tag keys ignore case)")
                 tags[key] = text(value, "session tag value")
-        return cls(principal, action, resource, resource_account, normalised, tags)
+        # Built without __init__, which sets each field through object.__setattr__ (frozen): every field
+        # is checked above, and a request is made per call on the single-call path.
+        request = object.__new__(cls)
+        request.__dict__.update(principal=principal, action=action, resource=resource,
+                                resource_account=resource_account, context=normalised, session_tags=tags)
+        return request
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Request:
