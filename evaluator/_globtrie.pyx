@@ -1043,14 +1043,15 @@ cdef class GlobTrie:
         self._b_recs.append(self._record(pattern, pattern_id))
         self._n_patterns += 1
 
-    def freeze(self, *, dfa_states=None, dfa_pool=None):
+    def freeze(self, *, dfa_states=None, dfa_pool=None, dfa_max_states=None):
         """Compile the trie into flat C arrays and drop the build state; later calls do nothing.
 
-        dfa_states / dfa_pool size the lazy-DFA cache each scratch buffer holds: the number of
-        cached states, and the int32 slots for their node sets and cached results. By default
-        both are sized from the trie and the cache doubles when full, up to a bound (see
-        get_stats()); given, they are fixed. dfa_states=0 disables the DFA (every match
-        simulates the NFA). Small values are for tests of the cache-full paths.
+        dfa_states / dfa_pool size the lazy-DFA cache each scratch buffer starts with: the number
+        of cached states, and the int32 slots for their node sets and cached results. The cache
+        doubles when full, up to dfa_max_states states. By default all three are sized from the
+        trie (see get_stats()); dfa_states or dfa_pool given without dfa_max_states make the
+        cache fixed. dfa_states=0 disables the DFA (every match simulates the NFA). Small values
+        are for tests of the cache-full and growth paths.
         """
         if self.frozen:
             return
@@ -1071,8 +1072,11 @@ cdef class GlobTrie:
             if dfa_pool is not None:
                 pool = dfa_pool
                 bound = states
-            if not (0 <= states <= _LIMIT_STATES and 0 <= pool <= (1 << 30)):
-                raise ValueError(f"dfa_states must be in [0, {_LIMIT_STATES}] and dfa_pool in [0, 2**30]")
+            if dfa_max_states is not None:
+                bound = dfa_max_states
+            if not (0 <= states <= bound <= _LIMIT_STATES and 0 <= pool <= (1 << 30)):
+                raise ValueError(f"dfa_states and dfa_max_states must be in [0, {_LIMIT_STATES}], in that order, "
+                                 f"and dfa_pool in [0, 2**30]")
             # +1: malloc(0) may return NULL, which would read as an allocation failure.
             self._nodes = <gt_node*>calloc(p.n_nodes, sizeof(gt_node))
             self._edge_bytes = <uint8_t*>malloc(p.n_edges + 1)

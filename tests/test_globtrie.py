@@ -686,3 +686,28 @@ def test_threads_share_a_frozen_trie_long_inputs(geometry):
     inputs = [f"arn:aws:s3:::bucket-{rng.randrange(60)}/{key()}" for _ in range(1_000)]
     assert min(map(len, inputs)) > 256
     assert_threads_agree(trie, inputs)
+
+
+def test_a_full_cache_grows_to_its_bound_and_keeps_the_results():
+    """A cache that starts too small for its inputs doubles (its states dropped) instead of thrashing, up to
+    dfa_max_states; the results are those of the NFA throughout."""
+    entries = seedlike_entries()
+    inputs = arns(500, seed=13)
+    expected = [oracle(entries, text, False) for text in inputs]
+    trie = build(entries, dfa_states=8, dfa_pool=64, dfa_max_states=4096)
+    for _ in range(2):
+        assert [trie.match(text) for text in inputs] == expected
+    stats = trie.get_stats()
+    assert (stats["dfa_first_states"], stats["dfa_max_states"]) == (8, 4096)
+    assert stats["dfa_grows"] >= 4, "8 → 16 → 32 → 64 → 128 states at least"
+    assert 128 < stats["dfa_states"] <= 4096
+    assert stats["dfa_nfa_matches"] == 0, "no thrashing once it had room"
+    assert stats["dfa_cache_bytes"] > 0
+    fixed = build(entries, dfa_states=8, dfa_pool=64)
+    assert [fixed.match(text) for text in inputs] == expected
+    assert fixed.get_stats()["dfa_grows"] == 0 and fixed.get_stats()["dfa_max_states"] == 8
+
+
+def test_cache_bounds_are_checked():
+    with pytest.raises(ValueError, match="in that order"):
+        build([("a*", 1)], dfa_states=64, dfa_max_states=8)

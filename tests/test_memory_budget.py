@@ -92,3 +92,22 @@ def test_the_service_budgets_are_settings_of_zero_or_more(setting):
     with pytest.raises(ConfigError, match=f"^{setting}: must be 0 or more, not -1"):
         load_config(environ={}, store=str(EXAMPLE_STORE), **{setting: -1})
     assert getattr(load_config(environ={}, store=str(EXAMPLE_STORE), **{setting: 0}), setting) == 0
+
+
+def test_a_grown_dfa_cache_is_counted_when_its_scratch_is_kept(budget):
+    """Many distinct actions need more DFA states than a cache starts with: it grows, and the scratch kept
+    afterwards is counted at its grown size, by the engine and by the process budget alike."""
+    policies = compiled(300)
+    tables = policies.nbytes
+    held = spare_scratch_bytes()
+    policies.evaluate_batch([REQUEST])
+    small = policies.nbytes - tables
+    actions = [f"s3:Get{i}{'xyzw'[i % 4] * (i % 7)}Object{i % 13}" for i in range(20_000)]
+    decided = policies.evaluate_columns([REQUEST.principal] * len(actions), actions,
+                                        [f"arn:aws:s3:::bucket{i % 300}/k" for i in range(len(actions))])
+    assert len(decided) == len(actions)
+    caches = policies.get_stats()["dfa_caches"]["action"]
+    assert caches["grows"] > 0 and caches["nfa_matches"] == 0
+    grown = policies.nbytes - tables
+    assert grown > small, "the grown cache is counted"
+    assert spare_scratch_bytes() - held == grown
