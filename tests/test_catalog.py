@@ -54,4 +54,6 @@ def test_the_builder_writes_the_same_bytes_each_time(tmp_path):
 
 def test_the_catalog_is_package_data():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert "data/*.json.gz" in config["tool"]["setuptools"]["package-data"]["iam_evaluator"]
+    setuptools = config["tool"]["setuptools"]
+    assert "iam_evaluator.data" in setuptools["packages"]
+    assert "*.json.gz" in setuptools["package-data"]["iam_evaluator.data"]
