@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch = commands.add_parser("batch", help="replay request logs (JSON Lines, Parquet, CloudTrail) against policies")
     policies = batch.add_mutually_exclusive_group(required=True)
     policies.add_argument("--store", metavar="DIR", help="a policy store directory (see evaluator/store.py)")
-    policies.add_argument("--policy", nargs="+", metavar="FILE", help="identity-based policies (pooled)")
+    policies.add_argument("--policy", nargs="+", metavar="PATH",
+                          help="identity-based policies (pooled): files, or folders (every *.json below)")
     batch.add_argument("--input", nargs="+", required=True, metavar="PATH", help="log files or folders")
     batch.add_argument("--output", required=True, metavar="PATH", help="decisions: .jsonl or .parquet")
     batch.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
