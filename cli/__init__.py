@@ -164,11 +164,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
             report.update(validate_store(args.store, catalog=catalog))
         except OSError as exc:
             raise UsageError(f"cannot read the store {args.store}: {exc.strerror}") from None
-    if args.format == "sarif":
+    return print_findings(report, texts, args.format, args.fail_on)
+
+
+def print_findings(report: dict[str, list[Finding]], texts: dict[str, str], form: str, fail_on: str) -> int:
+    """Findings by file as ``validate`` prints them (text, JSON or SARIF; ``texts`` place them on their
+    lines, and a file missing from it is read), here and from the service; the exit code ``fail_on`` gives."""
+    if form == "sarif":
         located = {path: (texts[path] if path in texts else _located_text(path), findings)
                    for path, findings in report.items()}
         print(json.dumps(sarif_log(located, __version__), indent=2))
-    elif args.format == "json":
+    elif form == "json":
         print(json.dumps({path: [{"code": f.code, "severity": str(f.severity), "pointer": f.pointer,
                                   "message": f.message} for f in findings]
                           for path, findings in report.items()}, indent=2))
@@ -177,7 +183,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             _print_escaped(f"{path}: {_count(findings)}")
             for finding in findings:
                 _print_escaped(f"  {finding}")
-    failing = FAILING[args.fail_on]
+    failing = FAILING[fail_on]
     return 1 if any(f.severity in failing for findings in report.values() for f in findings) else 0
 
 

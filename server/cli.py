@@ -119,16 +119,19 @@ def _policy_name(args: argparse.Namespace):
 
 
 def _admin(build):
-    """A command that sends one admin request (built from the arguments) and prints the response;
-    exit 1 for a policy with a finding at or above ``--fail-on`` (as ``iam-eval validate``), else 0."""
+    """A command that sends one admin request (built from the arguments) and prints the response as JSON;
+    ValidatePolicy's findings are printed as ``iam-eval validate`` prints them, with its exit codes."""
     def run(args: argparse.Namespace) -> int:
         method, request = build(args)
         with _client(args) as client:
             response = client.call(getattr(client.admin, method), request)
-        _print_message(response)
         if method != "ValidatePolicy":
+            _print_message(response)
             return 0
-        return 1 if any(finding.severity in FAILING[args.fail_on] for finding in response.findings) else 0
+        from iam_evaluator.cli import print_findings
+        from iam_evaluator.findings import Finding, Severity
+        findings = [Finding(f.code, Severity(f.severity), f.pointer, f.message) for f in response.findings]
+        return print_findings({args.file: findings}, {args.file: request.document}, args.format, args.fail_on)
     return run
 
 
@@ -234,7 +237,9 @@ def add_commands(commands) -> None:
         "validate": [("file", {}), ("--kind", {"choices": kinds, "default": "managed"}),
                      ("--fail-on", {"choices": sorted(FAILING), "default": "error",
                                     "help": "exit 1 when a finding of this severity or worse exists (default error; "
-                                            "a note never fails)"})],
+                                            "a note never fails)"}),
+                     ("--format", {"choices": ["text", "json", "sarif"], "default": "text",
+                                   "help": "as iam-eval validate prints: text (default), JSON by file, or SARIF"})],
         "put-policy": [("file", {}), ("--kind", {"choices": kinds, "required": True}), ("--name", {"required": True})],
         "get-policy": [("--kind", {"choices": kinds, "required": True}), ("--name", {"required": True})],
         "list-policies": [("--kind", {"choices": kinds})],
