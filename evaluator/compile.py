@@ -35,6 +35,7 @@ from .decision import (
     failed,
 )
 from .facts import is_principal_key
+from .memo import remember
 from .model import Effect, Policy
 from .principals import Caller, Grant, statement_grant
 from .request import PolicySet, Request
@@ -65,19 +66,6 @@ def decide_in_threads(engine: _engine.Engine, batch: _engine.Batch, threads: int
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda start: engine.evaluate_range(batch, start, min(batch.n, start + step)),
                       range(0, batch.n, step)))
-
-
-CACHE = 1 << 16
-"""Entries of each resolver cache kept between calls and batches (callers, places, profiles,
-grants: a few hundred bytes each); past it a cache starts again, so hostile input cannot grow
-memory without bound."""
-
-
-def remember(cache: dict, key, value) -> None:
-    """Keep ``value`` in a cache that starts again when full (dict operations hold the GIL)."""
-    if len(cache) >= CACHE:
-        cache.clear()
-    cache[key] = value
 
 
 CHUNK = 2048
@@ -543,21 +531,17 @@ class CompiledPolicySet(CompiledPolicies):
             policies, lambda _: next(numbers))
         self._endpoint = len(layered) - 1 if policies.vpc_endpoint else -1
         self.reads_endpoints = self._endpoint >= 0
-        self._callers: dict[str, tuple] = {}  # the resolver's answers, kept between calls
-        self._grants: dict[tuple[str, int, int], bytes] = {}
+        self._grants: dict[tuple[str, int, int], bytes] = {}  # the resolver's answers, kept between calls
 
     places_every_resource = True
 
     # The resolver: one profile for every request (another for anonymous ones), all through the set's VPC
     # endpoint if it has one; the caller's own keys are used as given (an anonymous caller has none).
     def caller(self, principal: str) -> tuple[str, int, int, tuple | None, bool]:
-        view = self._callers.get(principal)
-        if view is None:
-            caller = Caller.parse(principal)
-            view = (caller.account, 1, 0, (), False) if caller.kind == service_rules.ANONYMOUS else (
-                caller.account, 0, 0, None, caller.kind == "assumed-role")
-            remember(self._callers, principal, view)
-        return view
+        caller = Caller.parse(principal)  # kept between calls by Caller.parse
+        if caller.kind == service_rules.ANONYMOUS:
+            return caller.account, 1, 0, (), False
+        return caller.account, 0, 0, None, caller.kind == "assumed-role"
 
     def endpoint(self, source_vpce: str | None) -> int:
         return self._endpoint

@@ -14,8 +14,9 @@ distinct policies, not with principals.
 """
 from __future__ import annotations
 
-from .compile import CompiledPolicies, Profile, collector_paused, profiles_of, remember
+from .compile import CompiledPolicies, Profile, collector_paused, profiles_of
 from .decision import Decision
+from .memo import remember
 from .principals import Caller, statement_grant
 from .request import PolicySet
 from .service_rules import ANONYMOUS, SOURCE_VPCE

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .memo import remember
 from .model import Effect, Principal, Statement
 from .service_rules import ANONYMOUS
 
@@ -34,6 +35,7 @@ class Grant(IntEnum):
 
 _PARSED: dict[str, Caller] = {}
 _PARSED_MAX = 4096
+"""Parsed callers kept (``memo``): a few thousand principals at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +56,7 @@ class Caller:
         if caller is None:
             caller = cls._parse(arn)
             if type(arn) is str:
-                if len(_PARSED) >= _PARSED_MAX:
-                    _PARSED.clear()
-                _PARSED[arn] = caller
+                remember(_PARSED, arn, caller, _PARSED_MAX)
         return caller
 
     @classmethod
