@@ -20,7 +20,7 @@ from iam_evaluator.compile import CompiledPolicies, CompiledPolicySet
 from iam_evaluator.compiled_store import CompiledStore
 from iam_evaluator.files import policy_files
 from iam_evaluator.parse import decode_json
-from iam_evaluator.store import SECTIONS, PolicyStore
+from iam_evaluator.store import SECTIONS, PolicyStore, is_snapshot
 from iam_evaluator.usage import StatementUsage
 
 
@@ -151,4 +151,4 @@ def _holds_store(path: Path) -> bool:
         document = decode_json(path.read_bytes())
     except PolicyValidationError:
         return False
-    return isinstance(document, dict) and any(key in SECTIONS for key in document)
+    return is_snapshot(document)

@@ -80,6 +80,13 @@ SECTIONS = ("principals", "groups", "managed_policies", "scps", "rcps", "organiz
 ``organization.json``, a file)."""
 _FOLDERS = tuple(section for section in SECTIONS if section != "organization")
 
+
+def is_snapshot(document: Any) -> bool:
+    """Whether a decoded JSON document is meant as a store snapshot (``PolicyStore.to_json``): an object
+    with a store section among its keys. A policy document or an account export has none; a snapshot
+    with a stray key is still one, and its loader says what is wrong with it."""
+    return isinstance(document, dict) and any(key in SECTIONS for key in document)
+
 _NAME = r"(?:[\w+=,.@/-]*/)?([\w+=,.@-]+)"  # an IAM path, then the name
 _PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):(role|user)/" + _NAME)
 _GROUP_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):group/" + _NAME)

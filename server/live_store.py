@@ -19,7 +19,7 @@ from iam_evaluator.account_export import load_account_export
 from iam_evaluator.compiled_store import CompiledStore
 from iam_evaluator.findings import PolicyValidationError
 from iam_evaluator.parse import decode_json
-from iam_evaluator.store import SECTIONS, PolicyStore, StoreError, store_error
+from iam_evaluator.store import PolicyStore, StoreError, is_snapshot, store_error
 
 from .store_versions import StoreVersion, VersionedStore
 
@@ -50,7 +50,7 @@ def load_store(path: str | Path, aws_managed_policies: str | None = None) -> Pol
         raise store_error(str(path), (), "S001", f"cannot read a store from it: {exc.strerror}") from None
     except PolicyValidationError as exc:
         raise StoreError(str(path), exc.findings) from None
-    if isinstance(head, dict) and set(head) <= set(SECTIONS):
+    if is_snapshot(head):
         return PolicyStore.from_json(path.read_bytes(), source=str(path))
     return load_account_export(path, aws_managed_policies)
 
