@@ -1391,7 +1391,7 @@ cdef class _Converter:
     cdef dict resource_memo   # resource -> its index among the batch's distinct resources
     cdef list resource_texts  # the distinct resources
     cdef list resource_places # per distinct resource: (resource policy, owner class or None)
-    cdef tuple every_place    # the place of every resource, when the resolver gives all one (else None)
+    cdef readonly tuple every_place  # the place of every resource, when the resolver gives all one (else None)
     cdef dict owner_memo      # account -> owner class
     cdef dict identity_memo   # identity -> its profile's index
     cdef dict resource_profile_memo  # (resource policy, owner class) as one number -> its profile's index

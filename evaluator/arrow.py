@@ -109,7 +109,7 @@ def _tags_twice(tag_fields: list[tuple[int, str, pa.Array]], n: int) -> pa.Array
 
 
 def _places(conversion, principals: pa.Array, resources: pa.DictionaryArray, accounts: pa.Array | None,
-            n_policies: int, compiled_places_every_resource: bool) -> tuple[list[pa.Array], dict[int, str], pa.Array]:
+            n_policies: int) -> tuple[list[pa.Array], dict[int, str], pa.Array]:
     """Per row: its caller row, identity profile, resource profile and grants offset, asking the converter
     once per distinct principal, resource, owner, (policy, owner) and (caller, policy); why the principals
     that fail are denied, by principal number; and each row's principal number."""
@@ -128,8 +128,8 @@ def _places(conversion, principals: pa.Array, resources: pa.DictionaryArray, acc
     principal_of_row = by_principal.indices.fill_null(len(distinct))
     caller, identity, own = (pc.take(pa.array([*values, fill], pa.int32()), principal_of_row)
                              for values, fill in ((callers, _engine.ROW_FAILED), (identities, 0), (own_owners, 0)))
-    if compiled_places_every_resource:  # one answer for all: no Python call per distinct resource
-        every_policy, every_owner = conversion.resource_place("*")
+    if conversion.every_place is not None:  # one answer for all: no Python call per distinct resource
+        every_policy, every_owner = conversion.every_place
         policy = pa.nulls(len(resources), pa.int64()).fill_null(every_policy)
         owner = pa.nulls(len(resources), pa.int64()).fill_null(every_owner)
     else:
@@ -163,7 +163,7 @@ def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
     conversion = _engine.converter(compiled._engine, compiled, batch.num_rows)
     actions, resources = actions.dictionary_encode(), resources.dictionary_encode()  # matched once each
     (callers, identities, resource_profiles, offsets), reasons, principal_of_row = _places(
-        conversion, principals, resources, accounts, compiled._engine.n_policies, compiled.places_every_resource)
+        conversion, principals, resources, accounts, compiled._engine.n_policies)
     missing = pc.or_(actions.is_null(), resources.is_null())
     tag_fields = _tag_fields(compiled, batch)
     tags_twice = _tags_twice(tag_fields, batch.num_rows)
