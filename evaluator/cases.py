@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,7 +36,6 @@ from .compile import CompiledPolicySet
 from .compiled_store import CompiledStore
 from .decision import Decision, DecisionKind
 from .findings import PolicyValidationError
-from .model import Policy
 from .parse import decode_json
 from .principals import RequestError
 from .request import PolicySet, Request
@@ -160,35 +159,9 @@ def _read_policy_file(folder: Path, name: str) -> Any:
         raise CaseError(f"cannot read policy file {_shown(name)}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-def _with_files(value: Any, folder: Path, where: str, files: dict[str, str], depth: int) -> Any:
-    """A layer (or a level of one, or one policy) with each path replaced by its file's document.
-    ``files`` gets each path by its position, named as ``PolicySet.from_json`` names policies."""
-    if isinstance(value, str):
-        files[where] = value
-        return _read_policy_file(folder, value)
-    if isinstance(value, list) and depth:
-        return [_with_files(item, folder, f"{where}[{i}]", files, depth - 1) for i, item in enumerate(value)]
-    return value
-
-
-def _renamed(value: Any, files: dict[str, str]) -> Any:
-    """A layer's policies (a policy, a tuple, a tuple of levels) named by the file each came from."""
-    if isinstance(value, Policy):
-        return replace(value, name=files.get(value.name, value.name))
-    return value if value is None else tuple(_renamed(item, files) for item in value)
-
-
 def _policy_set(raw: Any, folder: Path) -> PolicySet:
-    """A case's ``policies``, each string read as the policy file it names (levels are lists of lists)."""
-    if not isinstance(raw, dict):
-        return PolicySet.from_json(raw)  # which says what is wrong
-    files: dict[str, str] = {}
-    layers = {layer: _with_files(value, folder, layer, files, depth=2) for layer, value in raw.items()}
-    try:
-        policies = PolicySet.from_json(layers)
-    except PolicyValidationError as exc:
-        raise PolicyValidationError(exc.findings, files.get(exc.source, exc.source)) from None
-    return replace(policies, **{f.name: _renamed(getattr(policies, f.name), files) for f in fields(policies)})
+    """A case's ``policies``, each string read as the policy file it names, relative to ``folder``."""
+    return PolicySet.from_json(raw, read=lambda name: _read_policy_file(folder, name))
 
 
 def _prepared_store(folder: Path, name: Any, engine: Engine,

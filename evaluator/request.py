@@ -7,7 +7,7 @@ The JSON shapes are those of the conformance cases (``../shared/conformance``):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,14 +172,20 @@ class PolicySet:
             raise RequestError("vpc_endpoint must be a list of exactly one policy: an endpoint has one")
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PolicySet:
+    def from_json(cls, data: Mapping[str, Any], read: Callable[[str], Any] | None = None) -> PolicySet:
         """Parse the conformance ``policies`` object; raises ``PolicyValidationError``
-        (naming the layer) or ``RequestError`` for a bad shape."""
+        (naming the layer) or ``RequestError`` for a bad shape. With ``read``, a string where a
+        policy stands names a policy file: ``read`` gives its document, and the policy is named by it."""
         if not isinstance(data, Mapping):
             raise RequestError(f"policies must be an object, not {data!r}")
         unknown = set(data) - {"identity", "resource", "permissions_boundary", "session", "scp", "rcp", "vpc_endpoint"}
         if unknown:
             raise RequestError(f"unknown policy layer(s): {', '.join(sorted(unknown))}")
+
+        def policy(doc: Any, kind: PolicyKind, name: str) -> Policy:
+            if read is not None and isinstance(doc, str):
+                return parse_policy(read(doc), kind=kind, name=doc)
+            return parse_policy(doc, kind=kind, name=name)
 
         def docs(layer: str, kind: PolicyKind = PolicyKind.IDENTITY) -> tuple[Policy, ...] | None:
             raw = data.get(layer)
@@ -187,7 +193,7 @@ class PolicySet:
                 return None
             if not isinstance(raw, list):
                 raise RequestError(f"{layer} must be a list of policies")
-            return tuple(parse_policy(doc, kind=kind, name=f"{layer}[{i}]") for i, doc in enumerate(raw))
+            return tuple(policy(doc, kind, f"{layer}[{i}]") for i, doc in enumerate(raw))
 
         def levels(layer: str, kind: PolicyKind) -> Levels | None:
             raw = data.get(layer)
@@ -196,14 +202,14 @@ class PolicySet:
             if not isinstance(raw, list) or not all(isinstance(level, list) for level in raw):
                 raise RequestError(f"{layer} must be a list of levels, each a list of policies")
             return tuple(
-                tuple(parse_policy(doc, kind=kind, name=f"{layer}[{i}][{j}]") for j, doc in enumerate(level))
+                tuple(policy(doc, kind, f"{layer}[{i}][{j}]") for j, doc in enumerate(level))
                 for i, level in enumerate(raw)
             )
 
         resource = data.get("resource")
         return cls(
             identity=docs("identity") or (),
-            resource=None if resource is None else parse_policy(resource, kind=PolicyKind.RESOURCE, name="resource"),
+            resource=None if resource is None else policy(resource, PolicyKind.RESOURCE, "resource"),
             permissions_boundary=docs("permissions_boundary"),
             session=docs("session"),
             scp=levels("scp", PolicyKind.IDENTITY),
