@@ -17,7 +17,7 @@ cimport cython
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 
 from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
@@ -485,15 +485,18 @@ cdef class Engine:
             raise IndexError("range outside the batch")
         return 0
 
-    cdef int match_distinct(self, Batch batch) except -1:
+    cdef int match_distinct(self, Batch batch, bint decide=False) except -1:
         """Match each distinct action and resource of a batch once (without the GIL), for every
-        request to read: request logs repeat both heavily."""
+        request to read: request logs repeat both heavily. With ``decide``, decide the whole batch
+        too, on the same scratch (the single-request path)."""
         cdef scratch_t* sc = self.acquire()
         cdef bint ok
         try:
             with nogil:
                 ok = _match_all(self.action_trie, &batch.actions, sc.action_scratch, sc.action_ids) \
                     and _match_all(self.resource_trie, &batch.resources, sc.resource_scratch, sc.resource_ids)
+                if ok and decide:
+                    self.run(batch, 0, batch.n, sc)
             if not ok:
                 raise MemoryError()
         finally:
@@ -1131,6 +1134,7 @@ cdef class Batch:
     cdef matches_t resources      # the distinct resources (likewise)
     cdef readonly Py_ssize_t n
     cdef Py_ssize_t n_entries, cap_entries, n_values, cap_values
+    cdef Py_ssize_t profiles_packed, roles_packed, grants_packed  # what finish() has made C data of
     cdef list owned              # the Python objects the C data points into
     cdef bytearray grant_table   # grants, while converting
     cdef readonly dict errors    # request index -> why it could not be evaluated
@@ -1199,6 +1203,13 @@ cdef class Batch:
         policy = profile.endpoint_policy if endpoint else profile.resource_policy
         return bytes(self.grant_table[at:at + self.engine.policy_sizes[policy]])
 
+    def place(self, Py_ssize_t i):
+        """Everything of request i an explained decision depends on besides its statements, as numbers
+        that mean the same for every request of a converter (profiles and grants by where they stand)."""
+        cdef const request_t* rq = &self.requests[i]
+        return (rq.same_account, rq.identity_profile, rq.resource_profile, rq.grants, rq.endpoint_grants,
+                self.actions.rules[rq.action_ix], self.resources.rules[rq.resource_ix])
+
     def rules(self, Py_ssize_t i):
         """The ``service_rules`` flags of request i's action, and its resource's kind."""
         return self.actions.rules[self.requests[i].action_ix], self.resources.rules[self.requests[i].resource_ix]
@@ -1263,39 +1274,72 @@ cdef class Batch:
         self.owned.append(array)
         return 0
 
-    cdef int finish(self) except -1:
+    cdef int finish(self, bint decide=False) except -1:
         """The arrays stop moving: value offsets become pointers; profiles and grants become C
-        arrays; each distinct action and resource is matched."""
-        cdef Py_ssize_t k, r = 0, p = 0
+        arrays (only those added since the last finish, for a batch that is ``reset``); each
+        distinct action and resource is matched (and, with ``decide``, every request decided)."""
+        cdef Py_ssize_t k, n_grants = len(self.grant_table), n_profiles = len(self.profile_objects)
+        cdef Py_ssize_t total = self.roles_packed, p
+        cdef void* grown
+        cdef const char* packed
         for k in range(self.n_entries):
             self.entries[k].entry.values = self.values + <size_t>self.entries[k].entry.values
-        self.grant_bytes = <uint8_t*>malloc(max(1, len(self.grant_table)))
-        if self.grant_bytes == NULL:
-            raise MemoryError()
-        for k in range(len(self.grant_table)):
-            self.grant_bytes[k] = self.grant_table[k]
-        cdef Py_ssize_t total = sum(len(profile.packed) for profile in self.profile_objects)
-        cdef const char* packed
-        self.profile_table = <profile_t*>calloc(max(1, len(self.profile_objects)), sizeof(profile_t))
-        self.roles = <role_t*>malloc(max(1, total))
-        if self.profile_table == NULL or self.roles == NULL:
-            raise MemoryError()
-        for profile in self.profile_objects:
-            packed = profile.packed
-            self.profile_table[p].role_start = <int32_t>r
-            self.profile_table[p].role_count = <int32_t>(len(profile.packed) // sizeof(role_t))
-            self.profile_table[p].has_boundary = profile.has_boundary
-            self.profile_table[p].has_session = profile.has_session
-            self.profile_table[p].has_endpoint = profile.has_endpoint
-            self.profile_table[p].anonymous = profile.anonymous
-            self.profile_table[p].n_scp = profile.n_scp
-            self.profile_table[p].n_rcp = profile.n_rcp
-            memcpy(&self.roles[r], packed, len(profile.packed))
-            r += self.profile_table[p].role_count
-            p += 1
+        if self.grant_bytes == NULL or n_grants > self.grants_packed:
+            grown = realloc(self.grant_bytes, max(1, n_grants))
+            if grown == NULL:
+                raise MemoryError()
+            self.grant_bytes = <uint8_t*>grown
+            if n_grants > self.grants_packed:
+                memcpy(self.grant_bytes + self.grants_packed,
+                       <const char*>self.grant_table + self.grants_packed, n_grants - self.grants_packed)
+            self.grants_packed = n_grants
+        if self.profile_table == NULL or n_profiles > self.profiles_packed:
+            packs = [<bytes?>self.profile_objects[p].packed for p in range(self.profiles_packed, n_profiles)]
+            for pack in packs:
+                total += len(<bytes>pack) // sizeof(role_t)
+            grown = realloc(self.profile_table, max(1, n_profiles) * sizeof(profile_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.profile_table = <profile_t*>grown
+            grown = realloc(self.roles, max(1, total) * sizeof(role_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.roles = <role_t*>grown
+            for p in range(self.profiles_packed, n_profiles):
+                profile = self.profile_objects[p]
+                pack = packs[p - self.profiles_packed]
+                packed = <bytes>pack
+                memset(&self.profile_table[p], 0, sizeof(profile_t))
+                self.profile_table[p].role_start = <int32_t>self.roles_packed
+                self.profile_table[p].role_count = <int32_t>(len(<bytes>pack) // sizeof(role_t))
+                self.profile_table[p].has_boundary = profile.has_boundary
+                self.profile_table[p].has_session = profile.has_session
+                self.profile_table[p].has_endpoint = profile.has_endpoint
+                self.profile_table[p].anonymous = profile.anonymous
+                self.profile_table[p].n_scp = profile.n_scp
+                self.profile_table[p].n_rcp = profile.n_rcp
+                memcpy(&self.roles[self.roles_packed], packed, self.profile_table[p].role_count * sizeof(role_t))
+                self.roles_packed += self.profile_table[p].role_count
+            self.profiles_packed = n_profiles
         _set_action_flags(&self.actions)
         _set_resource_kinds(&self.resources)
-        self.engine.match_distinct(self)
+        self.engine.match_distinct(self, decide)
+        return 0
+
+    cdef int reset(self) except -1:
+        """Empty the batch of its requests for the next ones of the same converter, keeping what the
+        converter remembers between them (profiles, grants, callers): the single-request path."""
+        global _batch_serial
+        _batch_serial += 1
+        self.serial = _batch_serial
+        self.n_entries = self.n_values = 0
+        self.owned = []
+        self.errors.clear()
+        self.unknown.clear()
+        free_matches(&self.actions)
+        free_matches(&self.resources)
+        memset(self.requests, 0, max(1, self.n) * sizeof(request_t))
+        memset(self.codes, 0, max(1, self.n))
         return 0
 
     cdef inline int add_entry(self, int32_t key, object texts, bint is_list) except -1:
@@ -1404,6 +1448,8 @@ cdef class _Converter:
     cdef list column_problems #   why a name cannot be read, or None
     cdef uint64_t* seen       # per key id: the row that gave it (stamp)
     cdef uint64_t* overridden # per key id: the row whose session tags or facts set it (stamp)
+    cdef uint64_t stamp_base  # rows converted before the last reset: stamps stay unique across them
+    cdef readonly dict explained  # for single requests: (statements, keys, place) -> explained decision
 
     def __cinit__(self, Engine engine, object resolver, Py_ssize_t n):
         self.engine = engine
@@ -1427,6 +1473,7 @@ cdef class _Converter:
         self.resource_profile_memo = {}
         self.grant_memo = {}
         self.key_cache = {}
+        self.explained = {}
         self.every_place = self.resource_place("*") if resolver.places_every_resource else None
         self.seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
         self.overridden = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
@@ -1620,7 +1667,7 @@ cdef class _Converter:
 
     cdef int add_context(self, Py_ssize_t i, int32_t row, object context, object tags) except -1:
         """Request i's context: its session tags, the store's facts of its caller, then its own keys."""
-        cdef uint64_t stamp = <uint64_t>(i + 1)
+        cdef uint64_t stamp = self.stamp_base + <uint64_t>(i + 1)
         cdef int32_t kid
         cdef tuple facts = self.facts[row]
         cdef bint known = facts is not None
@@ -1733,6 +1780,73 @@ cdef class _Converter:
             rq.ctx_count = 0
             self.batch.errors[i] = str(exc)
         return 0
+
+
+    cdef bint remembers_too_much(self):
+        """Whether what it keeps between single requests has outgrown ``SINGLE_KEPT`` (principals, owners,
+        context keys, profiles, explained decisions) or ``SINGLE_GRANT_BYTES``: then it is dropped for a fresh one."""
+        return (len(self.rows) + len(self.caller_errors) > SINGLE_KEPT or len(self.owner_memo) > SINGLE_KEPT
+                or len(self.key_cache) > SINGLE_KEPT or len(self.batch.profile_objects) > SINGLE_KEPT
+                or len(self.explained) > SINGLE_KEPT
+                or len(self.batch.grant_table) > SINGLE_GRANT_BYTES)
+
+    cdef int reset(self, object resolver) except -1:
+        """Ready for the next single request: what the resolver said of principals, owners, profiles
+        and grants is kept (a compiled set or store never changes its answers), the request is not."""
+        self.resolver = resolver
+        self.batch.reset()
+        self.stamp_base += <uint64_t>max(1, self.batch.n)
+        self.action_memo = {}
+        self.action_texts = []
+        self.resource_memo = {}
+        self.resource_texts = []
+        self.resource_places = []
+        return 0
+
+
+cdef Py_ssize_t SINGLE_KEPT = 4096            # entries of each kind a single-request converter keeps
+cdef Py_ssize_t SINGLE_GRANT_BYTES = 1 << 20  # and bytes of grants
+cdef Py_ssize_t SINGLE_SPARE = 8              # converters kept per engine for single requests
+
+
+cdef class SingleRequests:
+    """Converters kept between single requests, so that a call pays for its request alone: the
+    resolver's answers on its principal, profiles and grants are remembered (``_Converter.reset``).
+
+    Each call takes a converter of its own (a call made from inside another, by a caller's mapping,
+    takes another), so no request sees another's data. Callers hold the GIL throughout.
+    """
+
+    cdef Engine engine
+    cdef list spare
+
+    def __cinit__(self, Engine engine):
+        self.engine = engine
+        self.spare = []
+
+    def convert(self, resolver, principal, action, resource, context, resource_account, session_tags,
+                bint decide):
+        """One request converted into the returned converter's ``batch`` (and, with ``decide``, decided
+        into its codes); give the converter back with ``release``."""
+        cdef _Converter conversion
+        if self.spare:
+            conversion = self.spare.pop()
+            conversion.reset(resolver)
+        else:
+            conversion = _Converter(self.engine, resolver, 1)
+        conversion.batch.owned.append((principal, action, resource, context, resource_account, session_tags))
+        conversion.convert_row(0, principal, action, resource, resource_account, context, session_tags)
+        conversion.place_endpoints()
+        conversion.batch.set_texts(&conversion.batch.actions, conversion.action_texts)
+        conversion.batch.set_texts(&conversion.batch.resources, conversion.resource_texts)
+        conversion.batch.finish(decide)
+        return conversion
+
+    def release(self, _Converter conversion):
+        """Keep a converter for the next call, unless enough are kept or it remembers too much."""
+        conversion.resolver = None  # no cycle through the resolver while it waits
+        if len(self.spare) < SINGLE_SPARE and not conversion.remembers_too_much():
+            self.spare.append(conversion)
 
 
 cdef str _shown(object value):

@@ -304,6 +304,7 @@ class CompiledPolicies:
             self.key_ids, len(self.policies), [kid for key, kid in self.key_ids.items() if is_principal_key(key)],
             private,
         )
+        self._singles = _engine.SingleRequests(self._engine)
         self._stats = {
             "policies": len(self.policies),
             "statements": len(self.statements),
@@ -331,8 +332,12 @@ class CompiledPolicies:
         """The decision for a principal the resolver does not know."""
         return Decision(DecisionKind.IMPLICIT_DENY, "principal", reason=f"the principal {principal} is not known")
 
-    def _explain(self, batch: _engine.Batch) -> list[Decision]:
+    def _explain(self, batch: _engine.Batch, memo: dict | None = None) -> list[Decision]:
+        """Each request's explained decision. The same statements in the same place (``Batch.place``) give
+        the same decision: ``memo`` keeps them for the batch, or for every request of a single-request
+        converter."""
         decisions = []
+        memo = {} if memo is None else memo
         explained = self._engine.explain_range(batch, 0, batch.n)
         for i, (code, applicable, missing, failed_statement) in enumerate(explained):
             if i in batch.errors:
@@ -344,8 +349,13 @@ class CompiledPolicies:
             elif batch.rules(i)[0] & service_rules.ALWAYS and not batch.profiles(i)[0].anonymous:
                 decisions.append(always_allowed())
             else:
-                decisions.append(self._decision(applicable, missing, batch.same_account(i), *batch.profiles(i),
-                                                batch.grants(i), batch.endpoint_grants(i), *batch.rules(i)))
+                key = (tuple(applicable), tuple(missing), batch.place(i))
+                decision = memo.get(key)
+                if decision is None:
+                    decision = memo[key] = self._decision(
+                        applicable, missing, batch.same_account(i), *batch.profiles(i), batch.grants(i),
+                        batch.endpoint_grants(i), *batch.rules(i))
+                decisions.append(decision)
         return decisions
 
     def _failure(self, statement: int) -> str:
@@ -412,19 +422,23 @@ class CompiledPolicies:
 
     def evaluate(self, request: Request, explain: bool = True) -> Decision:
         """Decide one request; with ``explain``, name the statements and missing keys."""
-        batch = self._convert([request.principal], [request.action], [request.resource], [request.context],
-                              [request.resource_account], [request.session_tags or None])
-        if explain:
-            return self._explain(batch)[0]
-        self._engine.evaluate_range(batch, 0, 1)
-        code = batch.codes_view()[0]
-        if 0 in batch.errors:
-            return failed(batch.errors[0])
-        if 0 in batch.unknown:
-            return self._unknown(batch.unknown[0])
-        if code == _engine.FAILED:
-            return failed(self._failure(self._engine.explain_range(batch, 0, 1)[0][3]))
-        return UNEXPLAINED.get(code) or UNEXPLAINED[_engine.IMPLICIT_DENY]  # no decision has another code
+        conversion = self._singles.convert(self, request.principal, request.action, request.resource,
+                                           request.context, request.resource_account, request.session_tags or None,
+                                           not explain)
+        try:
+            batch = conversion.batch
+            if explain:
+                return self._explain(batch, conversion.explained)[0]
+            code = batch.codes_view()[0]
+            if 0 in batch.errors:
+                return failed(batch.errors[0])
+            if 0 in batch.unknown:
+                return self._unknown(batch.unknown[0])
+            if code == _engine.FAILED:
+                return failed(self._failure(self._engine.explain_range(batch, 0, 1)[0][3]))
+            return UNEXPLAINED.get(code) or UNEXPLAINED[_engine.IMPLICIT_DENY]  # no decision has another code
+        finally:
+            self._singles.release(conversion)
 
     def evaluate_batch(self, requests: Sequence[Request], explain: bool = False,
                        threads: int = 1) -> BatchDecisions | list[Decision]:

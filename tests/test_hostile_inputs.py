@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache
@@ -627,6 +628,107 @@ def test_very_many_tested_context_keys():
     by_key = {key.upper() if k % 2 else key: FreshStrings([context.get(key.lower()) for context in folded])
               for k, key in enumerate(keys)}
     assert_batch(engine.evaluate_columns(*columns, by_key), want)
+
+
+# ------------------------------------------------------------------ single requests on kept converters
+
+
+def raw_request(principal, action, resource, context=None) -> Request:
+    """A Request built without ``Request.create``'s checks: the engine reads it as hostile input. The
+    resource is in the caller's account, as ``Request.create`` places an ARN that names no account."""
+    fields = str.__str__(principal).split(":")
+    return Request(principal, action, resource, fields[4] if len(fields) > 4 else "111122223333",
+                   context if context is not None else {})
+
+
+def single_cases() -> list[tuple[tuple, Request]]:
+    """Requests that differ in what a kept converter might carry over: a team tag that allows, then
+    blocks, then is absent; a failing one between; strings only the request holds."""
+    cases = [(BUILDER, "s3:PutObject", SHARED, {TEAM: "dev-ops"}),
+             (BUILDER, "s3:PutObject", SHARED, {}),
+             (BUILDER, "s3:GetObject", SHARED, {TEAM: "blocked"}),
+             (BUILDER, "s3:GetObject", SHARED, {TEAM: "bl\ud800ocked"}),
+             (BUILDER, "s3:GetObject", SHARED, {}),
+             (BUILDER, "s3:GetObject", SHARED, {TEAM: 7}),
+             (AUDITOR, "s3:PutObject", SHARED, {TEAM: ["dev-x"]}),
+             (BUILDER, "s3:PutObject", SHARED, {TEAM: "dev-\ud800"}),
+             (BUILDER, "s3:PutObject", PRIVATE, {TEAM: "dev-ops"}),
+             ("not an arn", "s3:GetObject", SHARED, {}),
+             (BUILDER, "s3:GetObject", "bad resource", {}),
+             (AUDITOR, "s3:PutObject", SHARED, {TEAM.upper(): fresh("dev-ops")})]
+    return [(case, raw_request(*map(fresh, case[:3]), FreshMapping(case[3]) if k % 2 else dict(case[3])))
+            for k, case in enumerate(cases)]
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_single_calls_carry_nothing_over(engine, explain):
+    """The single-request path keeps its converter between calls: each answer is still the reference's."""
+    cases = single_cases() * 3
+    want = [reference_decision(*case) for case, _ in cases]
+    assert [w.decision for w in want[:3]] == [ALLOW, IMPLICIT, EXPLICIT]  # by hand
+    got = [engine.evaluate(request, explain=explain) for _, request in cases]
+    assert [g.decision for g in got] == [w.decision for w in want]
+    assert [g.error is None for g in got] == [w.error is None for w in want]
+    if explain:
+        assert_explained(got, want)
+
+
+class Reentrant(Mapping):
+    """A context whose reading asks the same engine another question, mid-conversion."""
+
+    def __init__(self, engine: CompiledPolicySet, data: Mapping, inner: Request, answers: list) -> None:
+        self._engine, self._data, self._inner, self._answers = engine, dict(data), inner, answers
+
+    def __getitem__(self, key):
+        self._answers.append(self._engine.evaluate(self._inner, explain=len(self._answers) % 2 == 0))
+        return fresh(self._data[key])
+
+    def __iter__(self):
+        self._answers.append(self._engine.evaluate(self._inner, explain=False))
+        return iter(list(self._data))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_a_single_call_made_while_another_converts(engine, explain):
+    inner = raw_request(BUILDER, "s3:GetObject", SHARED, {TEAM: "blocked"})
+    answers: list[Decision] = []
+    outer = raw_request(BUILDER, "s3:PutObject", SHARED, Reentrant(engine, {TEAM: "dev-ops"}, inner, answers))
+    got = engine.evaluate(outer, explain=explain)
+    assert got.decision is ALLOW  # by hand: DevWrite
+    assert got.decision is reference_decision(BUILDER, "s3:PutObject", SHARED, {TEAM: "dev-ops"}).decision
+    assert answers and {a.decision for a in answers} == {EXPLICIT}  # the inner request: Blocked
+
+
+def test_single_calls_from_threads(engine):
+    cases = single_cases()
+    want = [reference_decision(*case).decision for case, _ in cases]
+    failures: list = []
+
+    def ask(offset: int) -> None:
+        for k in range(300):
+            i = (k + offset) % len(cases)
+            got = engine.evaluate(cases[i][1], explain=k % 3 == 0).decision
+            if got is not want[i]:
+                failures.append((i, got, want[i]))
+
+    threads = [threading.Thread(target=ask, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+def test_single_calls_past_what_a_converter_keeps(engine):
+    """More principals than a kept converter remembers (it is then dropped for a fresh one)."""
+    for n in range(5000):
+        principal = f"arn:aws:iam::111122223333:role/r{n}"
+        team = ("dev-ops", "blocked", None)[n % 3]
+        request = raw_request(principal, "s3:PutObject", SHARED, {TEAM: team} if team else {})
+        assert engine.evaluate(request, explain=n % 2 == 0).decision is expected("s3:PutObject", SHARED, team), n
 
 
 # ------------------------------------------------------------------ the whole module under the debug allocator
