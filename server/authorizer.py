@@ -48,7 +48,8 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
             version = 0
         else:
             serving = self._serving()
-            decision, version = serving.compiled.evaluate(checked), serving.version.number
+            decision = serving.compiled.evaluate(checked, explain=request.explain)
+            version = serving.version.number
         self._metrics.count_decisions([decision])
         return pb.CheckResponse(result=convert.result(decision, request.explain), store_version=version)
 
