@@ -22,13 +22,14 @@ from libc.string cimport memcmp, memcpy, memset
 from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._pattern cimport PatternSet, pseg
+from ._request cimport arn_account, valid_action
 from ._types cimport cstr, ctx_entry
 
 from collections.abc import Mapping
 
 from . import service_rules
 from .principals import RequestError
-from .request import context_text, text
+from ._request import context_text, text
 
 # The roles a policy plays for a request (the layers of ``decision.Layers``).
 LAYER_IDENTITY, LAYER_RESOURCE, LAYER_BOUNDARY, LAYER_SESSION, LAYER_SCP, LAYER_RCP, LAYER_ENDPOINT = range(7)
@@ -1053,36 +1054,6 @@ cdef extern from *:
     PyObject* engine_list_item(PyObject* list, Py_ssize_t i)
 
 
-cdef extern from *:
-    """
-    /* service:Action with letters, digits, '_' and '-' on both sides, as Request.create wants. */
-    static int engine_valid_action(const char* p, Py_ssize_t n) {
-        Py_ssize_t i, colon = -1;
-        for (i = 0; i < n; i++) {
-            char c = p[i];
-            if (c == ':') { if (colon >= 0) return 0; colon = i; continue; }
-            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
-                return 0;
-        }
-        return colon > 0 && colon < n - 1;
-    }
-    /* The account field of an ARN (between the 4th and 5th ':'); 0 if the text has fewer fields. */
-    static int engine_arn_account(const char* p, Py_ssize_t n, Py_ssize_t* start, Py_ssize_t* len) {
-        Py_ssize_t i, colons = 0, from = 0;
-        if (n < 4 || p[0] != 'a' || p[1] != 'r' || p[2] != 'n' || p[3] != ':') return 0;
-        for (i = 0; i < n; i++) {
-            if (p[i] != ':') continue;
-            colons++;
-            if (colons == 4) from = i + 1;
-            if (colons == 5) { *start = from; *len = i - from; return 1; }
-        }
-        return 0;
-    }
-    """
-    int engine_valid_action(const char* p, Py_ssize_t n)
-    int engine_arn_account(const char* p, Py_ssize_t n, Py_ssize_t* start, Py_ssize_t* len)
-
-
 def pack_roles(roles):
     """A profile's roles as the engine reads them: one record per policy with every role it
     plays ((policy, layer, level) triples merged); returns (bytes, highest policy number or -1)."""
@@ -1747,14 +1718,14 @@ cdef class _Converter:
             data = PyUnicode_AsUTF8AndSize(exact_action, &size)
             rq.action.ptr = data
             rq.action.len = size
-            if not engine_valid_action(data, size):
+            if not valid_action(data, size):
                 raise RequestError(f"request action {_shown(exact_action)} is not service:Action")
             data = PyUnicode_AsUTF8AndSize(exact_resource, &size)
             rq.resource.ptr = data
             rq.resource.len = size
             if engine_is_star(data, size):
                 account_len = 0
-            elif not engine_arn_account(data, size, &account_start, &account_len):
+            elif not arn_account(data, size, &account_start, &account_len):
                 raise RequestError(f"request resource {_shown(exact_resource)} is neither an ARN nor \"*\"")
             caller_account = self.accounts[row]
             if owner is not None:
@@ -2105,13 +2076,13 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
             rq.resource_ix = resource_indices[i]
             rq.action = batch.actions.texts[rq.action_ix]
             rq.resource = batch.resources.texts[rq.resource_ix]
-            if not engine_valid_action(rq.action.ptr, rq.action.len):
+            if not valid_action(rq.action.ptr, rq.action.len):
                 batch.errors[i] = f"request action {_shown(rq.action.ptr[:rq.action.len].decode(errors='replace'))} " \
                                   "is not service:Action"
                 continue
             if engine_is_star(rq.resource.ptr, rq.resource.len):
                 account_len = 0
-            elif not engine_arn_account(rq.resource.ptr, rq.resource.len, &account_start, &account_len):
+            elif not arn_account(rq.resource.ptr, rq.resource.len, &account_start, &account_len):
                 batch.errors[i] = (f"request resource {_shown(rq.resource.ptr[:rq.resource.len].decode(errors='replace'))}"
                                    " is neither an ARN nor \"*\"")
                 continue

@@ -6,62 +6,16 @@ The JSON shapes are those of the conformance cases (``../shared/conformance``):
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _request
 from .model import Policy
 from .parse import PolicyKind, parse_policy
-from .principals import Caller, RequestError
+from .principals import RequestError
 
 ContextValue = str | tuple[str, ...]
-
-_ACTION = re.compile(r"[A-Za-z0-9_-]+:[A-Za-z0-9_-]+")
-
-
-def _shown(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 200 else shown[:200] + "…"
-
-
-def text(value: Any, what: str) -> str:
-    """A request string as IAM reads it: the characters of a ``str`` (a subclass is read for
-    what it holds, never through its own methods), which must encode to UTF-8 (no lone
-    surrogates). Every path that takes a request (``Request.create``, both converters of the
-    compiled engine) reads strings by this rule."""
-    if not isinstance(value, str):
-        raise RequestError(f"{what} must be a string, not {_shown(value)}")
-    if type(value) is not str:
-        value = str.__str__(value)
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise RequestError(f"{what} is not valid Unicode text (a lone surrogate at {exc.start})") from None
-    return value
-
-
-def context_text(value: Any, key: str) -> str:
-    """One context value as IAM reads it: a string by ``text``, JSON booleans and numbers as
-    their JSON text (subclasses of int and float by their value, never their own ``repr``)."""
-    if type(value) is str and value.isascii():  # the common case, settled before any message is built
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return text(value, f"context key {_shown(key)}")
-    if isinstance(value, int):
-        return int.__repr__(value)
-    if isinstance(value, float):
-        return float.__repr__(value)
-    raise RequestError(f"context key {_shown(key)}: values must be strings (or lists of strings), not {_shown(value)}")
-
-
-def _context_value(key: str, value: Any) -> ContextValue:
-    if isinstance(value, (list, tuple)):
-        return tuple(context_text(item, key) for item in tuple(value))
-    return context_text(value, key)
 
 
 @dataclass(frozen=True)
@@ -90,50 +44,9 @@ class Request:
         resource_account: str | None = None,
         session_tags: Mapping[str, Any] | None = None,
     ) -> Request:
-        """Check and normalise a request; raises ``RequestError`` with what is wrong."""
-        principal = text(principal, "request principal")
-        action = text(action, "request action")
-        resource = text(resource, "request resource")
-        caller = Caller.parse(principal)
-        if not _ACTION.fullmatch(action):
-            raise RequestError(f"request action {_shown(action)} is not service:Action")
-        fields = resource.split(":", 5)
-        if resource != "*" and (len(fields) != 6 or fields[0] != "arn"):
-            raise RequestError(f"request resource {_shown(resource)} is neither an ARN nor \"*\"")
-        if resource_account is None:
-            resource_account = fields[4] if resource != "*" and fields[4] else caller.account
-        else:
-            resource_account = text(resource_account, "resource account")
-        if not isinstance(context, Mapping) and context is not None:
-            raise RequestError(f"request context must be an object, not {type(context).__name__}")
-        normalised: dict[str, ContextValue] = {}
-        for key, value in dict(context or {}).items():
-            if type(key) is not str or not key.isascii():
-                key = text(key, "context key")
-            if not key:
-                raise RequestError("context key names must be non-empty")
-            folded = key.lower()
-            if folded in normalised:
-                raise RequestError(f"context key {_shown(key)} is given twice (key names are case-insensitive)")
-            # A plain ASCII string, the common value, is settled here.
-            normalised[folded] = value if type(value) is str and value.isascii() else _context_value(key, value)
-        tags: dict[str, str] = {}
-        if session_tags is not None:
-            if not isinstance(session_tags, Mapping):
-                raise RequestError("session tags must map tag keys to values")
-            if caller.kind != "assumed-role":
-                raise RequestError("session tags belong to an assumed-role session principal")
-            for key, value in dict(session_tags).items():
-                key = text(key, "session tag key")
-                if any(key.lower() == other.lower() for other in tags):
-                    raise RequestError(f"session tag {_shown(key)} is given twice (tag keys ignore case)")
-                tags[key] = text(value, "session tag value")
-        # Built without __init__, which sets each field through object.__setattr__ (frozen): every field
-        # is checked above, and a request is made per call on the single-call path.
-        request = object.__new__(cls)
-        request.__dict__.update(principal=principal, action=action, resource=resource,
-                                resource_account=resource_account, context=normalised, session_tags=tags)
-        return request
+        """Check and normalise a request; raises ``RequestError`` with what is wrong. The checks are
+        compiled (``_request``): the single-call path makes a request per call."""
+        return _request.create(cls, principal, action, resource, context, resource_account, session_tags)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Request:

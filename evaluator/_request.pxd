@@ -1,0 +1,36 @@
+# cython: language_level=3
+"""The shape rules of a request's action and resource, in C: ``Request.create`` and the compiled
+engine's converters check by these, and by nothing else."""
+
+
+cdef inline bint valid_action(const char* p, Py_ssize_t n) noexcept nogil:
+    """service:Action, with letters, digits, '_' and '-' on both sides of the one ':'."""
+    cdef Py_ssize_t i, colon = -1
+    cdef char c
+    for i in range(n):
+        c = p[i]
+        if c == b":":
+            if colon >= 0:
+                return False
+            colon = i
+        elif not (b"a" <= c <= b"z" or b"A" <= c <= b"Z" or b"0" <= c <= b"9" or c == b"_" or c == b"-"):
+            return False
+    return 0 < colon < n - 1
+
+
+cdef inline bint arn_account(const char* p, Py_ssize_t n, Py_ssize_t* start, Py_ssize_t* length) noexcept nogil:
+    """Whether the text is an ARN (``arn:`` and six ':'-separated fields); if so, where its account
+    field (the fifth) lies."""
+    cdef Py_ssize_t i, colons = 0, account = 0
+    if n < 4 or p[0] != b"a" or p[1] != b"r" or p[2] != b"n" or p[3] != b":":
+        return False
+    for i in range(n):
+        if p[i] == b":":
+            colons += 1
+            if colons == 4:
+                account = i + 1
+            elif colons == 5:
+                start[0] = account
+                length[0] = i - account
+                return True
+    return False
