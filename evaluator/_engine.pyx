@@ -2013,6 +2013,11 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
     cdef int32_t* tag_keys = <int32_t*>calloc(max(1, n_tags), sizeof(int32_t))
     cdef uint8_t* sessions = <uint8_t*>calloc(max(1, n_callers), sizeof(uint8_t))
     cdef uint64_t* overridden = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
+    # Per distinct action: whether it is service:Action; per distinct resource: where its account lies
+    # (length 0: "*" or no account), or -1 if it is neither an ARN nor "*". Rows repeat them.
+    cdef uint8_t* action_ok = <uint8_t*>malloc(max(1, batch.actions.n))
+    cdef Py_ssize_t* resource_account_at = <Py_ssize_t*>malloc(max(1, batch.resources.n) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* resource_account_len = <Py_ssize_t*>malloc(max(1, batch.resources.n) * sizeof(Py_ssize_t))
     cdef str problem
     cdef int32_t kid
     cdef request_t* rq
@@ -2025,8 +2030,17 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
     try:
         if (strings == NULL or lists == NULL or field_keys == NULL or is_list == NULL or caller_accounts == NULL
                 or caller_account_len == NULL or fact_start == NULL or fact_count == NULL or seen == NULL
-                or tags == NULL or tag_keys == NULL or sessions == NULL or overridden == NULL):
+                or tags == NULL or tag_keys == NULL or sessions == NULL or overridden == NULL
+                or action_ok == NULL or resource_account_at == NULL or resource_account_len == NULL):
             raise MemoryError()
+        for k in range(batch.actions.n):
+            action_ok[k] = valid_action(batch.actions.texts[k].ptr, batch.actions.texts[k].len)
+        for k in range(batch.resources.n):
+            account = batch.resources.texts[k]
+            resource_account_at[k] = resource_account_len[k] = 0
+            if not engine_is_star(account.ptr, account.len) and not arn_account(
+                    account.ptr, account.len, &resource_account_at[k], &resource_account_len[k]):
+                resource_account_len[k] = -1
         for k, session in enumerate(conversion.sessions):
             sessions[k] = session
         for t, (key_id, _, array) in enumerate(tag_fields):
@@ -2076,13 +2090,13 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
             rq.resource_ix = resource_indices[i]
             rq.action = batch.actions.texts[rq.action_ix]
             rq.resource = batch.resources.texts[rq.resource_ix]
-            if not valid_action(rq.action.ptr, rq.action.len):
+            if not action_ok[rq.action_ix]:
                 batch.errors[i] = f"request action {_shown(rq.action.ptr[:rq.action.len].decode(errors='replace'))} " \
                                   "is not service:Action"
                 continue
-            if engine_is_star(rq.resource.ptr, rq.resource.len):
-                account_len = 0
-            elif not arn_account(rq.resource.ptr, rq.resource.len, &account_start, &account_len):
+            account_start = resource_account_at[rq.resource_ix]
+            account_len = resource_account_len[rq.resource_ix]
+            if account_len < 0:
                 batch.errors[i] = (f"request resource {_shown(rq.resource.ptr[:rq.resource.len].decode(errors='replace'))}"
                                    " is neither an ARN nor \"*\"")
                 continue
@@ -2182,4 +2196,7 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
         free(tag_keys)
         free(sessions)
         free(overridden)
+        free(action_ok)
+        free(resource_account_at)
+        free(resource_account_len)
     return batch
