@@ -1421,6 +1421,10 @@ cdef class _Converter:
     cdef uint64_t* overridden # per key id: the row whose session tags or facts set it (stamp)
     cdef uint64_t stamp_base  # rows converted before the last reset: stamps stay unique across them
     cdef readonly dict explained  # for single requests: (statements, keys, place) -> explained decision
+    # The last row's answers: rows repeat their neighbours' principal and place (no dict lookup then).
+    cdef object last_principal
+    cdef int32_t last_row, last_identity_row, last_identity_profile, last_resource_profile
+    cdef int64_t last_place
 
     def __cinit__(self, Engine engine, object resolver, Py_ssize_t n):
         self.engine = engine
@@ -1445,6 +1449,7 @@ cdef class _Converter:
         self.grant_memo = {}
         self.key_cache = {}
         self.explained = {}
+        self.last_identity_row = self.last_place = -1
         self.every_place = self.resource_place("*") if resolver.places_every_resource else None
         self.seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
         self.overridden = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
@@ -1555,8 +1560,15 @@ cdef class _Converter:
             owner_class = self.owner_class(owner)
         elif owner_class < 0:
             owner_class = self.own_owners[row]
-        rq.identity_profile = self.identity_profile(row)
-        rq.resource_profile = self.resource_profile(policy, owner_class)
+        if row != self.last_identity_row:
+            self.last_identity_profile = self.identity_profile(row)
+            self.last_identity_row = row
+        rq.identity_profile = self.last_identity_profile
+        cdef int64_t place = (<int64_t>policy + 1) * OWNER_SPAN + <int64_t>owner_class
+        if place != self.last_place:
+            self.last_resource_profile = self.resource_profile(policy, owner_class)
+            self.last_place = place
+        rq.resource_profile = self.last_resource_profile
         rq.grants = self.grants(row, policy) if policy >= 0 else -1
         return 0
 
@@ -1706,7 +1718,11 @@ cdef class _Converter:
         rq.grants = rq.endpoint_grants = -1
         rq.ctx_start = <int32_t>self.batch.n_entries
         try:
-            row = self.caller_row(_exact(principal, text, "request principal"))
+            if type(principal) is str and principal is self.last_principal:
+                row = self.last_row
+            else:
+                row = self.caller_row(_exact(principal, text, "request principal"))
+                self.last_principal, self.last_row = principal, row
             if row == ROW_UNKNOWN:
                 rq.caller = ROW_UNKNOWN
                 self.batch.unknown[i] = principal
