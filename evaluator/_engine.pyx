@@ -1848,8 +1848,13 @@ def converter(Engine engine, resolver, Py_ssize_t n):
     return _Converter(engine, resolver, n)
 
 
+cdef list _owned(object values, bint fresh):
+    """A list of the values that only the batch holds: ``values`` itself when it is a fresh list."""
+    return values if fresh and type(values) is list else list(values)
+
+
 def convert(Engine engine, resolver, principals, actions, resources, contexts=None, resource_accounts=None,
-            session_tags=None):
+            session_tags=None, bint fresh=False):
     """Convert parallel sequences of requests into a ``Batch`` (the resolver's protocol is in
     ``compile.py``).
 
@@ -1857,12 +1862,13 @@ def convert(Engine engine, resolver, principals, actions, resources, contexts=No
     value or None per request; columns whose names differ only in case are one key, and a
     request that gives both fails). ``resource_accounts`` and ``session_tags`` are None or one
     entry (or None) per request. Every sequence is copied first, so nothing the caller does
-    afterwards reaches the batch. A request that cannot be evaluated is not an exception: it
-    fails (denied) with its reason.
+    afterwards reaches the batch (``fresh``: the lists among them are the caller's own new copies, which
+    nothing else holds). A request that cannot be evaluated is not an exception: it fails (denied) with
+    its reason.
     """
-    cdef list principal_list = list(principals)
-    cdef list action_list = list(actions)
-    cdef list resource_list = list(resources)
+    cdef list principal_list = _owned(principals, fresh)
+    cdef list action_list = _owned(actions, fresh)
+    cdef list resource_list = _owned(resources, fresh)
     cdef Py_ssize_t n = len(principal_list), i
     cdef list context_list = None, account_list = None, tag_list = None
     cdef list columns = []
@@ -1872,20 +1878,20 @@ def convert(Engine engine, resolver, principals, actions, resources, contexts=No
         for key, column in dict(contexts).items():
             if not isinstance(key, str) or not key:
                 raise ValueError(f"context column names must be non-empty strings, not {_shown(key)}")
-            column = list(column)
+            column = _owned(column, fresh)
             if len(column) != n:
                 raise ValueError(f"context column {_shown(key)} must have one entry per request")
             columns.append((key, column))
     elif contexts is not None:
-        context_list = list(contexts)
+        context_list = _owned(contexts, fresh)
         if len(context_list) != n:
             raise ValueError("contexts must have one entry per request")
     if resource_accounts is not None:
-        account_list = list(resource_accounts)
+        account_list = _owned(resource_accounts, fresh)
         if len(account_list) != n:
             raise ValueError("resource_accounts must have one entry per request")
     if session_tags is not None:
-        tag_list = list(session_tags)
+        tag_list = _owned(session_tags, fresh)
         if len(tag_list) != n:
             raise ValueError("session_tags must have one entry per request")
     cdef _Converter conversion = _Converter(engine, resolver, n)

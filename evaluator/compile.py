@@ -416,9 +416,9 @@ class CompiledPolicies:
     # ------------------------------------------------------------ evaluation
 
     def _convert(self, principals, actions, resources, contexts=None, resource_accounts=None,
-                 session_tags=None) -> _engine.Batch:
+                 session_tags=None, fresh: bool = False) -> _engine.Batch:
         return _engine.convert(self._engine, self, principals, actions, resources, contexts, resource_accounts,
-                               session_tags)
+                               session_tags, fresh)
 
     def evaluate(self, request: Request, explain: bool = True) -> Decision:
         """Decide one request; with ``explain``, name the statements and missing keys."""
@@ -479,15 +479,19 @@ class CompiledPolicies:
             """One chunk, converted with the GIL: small enough that its data is still in cache when decided."""
             stop = min(n, start + CHUNK)
 
-            def chunk(column):  # one chunk: the converter copies the columns themselves
-                return column if column is None or (start == 0 and stop == n) else column[start:stop]
+            def chunk(column):  # a list of one chunk that only the batch holds (copied once)
+                if column is None:
+                    return None
+                if type(column) is list:
+                    return column[start:stop]
+                return list(column if start == 0 and stop == n else column[start:stop])
 
             if isinstance(contexts, Mapping):
-                chunk_contexts: Any = {key: chunk(column) for key, column in contexts.items()}
+                chunk_contexts: Any = {key: chunk(column) for key, column in dict(contexts).items()}
             else:
                 chunk_contexts = chunk(contexts)
             return self._convert(chunk(principals), chunk(actions), chunk(resources), chunk_contexts,
-                                 chunk(resource_accounts), chunk(session_tags))
+                                 chunk(resource_accounts), chunk(session_tags), fresh=True)
 
         def collect(start: int, batch: _engine.Batch) -> None:
             chunk_codes = batch.codes_view()
