@@ -6,11 +6,14 @@ and by hand on answers small enough to write down (``access_store``'s docstring 
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from iam_evaluator import Request, RequestError, reference
 from iam_evaluator.access_queries import ACCESS_LEVELS, what_can
 from iam_evaluator.catalog import Catalog
+from iam_evaluator.cli import main
 from iam_evaluator.compiled_store import CompiledStore
 from iam_evaluator.service_rules import ANONYMOUS
 
@@ -25,6 +28,7 @@ from .access_store import (
     PUBLIC_OBJECT,
     READER,
     SANDBOX,
+    SNAPSHOT,
     A,
     access_store,
 )
@@ -147,6 +151,42 @@ def test_the_service_filter_and_the_context(compiled):
     assert groups(insecure.resources[0]) == []
 
 
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    path = tmp_path_factory.mktemp("what-can") / "store.json"
+    path.write_text(json.dumps(SNAPSHOT))
+    return str(path)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_text(capsys, snapshot):
+    code, out, err = run(capsys, "what-can", "--store", snapshot, "--principal", INTERN)
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"{INTERN} may perform 2 action(s) on *",
+        "  s3 List (1): ListBucket",
+        "  sts Read (1): GetCallerIdentity",
+    ]
+
+
+def test_cli_json(capsys, snapshot):
+    code, out, _ = run(capsys, "what-can", "--store", snapshot, "--principal", DEV, "--json")
+    assert code == 0
+    assert json.loads(out) == {"principal": DEV, "failures": [], "resources": [
+        {"resource": "*", "services": {"sts": {"Read": ["sts:GetCallerIdentity"]}}},
+        {"resource": READER, "services": {"sts": {"Write": ["sts:AssumeRole"]}}},
+        {"resource": "arn:aws:s3:::home/dev/*", "services": {"s3": {"Read": ["s3:GetObject"]}}},
+    ]}
+
+
 # ---------------------------------------------------------------- hostile inputs
 
 
@@ -180,3 +220,14 @@ def test_hostile_huge_resource_is_answered(compiled):
     assert groups(answer.resources[0]) == [("s3", "Read", ("s3:GetObject",))]
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--principal", f"arn:aws:iam::{A}:user/nobody"], "is not in the policy store"),
+    (["--principal", "bob"], "is not an IAM or STS ARN"),
+    (["--principal", INTERN, "--resource", "bucket"], "neither an ARN"),
+    (["--principal", INTERN, "--service", "nosuch"], "the IAM catalog has no service 'nosuch'"),
+    (["--principal", "arn:aws:iam::111111111111:user/\udcff"], "lone surrogate"),
+])
+def test_hostile_cli_input_exits_2(capsys, snapshot, argv, message):
+    code, out, err = run(capsys, "what-can", "--store", snapshot, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith("error: ") and message in err and "Traceback" not in err

@@ -3,14 +3,17 @@
 The expected answers are worked out by hand from the store's policies (``access_store``'s docstring
 says who is what); the reference evaluator is asked only to confirm why a principal is left out, and,
 in one test, that the allowed set is exactly the principals it allows. Hostile inputs are refused
-with ``RequestError``.
+with ``RequestError`` (exit 2 on the command line).
 """
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from iam_evaluator import DecisionKind, Request, RequestError
 from iam_evaluator.access_queries import who_can
+from iam_evaluator.cli import main
 from iam_evaluator.compiled_store import CompiledStore
 from iam_evaluator.service_rules import ANONYMOUS
 from iam_evaluator.store import reference_decision
@@ -32,6 +35,7 @@ from .access_store import (
     PUBLIC_OBJECT,
     READER,
     SANDBOX,
+    SNAPSHOT,
     STRANGER,
     TIMED,
     A,
@@ -160,6 +164,50 @@ def test_the_allowed_principals_are_those_the_reference_allows(store, compiled, 
         assert (entry.decision.decided_by, entry.decision.statements) == (want.decided_by, want.statements)
 
 
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    path = tmp_path_factory.mktemp("who-can") / "store.json"
+    path.write_text(json.dumps(SNAPSHOT))
+    return str(path)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_prints_principals_statements_and_chains(capsys, snapshot):
+    code, out, err = run(capsys, "who-can", "--store", snapshot, "--action", "s3:GetObject", "--resource",
+                         PAYROLL_OBJECT, "--resource-account", A)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == f"5 principal(s) may s3:GetObject on {PAYROLL_OBJECT}"
+    assert f"  {AUDITOR}  (decided by resource)" in lines
+    assert lines[lines.index(f"  {AUDITOR}  (decided by resource)") + 1] == \
+        f"    statement: Allow {PAYROLL}#1 (AuditorRead)"
+    assert "3 more through sts:AssumeRole into an allowed role (1 hop followed; longer chains are not):" in lines
+    assert f"  {DEV} -> {READER}" in lines
+
+
+def test_cli_json_and_context(capsys, snapshot):
+    code, out, _ = run(capsys, "who-can", "--store", snapshot, "--action", "s3:GetObject", "--resource",
+                       PAYROLL_OBJECT, "--resource-account", A, "--context", "aws:CurrentTime=2026-12-01T00:00:00Z",
+                       "--format", "json")
+    answer = json.loads(out)
+    assert code == 0 and answer["hops"] == 1
+    assert [p["principal"] for p in answer["principals"]] == sorted([ADMIN, AUDITOR, BREAKGLASS, LEGACY, READER, TIMED])
+    timed = next(p for p in answer["principals"] if p["principal"] == TIMED)
+    assert timed["decision"]["decision"] == "Allow"
+    assert [(s["policy"], s["index"]) for s in timed["decision"]["statements"]] == [("role/timed:inline/Until2030", 0)]
+    assert [(c["principal"], c["role"]) for c in answer["through_roles"]] == sorted(chains(
+        who_can(CompiledStore(access_store()), "s3:GetObject", PAYROLL_OBJECT, resource_account=A)))
+    assert answer["failures"] == []
+
+
 # ---------------------------------------------------------------- hostile inputs
 
 
@@ -207,3 +255,23 @@ def test_hostile_str_subclasses_are_read_as_their_characters(compiled, payroll):
     assert (explained(answer), chains(answer)) == (explained(payroll), chains(payroll))
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--action", "s3:GetObject", "--resource", "not-an-arn"], "neither an ARN"),
+    (["--action", "GetObject", "--resource", PAYROLL_OBJECT], "is not service:Action"),
+    (["--action", "s3:GetObject", "--resource", "arn:aws:s3:::payroll/\udcff"], "lone surrogate"),
+    (["--action", "s3:GetObject", "--resource", PAYROLL_OBJECT, "--context", "nokey"], "write key=value"),
+])
+def test_hostile_cli_input_exits_2(capsys, snapshot, argv, message):
+    code, out, err = run(capsys, "who-can", "--store", snapshot, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_hostile_cli_store_that_cannot_be_read_exits_2(capsys, tmp_path):
+    code, _, err = run(capsys, "who-can", "--store", str(tmp_path / "missing.json"), "--action", "s3:GetObject",
+                       "--resource", "*")
+    assert code == 2 and err.startswith("error: cannot read the store")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"principals": [{"arn": 5}]}')
+    code, _, err = run(capsys, "who-can", "--store", str(bad), "--action", "s3:GetObject", "--resource", "*")
+    assert code == 2 and "S001" in err
