@@ -3,11 +3,15 @@
 The expected answers are worked out by hand from the store's policies (``access_store``'s docstring
 says who is what); the reference evaluator is asked only to confirm why a principal is left out, and,
 in one test, that the allowed set is exactly the principals it allows. Hostile inputs are refused
-with ``RequestError`` (exit 2 on the command line).
+with ``RequestError`` (exit 2 on the command line); ``test_hostile_inputs_pass_under_the_debug_allocator``
+runs them again under ``PYTHONMALLOC=debug``, with what-can's and the service's.
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -41,6 +45,7 @@ from .access_store import (
     A,
     access_store,
 )
+from .conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +280,17 @@ def test_hostile_cli_store_that_cannot_be_read_exits_2(capsys, tmp_path):
     bad.write_text('{"principals": [{"arn": 5}]}')
     code, _, err = run(capsys, "who-can", "--store", str(bad), "--action", "s3:GetObject", "--resource", "*")
     assert code == 2 and "S001" in err
+
+
+def test_hostile_inputs_pass_under_the_debug_allocator_subprocess():
+    """The who-can and what-can paths hand request strings to the engine, which reads them without the GIL:
+    under PYTHONMALLOC=debug (freed memory overwritten) a string read after it was freed gives a wrong answer."""
+    env = {**os.environ, "PYTHONMALLOC": "debug", "PYTHONFAULTHANDLER": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/test_who_can.py", "tests/test_what_can.py",
+         "tests/test_access_queries_service.py", "-k", "hostile and not subprocess", "-q", "-p", "no:cacheprovider"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert "Fatal Python error" not in output and "Segmentation fault" not in output, output[-5000:]
+    assert result.returncode == 0, output[-5000:]
+    assert " passed" in output and " deselected" in output, output[-2000:]
