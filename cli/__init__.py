@@ -5,7 +5,8 @@ finding at or above ``--fail-on`` (error by default) exists, else 0 (a note
 never fails), 2 unreadable input (a store's unreadable files are findings);
 ``test`` 0 all passed, 1 any failed, 2 bad input; ``batch``
 0 done, 2 bad input or a failed job (a worker died, the output could not be
-written); ``diff`` 0, or 1 when ``--fail-on`` sees what it names, 2 bad input.
+written); ``diff`` 0, or 1 when ``--fail-on`` sees what it names, 2 bad input;
+``who-can`` and ``what-can`` 0 answered (whatever the answer), 2 bad input.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from iam_evaluator import __version__
+from iam_evaluator.access_queries import HOPS, WhatCan, WhoCan, what_can, who_can
 from iam_evaluator.cases import DEFAULT_ENGINE, ENGINES, json_report, junit_report, print_report, run_files
 from iam_evaluator.catalog import CATALOG_ENV, Catalog
+from iam_evaluator.compiled_store import CompiledStore
 from iam_evaluator.decision import Decision
 from iam_evaluator.files import policy_files
 from iam_evaluator.findings import FAILING, Finding, PolicyValidationError, Severity
@@ -28,6 +31,7 @@ from iam_evaluator.principals import RequestError
 from iam_evaluator.request import PolicySet, Request
 from iam_evaluator.sarif import sarif_log
 from iam_evaluator.service_rules import ANONYMOUS
+from iam_evaluator.store import PolicyStore
 from iam_evaluator.validate import validate_policy, validate_store
 
 BAD_INPUT = 2
@@ -265,6 +269,80 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1 if fails(groups, args.fail_on) else 0
 
 
+def _compiled_store(path: str) -> CompiledStore:
+    """A store folder or snapshot file, compiled (a store that cannot be loaded: ``StoreError``, exit 2)."""
+    try:
+        return CompiledStore(PolicyStore.load(path))
+    except OSError as exc:
+        raise UsageError(f"cannot read the store {path}: {exc.strerror}") from None
+
+
+def cmd_who_can(args: argparse.Namespace) -> int:
+    answer = who_can(_compiled_store(args.store), args.action, args.resource,
+                     read_context(args.context, args.context_file), args.resource_account)
+    print_who_can(answer, args.format)
+    return 0
+
+
+def cmd_what_can(args: argparse.Namespace) -> int:
+    answer = what_can(_compiled_store(args.store), args.principal, args.resource, args.service,
+                      read_context(args.context, args.context_file), args.resource_account,
+                      Catalog.from_environment(args.catalog))
+    print_what_can(answer, args.format)
+    return 0
+
+
+def _print_json(found: dict, store_version: int | None) -> None:
+    if store_version is not None:
+        found["store_version"] = store_version
+    print(json.dumps(found, indent=2))
+
+
+def _print_failures(answer: WhoCan | WhatCan) -> None:
+    if answer.failures:
+        _print_escaped(f"could not be evaluated, so denied ({len(answer.failures)}):")
+    for failure in answer.failures:
+        _print_escaped(f"  {failure.principal}: {failure.action} on {failure.resource}: {failure.error}")
+
+
+def print_who_can(answer: WhoCan, form: str, store_version: int | None = None) -> None:
+    """A who-can answer as ``who-can`` prints it, here and from the service (which adds its store version)."""
+    if form == "json":
+        _print_json(answer.to_json(), store_version)
+        return
+    _print_escaped(f"{len(answer.principals)} principal(s) may {answer.action} on {answer.resource}")
+    for allowed in answer.principals:
+        _print_escaped(f"  {allowed.principal}  (decided by {allowed.decision.decided_by})")
+        for ref in allowed.decision.statements:
+            _print_escaped(f"    statement: {ref}")
+    if answer.through_roles:
+        _print_escaped(f"{len(answer.through_roles)} more through sts:AssumeRole into an allowed role "
+                       f"({HOPS} hop followed; longer chains are not):")
+    for chain in answer.through_roles:
+        _print_escaped(f"  {chain.principal} -> {chain.role}")
+        for ref in chain.assume_role.statements:
+            _print_escaped(f"    statement: {ref}")
+    _print_failures(answer)
+    if store_version is not None:
+        print(f"store version {store_version}")
+
+
+def print_what_can(answer: WhatCan, form: str, store_version: int | None = None) -> None:
+    """A what-can answer as ``what-can`` prints it, here and from the service (which adds its store version)."""
+    if form == "json":
+        _print_json(answer.to_json(), store_version)
+        return
+    for access in answer.resources:
+        count = sum(len(group.actions) for group in access.groups)
+        _print_escaped(f"{answer.principal} may perform {count} action(s) on {access.resource}")
+        for group in access.groups:
+            names = ", ".join(action.partition(":")[2] for action in group.actions)
+            _print_escaped(f"  {group.service} {group.access_level} ({len(group.actions)}): {names}")
+    _print_failures(answer)
+    if store_version is not None:
+        print(f"store version {store_version}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iam-eval", description="Evaluate AWS IAM policies as AWS does.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -347,6 +425,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="exit 1 when a request is newly allowed, or changes at all (a gate for CI)")
     diff.set_defaults(run=cmd_diff)
 
+    who = commands.add_parser("who-can", help="every principal of a store that may do an action on a resource")
+    who.add_argument("--store", required=True, metavar="DIR|SNAPSHOT", help="a store folder or snapshot file")
+    who.add_argument("--action", required=True, help="service:Action")
+    who.add_argument("--resource", required=True, help="resource ARN, or * for actions without resources")
+    add_query_arguments(who)
+    who.set_defaults(run=cmd_who_can)
+
+    what = commands.add_parser("what-can", help="every action of the IAM catalog a principal of a store may do")
+    what.add_argument("--store", required=True, metavar="DIR|SNAPSHOT", help="a store folder or snapshot file")
+    what.add_argument("--principal", required=True, help="a principal of the store (role, user or role session ARN)")
+    what.add_argument("--resource", help="resource ARN, or *; default: * and each resource pattern the "
+                                         "principal's Allow statements name")
+    what.add_argument("--service", help="only this service's actions (its prefix, e.g. s3)")
+    what.add_argument("--catalog", metavar="DIR",
+                      help=f"the IAM catalog (default ${CATALOG_ENV}, else the catalog shipped with iam-eval)")
+    add_query_arguments(what)
+    what.set_defaults(run=cmd_what_can)
+
     test = commands.add_parser("test", help="run policy test cases (conformance JSON Lines)")
     test.add_argument("cases", nargs="+", metavar="CASES.jsonl")
     test.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE)
@@ -359,6 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
     from iam_evaluator.server.cli import add_commands  # the service's commands; grpc is imported only when they run
     add_commands(commands)
     return parser
+
+
+def add_query_arguments(command: argparse.ArgumentParser) -> None:
+    """The arguments who-can and what-can share, here and in the service's client."""
+    command.add_argument("--resource-account", help="account owning the resource (default: from the ARN, "
+                                                    "else each caller's account)")
+    command.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                         help="a context key of every request asked; repeat a key for a list")
+    command.add_argument("--context-file", metavar="FILE", help="JSON object of context keys")
+    command.add_argument("--format", choices=["text", "json"], default="text", help="text (default) or JSON")
+    command.add_argument("--json", dest="format", action="store_const", const="json", help="--format json")
 
 
 def main(argv: list[str] | None = None) -> int:

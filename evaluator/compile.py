@@ -335,10 +335,11 @@ class CompiledPolicies:
     def _explain(self, batch: _engine.Batch, memo: dict | None = None) -> list[Decision]:
         """Each request's explained decision. The same statements in the same place (``Batch.place``) give
         the same decision: ``memo`` keeps them for the batch, or for every request of a single-request
-        converter."""
+        converter; rows in other places that read alike share one too (``_shared_decision``)."""
         decisions = []
         memo = {} if memo is None else memo
         explained = self._engine.explain_range(batch, 0, batch.n)
+        shared: dict[tuple, Decision] = {}  # see ``_shared_decision``
         for i, (code, applicable, missing, failed_statement) in enumerate(explained):
             if i in batch.errors:
                 decisions.append(failed(batch.errors[i]))
@@ -352,11 +353,28 @@ class CompiledPolicies:
                 key = (tuple(applicable), tuple(missing), batch.place(i))
                 decision = memo.get(key)
                 if decision is None:
-                    decision = memo[key] = self._decision(
-                        applicable, missing, batch.same_account(i), *batch.profiles(i), batch.grants(i),
+                    decision = memo[key] = self._shared_decision(
+                        shared, applicable, missing, batch.same_account(i), *batch.profiles(i), batch.grants(i),
                         batch.endpoint_grants(i), *batch.rules(i))
                 decisions.append(decision)
         return decisions
+
+    def _shared_decision(self, shared: dict[tuple, Decision], applicable: list[int], missing: list[int],
+                         same_account: bool, caller: Profile, resource: Profile, grants: bytes | None,
+                         endpoint_grants: bytes | None, action_flags: int, resource_kind: int) -> Decision:
+        """``_decision``, built once for the rows of a batch that give it the same inputs (many principals of a
+        store do: who-can explains a row per principal), and shared: a decision is immutable. Of the profiles it
+        reads only the roles of the policies whose statements applied, and which layers are present."""
+        policies = {self.statements[number].policy for number in applicable}
+        key = (tuple(applicable), tuple(missing), same_account, grants, endpoint_grants, action_flags, resource_kind,
+               tuple(role for role in caller.roles if role[0] in policies), caller.has_boundary, caller.has_session,
+               caller.n_scp, caller.anonymous, tuple(role for role in resource.roles if role[0] in policies),
+               resource.resource_policy >= 0, resource.n_rcp, resource.has_endpoint)
+        decision = shared.get(key)
+        if decision is None:
+            decision = shared[key] = self._decision(applicable, missing, same_account, caller, resource, grants,
+                                                    endpoint_grants, action_flags, resource_kind)
+        return decision
 
     def _failure(self, statement: int) -> str:
         if statement < 0:  # the request failed before any statement: its reason is reported with it

@@ -216,9 +216,9 @@ def create_server(config: ServerConfig) -> Service:
     for name in ("", *SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     service = Service(config, server, 0, health_servicer, metrics)
-    pb_grpc.add_AuthorizerServicer_to_server(AuthorizerServicer(service.serving, config, metrics), server)
-    pb_grpc.add_PolicyAdminServicer_to_server(PolicyAdminServicer(service.live_store, Catalog.from_environment()),
-                                              server)
+    catalog = Catalog.from_environment()
+    pb_grpc.add_AuthorizerServicer_to_server(AuthorizerServicer(service.serving, config, metrics, catalog), server)
+    pb_grpc.add_PolicyAdminServicer_to_server(PolicyAdminServicer(service.live_store, catalog), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     credentials = _credentials(config)

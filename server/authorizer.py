@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from iam_evaluator.access_queries import what_can, who_can
+from iam_evaluator.catalog import Catalog
 from iam_evaluator.compile import BatchDecisions, CompiledPolicySet
 
 from . import convert
@@ -31,8 +33,10 @@ about 1.1 MB for 20 policies of 10 KB, measured with tracemalloc."""
 
 
 class AuthorizerServicer(pb_grpc.AuthorizerServicer):
-    def __init__(self, serving: Callable[[], Serving], config: ServerConfig, metrics: ServiceMetrics) -> None:
+    def __init__(self, serving: Callable[[], Serving], config: ServerConfig, metrics: ServiceMetrics,
+                 catalog: Catalog) -> None:
         self._serving = serving  # raises ServiceError(UNAVAILABLE) until the store is compiled
+        self._catalog = catalog  # the actions WhatCan asks about
         self._config = config
         self._metrics = metrics
         self._inline: OrderedDict[bytes, tuple[CompiledPolicySet, int]] = OrderedDict()  # with its cost in bytes
@@ -121,6 +125,16 @@ class AuthorizerServicer(pb_grpc.AuthorizerServicer):
         self._metrics.count_decisions(decided)
         return pb.CheckBatchResponse(results=[convert.result(d, True) for d in decided], store_version=version,
                                      batch_id=request.batch_id)
+
+    def WhoCan(self, request: pb.WhoCanRequest, context: grpc.ServicerContext) -> pb.WhoCanResponse:
+        serving = self._serving()
+        answer = who_can(serving.compiled, **convert.who_can_query(request))
+        return convert.who_can_response(answer, serving.version.number)
+
+    def WhatCan(self, request: pb.WhatCanRequest, context: grpc.ServicerContext) -> pb.WhatCanResponse:
+        serving = self._serving()
+        answer = what_can(serving.compiled, **convert.what_can_query(request), catalog=self._catalog)
+        return convert.what_can_response(answer, serving.version.number)
 
     def _compiled_inline(self, policies: pb.InlinePolicies) -> CompiledPolicySet:
         """The compiled set of policies sent with a request; refused by size first, so that no caller can

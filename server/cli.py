@@ -112,6 +112,28 @@ def cmd_client_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_client_who_can(args: argparse.Namespace) -> int:
+    from iam_evaluator.cli import print_who_can, read_context
+
+    from . import convert
+    with _client(args) as client:
+        response = client.who_can(args.action, args.resource, read_context(args.context, args.context_file),
+                                  args.resource_account)
+    print_who_can(convert.who_can(response, args.action, args.resource), args.format, response.store_version)
+    return 0
+
+
+def cmd_client_what_can(args: argparse.Namespace) -> int:
+    from iam_evaluator.cli import print_what_can, read_context
+
+    from . import convert
+    with _client(args) as client:
+        response = client.what_can(args.principal, args.resource, args.service,
+                                   read_context(args.context, args.context_file), args.resource_account)
+    print_what_can(convert.what_can(response, args.principal), args.format, response.store_version)
+    return 0
+
+
 def _policy_name(args: argparse.Namespace):
     from .api import iam_evaluator_pb2 as pb
     from .client import POLICY_KINDS
@@ -230,6 +252,20 @@ def add_commands(commands) -> None:
     batch.add_argument("--batch-size", type=int, default=1000)
     batch.add_argument("--explain", action="store_true")
     batch.set_defaults(run=_calling(cmd_client_batch))
+
+    from iam_evaluator.cli import add_query_arguments
+    who = calls.add_parser("who-can", help="every principal of the served store that may do an action on a resource")
+    who.add_argument("--action", required=True)
+    who.add_argument("--resource", required=True)
+    add_query_arguments(who)
+    who.set_defaults(run=_calling(cmd_client_who_can))
+
+    what = calls.add_parser("what-can", help="every action of the IAM catalog a principal of the served store may do")
+    what.add_argument("--principal", required=True)
+    what.add_argument("--resource", help="default: * and each resource pattern the principal's Allow statements name")
+    what.add_argument("--service", help="only this service's actions (its prefix)")
+    add_query_arguments(what)
+    what.set_defaults(run=_calling(cmd_client_what_can))
 
     kinds = ["managed", "scp", "rcp", "resource", "vpc-endpoint"]
     admin = _admin_commands

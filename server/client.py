@@ -163,3 +163,21 @@ class Client:
                                  pb.CheckBatchRequest(columns=request_columns(chunk), explain=explain))
             for result in response.results:
                 yield result, response.store_version
+
+    def who_can(self, action: str, resource: str, context: Mapping[str, Any] | None = None,
+                resource_account: str | None = None) -> pb.WhoCanResponse:
+        """Every principal of the served store that may do ``action`` on ``resource``, explained, and those
+        that may assume an allowed role (one hop)."""
+        request = pb.WhoCanRequest(action=action, resource=resource,
+                                   context={k: context_values(v) for k, v in (context or {}).items()},
+                                   resource_account=resource_account or "")
+        return self.call(self.authorizer.WhoCan, request)
+
+    def what_can(self, principal: str, resource: str | None = None, service: str | None = None,
+                 context: Mapping[str, Any] | None = None, resource_account: str | None = None) -> pb.WhatCanResponse:
+        """Every catalog action ``principal`` may perform on ``resource`` (None: on "*" and on each resource
+        its policies name), grouped by service and access level."""
+        request = pb.WhatCanRequest(principal=principal, resource=resource or "", service=service or "",
+                                    context={k: context_values(v) for k, v in (context or {}).items()},
+                                    resource_account=resource_account or "")
+        return self.call(self.authorizer.WhatCan, request)

@@ -11,6 +11,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from iam_evaluator import PolicySet, Request
+from iam_evaluator.access_queries import (
+    ActionGroup,
+    Allowed,
+    AssumedRole,
+    ResourceAccess,
+    Undecided,
+    WhatCan,
+    WhoCan,
+)
 from iam_evaluator.compile import BatchDecisions
 from iam_evaluator.decision import BY_CODE, Decision, DecisionKind, StatementRef
 from iam_evaluator.findings import Finding, PolicyValidationError
@@ -248,3 +257,56 @@ def principal(entry: Mapping[str, Any]) -> pb.Principal:
         groups=entry.get("groups", []), permissions_boundary=entry.get("permissions_boundary") or "",
         tags=entry.get("tags", {}),
     )
+
+
+def who_can_query(message: pb.WhoCanRequest) -> dict[str, Any]:
+    """The arguments of ``access_queries.who_can`` a request gives."""
+    return {"action": message.action, "resource": message.resource, "context": context(message.context),
+            "resource_account": message.resource_account or None}
+
+
+def what_can_query(message: pb.WhatCanRequest) -> dict[str, Any]:
+    """The arguments of ``access_queries.what_can`` a request gives (an empty resource or service: none)."""
+    return {"principal": message.principal, "resource": message.resource or None,
+            "service": message.service or None, "context": context(message.context),
+            "resource_account": message.resource_account or None}
+
+
+def _undecided(failure: Undecided) -> pb.Undecided:
+    return pb.Undecided(principal=failure.principal, action=failure.action, resource=failure.resource,
+                        error=failure.error)
+
+
+def who_can_response(answer: WhoCan, store_version: int) -> pb.WhoCanResponse:
+    return pb.WhoCanResponse(
+        principals=[pb.PrincipalResult(principal=a.principal, result=result(a.decision, True))
+                    for a in answer.principals],
+        through_roles=[pb.RoleChain(principal=c.principal, role=c.role, assume_role=result(c.assume_role, True))
+                       for c in answer.through_roles],
+        failures=[_undecided(f) for f in answer.failures], store_version=store_version)
+
+
+def what_can_response(answer: WhatCan, store_version: int) -> pb.WhatCanResponse:
+    return pb.WhatCanResponse(
+        resources=[pb.ResourceAccess(resource=access.resource, groups=[
+            pb.ActionGroup(service=g.service, access_level=g.access_level, actions=g.actions) for g in access.groups])
+            for access in answer.resources],
+        failures=[_undecided(f) for f in answer.failures], store_version=store_version)
+
+
+def _failures(messages: Iterable[pb.Undecided]) -> tuple[Undecided, ...]:
+    return tuple(Undecided(f.principal, f.action, f.resource, f.error) for f in messages)
+
+
+def who_can(message: pb.WhoCanResponse, action: str, resource: str) -> WhoCan:
+    """A response as the library's answer, so that clients print what ``iam-eval who-can`` prints."""
+    return WhoCan(action, resource, tuple(Allowed(p.principal, decision(p.result)) for p in message.principals),
+                  tuple(AssumedRole(c.principal, c.role, decision(c.assume_role)) for c in message.through_roles),
+                  _failures(message.failures))
+
+
+def what_can(message: pb.WhatCanResponse, principal: str) -> WhatCan:
+    """A response as the library's answer, so that clients print what ``iam-eval what-can`` prints."""
+    return WhatCan(principal, tuple(ResourceAccess(r.resource, tuple(
+        ActionGroup(g.service, g.access_level, tuple(g.actions)) for g in r.groups)) for r in message.resources),
+        _failures(message.failures))

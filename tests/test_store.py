@@ -326,6 +326,29 @@ def test_every_policy_in_use_is_compiled_once_and_principals_share_identities(ex
     assert all(exported.managed_policies[arn] not in in_use for arn in unattached)
 
 
+def test_an_explained_batch_shares_a_decision_only_between_rows_that_decide_alike():
+    """Rows whose applicable statements are the same but stand in other layers (a policy that is also the
+    boundary, a boundary that does not allow) each get their own explanation, whatever their order."""
+    read, other = "arn:aws:iam::111111111111:policy/Read", "arn:aws:iam::111111111111:policy/Other"
+    only, twice, limited = (f"arn:aws:iam::111111111111:role/{name}" for name in ("only", "twice", "limited"))
+    statement = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}
+    snapshot = {
+        "managed_policies": [
+            {"arn": read, "document": {"Version": "2012-10-17", "Statement": [statement]}},
+            {"arn": other, "document": {"Version": "2012-10-17", "Statement": [{**statement, "Action": "s3:Put*"}]}}],
+        "principals": [{"arn": only, "managed_policies": [read]},
+                       {"arn": twice, "managed_policies": [read], "permissions_boundary": read},
+                       {"arn": limited, "managed_policies": [read], "permissions_boundary": other}],
+    }
+    engine = CompiledStore(PolicyStore.from_json(json.dumps(snapshot)))
+    principals = [only, twice, limited, twice, only, limited]
+    decided = engine.evaluate_columns(principals, ["s3:GetObject"] * 6, ["arn:aws:s3:::b/k"] * 6, explain=True)
+    want = {only: (ALLOW, "identity", [(read, 0)]), twice: (ALLOW, "identity", [(read, 0), (read, 0)]),
+            limited: (IMPLICIT, "permissions_boundary", [(read, 0)])}
+    assert [(d.decision, d.decided_by, [(s.policy, s.index) for s in d.statements]) for d in decided] == \
+        [want[principal] for principal in principals]
+
+
 # -- snapshots -----------------------------------------------------------------------------------------
 
 
