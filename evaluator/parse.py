@@ -106,21 +106,30 @@ def _unreadable_text(doc: Any) -> list[Finding]:
 
 
 def _readable(doc: Any) -> bool:
-    stack: list[tuple[Any, int]] = [(doc, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
+    """Level by level: each level's keys and strings are checked as one text (a lone surrogate stays
+    one when joined), and a level deeper than MAX_DEPTH means no."""
+    level = [doc]
+    for _ in range(MAX_DEPTH + 1):
+        nested: list = []
+        texts: list = []
+        for value in level:
+            if isinstance(value, dict):
+                texts.extend(value)
+                nested.extend(value.values())
+            elif isinstance(value, list):
+                nested.extend(value)
+            elif isinstance(value, str):
+                texts.append(value)
+        try:
+            joined = "".join(texts)
+        except TypeError:  # a key that is not a string: only the strings are text
+            joined = "".join(text for text in texts if isinstance(text, str))
+        if not _encodable(joined):
             return False
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if isinstance(key, str) and not _encodable(key):
-                    return False
-                stack.append((item, depth + 1))
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, str) and not _encodable(value):
-            return False
-    return True
+        if not nested:
+            return True
+        level = nested
+    return False
 
 
 def _located_unreadable(doc: Any) -> list[Finding]:
