@@ -1186,19 +1186,26 @@ cdef class Batch:
         return self.actions.rules[self.requests[i].action_ix], self.resources.rules[self.requests[i].resource_ix]
 
     cdef int grow(self, Py_ssize_t entries, Py_ssize_t values) except -1:
+        if self.room(entries, values) < 0:
+            raise MemoryError()
+        return 0
+
+    cdef int room(self, Py_ssize_t entries, Py_ssize_t values) noexcept nogil:
+        """``grow`` without the GIL: -1 when memory ran out (the arrays are as they were)."""
         cdef void* p
+        cdef Py_ssize_t cap
         if self.n_entries + entries > self.cap_entries:
-            self.cap_entries = max(2 * self.cap_entries, self.n_entries + entries, 64)
-            p = realloc(self.entries, self.cap_entries * sizeof(keyed_entry))
+            cap = max(2 * self.cap_entries, self.n_entries + entries, 64)
+            p = realloc(self.entries, cap * sizeof(keyed_entry))
             if p == NULL:
-                raise MemoryError()
-            self.entries = <keyed_entry*>p
+                return -1
+            self.entries, self.cap_entries = <keyed_entry*>p, cap
         if self.n_values + values > self.cap_values:
-            self.cap_values = max(2 * self.cap_values, self.n_values + values, 64)
-            p = realloc(self.values, self.cap_values * sizeof(cstr))
+            cap = max(2 * self.cap_values, self.n_values + values, 64)
+            p = realloc(self.values, cap * sizeof(cstr))
             if p == NULL:
-                raise MemoryError()
-            self.values = <cstr*>p
+                return -1
+            self.values, self.cap_values = <cstr*>p, cap
         return 0
 
     cdef int32_t add_profile(self, object profile) except -1:
@@ -1982,6 +1989,16 @@ cdef const int32_t* _int32s(object array) except NULL:
     return (<const int32_t*><size_t>array.buffers()[1].address) + <Py_ssize_t>array.offset
 
 
+cdef enum:  # why a row of an Arrow batch fails alone (convert_arrow), or why converting stopped
+    ROW_BAD_ACTION = 1
+    ROW_BAD_RESOURCE = 2
+    ROW_TAGS_WITHOUT_SESSION = 3
+    ROW_TAG_TWICE = 4
+    ROW_KEY_TWICE = 5
+    ROWS_OUT_OF_MEMORY = 1
+    ROWS_OUT_OF_RANGE = 2
+
+
 def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resource_of_row, grants_of_row, actions,
                   resources, resource_accounts, list context_fields, list tag_fields=None):
     """Finish the ``Batch`` of ``conversion`` from Arrow columns, with no Python object per row.
@@ -2040,7 +2057,11 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
     cdef uint8_t* action_ok = <uint8_t*>malloc(max(1, batch.actions.n))
     cdef Py_ssize_t* resource_account_at = <Py_ssize_t*>malloc(max(1, batch.resources.n) * sizeof(Py_ssize_t))
     cdef Py_ssize_t* resource_account_len = <Py_ssize_t*>malloc(max(1, batch.resources.n) * sizeof(Py_ssize_t))
-    cdef str problem
+    cdef uint8_t* problems = <uint8_t*>calloc(max(1, n), sizeof(uint8_t))  # per row: ROW_* or 0
+    cdef int32_t* problem_of = <int32_t*>calloc(max(1, n), sizeof(int32_t))  # the tag or field it names
+    cdef int broken = 0
+    cdef Py_ssize_t n_profiles, n_grant_bytes
+    cdef cstr text
     cdef int32_t kid
     cdef request_t* rq
     cdef cstr account
@@ -2053,7 +2074,8 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
         if (strings == NULL or lists == NULL or field_keys == NULL or is_list == NULL or caller_accounts == NULL
                 or caller_account_len == NULL or fact_start == NULL or fact_count == NULL or seen == NULL
                 or tags == NULL or tag_keys == NULL or sessions == NULL or overridden == NULL
-                or action_ok == NULL or resource_account_at == NULL or resource_account_len == NULL):
+                or action_ok == NULL or resource_account_at == NULL or resource_account_len == NULL
+                or problems == NULL or problem_of == NULL):
             raise MemoryError()
         for k in range(batch.actions.n):
             action_ok[k] = valid_action(batch.actions.texts[k].ptr, batch.actions.texts[k].len)
@@ -2091,117 +2113,143 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
                 _listcol(array, &lists[f])
             else:
                 _strcol(array, &strings[f])
-        for i in range(n):
-            rq = &batch.requests[i]
-            c = callers[i]
-            rq.caller = c if c < 0 else ROW_FAILED
-            rq.grants = rq.endpoint_grants = -1
-            rq.ctx_start = <int32_t>batch.n_entries
-            if c < 0:
-                continue  # the reason is in batch.errors or batch.unknown already
-            if c >= n_callers or not 0 <= identities[i] < len(batch.profile_objects) \
-                    or not 0 <= resource_profiles[i] < len(batch.profile_objects) \
-                    or not -1 <= grant_offsets[i] < max(1, len(batch.grant_table)):
-                raise ValueError("row indices outside the converter's tables")
-            rq.identity_profile = identities[i]
-            rq.resource_profile = resource_profiles[i]
-            rq.grants = grant_offsets[i]
-            if not (0 <= action_indices[i] < batch.actions.n and 0 <= resource_indices[i] < batch.resources.n):
-                raise ValueError("dictionary indices outside their dictionary")
-            rq.action_ix = action_indices[i]
-            rq.resource_ix = resource_indices[i]
-            rq.action = batch.actions.texts[rq.action_ix]
-            rq.resource = batch.resources.texts[rq.resource_ix]
-            if not action_ok[rq.action_ix]:
-                batch.errors[i] = f"request action {_shown(rq.action.ptr[:rq.action.len].decode(errors='replace'))} " \
-                                  "is not service:Action"
-                continue
-            account_start = resource_account_at[rq.resource_ix]
-            account_len = resource_account_len[rq.resource_ix]
-            if account_len < 0:
-                batch.errors[i] = (f"request resource {_shown(rq.resource.ptr[:rq.resource.len].decode(errors='replace'))}"
-                                   " is neither an ARN nor \"*\"")
-                continue
-            if has_accounts and _valid(account_col.validity, account_col.bit_offset + i):
-                account = _item(&account_col, i)
-                rq.same_account = account.len == caller_account_len[c] and memcmp(
-                    account.ptr, caller_accounts[c], account.len) == 0
-            elif account_len:
-                rq.same_account = account_len == caller_account_len[c] and memcmp(
-                    rq.resource.ptr + account_start, caller_accounts[c], account_len) == 0
-            else:
-                rq.same_account = True
-            problem = None
-            for t in range(n_tags):  # the session's tags, over the role's and the request's
-                if not _valid(tags[t].validity, tags[t].bit_offset + i):
-                    continue
-                if not sessions[c]:
-                    problem = "session tags belong to an assumed-role session principal"
+        n_profiles, n_grant_bytes = len(batch.profile_objects), max(1, len(batch.grant_table))
+        with nogil:  # no Python object per row: threads convert their own batches side by side
+            for i in range(n):
+                rq = &batch.requests[i]
+                c = callers[i]
+                rq.caller = c if c < 0 else C_ROW_FAILED
+                rq.grants = rq.endpoint_grants = -1
+                rq.ctx_start = <int32_t>batch.n_entries
+                if c < 0:
+                    continue  # the reason is in batch.errors or batch.unknown already
+                if c >= n_callers or not 0 <= identities[i] < n_profiles or not 0 <= resource_profiles[i] < n_profiles \
+                        or not -1 <= grant_offsets[i] < n_grant_bytes \
+                        or not (0 <= action_indices[i] < batch.actions.n and 0 <= resource_indices[i] < batch.resources.n):
+                    broken = ROWS_OUT_OF_RANGE
                     break
-                kid = tag_keys[t]
-                if kid < 0:
+                rq.identity_profile = identities[i]
+                rq.resource_profile = resource_profiles[i]
+                rq.grants = grant_offsets[i]
+                rq.action_ix = action_indices[i]
+                rq.resource_ix = resource_indices[i]
+                rq.action = batch.actions.texts[rq.action_ix]
+                rq.resource = batch.resources.texts[rq.resource_ix]
+                if not action_ok[rq.action_ix]:
+                    problems[i], problem_of[i] = ROW_BAD_ACTION, 0
                     continue
-                if overridden[kid] == <uint64_t>(i + 1):
-                    problem = f"session tag {_shown(tag_fields[t][1])} is given twice (tag keys ignore case)"
-                    break
-                overridden[kid] = i + 1
-                batch.grow(1, 1)
-                batch.entries[batch.n_entries].key = kid
-                batch.entries[batch.n_entries].entry.count = 1
-                batch.entries[batch.n_entries].entry.is_list = False
-                batch.entries[batch.n_entries].entry.values = <const cstr*><size_t>batch.n_values
-                batch.values[batch.n_values] = _item(&tags[t], i)
-                batch.n_values += 1
-                batch.n_entries += 1
-            if problem is not None:
-                batch.errors[i] = problem
-                batch.n_entries = rq.ctx_start
-                continue
-            known = fact_count[c] >= 0
-            if known and fact_count[c]:
-                batch.grow(fact_count[c], 0)
-                for k in range(fact_start[c], fact_start[c] + fact_count[c]):
-                    if overridden[batch.entries[k].key] != <uint64_t>(i + 1):
-                        batch.entries[batch.n_entries] = batch.entries[k]
-                        batch.n_entries += 1
-            twice = False
-            for f in range(n_fields):
-                if is_list[f]:
-                    if not _valid(lists[f].validity, lists[f].bit_offset + i):
-                        continue
-                    start = lists[f].offsets[i]
-                    count = lists[f].offsets[i + 1] - start
-                    items = &lists[f].items
+                account_start = resource_account_at[rq.resource_ix]
+                account_len = resource_account_len[rq.resource_ix]
+                if account_len < 0:
+                    problems[i], problem_of[i] = ROW_BAD_RESOURCE, 0
+                    continue
+                if has_accounts and _valid(account_col.validity, account_col.bit_offset + i):
+                    account = _item(&account_col, i)
+                    rq.same_account = account.len == caller_account_len[c] and memcmp(
+                        account.ptr, caller_accounts[c], account.len) == 0
+                elif account_len:
+                    rq.same_account = account_len == caller_account_len[c] and memcmp(
+                        rq.resource.ptr + account_start, caller_accounts[c], account_len) == 0
                 else:
-                    if not _valid(strings[f].validity, strings[f].bit_offset + i):
+                    rq.same_account = True
+                for t in range(n_tags):  # the session's tags, over the role's and the request's
+                    if not _valid(tags[t].validity, tags[t].bit_offset + i):
                         continue
-                    start = i
-                    count = 1
-                    items = &strings[f]
-                if seen[field_keys[f]] == <uint64_t>(i + 1):  # two spellings of one key in this row
-                    twice = True
-                    break
-                seen[field_keys[f]] = i + 1
-                if known and engine.principal_keys[field_keys[f]]:
-                    continue  # the store alone says who the principal is
-                if overridden[field_keys[f]] == <uint64_t>(i + 1):
-                    continue  # the session's tags win
-                batch.grow(1, count)
-                batch.entries[batch.n_entries].key = field_keys[f]
-                batch.entries[batch.n_entries].entry.count = <int32_t>count
-                batch.entries[batch.n_entries].entry.is_list = is_list[f]
-                batch.entries[batch.n_entries].entry.values = <const cstr*><size_t>batch.n_values
-                for k in range(start, start + count):
-                    batch.values[batch.n_values] = _item(items, k)
+                    if not sessions[c]:
+                        problems[i], problem_of[i] = ROW_TAGS_WITHOUT_SESSION, t
+                        break
+                    kid = tag_keys[t]
+                    if kid < 0:
+                        continue
+                    if overridden[kid] == <uint64_t>(i + 1):
+                        problems[i], problem_of[i] = ROW_TAG_TWICE, t
+                        break
+                    overridden[kid] = i + 1
+                    if batch.room(1, 1) < 0:
+                        broken = ROWS_OUT_OF_MEMORY
+                        break
+                    batch.entries[batch.n_entries].key = kid
+                    batch.entries[batch.n_entries].entry.count = 1
+                    batch.entries[batch.n_entries].entry.is_list = False
+                    batch.entries[batch.n_entries].entry.values = <const cstr*><size_t>batch.n_values
+                    batch.values[batch.n_values] = _item(&tags[t], i)
                     batch.n_values += 1
-                batch.n_entries += 1
-            if twice:
-                batch.errors[i] = f"context key {_shown(context_fields[f][1])} is given twice " \
+                    batch.n_entries += 1
+                if broken:
+                    break
+                if problems[i]:
+                    batch.n_entries = rq.ctx_start
+                    continue
+                known = fact_count[c] >= 0
+                if known and fact_count[c]:
+                    if batch.room(fact_count[c], 0) < 0:
+                        broken = ROWS_OUT_OF_MEMORY
+                        break
+                    for k in range(fact_start[c], fact_start[c] + fact_count[c]):
+                        if overridden[batch.entries[k].key] != <uint64_t>(i + 1):
+                            batch.entries[batch.n_entries] = batch.entries[k]
+                            batch.n_entries += 1
+                for f in range(n_fields):
+                    if is_list[f]:
+                        if not _valid(lists[f].validity, lists[f].bit_offset + i):
+                            continue
+                        start = lists[f].offsets[i]
+                        count = lists[f].offsets[i + 1] - start
+                        items = &lists[f].items
+                    else:
+                        if not _valid(strings[f].validity, strings[f].bit_offset + i):
+                            continue
+                        start = i
+                        count = 1
+                        items = &strings[f]
+                    if seen[field_keys[f]] == <uint64_t>(i + 1):  # two spellings of one key in this row
+                        problems[i], problem_of[i] = ROW_KEY_TWICE, f
+                        break
+                    seen[field_keys[f]] = i + 1
+                    if known and engine.principal_keys[field_keys[f]]:
+                        continue  # the store alone says who the principal is
+                    if overridden[field_keys[f]] == <uint64_t>(i + 1):
+                        continue  # the session's tags win
+                    if batch.room(1, count) < 0:
+                        broken = ROWS_OUT_OF_MEMORY
+                        break
+                    batch.entries[batch.n_entries].key = field_keys[f]
+                    batch.entries[batch.n_entries].entry.count = <int32_t>count
+                    batch.entries[batch.n_entries].entry.is_list = is_list[f]
+                    batch.entries[batch.n_entries].entry.values = <const cstr*><size_t>batch.n_values
+                    for k in range(start, start + count):
+                        batch.values[batch.n_values] = _item(items, k)
+                        batch.n_values += 1
+                    batch.n_entries += 1
+                if broken:
+                    break
+                if problems[i]:
+                    batch.n_entries = rq.ctx_start
+                    continue
+                rq.caller = c
+                rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
+        if broken == ROWS_OUT_OF_MEMORY:
+            raise MemoryError()
+        if broken == ROWS_OUT_OF_RANGE:
+            raise ValueError("row indices outside the converter's tables, or dictionary indices outside their "
+                             "dictionary")
+        for i in range(n):  # the rows that failed alone, and why
+            if problems[i] == ROW_BAD_ACTION:
+                text = batch.requests[i].action
+                batch.errors[i] = f"request action {_shown(text.ptr[:text.len].decode(errors='replace'))} " \
+                                  "is not service:Action"
+            elif problems[i] == ROW_BAD_RESOURCE:
+                text = batch.requests[i].resource
+                batch.errors[i] = (f"request resource {_shown(text.ptr[:text.len].decode(errors='replace'))}"
+                                   " is neither an ARN nor \"*\"")
+            elif problems[i] == ROW_TAGS_WITHOUT_SESSION:
+                batch.errors[i] = "session tags belong to an assumed-role session principal"
+            elif problems[i] == ROW_TAG_TWICE:
+                batch.errors[i] = f"session tag {_shown(tag_fields[problem_of[i]][1])} is given twice " \
+                                  "(tag keys ignore case)"
+            elif problems[i] == ROW_KEY_TWICE:
+                batch.errors[i] = f"context key {_shown(context_fields[problem_of[i]][1])} is given twice " \
                                   "(key names are case-insensitive)"
-                batch.n_entries = rq.ctx_start
-                continue
-            rq.caller = c
-            rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
         conversion.place_endpoints()
         batch.finish()
     finally:
@@ -2221,4 +2269,7 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
         free(action_ok)
         free(resource_account_at)
         free(resource_account_len)
+        free(problems)
+        free(problem_of)
     return batch
+
