@@ -16,11 +16,13 @@ policy, index, sid, effect) and ``missing_keys``.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import _engine
-from .compile import CompiledPolicies, decide_in_threads
+from .compile import CHUNK, CompiledPolicies
 from .decision import BY_CODE, Decision, failed
 from .facts import PRINCIPAL_TAG
 from .usage import StatementUsage
@@ -156,7 +158,7 @@ def _places(conversion, principals: pa.Array, resources: pa.DictionaryArray, acc
 
 
 def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
-            usage: StatementUsage | None, threads: int = 1) -> pa.RecordBatch:
+            usage: StatementUsage | None) -> pa.RecordBatch:
     principals = _strings(batch, "principal")
     actions, resources = _strings(batch, "action"), _strings(batch, "resource")
     accounts = _strings(batch, "resource_account", required=False)
@@ -190,7 +192,7 @@ def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
     if explain:
         return _explained(compiled._explain(converted))
     if usage is None:
-        decide_in_threads(compiled._engine, converted, threads)
+        compiled._engine.evaluate_range(converted, 0, converted.n)
     codes = converted.codes_view()
     row = codes.find(_engine.FAILED)
     while row >= 0:  # a condition that could not read its value: say which (rare)
@@ -230,23 +232,43 @@ def evaluate_arrow(compiled: CompiledPolicies, requests: pa.RecordBatch | pa.Tab
     """Decide every row of ``requests``; the result has one row per request, in order.
 
     With ``usage``, also count which statements and action patterns the requests used. ``threads``
-    share the deciding of each record batch (converting it stays on the calling thread).
+    share each record batch: each converts and decides a slice of it (the rows are read from Arrow's
+    buffers without the GIL, as they are decided).
     """
     if isinstance(requests, pa.Table):
-        batches = [_decide_text(compiled, batch, explain, usage, threads) for batch in requests.to_batches()]
+        batches = [_decide_in_slices(compiled, batch, explain, usage, threads) for batch in requests.to_batches()]
         return pa.Table.from_batches(batches, schema=_output_schema(explain))
-    return _decide_text(compiled, requests, explain, usage, threads)
+    return _decide_in_slices(compiled, requests, explain, usage, threads)
+
+
+def _decide_in_slices(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
+                      usage: StatementUsage | None, threads: int) -> pa.RecordBatch:
+    """``_decide_text`` on ``threads`` slices of the batch at once (each with its own usage tally, added
+    to ``usage`` after), the results put back in order."""
+    if threads <= 1 or batch.num_rows < 2 * CHUNK:
+        return _decide_text(compiled, batch, explain, usage)
+    step = -(-batch.num_rows // threads)
+    starts = range(0, batch.num_rows, step)
+    tallies = [None if usage is None else StatementUsage(compiled) for _ in starts]
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda start, tally: _decide_text(compiled, batch.slice(start, step), explain, tally),
+                              starts, tallies))
+    for tally in tallies:
+        if tally is not None:
+            usage.merge(tally)
+    return pa.RecordBatch.from_arrays([pa.concat_arrays([part.column(i) for part in parts])
+                                       for i in range(parts[0].num_columns)], schema=parts[0].schema)
 
 
 def _decide_text(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
-                 usage: StatementUsage | None, threads: int = 1) -> pa.RecordBatch:
+                 usage: StatementUsage | None) -> pa.RecordBatch:
     """``_decide``, after checking that every string is UTF-8 (Arrow does not check what it is handed): a
     row with text that is not fails alone, as a lone surrogate does on the other paths."""
     if _valid_text(batch.columns):
-        return _decide(compiled, batch, explain, usage, threads)
+        return _decide(compiled, batch, explain, usage)
     bad = _rows_with_invalid_text(batch)
     keep = pa.array([row not in bad for row in range(batch.num_rows)])
-    decided = _decide(compiled, batch.filter(keep), explain, usage, threads).to_pylist()
+    decided = _decide(compiled, batch.filter(keep), explain, usage).to_pylist()
     failure = dict(failed("request text is not valid UTF-8").to_json(), statements=[], missing_keys=[])
     rows, at = [], 0
     for row in range(batch.num_rows):

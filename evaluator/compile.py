@@ -57,17 +57,6 @@ def collector_paused(function: Callable) -> Callable:
     return paused
 
 
-def decide_in_threads(engine: _engine.Engine, batch: _engine.Batch, threads: int) -> None:
-    """Decide a converted batch, its rows split among ``threads`` threads (the engine decides without the GIL)."""
-    if threads <= 1 or batch.n < 2 * CHUNK:
-        engine.evaluate_range(batch, 0, batch.n)
-        return
-    step = -(-batch.n // threads)
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda start: engine.evaluate_range(batch, start, min(batch.n, start + step)),
-                      range(0, batch.n, step)))
-
-
 CHUNK = 2048
 """Requests converted and decided together: small enough to stay in cache, large enough
 to amortise a call."""

@@ -46,7 +46,7 @@ def test_decisions_equal_the_batch_api(seed):
     assert result.column("error").null_count == len(requests)
 
 
-def test_threads_share_the_deciding_and_change_nothing(seed):
+def test_threads_share_the_rows_and_change_nothing(seed):
     compiled, requests, table = seed
     want = [str(d) for d in compiled.evaluate_batch(requests)] * 3
     tripled = pa.concat_tables([table] * 3).combine_chunks()  # 9,000 rows: enough to split
@@ -168,6 +168,24 @@ def test_statement_usage_counts_what_the_log_used():
     assert (by_sid["Unused"].applied, by_sid["Unused"].unused_actions) == (0, ("ec2:*",))
     assert (by_sid["Everything"].applied, by_sid["Everything"].decided) == (5, 4)
     assert by_sid["Everything"].unused_actions == ()
+
+
+def test_statement_usage_with_threads_counts_every_slice():
+    """Threads tally their slices apart; the counts added up are those of the whole log (by hand)."""
+    from iam_evaluator.usage import StatementUsage
+
+    compiled = compiled_with(
+        {"Sid": "Read", "Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"},
+        {"Sid": "NoDelete", "Effect": "Deny", "Action": "s3:DeleteObject", "Resource": "*"},
+    )
+    actions = ["s3:GetObject", "s3:DeleteObject", "sqs:SendMessage"] * 3000  # 9,000 rows: three slices
+    table = pa.table({"principal": [ROLE] * 9000, "action": actions, "resource": ["*"] * 9000})
+    usage = StatementUsage(compiled)
+    result = evaluate_arrow(compiled, table, usage=usage, threads=3)
+    assert result.column("decision").to_pylist() == ["Allow", "ExplicitDeny", "ImplicitDeny"] * 3000
+    by_sid = {use.statement.sid: use for use in usage.report()}
+    assert (by_sid["Read"].applied, by_sid["Read"].decided) == (3000, 3000)
+    assert (by_sid["NoDelete"].applied, by_sid["NoDelete"].decided) == (3000, 3000)
 
 
 def test_explained_failures_with_no_statements():
