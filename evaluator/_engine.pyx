@@ -82,6 +82,28 @@ cdef int RULE_MUST_ALLOW_SHIFT = service_rules.MUST_ALLOW_SHIFT
 cdef uint8_t RULE_BOUNDED_KINDS = sum(1 << kind for kind in service_rules.LIMITED_BY_BOUNDARY)
 cdef tuple RESOURCE_KINDS = tuple((service.encode(), start.encode(), kind)
                                   for service, start, kind in service_rules.RESOURCE_KINDS)
+# The same as C arrays (pointing into RESOURCE_KINDS' bytes), read per distinct resource without the GIL.
+cdef enum: MAX_RESOURCE_KINDS = 8
+cdef const char* KIND_SERVICE[MAX_RESOURCE_KINDS]
+cdef const char* KIND_START[MAX_RESOURCE_KINDS]
+cdef Py_ssize_t KIND_SERVICE_LEN[MAX_RESOURCE_KINDS]
+cdef Py_ssize_t KIND_START_LEN[MAX_RESOURCE_KINDS]
+cdef uint8_t KIND_OF[MAX_RESOURCE_KINDS]
+cdef Py_ssize_t N_RESOURCE_KINDS = len(RESOURCE_KINDS)
+
+
+cdef int _load_resource_kinds() except -1:
+    cdef bytes service, start
+    if N_RESOURCE_KINDS > MAX_RESOURCE_KINDS:
+        raise ImportError("service_rules.RESOURCE_KINDS has more kinds than the engine holds")
+    for k, (service, start, kind) in enumerate(RESOURCE_KINDS):
+        KIND_SERVICE[k], KIND_SERVICE_LEN[k] = <const char*>service, len(service)
+        KIND_START[k], KIND_START_LEN[k] = <const char*>start, len(start)
+        KIND_OF[k] = kind
+    return 0
+
+
+_load_resource_kinds()
 
 # Spare scratch buffers kept by all engines of the process, and the most they may hold (bytes
 # allocated, an upper bound on what they commit); changed with the GIL held.
@@ -963,10 +985,10 @@ cdef dict _action_flags = {}  # action as given (UTF-8) -> its flags: a batch's 
 cdef Py_ssize_t ACTION_FLAGS_KEPT = 1 << 16
 
 
-cdef uint8_t _resource_kind(const char* text, Py_ssize_t n):
+cdef uint8_t _resource_kind(const char* text, Py_ssize_t n) noexcept nogil:
     """``service_rules.resource_kind`` without making a string: the ARN's service and resource part
     against ``RESOURCE_KINDS``."""
-    cdef Py_ssize_t field = 0, i, service_at = 0, service_end = 0, resource_at = -1
+    cdef Py_ssize_t field = 0, i, k, service_at = 0, service_end = 0, resource_at = -1
     if n < 4 or memcmp(text, b"arn:", 4) != 0:
         return 0
     for i in range(n):
@@ -981,13 +1003,12 @@ cdef uint8_t _resource_kind(const char* text, Py_ssize_t n):
                 break
     if resource_at < 0:
         return 0
-    cdef bytes service, start
-    for service, start, kind in RESOURCE_KINDS:
-        if service_end - service_at == len(service) and memcmp(text + service_at, <const char*>service,
-                                                               len(service)) == 0 \
-                and n - resource_at >= len(start) and memcmp(text + resource_at, <const char*>start,
-                                                             len(start)) == 0:
-            return kind
+    for k in range(N_RESOURCE_KINDS):
+        if service_end - service_at == KIND_SERVICE_LEN[k] \
+                and memcmp(text + service_at, KIND_SERVICE[k], KIND_SERVICE_LEN[k]) == 0 \
+                and n - resource_at >= KIND_START_LEN[k] \
+                and memcmp(text + resource_at, KIND_START[k], KIND_START_LEN[k]) == 0:
+            return KIND_OF[k]
     return 0
 
 
