@@ -252,7 +252,8 @@ def test_every_managed_policy_parses():
     (pol(stmt(Condition={"StringEquals": {"aws:PrincipalTag/team": ["ok", "\udc80"]}})),
      "/Statement/0/Condition/StringEquals/aws:PrincipalTag~1team/1"),
     (pol(stmt(Resource="arn:aws:s3:::b/\ud800")), "/Statement/0/Resource"),
-    (pol(stmt(Condition={"StringEquals": {"aws:PrincipalTag/te\udc80am": "ok"}})), "/Statement/0/Condition/StringEquals"),
+    (pol(stmt(Condition={"StringEquals": {"aws:PrincipalTag/te\udc80am": "ok"}})),
+     "/Statement/0/Condition/StringEquals"),
     (pol(stmt(Condition={"StringEquals": {7: "ok", "k": "\ud800"}})), "/Statement/0/Condition/StringEquals/k"),
 ])
 def test_text_that_is_not_unicode_is_refused_where_it_stands(document, where):
