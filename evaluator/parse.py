@@ -105,6 +105,11 @@ def _unreadable_text(doc: Any) -> list[Finding]:
     return [] if _readable(doc) else _located_unreadable(doc)
 
 
+def _entry(where: tuple, index: int | None) -> str:
+    """The pointer of an Action or Resource entry: the key's, or its item's in a list."""
+    return pointer(*where) if index is None else pointer(*where, index)
+
+
 def _readable(doc: Any) -> bool:
     """Level by level: each level's keys and strings are checked as one text (a lone surrogate stays
     one when joined), and a level deeper than MAX_DEPTH means no."""
@@ -305,11 +310,12 @@ class _Parser:
             if key not in raw:
                 values.append(None)
                 continue
-            strings = self.string_list(raw[key], (*where, key))
+            at = (*where, key)
+            strings = self.string_list(raw[key], at)
             if strings is not None:
+                listed = not isinstance(raw[key], str)
                 for i, text in enumerate(strings):
-                    at = (*where, key) if isinstance(raw[key], str) else (*where, key, i)
-                    check(text, at)
+                    check(text, at, i if listed else None)
             values.append(strings)
         return values[0], values[1]
 
@@ -335,27 +341,30 @@ class _Parser:
                 ok = False
         return tuple(value) if ok else None
 
-    def action(self, text: str, where: tuple) -> None:
+    # The checks of one Action or Resource entry: ``where`` the key, ``index`` its place in a list (None
+    # for a single string); a pointer is made only for a finding.
+
+    def action(self, text: str, where: tuple, index: int | None) -> None:
         if text != "*" and not ACTION_SYNTAX.fullmatch(text):
             self.error(
-                "E015", pointer(*where),
+                "E015", _entry(where, index),
                 f"{text!r} is not an action: write service:Action (wildcards * and ? allowed) or \"*\"",
             )
 
-    def resource(self, text: str, where: tuple) -> None:
+    def resource(self, text: str, where: tuple, index: int | None) -> None:
         if text == "*":
             return
         if "${" in text and self.version == "2012-10-17":
-            self.variables(text, where)
+            self.variables(text, where if index is None else (*where, index))
         masked = VARIABLE.sub("v", text)
         fields = masked.split(":", 5)
         if len(fields) < 6 or fields[0] != "arn":
             self.error(
-                "E016", pointer(*where),
+                "E016", _entry(where, index),
                 f"{text!r} is not an ARN pattern: expected \"*\" or arn:partition:service:region:account:resource",
             )
         elif not fields[2]:
-            self.error("E016", pointer(*where), f"{text!r} has an empty service field")
+            self.error("E016", _entry(where, index), f"{text!r} has an empty service field")
 
     def variables(self, text: str, where: tuple) -> None:
         unclosed = "${" in VARIABLE.sub("", text)
