@@ -1683,7 +1683,7 @@ cdef class _Converter:
         cdef tuple facts = self.facts[row]
         cdef bint known = facts is not None
         if tags is not None:
-            if not isinstance(tags, Mapping):
+            if type(tags) is not dict and not isinstance(tags, Mapping):
                 raise RequestError("session tags must map tag keys to values")
             if not self.sessions[row]:
                 raise RequestError("session tags belong to an assumed-role session principal")
@@ -1704,7 +1704,7 @@ cdef class _Converter:
                     self.overridden[kid] = stamp
                     self.batch.add_entry(kid, texts, is_list)
         if context is not None:
-            if not isinstance(context, Mapping):
+            if type(context) is not dict and not isinstance(context, Mapping):
                 raise RequestError(f"request context must be an object, not {type(context).__name__}")
             for key, value in (context.items() if type(context) is dict else dict(context).items()):
                 kid = self.key_id(key)

@@ -77,7 +77,7 @@ def create(cls, principal, action, resource, context, resource_account, session_
             else caller.account
     else:
         resource_account = text(resource_account, "resource account")
-    if not isinstance(context, Mapping) and context is not None:
+    if context is not None and type(context) is not dict and not isinstance(context, Mapping):
         raise RequestError(f"request context must be an object, not {type(context).__name__}")
     cdef dict normalised = {}
     for key, value in dict(context or {}).items():
@@ -93,7 +93,7 @@ def create(cls, principal, action, resource, context, resource_account, session_
             else _context_value(key, value)
     cdef dict tags = {}
     if session_tags is not None:
-        if not isinstance(session_tags, Mapping):
+        if type(session_tags) is not dict and not isinstance(session_tags, Mapping):
             raise RequestError("session tags must map tag keys to values")
         if caller.kind != "assumed-role":
             raise RequestError("session tags belong to an assumed-role session principal")

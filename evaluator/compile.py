@@ -336,15 +336,19 @@ class CompiledPolicies:
                 decisions.append(self._unknown(batch.unknown[i]))
             elif code == _engine.FAILED:
                 decisions.append(failed(self._failure(failed_statement)))
-            elif batch.rules(i)[0] & service_rules.ALWAYS and not batch.profiles(i)[0].anonymous:
-                decisions.append(always_allowed())
             else:
                 key = (tuple(applicable), tuple(missing), batch.place(i))
                 decision = memo.get(key)
                 if decision is None:
-                    decision = memo[key] = self._shared_decision(
-                        shared, applicable, missing, batch.same_account(i), *batch.profiles(i), batch.grants(i),
-                        batch.endpoint_grants(i), *batch.rules(i))
+                    caller, resource = batch.profiles(i)
+                    action_flags, resource_kind = batch.rules(i)
+                    if action_flags & service_rules.ALWAYS and not caller.anonymous:
+                        decision = always_allowed()
+                    else:
+                        decision = self._shared_decision(shared, applicable, missing, batch.same_account(i), caller,
+                                                         resource, batch.grants(i), batch.endpoint_grants(i),
+                                                         action_flags, resource_kind)
+                    memo[key] = decision
                 decisions.append(decision)
         return decisions
 
