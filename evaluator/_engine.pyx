@@ -22,7 +22,7 @@ from libc.string cimport memcmp, memcpy, memset
 from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._pattern cimport PatternSet, pseg
-from ._request cimport arn_account, valid_action
+from ._request cimport arn_account, arn_fields, valid_action
 from ._types cimport cstr, ctx_entry
 
 from collections.abc import Mapping
@@ -988,26 +988,14 @@ cdef Py_ssize_t ACTION_FLAGS_KEPT = 1 << 16
 cdef uint8_t _resource_kind(const char* text, Py_ssize_t n) noexcept nogil:
     """``service_rules.resource_kind`` without making a string: the ARN's service and resource part
     against ``RESOURCE_KINDS``."""
-    cdef Py_ssize_t field = 0, i, k, service_at = 0, service_end = 0, resource_at = -1
-    if n < 4 or memcmp(text, b"arn:", 4) != 0:
-        return 0
-    for i in range(n):
-        if text[i] == b":":
-            field += 1
-            if field == 2:
-                service_at = i + 1
-            elif field == 3:
-                service_end = i
-            elif field == 5:
-                resource_at = i + 1
-                break
-    if resource_at < 0:
+    cdef Py_ssize_t at[6]
+    cdef Py_ssize_t k
+    if not arn_fields(text, n, at):
         return 0
     for k in range(N_RESOURCE_KINDS):
-        if service_end - service_at == KIND_SERVICE_LEN[k] \
-                and memcmp(text + service_at, KIND_SERVICE[k], KIND_SERVICE_LEN[k]) == 0 \
-                and n - resource_at >= KIND_START_LEN[k] \
-                and memcmp(text + resource_at, KIND_START[k], KIND_START_LEN[k]) == 0:
+        if at[3] - 1 - at[2] == KIND_SERVICE_LEN[k] \
+                and memcmp(text + at[2], KIND_SERVICE[k], KIND_SERVICE_LEN[k]) == 0 \
+                and n - at[5] >= KIND_START_LEN[k] and memcmp(text + at[5], KIND_START[k], KIND_START_LEN[k]) == 0:
             return KIND_OF[k]
     return 0
 
@@ -2144,7 +2132,8 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
                 rq.ctx_start = <int32_t>batch.n_entries
                 if c < 0:
                     continue  # the reason is in batch.errors or batch.unknown already
-                if c >= n_callers or not 0 <= identities[i] < n_profiles or not 0 <= resource_profiles[i] < n_profiles \
+                if c >= n_callers or not 0 <= identities[i] < n_profiles \
+                        or not 0 <= resource_profiles[i] < n_profiles \
                         or not -1 <= grant_offsets[i] < n_grant_bytes \
                         or not (0 <= action_indices[i] < batch.actions.n and 0 <= resource_indices[i] < batch.resources.n):
                     broken = ROWS_OUT_OF_RANGE

@@ -18,19 +18,27 @@ cdef inline bint valid_action(const char* p, Py_ssize_t n) noexcept nogil:
     return 0 < colon < n - 1
 
 
-cdef inline bint arn_account(const char* p, Py_ssize_t n, Py_ssize_t* start, Py_ssize_t* length) noexcept nogil:
-    """Whether the text is an ARN (``arn:`` and six ':'-separated fields); if so, where its account
-    field (the fifth) lies."""
-    cdef Py_ssize_t i, colons = 0, account = 0
+cdef inline bint arn_fields(const char* p, Py_ssize_t n, Py_ssize_t* at) noexcept nogil:
+    """Whether the text is an ARN (``arn:`` and six ':'-separated fields, the last one running to the
+    end); if so, field k starts at ``at[k]`` (k = 0 to 5)."""
+    cdef Py_ssize_t i, colons = 0
     if n < 4 or p[0] != b"a" or p[1] != b"r" or p[2] != b"n" or p[3] != b":":
         return False
+    at[0] = 0
     for i in range(n):
         if p[i] == b":":
             colons += 1
-            if colons == 4:
-                account = i + 1
-            elif colons == 5:
-                start[0] = account
-                length[0] = i - account
+            at[colons] = i + 1
+            if colons == 5:
                 return True
     return False
+
+
+cdef inline bint arn_account(const char* p, Py_ssize_t n, Py_ssize_t* start, Py_ssize_t* length) noexcept nogil:
+    """Whether the text is an ARN; if so, where its account field (the fifth) lies."""
+    cdef Py_ssize_t at[6]
+    if not arn_fields(p, n, at):
+        return False
+    start[0] = at[4]
+    length[0] = at[5] - 1 - at[4]
+    return True
