@@ -2135,7 +2135,8 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
                 if c >= n_callers or not 0 <= identities[i] < n_profiles \
                         or not 0 <= resource_profiles[i] < n_profiles \
                         or not -1 <= grant_offsets[i] < n_grant_bytes \
-                        or not (0 <= action_indices[i] < batch.actions.n and 0 <= resource_indices[i] < batch.resources.n):
+                        or not 0 <= action_indices[i] < batch.actions.n \
+                        or not 0 <= resource_indices[i] < batch.resources.n:
                     broken = ROWS_OUT_OF_RANGE
                     break
                 rq.identity_profile = identities[i]
