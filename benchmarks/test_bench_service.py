@@ -130,3 +130,33 @@ def test_grpc_check_prepared(benchmark, service):
     assert [check(p).result.decision for p in payloads] == _decisions(prepared.check_codes[0][:SINGLE_N])
     benchmark.extra_info.update(checks=SINGLE_N, correct=True)
     benchmark.pedantic(lambda: [check(p) for p in payloads], rounds=5, warmup_rounds=1)
+
+
+@pytest.fixture(scope="module")
+def empty_server():
+    """A grpcio server whose Check answers at once with a fixed response, served as the service serves (same
+    process, same kind of channel): the floor that issue 14 compares Check's latency with."""
+    from concurrent import futures
+
+    answer = pb.CheckResponse(result=pb.CheckResult(decision=pb.ALLOW)).SerializeToString()
+    handler = grpc.method_handlers_generic_handler("iam_evaluator.v1.Authorizer", {
+        "Check": grpc.unary_unary_rpc_method_handler(lambda request, context: answer)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", CHANNEL_OPTIONS)
+    yield channel
+    channel.close()
+    server.stop(0)
+
+
+@pytest.mark.benchmark(group="service seed Check")
+def test_grpc_check_empty_handler(benchmark, service, empty_server):
+    """The same calls as ``test_grpc_check_prepared`` against the empty handler: Check's own cost is the
+    difference of the two medians (per call: divide by the calls of a round)."""
+    _, prepared, _, _ = service
+    check = empty_server.unary_unary(METHOD + "Check", response_deserializer=pb.CheckResponse.FromString)
+    payloads = prepared.check_payloads[:SINGLE_N]
+    assert {check(p).result.decision for p in payloads} == {pb.ALLOW}
+    benchmark.extra_info.update(checks=SINGLE_N)
+    benchmark.pedantic(lambda: [check(p) for p in payloads], rounds=5, warmup_rounds=1)
