@@ -25,6 +25,7 @@ from ._globtrie import GlobTrie
 from ._pattern import PatternSet
 from .decision import (
     BY_CODE,
+    NEAR_MISSES,
     Decision,
     DecisionKind,
     LayerResult,
@@ -38,7 +39,8 @@ from .facts import is_principal_key
 from .memo import remember
 from .model import Effect, Policy
 from .principals import Caller, Grant, statement_grant
-from .request import PolicySet, Request
+from .reference import Candidate, Candidates, Needs, action_applies, explained, needed_keys
+from .request import ContextValue, PolicySet, Request
 
 
 def collector_paused(function: Callable) -> Callable:
@@ -298,7 +300,7 @@ class CompiledPolicies:
         resource_trie.freeze()
         patterns.freeze()
         conditions.freeze()
-        self._key_names = conditions.key_names
+        self._key_by_id = {number: key for key, number in self.key_ids.items()}
         self._engine = _engine.Engine(
             table, action_trie, action_lists, resource_trie, resource_lists, dynamic, patterns, conditions,
             self.key_ids, len(self.policies), [kid for key, kid in self.key_ids.items() if is_principal_key(key)],
@@ -331,10 +333,12 @@ class CompiledPolicies:
         """The decision for a principal the resolver does not know."""
         return Decision(DecisionKind.IMPLICIT_DENY, "principal", reason=f"the principal {principal} is not known")
 
-    def _explain(self, batch: _engine.Batch) -> list[Decision]:
+    def _explain(self, batch: _engine.Batch, near_miss_limit: int = NEAR_MISSES) -> list[Decision]:
+        """The explained decision of every request of a converted batch; ``near_miss_limit`` 0 lists no
+        near misses (``reference.explained``)."""
         decisions = []
-        explained = self._engine.explain_range(batch, 0, batch.n)
-        for i, (code, applicable, missing, failed_statement) in enumerate(explained):
+        explained_requests = self._engine.explain_range(batch, 0, batch.n)
+        for i, (code, applicable, needy, failed_statement) in enumerate(explained_requests):
             if i in batch.errors:
                 decisions.append(failed(batch.errors[i]))
             elif i in batch.unknown:
@@ -344,8 +348,7 @@ class CompiledPolicies:
             elif batch.rules(i)[0] & service_rules.ALWAYS and not batch.profiles(i)[0].anonymous:
                 decisions.append(always_allowed())
             else:
-                decisions.append(self._decision(applicable, missing, batch.same_account(i), *batch.profiles(i),
-                                                batch.grants(i), batch.endpoint_grants(i), *batch.rules(i)))
+                decisions.append(self._decision(batch, i, applicable, needy, near_miss_limit))
         return decisions
 
     def _failure(self, statement: int) -> str:
@@ -355,10 +358,14 @@ class CompiledPolicies:
         return (f"a condition of {compiled.ref} cannot read the request's value of "
                 f"{' or '.join(sorted(compiled.condition_keys))}")
 
-    def _decision(self, applicable: list[int], missing: list[int], same_account: bool, caller: Profile,
-                  resource: Profile, grants: bytes | None, endpoint_grants: bytes | None, action_flags: int,
-                  resource_kind: int) -> Decision:
-        """Build the explained decision with ``decision.combine``, the rule the reference uses."""
+    def _decision(self, batch: _engine.Batch, i: int, applicable: list[int], needy: list[int],
+                  near_miss_limit: int) -> Decision:
+        """Build request i's explained decision with ``decision.combine``, the rule the reference uses, and
+        explain it with the reference's rules (``reference.explained``): the keys each statement the engine
+        found needy needed, and the near misses among the Allows of the request's layers."""
+        caller, resource = batch.profiles(i)
+        grants, endpoint_grants = batch.grants(i), batch.endpoint_grants(i)
+        action_flags, resource_kind = batch.rules(i)
         rcp_applies = bool(action_flags & service_rules.RCP_APPLIES)
         by_policy: dict[int, list[_Compiled]] = {}
         for number in applicable:
@@ -399,9 +406,45 @@ class CompiledPolicies:
             rcp=tuple(result(f"rcp[{i}]") for i in range(resource.n_rcp)) if resource.n_rcp and rcp_applies else None,
             vpc_endpoint=result("vpc_endpoint") if resource.has_endpoint else None,
         )
-        missing_keys = tuple(sorted(self._key_names[name] for name in missing))
         must_allow = service_rules.must_allow(action_flags, resource_kind) if resource.resource_policy >= 0 else 0
-        return combine(layers, same_account, missing_keys, must_allow=must_allow, anonymous=caller.anonymous)
+        decision = combine(layers, batch.same_account(i), must_allow=must_allow, anonymous=caller.anonymous)
+        near_miss_limit = 0 if decision.allowed else near_miss_limit
+        if not needy and not near_miss_limit:
+            return decision
+        action, resource_arn, entries = batch.decided(i)
+        context: dict[str, ContextValue] = {
+            self._key_by_id[key]: values if is_list or len(values) != 1 else values[0]
+            for key, values, is_list in entries}
+        needs: Needs = {}
+        for number in needy:
+            compiled = self.statements[number]
+            policy = self.policies[compiled.policy]
+            keys = needed_keys(policy.statements[compiled.slot], policy, resource_arn, context)
+            if keys:
+                needs[compiled.ref] = keys
+        candidates = self._candidates(action, caller.roles + resource.roles, grants, endpoint_grants,
+                                      rcp_applies) if near_miss_limit else {}
+        return explained(decision, layers, needs, candidates, resource_arn, context, near_miss_limit)
+
+    def _candidates(self, action: str, roles: tuple[tuple[int, int, int], ...], grants: bytes | None,
+                    endpoint_grants: bytes | None, rcp_applies: bool) -> Candidates:
+        """The Allow statements whose action matches, by layer, as ``reference.layer_result`` finds them: the
+        request's roles, in order, and whether a resource-based policy's statement names the caller."""
+        candidates: Candidates = {}
+        for policy_number, layer, level in roles:
+            if layer == _engine.LAYER_RCP and not rcp_applies:
+                continue
+            names = grants if layer == _engine.LAYER_RESOURCE else \
+                endpoint_grants if layer == _engine.LAYER_ENDPOINT else None
+            resource_based = layer in (_engine.LAYER_RESOURCE, _engine.LAYER_ENDPOINT)
+            policy = self.policies[policy_number]
+            for slot, statement in enumerate(policy.statements):
+                if statement.effect is Effect.ALLOW and action_applies(statement, action):
+                    names_caller = not resource_based or (names is not None and names[slot] != Grant.NONE)
+                    candidates.setdefault(layer_name(layer, level), []).append(
+                        Candidate(policy, statement, names_caller))
+        return candidates
+
 
     # ------------------------------------------------------------ evaluation
 
