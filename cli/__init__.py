@@ -18,7 +18,7 @@ from typing import Any
 from iam_evaluator import __version__
 from iam_evaluator.cases import DEFAULT_ENGINE, ENGINES, json_report, junit_report, print_report, run_files
 from iam_evaluator.catalog import CATALOG_ENV, Catalog
-from iam_evaluator.decision import Decision
+from iam_evaluator.decision import Decision, Miss, MissKind
 from iam_evaluator.files import policy_files
 from iam_evaluator.findings import FAILING, Finding, PolicyValidationError, Severity
 from iam_evaluator.model import Policy
@@ -91,9 +91,9 @@ def read_session_tags(pairs: list[str]) -> dict[str, str] | None:
     return tags or None
 
 
-def print_decision(decision: Decision, as_json: bool, store_version: int | None = None) -> None:
+def print_decision(decision: Decision, as_json: bool, store_version: int | None = None, explain: bool = False) -> None:
     """A decision as ``check`` prints it, here and from the service (which adds the store version
-    that decided it)."""
+    that decided it); ``explain`` adds the statements that needed each missing key and the near misses."""
     if as_json:
         found = decision.to_json()
         if store_version is not None:
@@ -108,8 +108,26 @@ def print_decision(decision: Decision, as_json: bool, store_version: int | None 
         print(f"  statement: {ref}")
     if decision.missing_keys:
         print(f"  missing context keys: {', '.join(decision.missing_keys)}")
+    if explain:
+        for missing in decision.missing_key_statements:
+            print(f"    {missing.key}: needed by {', '.join(map(str, missing.statements))}")
+        for near in decision.near_misses:
+            print(f"  nearly applied in {near.layer}: {near}{_miss_details(near.miss)}")
+        if decision.more_near_misses:
+            print(f"  … and {decision.more_near_misses} more statement(s) that nearly applied")
     if store_version is not None:
         print(f"  store version {store_version}" if store_version else "  decided by the inline policies")
+
+
+def _miss_details(miss: Miss) -> str:
+    """What a near miss compared, beyond its reason."""
+    if miss.kind is MissKind.RESOURCE:
+        return f"; patterns {', '.join(miss.patterns)}"
+    if miss.kind is MissKind.CONDITION:
+        return f"; sent {json.dumps(list(miss.sent))}, wanted {json.dumps(list(miss.wanted))}"
+    if miss.kind is MissKind.VARIABLE and miss.sent:
+        return f"; sent {json.dumps(list(miss.sent))}"
+    return ""
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -126,7 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                              read_context(args.context, args.context_file), args.resource_account,
                              read_session_tags(args.session_tag))
     decision = ENGINES[args.engine](policies, request)
-    print_decision(decision, args.json)
+    print_decision(decision, args.json, explain=args.explain)
     return 0 if decision.allowed else 1
 
 
@@ -295,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--session-tag", action="append", default=[], metavar="KEY=VALUE",
                        help="a tag of the assumed-role session given as --principal (aws:PrincipalTag/KEY)")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
+    check.add_argument("--explain", action="store_true",
+                       help="also print the statements that needed each missing key and, for a deny, the Allow "
+                            "statements that nearly applied (JSON always has them)")
     check.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE,
                        help="compiled (default) or the pure-Python reference evaluator")
     check.set_defaults(run=cmd_check)

@@ -86,7 +86,8 @@ class MissKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Miss:
-    """The first reason a statement did not apply, with what it compared."""
+    """The first reason a statement did not apply, with what it compared (values sent and wanted cut short:
+    ``reference.SHOWN_VALUES``)."""
 
     kind: MissKind
     reason: str                   # the reason in words

@@ -101,8 +101,17 @@ def why_not_applies(statement: Statement, policy: Policy, resource: str, context
     return first
 
 
+SHOWN_VALUES, SHOWN_CHARS = 8, 200
+"""A miss shows at most this many values sent or wanted, each cut to this many characters: an explanation
+travels in responses and logs, and must not grow with what a request sends."""
+
+
+def _shown(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(v if len(v) <= SHOWN_CHARS else v[:SHOWN_CHARS] + "…" for v in values[:SHOWN_VALUES])
+
+
 def _values(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
-    return () if value is None else (value,) if isinstance(value, str) else tuple(value)
+    return () if value is None else _shown((value,) if isinstance(value, str) else value)
 
 
 def _condition_miss(condition: Condition, context: Mapping, substitute: bool, absent: bool) -> Miss:
@@ -111,8 +120,8 @@ def _condition_miss(condition: Condition, context: Mapping, substitute: bool, ab
         return Miss(MissKind.MISSING_KEY, f"context key {condition.key} is missing ({condition.operator})",
                     operator=condition.operator, key=condition.key)
     family = OPERATORS[condition.base_operator].family
-    wanted = (tuple(expand_text(v, context, substitute) for v in condition.values)
-              if family in (Family.STRING, Family.ARN) else condition.values)
+    wanted = _shown([expand_text(v, context, substitute) for v in condition.values]
+                    if family in (Family.STRING, Family.ARN) else condition.values)
     return Miss(MissKind.CONDITION, f"condition {condition.operator} on {condition.key} is false",
                 operator=condition.operator, key=condition.key, sent=_values(context.get(condition.key.lower())),
                 wanted=wanted)

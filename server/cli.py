@@ -78,7 +78,7 @@ def cmd_client_check(args: argparse.Namespace) -> int:
         response = client.check(principal, args.action, args.resource, context, args.resource_account,
                                 explain=args.explain, session_tags=session_tags)
     decision = convert.decision(response.result)
-    print_decision(decision, args.json, store_version=response.store_version)
+    print_decision(decision, args.json, store_version=response.store_version, explain=args.explain)
     return 0 if decision.allowed else 1
 
 
@@ -218,7 +218,8 @@ def add_commands(commands) -> None:
     check.add_argument("--context-file", metavar="FILE", help="JSON object of context keys")
     check.add_argument("--session-tag", action="append", default=[], metavar="KEY=VALUE",
                        help="a tag of the assumed-role session given as --principal; repeat for more tags")
-    check.add_argument("--explain", action="store_true", help="deciding statements and missing keys")
+    check.add_argument("--explain", action="store_true",
+                       help="deciding statements, missing keys with the statements that needed them, near misses")
     check.add_argument("--json", action="store_true")
     check.set_defaults(run=_calling(cmd_client_check))
 
