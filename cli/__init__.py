@@ -3,7 +3,7 @@
 Exit codes: ``check`` 0 Allow, 1 deny, 2 bad input; ``validate`` 1 when a
 finding at or above ``--fail-on`` (error by default) exists, else 0 (a note
 never fails), 2 unreadable input (a store's unreadable files are findings);
-``test`` 0 all passed, 1 any failed, 2 bad input; ``batch``
+``test`` 0 all passed, 1 any failed, 2 bad input; ``context-keys`` 0, 2 bad input; ``batch``
 0 done, 2 bad input or a failed job (a worker died, the output could not be
 written); ``diff`` 0, or 1 when ``--fail-on`` sees what it names, 2 bad input.
 """
@@ -18,16 +18,18 @@ from typing import Any
 from iam_evaluator import __version__
 from iam_evaluator.cases import DEFAULT_ENGINE, ENGINES, json_report, junit_report, print_report, run_files
 from iam_evaluator.catalog import CATALOG_ENV, Catalog
+from iam_evaluator.context_keys import context_keys, store_context_keys
 from iam_evaluator.decision import Decision, Miss, MissKind
 from iam_evaluator.files import policy_files
 from iam_evaluator.findings import FAILING, Finding, PolicyValidationError, Severity
 from iam_evaluator.model import Policy
-from iam_evaluator.parse import PolicyKind, parse_policy
+from iam_evaluator.parse import PolicyKind, decode_json, parse_policy
 from iam_evaluator.policy_types import PolicyType
 from iam_evaluator.principals import RequestError
 from iam_evaluator.request import PolicySet, Request
 from iam_evaluator.sarif import sarif_log
 from iam_evaluator.service_rules import ANONYMOUS
+from iam_evaluator.store import PolicyStore
 from iam_evaluator.validate import validate_policy, validate_store
 
 BAD_INPUT = 2
@@ -220,6 +222,43 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0 if all(result.passed for _, outcomes in results for _, result in outcomes) else 1
 
 
+def _load_either(path: str) -> Policy:
+    """A policy file read as resource-based when a statement names a Principal, else as identity-based."""
+    document = decode_json(read_file(path), unique_keys=True)
+    statements = document.get("Statement") if isinstance(document, dict) else None
+    statements = [statements] if isinstance(statements, dict) else statements if isinstance(statements, list) else []
+    named = any(isinstance(s, dict) and ("Principal" in s or "NotPrincipal" in s) for s in statements)
+    return parse_policy(document, kind=PolicyKind.RESOURCE if named else PolicyKind.IDENTITY, name=path)
+
+
+def cmd_context_keys(args: argparse.Namespace) -> int:
+    if bool(args.files) == bool(args.store):
+        raise UsageError("name policy files or folders, or a store with --store (one or the other)")
+    if args.principal is not None and not args.store:
+        raise UsageError("--principal names a principal of the store: give --store too")
+    if args.store:
+        try:
+            store = PolicyStore.load(args.store)
+        except OSError as exc:
+            raise UsageError(f"cannot read the store {args.store}: {exc.strerror}") from None
+        try:
+            keys = store_context_keys(store, args.principal, args.action)
+        except LookupError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        keys = context_keys([_load_either(path) for path in policy_files(args.files)], args.action)
+    if args.json:
+        print(json.dumps([key.to_json() for key in keys], indent=2))
+        return 0
+    for key in keys:
+        _print_escaped(key.key)
+        for ref in key.statements:
+            _print_escaped(f"  {ref}")
+    if not keys:
+        print("no context keys")
+    return 0
+
+
 def _batch_modules() -> None:
     try:
         import pyarrow  # noqa: F401
@@ -337,6 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="text (default), JSON by file, or a SARIF 2.1.0 log for code scanning")
     validate.add_argument("--json", dest="format", action="store_const", const="json", help="--format json")
     validate.set_defaults(run=cmd_validate)
+
+    keys = commands.add_parser("context-keys", help="list the context keys policies test, with their statements")
+    keys.add_argument("files", nargs="*", metavar="FILE", help="policy files, or folders: every *.json below")
+    keys.add_argument("--store", metavar="DIR|SNAPSHOT", help="every policy a store uses, instead of files")
+    keys.add_argument("--principal", metavar="ARN",
+                      help="with --store: only the policies that apply to this principal (identity, groups, "
+                           "boundary, SCPs)")
+    keys.add_argument("--action", metavar="A", help="only the statements whose Action lets this action in")
+    keys.add_argument("--json", action="store_true", help="print the keys as JSON")
+    keys.set_defaults(run=cmd_context_keys)
 
     batch = commands.add_parser("batch", help="replay request logs (JSON Lines, Parquet, CloudTrail) against policies")
     policies = batch.add_mutually_exclusive_group(required=True)

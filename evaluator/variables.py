@@ -71,6 +71,12 @@ def expand_text(text: str, context: Mapping[str, str | tuple[str, ...]], substit
 
 
 
+def variable_keys(text: str) -> list[str]:
+    """The keys (as spelled) of the variables in ``text``, defaulted or not; ``${*}``, ``${?}`` and ``${$}``
+    name none."""
+    return [parse_variable(match.group(1))[0] for match in VARIABLE.finditer(text) if match.group(1) not in _LITERALS]
+
+
 def absent_variables(text: str, context: Mapping[str, str | tuple[str, ...]]) -> list[str]:
     """The keys (as spelled) of the variables in ``text`` that the context does not give and that have no
     default: what the request must add for them to resolve."""

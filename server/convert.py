@@ -12,6 +12,7 @@ from typing import Any
 
 from iam_evaluator import PolicySet, Request
 from iam_evaluator.compile import BatchDecisions
+from iam_evaluator.context_keys import ContextKeyUse
 from iam_evaluator.decision import BY_CODE, Decision, DecisionKind, Miss, MissingKey, MissKind, NearMiss, StatementRef
 from iam_evaluator.findings import Finding, PolicyValidationError
 from iam_evaluator.model import Effect
@@ -204,6 +205,10 @@ def decision(message: pb.CheckResult) -> Decision:
                                         tuple(m.sent), tuple(m.wanted), m.cut_by))
                           for m in message.near_misses),
                     message.more_near_misses)
+
+
+def context_keys(keys: Iterable[ContextKeyUse]) -> list[pb.ContextKey]:
+    return [pb.ContextKey(key=k.key, statements=map(statement_ref, k.statements)) for k in keys]
 
 
 def encoded_response(decided: BatchDecisions, store_version: int, batch_id: int) -> bytes:
