@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _engine, service_rules
 from ._conditions import ConditionSet
@@ -41,6 +41,9 @@ from .model import Effect, Policy
 from .principals import Caller, Grant, statement_grant
 from .reference import Candidate, Candidates, Needs, action_applies, explained, needed_keys
 from .request import ContextValue, PolicySet, Request
+
+if TYPE_CHECKING:
+    from .usage import StatementUsage
 
 
 def collector_paused(function: Callable) -> Callable:
@@ -488,6 +491,7 @@ class CompiledPolicies:
         explain: bool = False,
         threads: int = 1,
         session_tags: Sequence[Mapping[str, str] | None] | None = None,
+        usage: StatementUsage | None = None,
     ) -> BatchDecisions | list[Decision]:
         """The columnar form: parallel sequences, one entry per request (the fastest path).
 
@@ -495,11 +499,15 @@ class CompiledPolicies:
         key (``{"aws:SourceIp": [...], ...}``, ``None`` where a request lacks the key), so
         that no per-request object is touched. ``session_tags``: per request, the tags of an
         assumed-role session, or None. A request that cannot be evaluated (a malformed ARN, a
-        context value of the wrong type) does not raise: it is denied, and ``errors`` says why.
+        context value of the wrong type) does not raise: it is denied, and ``errors`` says why. ``usage``:
+        count into it, per statement, the requests it applied to (``usage.StatementUsage``; then the requests
+        are decided on one thread).
         """
         if explain:
-            return self._explain(self._convert(principals, actions, resources, contexts, resource_accounts,
-                                               session_tags))
+            batch = self._convert(principals, actions, resources, contexts, resource_accounts, session_tags)
+            if usage is not None:
+                usage.tally(batch)
+            return self._explain(batch)
         n = len(principals)
         codes = bytearray(n)
         errors: dict[int, str] = {}
@@ -530,10 +538,13 @@ class CompiledPolicies:
                 i = chunk_codes.find(_engine.FAILED, i + 1)
 
         starts = range(0, n, CHUNK)
-        if threads <= 1 or n <= CHUNK:
+        if threads <= 1 or n <= CHUNK or usage is not None:
             for start in starts:
                 batch = convert(start)
-                self._engine.evaluate_range(batch, 0, batch.n)
+                if usage is None:
+                    self._engine.evaluate_range(batch, 0, batch.n)
+                else:
+                    usage.tally(batch)
                 collect(start, batch)
         else:
             # Converting reads Python objects and needs the GIL; deciding does not. So this thread

@@ -13,6 +13,7 @@ from iam_evaluator.catalog import Catalog
 from iam_evaluator.context_keys import store_context_keys
 from iam_evaluator.findings import Severity
 from iam_evaluator.store import SECTION_TYPES
+from iam_evaluator.usage import ServedUsage
 from iam_evaluator.validate import validate_policy
 
 from . import convert
@@ -30,9 +31,10 @@ def _section(kind: int) -> str:
 
 
 class PolicyAdminServicer(pb_grpc.PolicyAdminServicer):
-    def __init__(self, live: Callable[[], LiveStore], catalog: Catalog) -> None:
+    def __init__(self, live: Callable[[], LiveStore], catalog: Catalog, usage: ServedUsage) -> None:
         self._live = live  # raises ServiceError(UNAVAILABLE) until the store is compiled
         self._catalog = catalog
+        self._usage = usage
 
     def _serving(self) -> Serving:
         return self._live().current
@@ -110,6 +112,13 @@ class PolicyAdminServicer(pb_grpc.PolicyAdminServicer):
         except LookupError as exc:
             raise EntryNotFound(str(exc)) from None
         return pb.GetContextKeysResponse(keys=convert.context_keys(keys), store_version=serving.version.number)
+
+    def GetStatementUsage(self, request: pb.GetStatementUsageRequest, context) -> pb.GetStatementUsageResponse:
+        serving = self._serving()
+        counts = [c for c in self._usage.report(serving.compiled) if not (request.never_applied and c.applied)]
+        return pb.GetStatementUsageResponse(statements=convert.statement_uses(counts),
+                                            since=convert.rfc3339(self._usage.started),
+                                            store_version=serving.version.number)
 
     def _change(self, edit: Callable[[dict], None], description: str, expected_version: int) -> pb.StoreChange:
         serving = self._live().change(edit, description, expected_version)

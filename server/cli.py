@@ -174,6 +174,8 @@ def _admin_commands():
         "rollback": lambda a: ("Rollback", pb.RollbackRequest(version=a.version, expected_version=a.expected_version)),
         "context-keys": lambda a: ("GetContextKeys", pb.GetContextKeysRequest(principal=a.principal or "",
                                                                               action=a.action or "")),
+        "statement-usage": lambda a: ("GetStatementUsage", pb.GetStatementUsageRequest(
+            never_applied=a.never_applied)),
     }
 
 
@@ -198,7 +200,7 @@ def add_commands(commands) -> None:
                         help=f"server HOST:PORT (default $IAM_EVAL_TARGET or {DEFAULT_TARGET})")
     client.add_argument("--token", default=os.environ.get("IAM_EVAL_TOKEN"),
                         help="bearer token (default $IAM_EVAL_TOKEN); the server's read_token is enough for "
-                             "validate, version, versions, context-keys, get-* and list-*")
+                             "validate, version, versions, context-keys, statement-usage, get-* and list-*")
     client.add_argument("--tls-ca", metavar="PEM", help="connect over TLS, trusting this CA")
     client.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mutual TLS")
     client.add_argument("--tls-key", metavar="PEM", help="client key, for mutual TLS")
@@ -256,6 +258,8 @@ def add_commands(commands) -> None:
         "rollback": [("version", {"type": int})],
         "context-keys": [("--principal", {"help": "only the policies that apply to this principal"}),
                          ("--action", {"help": "only the statements whose Action lets this action in"})],
+        "statement-usage": [("--never-applied", {"action": "store_true",
+                                                 "help": "only the statements that applied to no request"})],
     }
     for name, arguments in specs.items():
         command = calls.add_parser(name, help=f"admin: {name.replace('-', ' ')}")

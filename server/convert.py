@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from iam_evaluator import PolicySet, Request
@@ -19,6 +20,7 @@ from iam_evaluator.model import Effect
 from iam_evaluator.parse import PolicyKind as DocumentKind
 from iam_evaluator.parse import decode_json, parse_policy
 from iam_evaluator.store import SECTION_TYPES
+from iam_evaluator.usage import StatementCount
 
 from .api import iam_evaluator_pb2 as pb
 
@@ -209,6 +211,16 @@ def decision(message: pb.CheckResult) -> Decision:
 
 def context_keys(keys: Iterable[ContextKeyUse]) -> list[pb.ContextKey]:
     return [pb.ContextKey(key=k.key, statements=map(statement_ref, k.statements)) for k in keys]
+
+
+def rfc3339(seconds: float) -> str:
+    """A time (seconds since the epoch) as the service writes times: RFC 3339, UTC, to the second."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def statement_uses(counts: Iterable[StatementCount]) -> list[pb.StatementUse]:
+    return [pb.StatementUse(statement=statement_ref(c.statement), applied=c.applied, decided=c.decided,
+                            since=rfc3339(c.since)) for c in counts]
 
 
 def encoded_response(decided: BatchDecisions, store_version: int, batch_id: int) -> bytes:
