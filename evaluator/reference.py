@@ -106,12 +106,12 @@ SHOWN_VALUES, SHOWN_CHARS = 8, 200
 travels in responses and logs, and must not grow with what a request sends."""
 
 
-def _shown(values: Sequence[str]) -> tuple[str, ...]:
+def _cut_short(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(v if len(v) <= SHOWN_CHARS else v[:SHOWN_CHARS] + "…" for v in values[:SHOWN_VALUES])
 
 
 def _values(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
-    return () if value is None else _shown((value,) if isinstance(value, str) else value)
+    return () if value is None else _cut_short((value,) if isinstance(value, str) else value)
 
 
 def _condition_miss(condition: Condition, context: Mapping, substitute: bool, absent: bool) -> Miss:
@@ -120,7 +120,7 @@ def _condition_miss(condition: Condition, context: Mapping, substitute: bool, ab
         return Miss(MissKind.MISSING_KEY, f"context key {condition.key} is missing ({condition.operator})",
                     operator=condition.operator, key=condition.key)
     family = OPERATORS[condition.base_operator].family
-    wanted = _shown([expand_text(v, context, substitute) for v in condition.values]
+    wanted = _cut_short([expand_text(v, context, substitute) for v in condition.values]
                     if family in (Family.STRING, Family.ARN) else condition.values)
     return Miss(MissKind.CONDITION, f"condition {condition.operator} on {condition.key} is false",
                 operator=condition.operator, key=condition.key, sent=_values(context.get(condition.key.lower())),

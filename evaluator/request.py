@@ -21,7 +21,12 @@ _ACTION = re.compile(r"[A-Za-z0-9_-]+:[A-Za-z0-9_-]+")
 
 
 def _shown(value: Any) -> str:
-    shown = repr(value)
+    """A value for a message, cut short; never raises: a value that cannot show itself (nested deeper than
+    ``repr`` goes, or whose ``__repr__`` fails) is named by its type."""
+    try:
+        shown = repr(value)
+    except Exception:  # noqa: BLE001 - RecursionError, or any error of a hostile __repr__
+        return f"a {type(value).__name__} that cannot be shown"
     return shown if len(shown) <= 200 else shown[:200] + "…"
 
 
