@@ -340,6 +340,7 @@ class CompiledPolicies:
         """The explained decision of every request of a converted batch; ``near_miss_limit`` 0 lists no
         near misses (``reference.explained``)."""
         decisions = []
+        candidates: dict[tuple, Candidates] = {}  # by action and layers: the requests of a batch share them
         explained_requests = self._engine.explain_range(batch, 0, batch.n)
         for i, (code, applicable, needy, failed_statement) in enumerate(explained_requests):
             if i in batch.errors:
@@ -351,7 +352,7 @@ class CompiledPolicies:
             elif batch.rules(i)[0] & service_rules.ALWAYS and not batch.profiles(i)[0].anonymous:
                 decisions.append(always_allowed())
             else:
-                decisions.append(self._decision(batch, i, applicable, needy, near_miss_limit))
+                decisions.append(self._decision(batch, i, applicable, needy, near_miss_limit, candidates))
         return decisions
 
     def _failure(self, statement: int) -> str:
@@ -362,10 +363,11 @@ class CompiledPolicies:
                 f"{' or '.join(sorted(compiled.condition_keys))}")
 
     def _decision(self, batch: _engine.Batch, i: int, applicable: list[int], needy: list[int],
-                  near_miss_limit: int) -> Decision:
+                  near_miss_limit: int, candidates_by_layers: dict[tuple, Candidates]) -> Decision:
         """Build request i's explained decision with ``decision.combine``, the rule the reference uses, and
         explain it with the reference's rules (``reference.explained``): the keys each statement the engine
-        found needy needed, and the near misses among the Allows of the request's layers."""
+        found needy needed, and the near misses among the Allows of the request's layers (found once per
+        action and layers, in ``candidates_by_layers``)."""
         caller, resource = batch.profiles(i)
         grants, endpoint_grants = batch.grants(i), batch.endpoint_grants(i)
         action_flags, resource_kind = batch.rules(i)
@@ -425,8 +427,11 @@ class CompiledPolicies:
             keys = needed_keys(policy.statements[compiled.slot], policy, resource_arn, context)
             if keys:
                 needs[compiled.ref] = keys
-        candidates = self._candidates(action, caller.roles + resource.roles, grants, endpoint_grants,
-                                      rcp_applies) if near_miss_limit else {}
+        candidates: Candidates = {}
+        if near_miss_limit:
+            key = (action, id(caller), id(resource), grants, endpoint_grants, rcp_applies)  # the batch holds both
+            candidates = candidates_by_layers.get(key) or candidates_by_layers.setdefault(key, self._candidates(
+                action, caller.roles + resource.roles, grants, endpoint_grants, rcp_applies))
         return explained(decision, layers, needs, candidates, resource_arn, context, near_miss_limit)
 
     def _candidates(self, action: str, roles: tuple[tuple[int, int, int], ...], grants: bytes | None,
