@@ -430,8 +430,10 @@ class CompiledPolicies:
         candidates: Candidates = {}
         if near_miss_limit:
             key = (action, id(caller), id(resource), grants, endpoint_grants, rcp_applies)  # the batch holds both
-            candidates = candidates_by_layers.get(key) or candidates_by_layers.setdefault(key, self._candidates(
-                action, caller.roles + resource.roles, grants, endpoint_grants, rcp_applies))
+            if key not in candidates_by_layers:
+                candidates_by_layers[key] = self._candidates(action, caller.roles + resource.roles, grants,
+                                                             endpoint_grants, rcp_applies)
+            candidates = candidates_by_layers[key]
         return explained(decision, layers, needs, candidates, resource_arn, context, near_miss_limit)
 
     def _candidates(self, action: str, roles: tuple[tuple[int, int, int], ...], grants: bytes | None,
@@ -452,7 +454,6 @@ class CompiledPolicies:
                     candidates.setdefault(layer_name(layer, level), []).append(
                         Candidate(policy, statement, names_caller))
         return candidates
-
 
     # ------------------------------------------------------------ evaluation
 
