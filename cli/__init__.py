@@ -3,7 +3,7 @@
 Exit codes: ``check`` 0 Allow, 1 deny, 2 bad input; ``validate`` 1 when a
 finding at or above ``--fail-on`` (error by default) exists, else 0 (a note
 never fails), 2 unreadable input (a store's unreadable files are findings);
-``test`` 0 all passed, 1 any failed, 2 bad input; ``batch``
+``test`` 0 all passed, 1 any failed, 2 bad input; ``context-keys`` 0, 2 bad input; ``batch``
 0 done, 2 bad input or a failed job (a worker died, the output could not be
 written); ``diff`` 0, or 1 when ``--fail-on`` sees what it names, 2 bad input;
 ``who-can`` and ``what-can`` 0 answered (whatever the answer), 2 bad input.
@@ -21,11 +21,12 @@ from iam_evaluator.access_queries import HOPS, WhatCan, WhoCan, what_can, who_ca
 from iam_evaluator.cases import DEFAULT_ENGINE, ENGINES, json_report, junit_report, print_report, run_files
 from iam_evaluator.catalog import CATALOG_ENV, Catalog
 from iam_evaluator.compiled_store import CompiledStore
-from iam_evaluator.decision import Decision
+from iam_evaluator.context_keys import context_keys, store_context_keys
+from iam_evaluator.decision import Decision, Miss, MissKind
 from iam_evaluator.files import policy_files
 from iam_evaluator.findings import FAILING, Finding, PolicyValidationError, Severity
 from iam_evaluator.model import Policy
-from iam_evaluator.parse import PolicyKind, parse_policy
+from iam_evaluator.parse import PolicyKind, decode_json, parse_policy
 from iam_evaluator.policy_types import PolicyType
 from iam_evaluator.principals import RequestError
 from iam_evaluator.request import PolicySet, Request
@@ -95,9 +96,9 @@ def read_session_tags(pairs: list[str]) -> dict[str, str] | None:
     return tags or None
 
 
-def print_decision(decision: Decision, as_json: bool, store_version: int | None = None) -> None:
+def print_decision(decision: Decision, as_json: bool, store_version: int | None = None, explain: bool = False) -> None:
     """A decision as ``check`` prints it, here and from the service (which adds the store version
-    that decided it)."""
+    that decided it); ``explain`` adds the statements that needed each missing key and the near misses."""
     if as_json:
         found = decision.to_json()
         if store_version is not None:
@@ -112,8 +113,26 @@ def print_decision(decision: Decision, as_json: bool, store_version: int | None 
         print(f"  statement: {ref}")
     if decision.missing_keys:
         print(f"  missing context keys: {', '.join(decision.missing_keys)}")
+    if explain:
+        for missing in decision.missing_key_statements:
+            print(f"    {missing.key}: needed by {', '.join(map(str, missing.statements))}")
+        for near in decision.near_misses:
+            print(f"  nearly applied in {near.layer}: {near}{_miss_details(near.miss)}")
+        if decision.more_near_misses:
+            print(f"  … and {decision.more_near_misses} more statement(s) that nearly applied")
     if store_version is not None:
         print(f"  store version {store_version}" if store_version else "  decided by the inline policies")
+
+
+def _miss_details(miss: Miss) -> str:
+    """What a near miss compared, beyond its reason."""
+    if miss.kind is MissKind.RESOURCE:
+        return f"; patterns {', '.join(miss.patterns)}"
+    if miss.kind is MissKind.CONDITION:
+        return f"; sent {json.dumps(list(miss.sent))}, wanted {json.dumps(list(miss.wanted))}"
+    if miss.kind is MissKind.VARIABLE and miss.sent:
+        return f"; sent {json.dumps(list(miss.sent))}"
+    return ""
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -130,7 +149,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                              read_context(args.context, args.context_file), args.resource_account,
                              read_session_tags(args.session_tag))
     decision = ENGINES[args.engine](policies, request)
-    print_decision(decision, args.json)
+    print_decision(decision, args.json, explain=args.explain)
     return 0 if decision.allowed else 1
 
 
@@ -204,6 +223,43 @@ def cmd_test(args: argparse.Namespace) -> int:
     if args.junit:
         junit_report(results).write(args.junit, encoding="utf-8", xml_declaration=True)  # OSError: exit 2
     return 0 if all(result.passed for _, outcomes in results for _, result in outcomes) else 1
+
+
+def _load_either(path: str) -> Policy:
+    """A policy file read as resource-based when a statement names a Principal, else as identity-based."""
+    document = decode_json(read_file(path), unique_keys=True)
+    statements = document.get("Statement") if isinstance(document, dict) else None
+    statements = [statements] if isinstance(statements, dict) else statements if isinstance(statements, list) else []
+    named = any(isinstance(s, dict) and ("Principal" in s or "NotPrincipal" in s) for s in statements)
+    return parse_policy(document, kind=PolicyKind.RESOURCE if named else PolicyKind.IDENTITY, name=path)
+
+
+def cmd_context_keys(args: argparse.Namespace) -> int:
+    if bool(args.files) == bool(args.store):
+        raise UsageError("name policy files or folders, or a store with --store (one or the other)")
+    if args.principal is not None and not args.store:
+        raise UsageError("--principal names a principal of the store: give --store too")
+    if args.store:
+        try:
+            store = PolicyStore.load(args.store)
+        except OSError as exc:
+            raise UsageError(f"cannot read the store {args.store}: {exc.strerror}") from None
+        try:
+            keys = store_context_keys(store, args.principal, args.action)
+        except LookupError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        keys = context_keys([_load_either(path) for path in policy_files(args.files)], args.action)
+    if args.json:
+        print(json.dumps([key.to_json() for key in keys], indent=2))
+        return 0
+    for key in keys:
+        _print_escaped(key.key)
+        for ref in key.statements:
+            _print_escaped(f"  {ref}")
+    if not keys:
+        print("no context keys")
+    return 0
 
 
 def _batch_modules() -> None:
@@ -373,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--session-tag", action="append", default=[], metavar="KEY=VALUE",
                        help="a tag of the assumed-role session given as --principal (aws:PrincipalTag/KEY)")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
+    check.add_argument("--explain", action="store_true",
+                       help="also print the statements that needed each missing key and, for a deny, the Allow "
+                            "statements that nearly applied (JSON always has them)")
     check.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE,
                        help="compiled (default) or the pure-Python reference evaluator")
     check.set_defaults(run=cmd_check)
@@ -394,6 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="text (default), JSON by file, or a SARIF 2.1.0 log for code scanning")
     validate.add_argument("--json", dest="format", action="store_const", const="json", help="--format json")
     validate.set_defaults(run=cmd_validate)
+
+    keys = commands.add_parser("context-keys", help="list the context keys policies test, with their statements")
+    keys.add_argument("files", nargs="*", metavar="FILE", help="policy files, or folders: every *.json below")
+    keys.add_argument("--store", metavar="DIR|SNAPSHOT", help="every policy a store uses, instead of files")
+    keys.add_argument("--principal", metavar="ARN",
+                      help="with --store: only the policies that apply to this principal (identity, groups, "
+                           "boundary, SCPs)")
+    keys.add_argument("--action", metavar="A", help="only the statements whose Action lets this action in")
+    keys.add_argument("--json", action="store_true", help="print the keys as JSON")
+    keys.set_defaults(run=cmd_context_keys)
 
     batch = commands.add_parser("batch", help="replay request logs (JSON Lines, Parquet, CloudTrail) against policies")
     policies = batch.add_mutually_exclusive_group(required=True)

@@ -205,7 +205,6 @@ ctypedef struct scratch_t:
     uint64_t* resource_mark  # per statement: generation in which a static resource pattern matched it
     uint64_t* pattern_mark   # per action pattern: generation in which it matched
     uint64_t* resource_pattern_mark  # per fixed resource pattern: generation in which it matched
-    uint64_t* name_mark      # per condition-key spelling: generation in which it was noted missing
     uint64_t gen
     mark_t* policy_mark      # per policy: its roles for the current profile
     uint64_t profile_gen
@@ -222,8 +221,8 @@ ctypedef struct scratch_t:
 ctypedef struct explain_t:   # what one request's explanation needs; NULL when not explaining
     int32_t* applicable
     int32_t n_applicable
-    int32_t* missing         # condition-key spellings (ConditionSet.key_names ids)
-    int32_t n_missing
+    int32_t* needy           # statements that may have needed context keys the request did not give: a policy
+    int32_t n_needy          # variable did not resolve, or a condition met an absent key (``reference.needed_keys``)
     int32_t failed_statement # the statement whose condition could not read a context value
 
 
@@ -268,7 +267,6 @@ cdef class Engine:
     cdef uint8_t* principal_keys     # per key id: a key AWS sets for the principal (``facts``)
     cdef int32_t* policy_sizes       # per policy: its number of statements
     cdef int32_t max_group_missing
-    cdef int32_t n_names
     cdef scratch_t* spare[SPARE_SCRATCH]  # scratch kept for reuse: allocating and zeroing it is costly
     cdef int n_spare
     cdef Py_ssize_t table_bytes       # bytes of the C tables above, tries and condition sets included
@@ -396,7 +394,6 @@ cdef class Engine:
         for i, s in enumerate(not_action):
             self.not_action[i] = s
         self.max_group_missing = max(1, conditions.max_missing_any())
-        self.n_names = max(1, len(conditions.key_names))
         self.table_bytes = (action_trie.nbytes + resource_trie.nbytes + conditions.nbytes
                             + self.n_statements * (sizeof(statement_t) + 2 * sizeof(int32_t))
                             + (len(dynamic) + n_policies + self.n_statement_actions + res_at + len(not_action)
@@ -445,7 +442,6 @@ cdef class Engine:
         sc.resource_mark = <uint64_t*>calloc(n, sizeof(uint64_t))
         sc.pattern_mark = <uint64_t*>calloc(max(1, self.n_action_patterns), sizeof(uint64_t))
         sc.resource_pattern_mark = <uint64_t*>calloc(max(1, self.n_resource_patterns), sizeof(uint64_t))
-        sc.name_mark = <uint64_t*>calloc(self.n_names, sizeof(uint64_t))
         sc.policy_mark = <mark_t*>calloc(max(1, self.n_policies), sizeof(mark_t))
         sc.candidates = <int32_t*>malloc(n * sizeof(int32_t))
         sc.ctx = <ctx_entry*>calloc(max(1, self.n_keys), sizeof(ctx_entry))
@@ -455,7 +451,7 @@ cdef class Engine:
         if (sc.action_scratch == NULL or sc.resource_scratch == NULL or sc.action_ids == NULL
                 or sc.resource_ids == NULL or sc.action_mark == NULL or sc.resource_mark == NULL
                 or sc.pattern_mark == NULL or sc.policy_mark == NULL or sc.resource_pattern_mark == NULL
-                or sc.name_mark == NULL or sc.candidates == NULL or sc.ctx == NULL
+                or sc.candidates == NULL or sc.ctx == NULL
                 or sc.condition_scratch == NULL or sc.pattern_scratch == NULL or sc.group_missing == NULL):
             free_scratch(sc)
             raise MemoryError()
@@ -464,8 +460,7 @@ cdef class Engine:
         sc.fixed_bytes = (sizeof(scratch_t) + self.action_trie.scratch_size() + self.resource_trie.scratch_size()
                           + (self.action_trie.result_capacity() + self.resource_trie.result_capacity()
                              + n + self.max_group_missing) * sizeof(int32_t)
-                          + (2 * n + self.n_action_patterns + self.n_resource_patterns + self.n_names)
-                          * sizeof(uint64_t)
+                          + (2 * n + self.n_action_patterns + self.n_resource_patterns) * sizeof(uint64_t)
                           + self.n_policies * sizeof(mark_t) + self.n_keys * sizeof(ctx_entry)
                           + (self.conditions.scratch_segments() + self.patterns.max_segments()) * sizeof(pseg))
         sc.nbytes = sc.fixed_bytes
@@ -611,7 +606,8 @@ cdef class Engine:
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef int decide(self, Batch batch, const request_t* rq, scratch_t* sc, explain_t* ex) noexcept nogil:
-        """One request's decision code; with ``ex``, also its applicable statements and missing keys."""
+        """One request's decision code; with ``ex``, also its applicable statements and those that may have
+        needed context keys."""
         cdef Py_ssize_t n, k
         cdef int32_t i, j, s, pid, n_candidates = 0, n_group_missing
         cdef const statement_t* st
@@ -703,6 +699,9 @@ cdef class Engine:
             unresolvable = False
             if not (st.flags & F_RESOURCE_INDEXED) and not self.resource_applies(st, s, rq, star_request, sc,
                                                                                  &unresolvable):
+                if unresolvable and ex != NULL:
+                    ex.needy[ex.n_needy] = s
+                    ex.n_needy += 1
                 continue
             if st.group >= 0:
                 n_group_missing = 0
@@ -713,15 +712,10 @@ cdef class Engine:
                         ex.failed_statement = s
                     result = D_FAILED
                     break
-                if held == 2:
-                    continue
-                if ex != NULL:
-                    for k in range(n_group_missing):
-                        if sc.name_mark[sc.group_missing[k]] != gen:
-                            sc.name_mark[sc.group_missing[k]] = gen
-                            ex.missing[ex.n_missing] = sc.group_missing[k]
-                            ex.n_missing += 1
-                if held == 0:
+                if ex != NULL and (held == 2 or n_group_missing > 0):
+                    ex.needy[ex.n_needy] = s
+                    ex.n_needy += 1
+                if held != 1:
                     continue
             if ex != NULL:
                 ex.applicable[ex.n_applicable] = s
@@ -776,10 +770,10 @@ cdef class Engine:
             self.release(sc)
 
     cdef int open_explain(self, explain_t* ex) except -1:
-        """Buffers for one thread's explanations: every statement may apply, every key be missing."""
+        """Buffers for one thread's explanations: every statement may apply, or need keys."""
         ex.applicable = <int32_t*>malloc(max(1, self.n_statements) * sizeof(int32_t))
-        ex.missing = <int32_t*>malloc(self.n_names * sizeof(int32_t))
-        if ex.applicable == NULL or ex.missing == NULL:
+        ex.needy = <int32_t*>malloc(max(1, self.n_statements) * sizeof(int32_t))
+        if ex.applicable == NULL or ex.needy == NULL:
             close_explain(ex)
             raise MemoryError()
         return 0
@@ -787,7 +781,7 @@ cdef class Engine:
     cdef int decide_explained(self, Batch batch, Py_ssize_t i, scratch_t* sc, explain_t* ex) noexcept nogil:
         """Decide request i of a batch into its code, recording what explains it in ``ex``."""
         cdef const request_t* rq = &batch.requests[i]
-        ex.n_applicable = ex.n_missing = 0
+        ex.n_applicable = ex.n_needy = 0
         ex.failed_statement = -1
         cdef int code = D_FAILED
         if rq.caller == C_ROW_UNKNOWN:
@@ -839,8 +833,9 @@ cdef class Engine:
                 self.release(sc)
 
     def explain_range(self, Batch batch, Py_ssize_t start, Py_ssize_t stop):
-        """Per request of a slice: (code, applicable statement ids, missing key-spelling ids,
-        the statement whose condition failed to read a context value or -1)."""
+        """Per request of a slice: (code, applicable statement ids, ids of the statements that may have
+        needed context keys it did not give, the statement whose condition failed to read a context value
+        or -1)."""
         self.check_batch(batch, start, stop)
         cdef explain_t ex
         self.open_explain(&ex)
@@ -853,7 +848,7 @@ cdef class Engine:
             for i in range(start, stop):
                 code = self.decide_explained(batch, i, sc, &ex)
                 results.append((code, sorted([ex.applicable[k] for k in range(ex.n_applicable)]),
-                                [ex.missing[k] for k in range(ex.n_missing)], ex.failed_statement))
+                                sorted([ex.needy[k] for k in range(ex.n_needy)]), ex.failed_statement))
         finally:
             close_explain(&ex)
             if sc != NULL:
@@ -1002,8 +997,8 @@ cdef uint8_t _resource_kind(const char* text, Py_ssize_t n) noexcept nogil:
 
 cdef void close_explain(explain_t* ex) noexcept:
     free(ex.applicable)
-    free(ex.missing)
-    ex.applicable = ex.missing = NULL
+    free(ex.needy)
+    ex.applicable = ex.needy = NULL
 
 
 cdef void free_scratch(scratch_t* sc) noexcept:
@@ -1018,7 +1013,6 @@ cdef void free_scratch(scratch_t* sc) noexcept:
     free(sc.resource_mark)
     free(sc.pattern_mark)
     free(sc.resource_pattern_mark)
-    free(sc.name_mark)
     free(sc.policy_mark)
     free(sc.candidates)
     free(sc.ctx)
@@ -1193,6 +1187,30 @@ cdef class Batch:
     def rules(self, Py_ssize_t i):
         """The ``service_rules`` flags of request i's action, and its resource's kind."""
         return self.actions.rules[self.requests[i].action_ix], self.resources.rules[self.requests[i].resource_ix]
+
+    def decided(self, Py_ssize_t i):
+        """Request i as the engine decided it, to explain it: its action, its resource, and its context as
+        (key id, values, is a list) per key some policy tests (the session's tags and the store's facts of
+        the principal in place of what the request said). None when it was never decided."""
+        if not 0 <= i < self.n:
+            raise IndexError("no such request in the batch")
+        cdef const request_t* rq = &self.requests[i]
+        if rq.caller < 0:
+            return None
+        cdef const cstr* action = &self.actions.texts[rq.action_ix]
+        cdef const keyed_entry* entry
+        cdef const cstr* value
+        cdef Py_ssize_t k, v
+        context = []
+        for k in range(rq.ctx_start, rq.ctx_start + rq.ctx_count):
+            entry = &self.entries[k]
+            values = []
+            for v in range(entry.entry.count):
+                value = &entry.entry.values[v]
+                values.append(value.ptr[:value.len].decode("utf-8"))
+            context.append((entry.key, tuple(values), bool(entry.entry.is_list)))
+        return (action.ptr[:action.len].decode("utf-8"), rq.resource.ptr[:rq.resource.len].decode("utf-8"),
+                context)
 
     cdef int grow(self, Py_ssize_t entries, Py_ssize_t values) except -1:
         if self.room(entries, values) < 0:
@@ -1436,7 +1454,8 @@ cdef class _Converter:
     cdef uint64_t* seen       # per key id: the row that gave it (stamp)
     cdef uint64_t* overridden # per key id: the row whose session tags or facts set it (stamp)
     cdef uint64_t stamp_base  # rows converted before the last reset: stamps stay unique across them
-    cdef readonly dict explained  # for single requests: (statements, keys, place) -> explained decision
+    cdef readonly dict explained  # for single requests: (statements, place) -> combined decision and layers
+    cdef readonly dict candidates  # for single requests: (action, layers) -> the Allows a near miss may be
     # The last row's answers: rows repeat their neighbours' principal and place (no dict lookup then).
     cdef object last_principal
     cdef int32_t last_row, last_identity_row, last_identity_profile, last_resource_profile
@@ -1465,6 +1484,7 @@ cdef class _Converter:
         self.grant_memo = {}
         self.key_cache = {}
         self.explained = {}
+        self.candidates = {}
         self.last_identity_row = self.last_place = -1
         self.every_place = self.resource_place("*") if resolver.places_every_resource else None
         self.seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
@@ -1787,10 +1807,10 @@ cdef class _Converter:
 
     cdef bint remembers_too_much(self):
         """Whether what it keeps between single requests has outgrown ``SINGLE_KEPT`` (principals, owners,
-        context keys, profiles, explained decisions) or ``SINGLE_GRANT_BYTES``: then it is dropped for a fresh one."""
+        context keys, profiles, explained decisions, near-miss candidates) or ``SINGLE_GRANT_BYTES``: then it is dropped for a fresh one."""
         return (len(self.rows) + len(self.caller_errors) > SINGLE_KEPT or len(self.owner_memo) > SINGLE_KEPT
                 or len(self.key_cache) > SINGLE_KEPT or len(self.batch.profile_objects) > SINGLE_KEPT
-                or len(self.explained) > SINGLE_KEPT
+                or len(self.explained) > SINGLE_KEPT or len(self.candidates) > SINGLE_KEPT
                 or len(self.batch.grant_table) > SINGLE_GRANT_BYTES)
 
     cdef int reset(self, object resolver) except -1:
@@ -1853,8 +1873,13 @@ cdef class SingleRequests:
 
 
 cdef str _shown(object value):
-    """A value for an error message, cut short: messages travel in logs and gRPC trailers."""
-    shown = repr(value)
+    """A value for an error message, cut short (messages travel in logs and gRPC trailers); never raises: a
+    value that cannot show itself (nested deeper than ``repr`` goes, or whose ``__repr__`` fails) is named
+    by its type."""
+    try:
+        shown = repr(value)
+    except Exception:  # RecursionError, or any error of a hostile __repr__
+        return f"a {type(value).__name__} that cannot be shown"
     return shown if len(shown) <= 200 else shown[:200] + "…"
 
 

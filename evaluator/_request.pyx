@@ -14,7 +14,13 @@ cdef extern from "Python.h":
 
 
 cdef str _shown(object value):
-    shown = repr(value)
+    """A value for an error message, cut short (messages travel in logs and gRPC trailers); never raises: a
+    value that cannot show itself (nested deeper than ``repr`` goes, or whose ``__repr__`` fails) is named
+    by its type."""
+    try:
+        shown = repr(value)
+    except Exception:  # RecursionError, or any error of a hostile __repr__
+        return f"a {type(value).__name__} that cannot be shown"
     return shown if len(shown) <= 200 else shown[:200] + "…"
 
 

@@ -190,7 +190,7 @@ def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
     if usage is not None:
         usage.tally(converted)
     if explain:
-        return _explained(compiled._explain(converted))
+        return _explained(compiled._explain(converted, near_miss_limit=0))  # its rows list no near misses
     if usage is None:
         compiled._engine.evaluate_range(converted, 0, converted.n)
     codes = converted.codes_view()

@@ -39,7 +39,6 @@ from .findings import PolicyValidationError
 from .parse import decode_json
 from .principals import RequestError
 from .request import PolicySet, Request
-from .service_rules import SOURCE_VPCE
 from .store import PolicyStore, StoreError, reference_decision
 
 
@@ -82,8 +81,6 @@ class CaseResult:
     decision: Decision | None  # None when the case itself could not be read
     problem: str = ""
     expected_by: str | None = None  # the layer expected to decide, when the case names one
-    near_misses: tuple[reference.NearMiss, ...] = ()  # for an unexpected deny: the Allows that nearly applied
-    more_near_misses: int = 0
 
     @property
     def passed(self) -> bool:
@@ -104,20 +101,20 @@ class CaseResult:
         lines += [f"    statement: {ref}" for ref in d.statements]
         if d.missing_keys:
             lines.append(f"    missing context keys: {', '.join(d.missing_keys)}")
-        lines += [f"    nearly applied: {miss}" for miss in self.near_misses]
-        if self.more_near_misses:
-            lines.append(f"    … and {self.more_near_misses} more statement(s) that nearly applied")
+        if self.expected == DecisionKind.ALLOW:  # what to look at when a request expected allowed is denied
+            lines += [f"    nearly applied: {miss}" for miss in d.near_misses]
+            if d.more_near_misses:
+                lines.append(f"    … and {d.more_near_misses} more statement(s) that nearly applied")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
         """Every field, always present: null or empty where it does not apply."""
         decision = self.decision.to_json() if self.decision is not None else {
-            "decision": None, "decided_by": None, "statements": [], "missing_keys": [], "reason": None, "error": None}
-        near_misses = [{"policy": m.statement.policy, "index": m.statement.index, "sid": m.statement.sid,
-                        "effect": str(m.statement.effect), "reason": m.reason} for m in self.near_misses]
+            "decision": None, "decided_by": None, "statements": [], "missing_keys": [], "reason": None, "error": None,
+            "missing_key_statements": [], "near_misses": [], "more_near_misses": 0}
         return {"id": self.case_id, "category": self.category, "passed": self.passed,
                 "expected": {"decision": self.expected or None, "decided_by": self.expected_by}, **decision,
-                "problem": self.problem or None, "near_misses": near_misses, "more_near_misses": self.more_near_misses}
+                "problem": self.problem or None}
 
 
 def _numbered_cases(path: Path) -> Iterator[tuple[int, dict | None, str]]:
@@ -198,22 +195,14 @@ def run_case(case: dict, location: str, engine: Engine, folder: Path = Path(),
         return CaseResult(case_id, "", expected, None, f"{location}: expect.decided_by must be a layer's name")
     try:
         if "store" in case:
-            store, decide = _prepared_store(folder, case["store"], engine, {} if stores is None else stores)
-            request = Request.from_json(case["request"])
-            decision = decide(request)
-            policies = store.policy_set(request.principal, request.resource, request.resource_account,
-                                        request.context.get(SOURCE_VPCE))
-            facts = store.facts(request.principal)
+            _, decide = _prepared_store(folder, case["store"], engine, {} if stores is None else stores)
+            decision = decide(Request.from_json(case["request"]))
         else:
-            policies, facts = _policy_set(case["policies"], folder), None
-            request = Request.from_json(case["request"])
-            decision = engine(policies, request)
+            policies = _policy_set(case["policies"], folder)
+            decision = engine(policies, Request.from_json(case["request"]))
     except (PolicyValidationError, RequestError, StoreError, CaseError) as exc:
         return CaseResult(case_id, category, expected, None, f"{location}: {exc}")
-    misses: tuple[tuple[reference.NearMiss, ...], int] = ((), 0)
-    if expected == DecisionKind.ALLOW and decision.error is None and not decision.allowed and policies is not None:
-        misses = reference.near_misses(policies, request, facts)
-    return CaseResult(case_id, category, expected, decision, "", expected_by, *misses)
+    return CaseResult(case_id, category, expected, decision, "", expected_by)
 
 
 Results = list[tuple[Path, list[tuple[int, CaseResult]]]]

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _engine, service_rules
 from ._conditions import ConditionSet
@@ -25,6 +25,7 @@ from ._globtrie import GlobTrie
 from ._pattern import PatternSet
 from .decision import (
     BY_CODE,
+    NEAR_MISSES,
     Decision,
     DecisionKind,
     LayerResult,
@@ -38,7 +39,11 @@ from .facts import is_principal_key
 from .memo import remember
 from .model import Effect, Policy
 from .principals import Caller, Grant, statement_grant
-from .request import PolicySet, Request
+from .reference import Candidate, Candidates, Needs, action_applies, explained, needed_keys
+from .request import ContextValue, PolicySet, Request
+
+if TYPE_CHECKING:
+    from .usage import StatementUsage
 
 
 def collector_paused(function: Callable) -> Callable:
@@ -287,7 +292,7 @@ class CompiledPolicies:
         resource_trie.freeze()
         patterns.freeze()
         conditions.freeze()
-        self._key_names = conditions.key_names
+        self._key_by_id = {number: key for key, number in self.key_ids.items()}
         self._engine = _engine.Engine(
             table, action_trie, action_lists, resource_trie, resource_lists, dynamic, patterns, conditions,
             self.key_ids, len(self.policies), [kid for key, kid in self.key_ids.items() if is_principal_key(key)],
@@ -321,15 +326,22 @@ class CompiledPolicies:
         """The decision for a principal the resolver does not know."""
         return Decision(DecisionKind.IMPLICIT_DENY, "principal", reason=f"the principal {principal} is not known")
 
-    def _explain(self, batch: _engine.Batch, memo: dict | None = None) -> list[Decision]:
-        """Each request's explained decision. The same statements in the same place (``Batch.place``) give
-        the same decision: ``memo`` keeps them for the batch, or for every request of a single-request
-        converter; rows in other places that read alike share one too (``_shared_decision``)."""
+    def _explain(self, batch: _engine.Batch, near_miss_limit: int = NEAR_MISSES, memo: dict | None = None,
+                 candidates: dict[tuple, Candidates] | None = None) -> list[Decision]:
+        """The explained decision of every request of a converted batch; ``near_miss_limit`` 0 lists no
+        near misses (``reference.explained``).
+
+        The same statements in the same place (``Batch.place``) combine into the same decision: ``memo``
+        keeps it for the batch, or for every request of a single-request converter, and rows in other places
+        that read alike share one too (``_shared_combined``). What a request's own values explain (the keys
+        each statement needed, the near misses of a deny) is added to it request by request, from the Allows
+        of its action and layers (``candidates``: kept likewise)."""
         decisions = []
         memo = {} if memo is None else memo
-        explained = self._engine.explain_range(batch, 0, batch.n)
-        shared: dict[tuple, Decision] = {}  # see ``_shared_decision``
-        for i, (code, applicable, missing, failed_statement) in enumerate(explained):
+        candidates = {} if candidates is None else candidates
+        shared: dict[tuple, tuple[Decision, Layers | None]] = {}
+        explained_requests = self._engine.explain_range(batch, 0, batch.n)
+        for i, (code, applicable, needy, failed_statement) in enumerate(explained_requests):
             if i in batch.errors:
                 decisions.append(failed(batch.errors[i]))
             elif i in batch.unknown:
@@ -337,37 +349,37 @@ class CompiledPolicies:
             elif code == _engine.FAILED:
                 decisions.append(failed(self._failure(failed_statement)))
             else:
-                key = (tuple(applicable), tuple(missing), batch.place(i))
-                decision = memo.get(key)
-                if decision is None:
-                    caller, resource = batch.profiles(i)
-                    action_flags, resource_kind = batch.rules(i)
-                    if action_flags & service_rules.ALWAYS and not caller.anonymous:
-                        decision = always_allowed()
-                    else:
-                        decision = self._shared_decision(shared, applicable, missing, batch.same_account(i), caller,
-                                                         resource, batch.grants(i), batch.endpoint_grants(i),
-                                                         action_flags, resource_kind)
-                    memo[key] = decision
+                key = (tuple(applicable), batch.place(i))
+                combined = memo.get(key)
+                if combined is None:
+                    combined = memo[key] = self._shared_combined(shared, batch, i, applicable)
+                decision, layers = combined
+                if layers is not None and (needy or (near_miss_limit and not decision.allowed)):
+                    decision = self._explained(batch, i, decision, layers, needy, near_miss_limit, candidates)
                 decisions.append(decision)
         return decisions
 
-    def _shared_decision(self, shared: dict[tuple, Decision], applicable: list[int], missing: list[int],
-                         same_account: bool, caller: Profile, resource: Profile, grants: bytes | None,
-                         endpoint_grants: bytes | None, action_flags: int, resource_kind: int) -> Decision:
-        """``_decision``, built once for the rows of a batch that give it the same inputs (many principals of a
-        store do: who-can explains a row per principal), and shared: a decision is immutable. Of the profiles it
-        reads only the roles of the policies whose statements applied, and which layers are present."""
+    def _shared_combined(self, shared: dict[tuple, tuple[Decision, Layers | None]], batch: _engine.Batch, i: int,
+                         applicable: list[int]) -> tuple[Decision, Layers | None]:
+        """``_combined`` for request i, built once for the rows of a batch that give it the same inputs (many
+        principals of a store do: who-can explains a row per principal), and shared: a decision is immutable.
+        Of the profiles it reads only the roles of the policies whose statements applied, and which layers
+        are present. An action that needs no permission has no layers."""
+        caller, resource = batch.profiles(i)
+        action_flags, resource_kind = batch.rules(i)
+        if action_flags & service_rules.ALWAYS and not caller.anonymous:
+            return always_allowed(), None
+        same_account, grants, endpoint_grants = batch.same_account(i), batch.grants(i), batch.endpoint_grants(i)
         policies = {self.statements[number].policy for number in applicable}
-        key = (tuple(applicable), tuple(missing), same_account, grants, endpoint_grants, action_flags, resource_kind,
+        key = (tuple(applicable), same_account, grants, endpoint_grants, action_flags, resource_kind,
                tuple(role for role in caller.roles if role[0] in policies), caller.has_boundary, caller.has_session,
                caller.n_scp, caller.anonymous, tuple(role for role in resource.roles if role[0] in policies),
                resource.resource_policy >= 0, resource.n_rcp, resource.has_endpoint)
-        decision = shared.get(key)
-        if decision is None:
-            decision = shared[key] = self._decision(applicable, missing, same_account, caller, resource, grants,
+        combined = shared.get(key)
+        if combined is None:
+            combined = shared[key] = self._combined(applicable, same_account, caller, resource, grants,
                                                     endpoint_grants, action_flags, resource_kind)
-        return decision
+        return combined
 
     def _failure(self, statement: int) -> str:
         if statement < 0:  # the request failed before any statement: its reason is reported with it
@@ -376,10 +388,11 @@ class CompiledPolicies:
         return (f"a condition of {compiled.ref} cannot read the request's value of "
                 f"{' or '.join(sorted(compiled.condition_keys))}")
 
-    def _decision(self, applicable: list[int], missing: list[int], same_account: bool, caller: Profile,
-                  resource: Profile, grants: bytes | None, endpoint_grants: bytes | None, action_flags: int,
-                  resource_kind: int) -> Decision:
-        """Build the explained decision with ``decision.combine``, the rule the reference uses."""
+    def _combined(self, applicable: list[int], same_account: bool, caller: Profile, resource: Profile,
+                  grants: bytes | None, endpoint_grants: bytes | None, action_flags: int,
+                  resource_kind: int) -> tuple[Decision, Layers]:
+        """The decision of the statements that applied, with ``decision.combine``, the rule the reference
+        uses, and the layers it was combined from."""
         rcp_applies = bool(action_flags & service_rules.RCP_APPLIES)
         by_policy: dict[int, list[_Compiled]] = {}
         for number in applicable:
@@ -420,9 +433,58 @@ class CompiledPolicies:
             rcp=tuple(result(f"rcp[{i}]") for i in range(resource.n_rcp)) if resource.n_rcp and rcp_applies else None,
             vpc_endpoint=result("vpc_endpoint") if resource.has_endpoint else None,
         )
-        missing_keys = tuple(sorted(self._key_names[name] for name in missing))
         must_allow = service_rules.must_allow(action_flags, resource_kind) if resource.resource_policy >= 0 else 0
-        return combine(layers, same_account, missing_keys, must_allow=must_allow, anonymous=caller.anonymous)
+        return combine(layers, same_account, must_allow=must_allow, anonymous=caller.anonymous), layers
+
+    def _explained(self, batch: _engine.Batch, i: int, decision: Decision, layers: Layers, needy: list[int],
+                   near_miss_limit: int, candidates_by_layers: dict[tuple, Candidates]) -> Decision:
+        """Request i's decision explained with the reference's rules (``reference.explained``): the keys each
+        statement the engine found needy needed, and the near misses among the Allows of the request's
+        layers (found once per action and layers, in ``candidates_by_layers``)."""
+        near_miss_limit = 0 if decision.allowed else near_miss_limit
+        action, resource_arn, entries = batch.decided(i)
+        candidates: Candidates = {}
+        if near_miss_limit:
+            caller, resource = batch.profiles(i)
+            grants, endpoint_grants = batch.grants(i), batch.endpoint_grants(i)
+            rcp_applies = bool(batch.rules(i)[0] & service_rules.RCP_APPLIES)
+            key = (action, id(caller), id(resource), grants, endpoint_grants, rcp_applies)  # the batch holds both
+            if key not in candidates_by_layers:
+                candidates_by_layers[key] = self._candidates(action, caller.roles + resource.roles, grants,
+                                                             endpoint_grants, rcp_applies)
+            candidates = candidates_by_layers[key]
+            if not needy and not candidates:  # no Allow of its action anywhere: nothing nearly applied
+                return decision
+        context: dict[str, ContextValue] = {
+            self._key_by_id[key]: values if is_list or len(values) != 1 else values[0]
+            for key, values, is_list in entries}
+        needs: Needs = {}
+        for number in needy:
+            compiled = self.statements[number]
+            policy = self.policies[compiled.policy]
+            keys = needed_keys(policy.statements[compiled.slot], policy, resource_arn, context)
+            if keys:
+                needs[compiled.ref] = keys
+        return explained(decision, layers, needs, candidates, resource_arn, context, near_miss_limit)
+
+    def _candidates(self, action: str, roles: tuple[tuple[int, int, int], ...], grants: bytes | None,
+                    endpoint_grants: bytes | None, rcp_applies: bool) -> Candidates:
+        """The Allow statements whose action matches, by layer, as ``reference.layer_result`` finds them: the
+        request's roles, in order, and whether a resource-based policy's statement names the caller."""
+        candidates: Candidates = {}
+        for policy_number, layer, level in roles:
+            if layer == _engine.LAYER_RCP and not rcp_applies:
+                continue
+            names = grants if layer == _engine.LAYER_RESOURCE else \
+                endpoint_grants if layer == _engine.LAYER_ENDPOINT else None
+            resource_based = layer in (_engine.LAYER_RESOURCE, _engine.LAYER_ENDPOINT)
+            policy = self.policies[policy_number]
+            for slot, statement in enumerate(policy.statements):
+                if statement.effect is Effect.ALLOW and action_applies(statement, action):
+                    names_caller = not resource_based or (names is not None and names[slot] != Grant.NONE)
+                    candidates.setdefault(layer_name(layer, level), []).append(
+                        Candidate(policy, statement, names_caller))
+        return candidates
 
     # ------------------------------------------------------------ evaluation
 
@@ -431,15 +493,18 @@ class CompiledPolicies:
         return _engine.convert(self._engine, self, principals, actions, resources, contexts, resource_accounts,
                                session_tags, fresh)
 
-    def evaluate(self, request: Request, explain: bool = True) -> Decision:
-        """Decide one request; with ``explain``, name the statements and missing keys."""
+    def evaluate(self, request: Request, explain: bool = True, usage: StatementUsage | None = None) -> Decision:
+        """Decide one request; with ``explain``, name the statements and missing keys; with ``usage``, count
+        into it the statements that applied (``usage.StatementUsage``)."""
         conversion = self._singles.convert(self, request.principal, request.action, request.resource,
                                            request.context, request.resource_account, request.session_tags or None,
-                                           not explain)
+                                           not explain and usage is None)
         try:
             batch = conversion.batch
+            if usage is not None:
+                usage.tally(batch)
             if explain:
-                return self._explain(batch, conversion.explained)[0]
+                return self._explain(batch, memo=conversion.explained, candidates=conversion.candidates)[0]
             code = batch.codes_view()[0]
             if 0 in batch.errors:
                 return failed(batch.errors[0])
@@ -470,6 +535,7 @@ class CompiledPolicies:
         explain: bool = False,
         threads: int = 1,
         session_tags: Sequence[Mapping[str, str] | None] | None = None,
+        usage: StatementUsage | None = None,
     ) -> BatchDecisions | list[Decision]:
         """The columnar form: parallel sequences, one entry per request (the fastest path).
 
@@ -477,11 +543,15 @@ class CompiledPolicies:
         key (``{"aws:SourceIp": [...], ...}``, ``None`` where a request lacks the key), so
         that no per-request object is touched. ``session_tags``: per request, the tags of an
         assumed-role session, or None. A request that cannot be evaluated (a malformed ARN, a
-        context value of the wrong type) does not raise: it is denied, and ``errors`` says why.
+        context value of the wrong type) does not raise: it is denied, and ``errors`` says why. ``usage``:
+        count into it, per statement, the requests it applied to (``usage.StatementUsage``; then the requests
+        are decided on one thread).
         """
         if explain:
-            return self._explain(self._convert(principals, actions, resources, contexts, resource_accounts,
-                                               session_tags))
+            batch = self._convert(principals, actions, resources, contexts, resource_accounts, session_tags)
+            if usage is not None:
+                usage.tally(batch)
+            return self._explain(batch)
         n = len(principals)
         codes = bytearray(n)
         errors: dict[int, str] = {}
@@ -516,10 +586,13 @@ class CompiledPolicies:
                 i = chunk_codes.find(_engine.FAILED, i + 1)
 
         starts = range(0, n, CHUNK)
-        if threads <= 1 or n <= CHUNK:
+        if threads <= 1 or n <= CHUNK or usage is not None:
             for start in starts:
                 batch = convert(start)
-                self._engine.evaluate_range(batch, 0, batch.n)
+                if usage is None:
+                    self._engine.evaluate_range(batch, 0, batch.n)
+                else:
+                    usage.tally(batch)
                 collect(start, batch)
         else:
             # Converting reads Python objects and needs the GIL; deciding does not. So this thread

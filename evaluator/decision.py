@@ -55,6 +55,72 @@ class StatementRef:
         sid = f" ({self.sid})" if self.sid else ""
         return f"{self.effect} {self.policy}#{self.index}{sid}"
 
+    def to_json(self) -> dict:
+        return {"policy": self.policy, "index": self.index, "sid": self.sid, "effect": str(self.effect)}
+
+
+@dataclass(frozen=True, slots=True)
+class MissingKey:
+    """A context key the request did not give, and the statements that needed it: each could have applied
+    (its action and resource match, or would once its policy variables are given) and tests the key in a
+    condition or names it in a policy variable."""
+
+    key: str  # as the policy spells it
+    statements: tuple[StatementRef, ...]
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "statements": [s.to_json() for s in self.statements]}
+
+
+class MissKind(StrEnum):
+    """Why a statement whose action matched did not make the request allowed (``NearMiss``)."""
+
+    RESOURCE = "resource"        # Resource does not match the request's resource, or NotResource does
+    VARIABLE = "variable"        # a policy variable has no single value in the request
+    MISSING_KEY = "missing_key"  # a condition needed a context key the request did not give
+    CONDITION = "condition"      # a condition is false for the value sent
+    PRINCIPAL = "principal"      # a resource-based policy's Principal does not name the caller
+    LAYER = "layer"              # it applied, but the layer that decided cut it (boundary, SCP level, a Deny, ...)
+    ERROR = "error"              # a condition cannot read the value sent
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """The first reason a statement did not apply, with what it compared (values sent and wanted cut short:
+    ``reference.SHOWN_VALUES``)."""
+
+    kind: MissKind
+    reason: str                   # the reason in words
+    patterns: tuple[str, ...] = ()  # RESOURCE: the Resource (or NotResource) patterns, as written
+    operator: str = ""            # CONDITION, MISSING_KEY: the operator, as written
+    key: str = ""                 # CONDITION, MISSING_KEY: the condition key; VARIABLE: the variable's key
+    sent: tuple[str, ...] = ()    # CONDITION, VARIABLE: the request's values of the key
+    wanted: tuple[str, ...] = ()  # CONDITION: the policy's values, policy variables resolved
+    cut_by: str = ""              # LAYER: the layer that decided the request (``Decision.decided_by``)
+
+
+@dataclass(frozen=True, slots=True)
+class NearMiss:
+    """An Allow statement whose action matched a denied request, in the layer it stands in, and why it did
+    not allow it."""
+
+    statement: StatementRef
+    layer: str
+    miss: Miss
+
+    def __str__(self) -> str:
+        return f"{self.statement}: {self.miss.reason}"
+
+    def to_json(self) -> dict:
+        miss = self.miss
+        return {**self.statement.to_json(), "layer": self.layer, "kind": str(miss.kind), "reason": miss.reason,
+                "patterns": list(miss.patterns), "operator": miss.operator, "key": miss.key, "sent": list(miss.sent),
+                "wanted": list(miss.wanted), "cut_by": miss.cut_by}
+
+
+NEAR_MISSES = 5
+"""Near misses an explained decision lists (the first, by layer and policy order); it counts the rest."""
+
 
 @dataclass(frozen=True, slots=True)
 class LayerResult:
@@ -72,6 +138,11 @@ class Decision:
     missing_keys: tuple[str, ...] = ()
     reason: str = ""
     error: str | None = None
+    # Explained decisions only: the statements that needed each missing key; for a deny, the Allow
+    # statements that nearly applied (the first NEAR_MISSES) and how many more there are.
+    missing_key_statements: tuple[MissingKey, ...] = ()
+    near_misses: tuple[NearMiss, ...] = ()
+    more_near_misses: int = 0
 
     @property
     def allowed(self) -> bool:
@@ -81,13 +152,13 @@ class Decision:
         return {
             "decision": str(self.decision),
             "decided_by": self.decided_by,
-            "statements": [
-                {"policy": s.policy, "index": s.index, "sid": s.sid, "effect": str(s.effect)}
-                for s in self.statements
-            ],
+            "statements": [s.to_json() for s in self.statements],
             "missing_keys": list(self.missing_keys),
             "reason": self.reason,
             "error": self.error,
+            "missing_key_statements": [m.to_json() for m in self.missing_key_statements],
+            "near_misses": [m.to_json() for m in self.near_misses],
+            "more_near_misses": self.more_near_misses,
         }
 
 

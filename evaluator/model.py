@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .variables import VARIABLE, parse_variable
+from .variables import variable_keys
 
 POLICY_VARIABLES_VERSION = "2012-10-17"
 
@@ -56,6 +56,18 @@ class Statement:
     not_principal: Principal | None = None
     conditions: tuple[Condition, ...] = ()
 
+    def context_keys(self, substitute: bool) -> tuple[str, ...]:
+        """The request context keys this statement reads, as spelled, each spelling once: the keys of its
+        policy variables (with ``substitute``: under Version 2012-10-17), in Resource, NotResource and
+        condition values, and its condition keys."""
+        keys: list[str] = []
+        if substitute:
+            for text in (*(self.resources or ()), *(self.not_resources or ()),
+                         *(v for c in self.conditions for v in c.values)):
+                keys += variable_keys(text)
+        keys += (c.key for c in self.conditions)
+        return tuple(dict.fromkeys(keys))
+
 
 @dataclass(frozen=True, slots=True)
 class Policy:
@@ -72,11 +84,6 @@ class Policy:
         return self.version == POLICY_VARIABLES_VERSION
 
     def context_keys(self) -> frozenset[str]:
-        """The request context keys this policy can read (lower-cased): its condition keys,
-        and the keys of its policy variables. Batch runners drop every other key early."""
-        keys = {c.key.lower() for s in self.statements for c in s.conditions}
-        if self.has_policy_variables:
-            texts = [t for s in self.statements for t in (*(s.resources or ()), *(s.not_resources or ()),
-                                                           *(v for c in s.conditions for v in c.values))]
-            keys |= {parse_variable(m.group(1))[0].lower() for t in texts for m in VARIABLE.finditer(t)}
-        return frozenset(keys)
+        """The request context keys this policy can read (lower-cased): its statements' (``Statement.context_keys``).
+        Batch runners drop every other key early."""
+        return frozenset(key.lower() for s in self.statements for key in s.context_keys(self.has_policy_variables))

@@ -18,7 +18,11 @@ _LITERALS = {"*": "*", "?": "?", "$": "$"}
 
 
 class Unresolvable(LookupError):
-    """A variable has no single value in the request context."""
+    """A variable has no single value in the request context: ``key`` (as spelled) is absent, or a list."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def parse_variable(body: str) -> tuple[str, str | None]:
@@ -36,10 +40,10 @@ def _resolve(body: str, context: Mapping[str, str | tuple[str, ...]]) -> str:
     value = context.get(key.lower())  # request context keys are lower-cased
     if value is None:
         if default is None:
-            raise Unresolvable(f"policy variable ${{{key}}} is not in the request context")
+            raise Unresolvable(f"policy variable ${{{key}}} is not in the request context", key)
         return default
     if not isinstance(value, str):
-        raise Unresolvable(f"policy variable ${{{key}}} is multi-valued in the request context")
+        raise Unresolvable(f"policy variable ${{{key}}} is multi-valued in the request context", key)
     return value
 
 
@@ -65,3 +69,38 @@ def expand_text(text: str, context: Mapping[str, str | tuple[str, ...]], substit
         return text
     return VARIABLE.sub(lambda match: _resolve(match.group(1), context), text)
 
+
+
+def variable_keys(text: str) -> list[str]:
+    """The keys (as spelled) of the variables in ``text``, defaulted or not; ``${*}``, ``${?}`` and ``${$}``
+    name none."""
+    return [parse_variable(match.group(1))[0] for match in VARIABLE.finditer(text) if match.group(1) not in _LITERALS]
+
+
+def absent_variables(text: str, context: Mapping[str, str | tuple[str, ...]]) -> list[str]:
+    """The keys (as spelled) of the variables in ``text`` that the context does not give and that have no
+    default: what the request must add for them to resolve."""
+    keys = []
+    for match in VARIABLE.finditer(text):
+        if match.group(1) in _LITERALS:
+            continue
+        key, default = parse_variable(match.group(1))
+        if default is None and context.get(key.lower()) is None:
+            keys.append(key)
+    return keys
+
+
+def open_pattern(text: str, context: Mapping[str, str | tuple[str, ...]]) -> Pattern:
+    """A glob pattern with every variable that resolves replaced by its value and every other by ``*``: what
+    the pattern could match once the request gives its variables single values."""
+    items: list[str | Wildcard] = []
+    position = 0
+    for match in VARIABLE.finditer(text):
+        items.extend(compile_glob(text[position : match.start()]))
+        try:
+            items.extend(_resolve(match.group(1), context))
+        except Unresolvable:
+            items.append(Wildcard.STAR)
+        position = match.end()
+    items.extend(compile_glob(text[position:]))
+    return tuple(items)

@@ -10,15 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from iam_evaluator.catalog import Catalog
+from iam_evaluator.context_keys import store_context_keys
 from iam_evaluator.findings import Severity
 from iam_evaluator.store import SECTION_TYPES
+from iam_evaluator.usage import ServedUsage
 from iam_evaluator.validate import validate_policy
 
 from . import convert
 from .api import iam_evaluator_pb2 as pb
 from .api import iam_evaluator_pb2_grpc as pb_grpc
 from .live_store import LiveStore, Serving
-from .store_versions import delete_entry, entry_keys, find_entry, put_entry
+from .store_versions import EntryNotFound, delete_entry, entry_keys, find_entry, put_entry
 
 
 def _section(kind: int) -> str:
@@ -29,9 +31,10 @@ def _section(kind: int) -> str:
 
 
 class PolicyAdminServicer(pb_grpc.PolicyAdminServicer):
-    def __init__(self, live: Callable[[], LiveStore], catalog: Catalog) -> None:
+    def __init__(self, live: Callable[[], LiveStore], catalog: Catalog, usage: ServedUsage) -> None:
         self._live = live  # raises ServiceError(UNAVAILABLE) until the store is compiled
         self._catalog = catalog
+        self._usage = usage
 
     def _serving(self) -> Serving:
         return self._live().current
@@ -101,6 +104,21 @@ class PolicyAdminServicer(pb_grpc.PolicyAdminServicer):
     def Rollback(self, request: pb.RollbackRequest, context) -> pb.StoreChange:
         serving = self._live().rollback(request.version, request.expected_version)
         return pb.StoreChange(version=serving.version.number)
+
+    def GetContextKeys(self, request: pb.GetContextKeysRequest, context) -> pb.GetContextKeysResponse:
+        serving = self._serving()
+        try:
+            keys = store_context_keys(serving.compiled.store, request.principal or None, request.action or None)
+        except LookupError as exc:
+            raise EntryNotFound(str(exc)) from None
+        return pb.GetContextKeysResponse(keys=convert.context_keys(keys), store_version=serving.version.number)
+
+    def GetStatementUsage(self, request: pb.GetStatementUsageRequest, context) -> pb.GetStatementUsageResponse:
+        serving = self._serving()
+        counts = [c for c in self._usage.report(serving.compiled) if not (request.never_applied and c.applied)]
+        return pb.GetStatementUsageResponse(statements=convert.statement_uses(counts),
+                                            since=convert.rfc3339(self._usage.started),
+                                            store_version=serving.version.number)
 
     def _change(self, edit: Callable[[dict], None], description: str, expected_version: int) -> pb.StoreChange:
         serving = self._live().change(edit, description, expected_version)

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from iam_evaluator.catalog import Catalog
 from iam_evaluator.compile import set_spare_scratch_budget
+from iam_evaluator.usage import ServedUsage
 
 from .admin import PolicyAdminServicer
 from .api import iam_evaluator_pb2 as pb
@@ -46,6 +47,8 @@ log = logging.getLogger("iam_eval.server")
 SEED_FILE = "seed.json"
 """In the state directory: which store seeded it, and its digest (``Service._compare_with_store``)."""
 SERVICES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Authorizer", "PolicyAdmin"))
+USAGE_METRIC_SECONDS = 10.0
+"""How often the statement metric catches up with the counts (``Service.count_statements``)."""
 METRICS_DIR_PREFIX = "iam-eval-metrics-"
 """With several processes, their metrics are in ``TMP/iam-eval-metrics-<supervisor's pid>-…``."""
 
@@ -62,6 +65,8 @@ class Service:
     metrics_port: int | None = None
     live: LiveStore | None = None
     draining: bool = False
+    usage: ServedUsage = field(default_factory=ServedUsage)  # per statement, the requests it applied to
+    stopped: threading.Event = field(default_factory=threading.Event)
 
     def serving(self) -> Serving:
         return self.live_store().current
@@ -92,6 +97,8 @@ class Service:
         self.live = LiveStore(versions, on_publish=self._published,
                               on_watch_error=lambda _: self.metrics.watch_errors.inc())
         self.live.watch(config.watch_seconds)
+        threading.Thread(target=self._count_statements_every, args=(USAGE_METRIC_SECONDS,), name="statement-usage",
+                         daemon=True).start()
         for name in ("", *SERVICES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"fields": {"store_version": self.live.current.version.number,
@@ -127,7 +134,18 @@ class Service:
                         extra={"fields": {**fields, "served_version": versions.current.number}})
         _record_seed(seed_file, config.store, digest)
 
+    def count_statements(self) -> None:
+        """Bring the statement metric up to the counts (before each scrape, and every little while: with
+        several processes, the parent serves what each wrote)."""
+        if self.live is not None:
+            self.metrics.count_statements(self.usage.report(self.live.current.compiled))
+
+    def _count_statements_every(self, seconds: float) -> None:
+        while not self.stopped.wait(seconds):
+            self.count_statements()
+
     def _published(self, serving: Serving) -> None:
+        self.usage.serve(serving.compiled)
         # The served store lives until the next version: keep the cyclic garbage collector from walking it
         # again and again as calls come and go (a previous version is still freed when its last call ends).
         gc.freeze()
@@ -144,6 +162,7 @@ class Service:
         self.draining = True
         self.health.enter_graceful_shutdown()
         self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        self.stopped.set()
         self.metrics.stop()
         if self.live is not None:
             self.live.stop()
@@ -217,8 +236,9 @@ def create_server(config: ServerConfig) -> Service:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     service = Service(config, server, 0, health_servicer, metrics)
     catalog = Catalog.from_environment()
-    pb_grpc.add_AuthorizerServicer_to_server(AuthorizerServicer(service.serving, config, metrics, catalog), server)
-    pb_grpc.add_PolicyAdminServicer_to_server(PolicyAdminServicer(service.live_store, catalog), server)
+    pb_grpc.add_AuthorizerServicer_to_server(AuthorizerServicer(service.serving, config, metrics, catalog,
+                                                                service.usage), server)
+    pb_grpc.add_PolicyAdminServicer_to_server(PolicyAdminServicer(service.live_store, catalog, service.usage), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     credentials = _credentials(config)
@@ -234,7 +254,7 @@ def create_server(config: ServerConfig) -> Service:
     server.start()
     if config.metrics_listen:
         try:
-            service.metrics_port = metrics.serve(config.metrics_listen, service.ready)
+            service.metrics_port = metrics.serve(config.metrics_listen, service.ready, service.count_statements)
         except OSError as exc:
             server.stop(0)
             raise _listen_error("metrics_listen", config.metrics_listen, exc) from None

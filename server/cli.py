@@ -78,7 +78,7 @@ def cmd_client_check(args: argparse.Namespace) -> int:
         response = client.check(principal, args.action, args.resource, context, args.resource_account,
                                 explain=args.explain, session_tags=session_tags)
     decision = convert.decision(response.result)
-    print_decision(decision, args.json, store_version=response.store_version)
+    print_decision(decision, args.json, store_version=response.store_version, explain=args.explain)
     return 0 if decision.allowed else 1
 
 
@@ -194,6 +194,10 @@ def _admin_commands():
         "version": lambda a: ("GetStoreVersion", pb.GetStoreVersionRequest()),
         "versions": lambda a: ("ListStoreVersions", pb.ListStoreVersionsRequest()),
         "rollback": lambda a: ("Rollback", pb.RollbackRequest(version=a.version, expected_version=a.expected_version)),
+        "context-keys": lambda a: ("GetContextKeys", pb.GetContextKeysRequest(principal=a.principal or "",
+                                                                              action=a.action or "")),
+        "statement-usage": lambda a: ("GetStatementUsage", pb.GetStatementUsageRequest(
+            never_applied=a.never_applied)),
     }
 
 
@@ -218,7 +222,7 @@ def add_commands(commands) -> None:
                         help=f"server HOST:PORT (default $IAM_EVAL_TARGET or {DEFAULT_TARGET})")
     client.add_argument("--token", default=os.environ.get("IAM_EVAL_TOKEN"),
                         help="bearer token (default $IAM_EVAL_TOKEN); the server's read_token is enough for "
-                             "validate, version, versions, get-* and list-*")
+                             "validate, version, versions, context-keys, statement-usage, get-* and list-*")
     client.add_argument("--tls-ca", metavar="PEM", help="connect over TLS, trusting this CA")
     client.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mutual TLS")
     client.add_argument("--tls-key", metavar="PEM", help="client key, for mutual TLS")
@@ -240,7 +244,8 @@ def add_commands(commands) -> None:
     check.add_argument("--context-file", metavar="FILE", help="JSON object of context keys")
     check.add_argument("--session-tag", action="append", default=[], metavar="KEY=VALUE",
                        help="a tag of the assumed-role session given as --principal; repeat for more tags")
-    check.add_argument("--explain", action="store_true", help="deciding statements and missing keys")
+    check.add_argument("--explain", action="store_true",
+                       help="deciding statements, missing keys with the statements that needed them, near misses")
     check.add_argument("--json", action="store_true")
     check.set_defaults(run=_calling(cmd_client_check))
 
@@ -287,6 +292,10 @@ def add_commands(commands) -> None:
         "version": [],
         "versions": [],
         "rollback": [("version", {"type": int})],
+        "context-keys": [("--principal", {"help": "only the policies that apply to this principal"}),
+                         ("--action", {"help": "only the statements whose Action lets this action in"})],
+        "statement-usage": [("--never-applied", {"action": "store_true",
+                                                 "help": "only the statements that applied to no request"})],
     }
     for name, arguments in specs.items():
         command = calls.add_parser(name, help=f"admin: {name.replace('-', ' ')}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from iam_evaluator import PolicySet, Request
@@ -21,12 +22,14 @@ from iam_evaluator.access_queries import (
     WhoCan,
 )
 from iam_evaluator.compile import BatchDecisions
-from iam_evaluator.decision import BY_CODE, Decision, DecisionKind, StatementRef
+from iam_evaluator.context_keys import ContextKeyUse
+from iam_evaluator.decision import BY_CODE, Decision, DecisionKind, Miss, MissingKey, MissKind, NearMiss, StatementRef
 from iam_evaluator.findings import Finding, PolicyValidationError
 from iam_evaluator.model import Effect
 from iam_evaluator.parse import PolicyKind as DocumentKind
 from iam_evaluator.parse import decode_json, parse_policy
 from iam_evaluator.store import SECTION_TYPES
+from iam_evaluator.usage import StatementCount
 
 from .api import iam_evaluator_pb2 as pb
 
@@ -172,14 +175,30 @@ def inline_policies(message: pb.InlinePolicies) -> PolicySet:
     )
 
 
+def statement_ref(ref: StatementRef) -> pb.StatementRef:
+    return pb.StatementRef(policy=ref.policy, sid=ref.sid or "", index=ref.index, effect=str(ref.effect))
+
+
+def _statement(message: pb.StatementRef) -> StatementRef:
+    return StatementRef(message.policy, message.index, message.sid or None, Effect(message.effect))
+
+
 def result(decision: Decision, explain: bool) -> pb.CheckResult:
     message = pb.CheckResult(decision=decision.decision.code, error=decision.error or "")
     if explain:
         message.decided_by = decision.decided_by
         message.reason = decision.reason
         message.missing_keys.extend(decision.missing_keys)
-        message.statements.extend(pb.StatementRef(policy=s.policy, sid=s.sid or "", index=s.index,
-                                                  effect=str(s.effect)) for s in decision.statements)
+        message.statements.extend(map(statement_ref, decision.statements))
+        message.missing_key_statements.extend(
+            pb.MissingKey(key=m.key, statements=map(statement_ref, m.statements))
+            for m in decision.missing_key_statements)
+        message.near_misses.extend(
+            pb.NearMiss(statement=statement_ref(m.statement), layer=m.layer, kind=str(m.miss.kind),
+                        reason=m.miss.reason, patterns=m.miss.patterns, operator=m.miss.operator, key=m.miss.key,
+                        sent=m.miss.sent, wanted=m.miss.wanted, cut_by=m.miss.cut_by)
+            for m in decision.near_misses)
+        message.more_near_misses = decision.more_near_misses
     return message
 
 
@@ -188,9 +207,29 @@ def decision(message: pb.CheckResult) -> Decision:
     kind = BY_CODE[message.decision] if 0 < message.decision < len(BY_CODE) else None
     if kind is None:
         raise ValueError(f"the service answered an unknown decision {message.decision}")
-    return Decision(kind, message.decided_by,
-                    tuple(StatementRef(s.policy, s.index, s.sid or None, Effect(s.effect)) for s in message.statements),
-                    tuple(message.missing_keys), message.reason, message.error or None)
+    return Decision(kind, message.decided_by, tuple(map(_statement, message.statements)),
+                    tuple(message.missing_keys), message.reason, message.error or None,
+                    tuple(MissingKey(m.key, tuple(map(_statement, m.statements)))
+                          for m in message.missing_key_statements),
+                    tuple(NearMiss(_statement(m.statement), m.layer,
+                                   Miss(MissKind(m.kind), m.reason, tuple(m.patterns), m.operator, m.key,
+                                        tuple(m.sent), tuple(m.wanted), m.cut_by))
+                          for m in message.near_misses),
+                    message.more_near_misses)
+
+
+def context_keys(keys: Iterable[ContextKeyUse]) -> list[pb.ContextKey]:
+    return [pb.ContextKey(key=k.key, statements=map(statement_ref, k.statements)) for k in keys]
+
+
+def rfc3339(seconds: float) -> str:
+    """A time (seconds since the epoch) as the service writes times: RFC 3339, UTC, to the second."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def statement_uses(counts: Iterable[StatementCount]) -> list[pb.StatementUse]:
+    return [pb.StatementUse(statement=statement_ref(c.statement), applied=c.applied, decided=c.decided,
+                            since=rfc3339(c.since)) for c in counts]
 
 
 def encoded_response(decided: BatchDecisions, store_version: int, batch_id: int) -> bytes:

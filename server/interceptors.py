@@ -94,7 +94,7 @@ def _bounded(message: str) -> str:
 
 READ_METHODS = frozenset(PACKAGE + "PolicyAdmin/" + name for name in (
     "GetStoreVersion", "ListStoreVersions", "GetPolicy", "ListPolicies", "GetPrincipal", "ListPrincipals",
-    "ValidatePolicy"))
+    "ValidatePolicy", "GetContextKeys", "GetStatementUsage"))
 """The PolicyAdmin calls that change nothing: ``read_token`` is enough for them."""
 
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 
-from iam_evaluator.decision import Decision, DecisionKind
+from iam_evaluator.decision import Decision, DecisionKind, StatementRef
+from iam_evaluator.usage import StatementCount
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000)
@@ -29,6 +30,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/metrics":
             encode, content_type = choose_encoder(self.headers.get("Accept"))
+            self.server.before_scrape()
             self._reply(200, encode(self.server.registry), content_type)
         elif path == "/healthz":
             serving = self.server.serving()
@@ -50,18 +52,21 @@ class _MetricsHandler(BaseHTTPRequestHandler):
 class _MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: str, registry: CollectorRegistry, serving: Callable[[], bool]) -> None:
+    def __init__(self, address: str, registry: CollectorRegistry, serving: Callable[[], bool],
+                 before_scrape: Callable[[], None]) -> None:
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
         self.address_family = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
                                                  flags=socket.AI_PASSIVE)[0][0]
-        self.registry, self.serving = registry, serving
+        self.registry, self.serving, self.before_scrape = registry, serving, before_scrape
         super().__init__((host, int(port)), _MetricsHandler)
 
 
-def _serve(address: str, registry: CollectorRegistry, serving: Callable[[], bool]) -> _MetricsServer:
-    """Serve on host:port (port 0: any free port) from a thread; raises ``OSError`` when it cannot listen."""
-    http = _MetricsServer(address, registry, serving)
+def _serve(address: str, registry: CollectorRegistry, serving: Callable[[], bool],
+           before_scrape: Callable[[], None] = lambda: None) -> _MetricsServer:
+    """Serve on host:port (port 0: any free port) from a thread; raises ``OSError`` when it cannot listen.
+    ``before_scrape`` brings counters kept elsewhere up to date first."""
+    http = _MetricsServer(address, registry, serving, before_scrape)
     threading.Thread(target=http.serve_forever, name="metrics-http", daemon=True).start()
     return http
 
@@ -97,7 +102,13 @@ class ServiceMetrics:
                                            registry=self.registry, multiprocess_mode="liveall")
         self.watch_errors = Counter("iam_eval_store_watch_errors", "Failed looks for store versions other "
                                     "processes wrote (each is retried)", registry=self.registry)
+        self.statement_applied = Counter(
+            "iam_eval_statement_applied", "Requests each statement of the served store applied to (Check, CheckBatch, "
+            "CheckStream), since the server started; a statement that never applied has no series",
+            ["policy", "statement", "sid", "effect"], registry=self.registry)
         self._by_code = {kind.code: self.checks.labels(str(kind)) for kind in DecisionKind}
+        self._statements_counted: dict[StatementRef, int] = {}  # what statement_applied has of each
+        self._statements_lock = threading.Lock()
         self._http = None
 
     def count(self, codes: bytes, errors: int = 0) -> None:
@@ -112,9 +123,20 @@ class ServiceMetrics:
     def count_decisions(self, decisions: Sequence[Decision]) -> None:
         self.count(bytes(d.decision.code for d in decisions), sum(d.error is not None for d in decisions))
 
-    def serve(self, address: str, serving: Callable[[], bool]) -> int:
+    def count_statements(self, counts: Iterable[StatementCount]) -> None:
+        """Bring ``statement_applied`` up to the counts (``usage.ServedUsage.report``): counters only grow."""
+        with self._statements_lock:
+            for count in counts:
+                ref = count.statement
+                added = count.applied - self._statements_counted.get(ref, 0)
+                if added > 0:
+                    self.statement_applied.labels(ref.policy, str(ref.index), ref.sid or "", str(ref.effect)).inc(added)
+                    self._statements_counted[ref] = count.applied
+
+    def serve(self, address: str, serving: Callable[[], bool],
+              before_scrape: Callable[[], None] = lambda: None) -> int:
         """Serve /metrics and /healthz (``serving``) at host:port (port 0: any free port); returns the port."""
-        self._http = _serve(address, self.registry, serving)
+        self._http = _serve(address, self.registry, serving, before_scrape)
         return self._http.server_port
 
     def stop(self) -> None:

@@ -323,13 +323,17 @@ def test_json_report_near_misses(capsys, repo):
     cases = write_cases(repo / "cases.jsonl", case("reads", "Allow", context={"aws:RequestedRegion": "us-east-1"},
                                                    policies={"identity": ["policies/near.json"]}))
     [reads] = json.loads(run(capsys, "test", str(cases), "--json")[1])["cases"]
+    unset = {"patterns": [], "operator": "", "key": "", "sent": [], "wanted": [], "cut_by": ""}
     assert reads["near_misses"] == [
-        {"policy": "policies/near.json", "index": 0, "sid": "OtherBucket", "effect": "Allow",
-         "reason": f"Resource does not match {REPORT}"},
-        {"policy": "policies/near.json", "index": 1, "sid": "InEurope", "effect": "Allow",
-         "reason": "condition StringEquals on aws:RequestedRegion is false"},
-        {"policy": "policies/near.json", "index": 2, "sid": "FromOffice", "effect": "Allow",
-         "reason": "context key aws:SourceIp is missing (IpAddress)"}]
+        {"policy": "policies/near.json", "index": 0, "sid": "OtherBucket", "effect": "Allow", "layer": "identity",
+         **unset, "kind": "resource", "reason": f"Resource does not match {REPORT}",
+         "patterns": ["arn:aws:s3:::other/*"]},
+        {"policy": "policies/near.json", "index": 1, "sid": "InEurope", "effect": "Allow", "layer": "identity",
+         **unset, "kind": "condition", "reason": "condition StringEquals on aws:RequestedRegion is false",
+         "operator": "StringEquals", "key": "aws:RequestedRegion", "sent": ["us-east-1"], "wanted": ["eu-west-1"]},
+        {"policy": "policies/near.json", "index": 2, "sid": "FromOffice", "effect": "Allow", "layer": "identity",
+         **unset, "kind": "missing_key", "reason": "context key aws:SourceIp is missing (IpAddress)",
+         "operator": "IpAddress", "key": "aws:SourceIp"}]
     assert reads["more_near_misses"] == 0
 
 

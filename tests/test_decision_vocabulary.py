@@ -82,7 +82,8 @@ def test_metrics_count_by_name_and_errors_apart():
 def test_check_json_prints_every_field_with_its_type(tmp_path, capsys):
     policy = tmp_path / "p.json"
     policy.write_text(json.dumps(POLICY))
-    fields = {"decision": str, "decided_by": str, "statements": list, "missing_keys": list, "reason": str}
+    fields = {"decision": str, "decided_by": str, "statements": list, "missing_keys": list, "reason": str,
+              "missing_key_statements": list, "near_misses": list, "more_near_misses": int}
     for (resource, keys), name in zip(ROWS, NAMES, strict=True):
         code = main(["check", "--policy", str(policy), "--principal", ROLE, "--action", "s3:GetObject",
                      "--resource", resource, "--context", f"s3:max-keys={keys}", "--json"])
@@ -109,7 +110,7 @@ def test_client_json_matches_check_json_and_store_versions_are_numbers(tmp_path,
                      "--context", "aws:RequestedRegion=us-east-1", "--explain", "--json"]) == 0
         printed = json.loads(capsys.readouterr().out)
         assert set(printed) == {"decision", "decided_by", "statements", "missing_keys", "reason", "error",
-                                "store_version"}
+                                "missing_key_statements", "near_misses", "more_near_misses", "store_version"}
         assert (printed["decision"], printed["decided_by"], printed["store_version"]) == ("Allow", "identity", 1)
         assert all(statement["effect"] == "Allow" for statement in printed["statements"]) and printed["statements"]
         requests = tmp_path / "requests.jsonl"

@@ -154,6 +154,8 @@ READS = {  # every PolicyAdmin call that changes nothing
     "GetPrincipal": pb.PrincipalName(arn=ROLE),
     "ListPrincipals": pb.ListPrincipalsRequest(),
     "ValidatePolicy": pb.ValidatePolicyRequest(document=GOOD_DOCUMENT, kind=pb.MANAGED),
+    "GetContextKeys": pb.GetContextKeysRequest(principal=ROLE),
+    "GetStatementUsage": pb.GetStatementUsageRequest(),
 }
 CHANGES = {  # refused before they are read, so an empty request will do
     "PutPolicy": pb.PutPolicyRequest(), "DeletePolicy": pb.DeletePolicyRequest(),
