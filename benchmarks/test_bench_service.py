@@ -88,7 +88,8 @@ def test_server_handler_check_batch(benchmark, service):
     """The server's own work on a batch, without the transport: parse the payload, decode the columns,
     decide, encode the response (compare with ``test_in_process_compiled_store``)."""
     _, prepared, service_, _ = service
-    authorizer = AuthorizerServicer(service_.serving, service_.config, service_.metrics, Catalog.shipped())
+    authorizer = AuthorizerServicer(service_.serving, service_.config, service_.metrics, Catalog.shipped(),
+                                    service_.usage)
     payload = prepared.batch_payloads[0]
 
     def handle() -> bytes:

@@ -37,7 +37,7 @@ from .operators import OPERATORS, Family
 from .principals import Caller, Grant, RequestError, statement_grant
 from .request import PolicySet, Request
 from .variables import Unresolvable, absent_variables, expand_pattern, expand_text, open_pattern
-from .wildcard import Pattern, compile_glob, glob_match, matcher
+from .wildcard import glob_match, matcher
 
 
 def action_matches(patterns: tuple[str, ...], action: str) -> bool:
@@ -165,11 +165,13 @@ def _resource_could_match(statement: Statement, resource: str, context: Mapping,
     """``why_not_applies``'s Resource and NotResource tests, with each policy variable the context does not
     resolve standing for any text: a Resource pattern may match with it as ``*``, and a NotResource pattern
     holding one may be made not to match."""
-    def opened(text: str) -> Pattern:
-        return open_pattern(text, context) if substitute and "${" in text else compile_glob(text)
+    def could_match(text: str) -> bool:
+        if substitute and "${" in text:
+            return glob_match(open_pattern(text, context), resource)
+        return matcher(text)(resource)
 
     if statement.resources is not None and "*" not in statement.resources:
-        if resource == "*" or not any(glob_match(opened(text), resource) for text in statement.resources):
+        if resource == "*" or not any(could_match(text) for text in statement.resources):
             return False
     if statement.not_resources is not None:
         if "*" in statement.not_resources:
