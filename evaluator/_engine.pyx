@@ -22,7 +22,7 @@ from libc.string cimport memcmp, memcpy, memset
 from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._pattern cimport PatternSet, pseg
-from ._request cimport arn_account, arn_fields, valid_action
+from ._request cimport arn_account, arn_fields, shown, valid_action
 from ._types cimport cstr, ctx_entry
 
 from collections.abc import Mapping
@@ -1664,7 +1664,7 @@ cdef class _Converter:
         """One context entry of the request itself (``owned``: held by a list the batch owns already);
         raises RequestError if it cannot be read."""
         if self.seen[kid] == stamp:  # a malformed request, whoever supplies the key in the end
-            raise RequestError(f"context key {_shown(key)} is given twice (key names are case-insensitive)")
+            raise RequestError(f"context key {shown(key)} is given twice (key names are case-insensitive)")
         self.seen[kid] = stamp
         if known and self.engine.principal_keys[kid]:
             return 0  # the store alone says who the principal is
@@ -1700,7 +1700,7 @@ cdef class _Converter:
                 tag = _exact(tag, text, "session tag key")
                 value = _exact(value, text, "session tag value")
                 if tag.lower() in folded:
-                    raise RequestError(f"session tag {_shown(tag)} is given twice (tag keys ignore case)")
+                    raise RequestError(f"session tag {shown(tag)} is given twice (tag keys ignore case)")
                 folded.add(tag.lower())
                 kid = self.key_id("aws:PrincipalTag/" + tag)
                 if kid >= 0:
@@ -1771,14 +1771,14 @@ cdef class _Converter:
             rq.action.ptr = data
             rq.action.len = size
             if not valid_action(data, size):
-                raise RequestError(f"request action {_shown(exact_action)} is not service:Action")
+                raise RequestError(f"request action {shown(exact_action)} is not service:Action")
             data = PyUnicode_AsUTF8AndSize(exact_resource, &size)
             rq.resource.ptr = data
             rq.resource.len = size
             if engine_is_star(data, size):
                 account_len = 0
             elif not arn_account(data, size, &account_start, &account_len):
-                raise RequestError(f"request resource {_shown(exact_resource)} is neither an ARN nor \"*\"")
+                raise RequestError(f"request resource {shown(exact_resource)} is neither an ARN nor \"*\"")
             caller_account = self.accounts[row]
             if owner is not None:
                 owner = _exact(owner, text, "resource account")
@@ -1872,17 +1872,6 @@ cdef class SingleRequests:
             self.spare.append(conversion)
 
 
-cdef str _shown(object value):
-    """A value for an error message, cut short (messages travel in logs and gRPC trailers); never raises: a
-    value that cannot show itself (nested deeper than ``repr`` goes, or whose ``__repr__`` fails) is named
-    by its type."""
-    try:
-        shown = repr(value)
-    except Exception:  # RecursionError, or any error of a hostile __repr__
-        return f"a {type(value).__name__} that cannot be shown"
-    return shown if len(shown) <= 200 else shown[:200] + "…"
-
-
 def converter(Engine engine, resolver, Py_ssize_t n):
     """A converter of ``n`` requests for ``evaluator.arrow``, which registers the distinct
     principals and (caller, resource, owner) places itself, then calls ``convert_arrow``."""
@@ -1918,10 +1907,10 @@ def convert(Engine engine, resolver, principals, actions, resources, contexts=No
     if isinstance(contexts, Mapping):
         for key, column in dict(contexts).items():
             if not isinstance(key, str) or not key:
-                raise ValueError(f"context column names must be non-empty strings, not {_shown(key)}")
+                raise ValueError(f"context column names must be non-empty strings, not {shown(key)}")
             column = _owned(column, fresh)
             if len(column) != n:
-                raise ValueError(f"context column {_shown(key)} must have one entry per request")
+                raise ValueError(f"context column {shown(key)} must have one entry per request")
             columns.append((key, column))
     elif contexts is not None:
         context_list = _owned(contexts, fresh)
@@ -2272,19 +2261,19 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
         for i in range(n):  # the rows that failed alone, and why
             if problems[i] == ROW_BAD_ACTION:
                 text = batch.requests[i].action
-                batch.errors[i] = f"request action {_shown(text.ptr[:text.len].decode(errors='replace'))} " \
+                batch.errors[i] = f"request action {shown(text.ptr[:text.len].decode(errors='replace'))} " \
                                   "is not service:Action"
             elif problems[i] == ROW_BAD_RESOURCE:
                 text = batch.requests[i].resource
-                batch.errors[i] = (f"request resource {_shown(text.ptr[:text.len].decode(errors='replace'))}"
+                batch.errors[i] = (f"request resource {shown(text.ptr[:text.len].decode(errors='replace'))}"
                                    " is neither an ARN nor \"*\"")
             elif problems[i] == ROW_TAGS_WITHOUT_SESSION:
                 batch.errors[i] = "session tags belong to an assumed-role session principal"
             elif problems[i] == ROW_TAG_TWICE:
-                batch.errors[i] = f"session tag {_shown(tag_fields[problem_of[i]][1])} is given twice " \
+                batch.errors[i] = f"session tag {shown(tag_fields[problem_of[i]][1])} is given twice " \
                                   "(tag keys ignore case)"
             elif problems[i] == ROW_KEY_TWICE:
-                batch.errors[i] = f"context key {_shown(context_fields[problem_of[i]][1])} is given twice " \
+                batch.errors[i] = f"context key {shown(context_fields[problem_of[i]][1])} is given twice " \
                                   "(key names are case-insensitive)"
         conversion.place_endpoints()
         batch.finish()

@@ -1,6 +1,9 @@
 # cython: language_level=3
 """The shape rules of a request's action and resource, in C: ``Request.create`` and the compiled
-engine's converters check by these, and by nothing else."""
+engine's converters check by these, and by nothing else; and how their messages show a value."""
+
+
+cdef str shown(object value)
 
 
 cdef inline bint valid_action(const char* p, Py_ssize_t n) noexcept nogil:

@@ -13,15 +13,15 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)
 
 
-cdef str _shown(object value):
+cdef str shown(object value):
     """A value for an error message, cut short (messages travel in logs and gRPC trailers); never raises: a
     value that cannot show itself (nested deeper than ``repr`` goes, or whose ``__repr__`` fails) is named
     by its type."""
     try:
-        shown = repr(value)
+        text = repr(value)
     except Exception:  # RecursionError, or any error of a hostile __repr__
         return f"a {type(value).__name__} that cannot be shown"
-    return shown if len(shown) <= 200 else shown[:200] + "…"
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 cpdef str text(object value, str what):
@@ -30,7 +30,7 @@ cpdef str text(object value, str what):
     surrogates). Every path that takes a request (``Request.create``, both converters of the
     compiled engine) reads strings by this rule."""
     if not isinstance(value, str):
-        raise RequestError(f"{what} must be a string, not {_shown(value)}")
+        raise RequestError(f"{what} must be a string, not {shown(value)}")
     if type(value) is not str:
         value = str.__str__(value)
     if not PyUnicode_IS_ASCII(value):
@@ -49,12 +49,12 @@ cpdef str context_text(object value, object key):
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return text(value, f"context key {_shown(key)}")
+        return text(value, f"context key {shown(key)}")
     if isinstance(value, int):
         return int.__repr__(value)
     if isinstance(value, float):
         return float.__repr__(value)
-    raise RequestError(f"context key {_shown(key)}: values must be strings (or lists of strings), not {_shown(value)}")
+    raise RequestError(f"context key {shown(key)}: values must be strings (or lists of strings), not {shown(value)}")
 
 
 cdef object _context_value(object key, object value):
@@ -73,11 +73,11 @@ def create(cls, principal, action, resource, context, resource_account, session_
     caller = Caller.parse(principal)
     data = PyUnicode_AsUTF8AndSize(action, &size)
     if not valid_action(data, size):
-        raise RequestError(f"request action {_shown(action)} is not service:Action")
+        raise RequestError(f"request action {shown(action)} is not service:Action")
     data = PyUnicode_AsUTF8AndSize(resource, &size)
     cdef bint star = size == 1 and data[0] == b"*"
     if not star and not arn_account(data, size, &account_at, &account_len):
-        raise RequestError(f"request resource {_shown(resource)} is neither an ARN nor \"*\"")
+        raise RequestError(f"request resource {shown(resource)} is neither an ARN nor \"*\"")
     if resource_account is None:
         resource_account = data[account_at:account_at + account_len].decode("utf-8") if account_len \
             else caller.account
@@ -93,7 +93,7 @@ def create(cls, principal, action, resource, context, resource_account, session_
             raise RequestError("context key names must be non-empty")
         folded = key.lower()
         if folded in normalised:
-            raise RequestError(f"context key {_shown(key)} is given twice (key names are case-insensitive)")
+            raise RequestError(f"context key {shown(key)} is given twice (key names are case-insensitive)")
         # A plain ASCII string, the common value, is settled here.
         normalised[folded] = value if type(value) is str and PyUnicode_IS_ASCII(value) \
             else _context_value(key, value)
@@ -106,7 +106,7 @@ def create(cls, principal, action, resource, context, resource_account, session_
         for key, value in dict(session_tags).items():
             key = text(key, "session tag key")
             if any(key.lower() == other.lower() for other in tags):
-                raise RequestError(f"session tag {_shown(key)} is given twice (tag keys ignore case)")
+                raise RequestError(f"session tag {shown(key)} is given twice (tag keys ignore case)")
             tags[key] = text(value, "session tag value")
     # Built without __init__, which sets each field through object.__setattr__ (frozen): every field
     # is checked above, and a request is made per call on the single-call path.
