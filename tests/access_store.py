@@ -21,7 +21,9 @@ an OU whose SCP denies every S3 action; account C (333333333333) is outside the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from iam_evaluator.cli import main
 from iam_evaluator.store import PolicyStore
 
 A, B, C = "111111111111", "222222222222", "333333333333"
@@ -115,3 +117,17 @@ SNAPSHOT = {
 
 def access_store() -> PolicyStore:
     return PolicyStore.from_json(json.dumps(SNAPSHOT), source="access store")
+
+
+def snapshot_file(directory: Path) -> str:
+    """The store written as a snapshot file in ``directory``, for the command line."""
+    path = directory / "store.json"
+    path.write_text(json.dumps(SNAPSHOT))
+    return str(path)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """``iam-eval`` with ``argv``: its exit code, stdout and stderr."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

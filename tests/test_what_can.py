@@ -13,7 +13,6 @@ import pytest
 from iam_evaluator import Request, RequestError, reference
 from iam_evaluator.access_queries import ACCESS_LEVELS, what_can
 from iam_evaluator.catalog import Catalog
-from iam_evaluator.cli import main
 from iam_evaluator.compiled_store import CompiledStore
 from iam_evaluator.service_rules import ANONYMOUS
 
@@ -28,9 +27,10 @@ from .access_store import (
     PUBLIC_OBJECT,
     READER,
     SANDBOX,
-    SNAPSHOT,
     A,
     access_store,
+    run,
+    snapshot_file,
 )
 
 CALLER_IDENTITY = ("sts", "Read", ("sts:GetCallerIdentity",))
@@ -156,15 +156,7 @@ def test_the_service_filter_and_the_context(compiled):
 
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory):
-    path = tmp_path_factory.mktemp("what-can") / "store.json"
-    path.write_text(json.dumps(SNAPSHOT))
-    return str(path)
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return snapshot_file(tmp_path_factory.mktemp("what-can"))
 
 
 def test_cli_text(capsys, snapshot):

@@ -17,7 +17,6 @@ import pytest
 
 from iam_evaluator import DecisionKind, Request, RequestError
 from iam_evaluator.access_queries import who_can
-from iam_evaluator.cli import main
 from iam_evaluator.compiled_store import CompiledStore
 from iam_evaluator.service_rules import ANONYMOUS
 from iam_evaluator.store import reference_decision
@@ -39,11 +38,12 @@ from .access_store import (
     PUBLIC_OBJECT,
     READER,
     SANDBOX,
-    SNAPSHOT,
     STRANGER,
     TIMED,
     A,
     access_store,
+    run,
+    snapshot_file,
 )
 from .conftest import REPO
 
@@ -174,15 +174,7 @@ def test_the_allowed_principals_are_those_the_reference_allows(store, compiled, 
 
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory):
-    path = tmp_path_factory.mktemp("who-can") / "store.json"
-    path.write_text(json.dumps(SNAPSHOT))
-    return str(path)
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return snapshot_file(tmp_path_factory.mktemp("who-can"))
 
 
 def test_cli_prints_principals_statements_and_chains(capsys, snapshot):
