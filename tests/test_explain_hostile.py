@@ -11,9 +11,6 @@ objects may be gone; ``test_module_passes_under_the_debug_allocator_subprocess``
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import grpc
 import pytest
@@ -26,7 +23,7 @@ from iam_evaluator.server.api import iam_evaluator_pb2 as pb
 from iam_evaluator.server.client import Client
 from iam_evaluator.store import PolicyStore
 
-from .conftest import REPO
+from .conftest import assert_passes_under_debug_allocator
 from .service_helpers import EXAMPLE_STORE, RPC_TIMEOUT, copy_store, rpc_error, running_service
 from .test_hostile_inputs import FreshMapping, FreshStrings, Impostor, fresh
 
@@ -171,11 +168,4 @@ def test_get_statement_usage_refuses_a_malformed_request(client):
 
 def test_module_passes_under_the_debug_allocator_subprocess():
     """PYTHONMALLOC=debug fills freed memory, so a string read after it was freed gives a wrong answer."""
-    env = {**os.environ, "PYTHONMALLOC": "debug", "PYTHONFAULTHANDLER": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_explain_hostile.py", "-k", "not subprocess", "-q",
-         "-p", "no:cacheprovider"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert "Fatal Python error" not in output and "Segmentation fault" not in output, output[-5000:]
-    assert result.returncode == 0, output[-5000:]
+    assert_passes_under_debug_allocator("tests/test_explain_hostile.py")

@@ -14,8 +14,6 @@ it does not keep alive is read after it is freed. That may go unseen with the or
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -31,7 +29,7 @@ from iam_evaluator.arrow import evaluate_arrow
 from iam_evaluator.compile import CHUNK, CompiledPolicySet
 from iam_evaluator.decision import Decision, failed
 
-from .conftest import REPO
+from .conftest import assert_passes_under_debug_allocator
 
 ROWS = int(os.environ.get("IAM_EVAL_HOSTILE_ROWS", "200000"))
 """Rows of the threaded batches; the debug-allocator run sets fewer."""
@@ -736,11 +734,4 @@ def test_single_calls_past_what_a_converter_keeps(engine):
 
 def test_module_passes_under_the_debug_allocator_subprocess():
     """PYTHONMALLOC=debug fills freed memory, so a string read after it was freed gives a wrong answer."""
-    env = {**os.environ, "PYTHONMALLOC": "debug", "PYTHONFAULTHANDLER": "1", "IAM_EVAL_HOSTILE_ROWS": "20000"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_hostile_inputs.py", "-k", "not subprocess", "-q",
-         "-p", "no:cacheprovider"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert "Fatal Python error" not in output and "Segmentation fault" not in output, output[-5000:]
-    assert result.returncode == 0, output[-5000:]
+    assert_passes_under_debug_allocator("tests/test_hostile_inputs.py", IAM_EVAL_HOSTILE_ROWS="20000")
