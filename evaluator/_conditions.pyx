@@ -33,6 +33,9 @@ from libc.string cimport memcmp
 from ._pattern cimport ContextArray, PatternSet, pcur, pseg, glob_range, segments_equal, utf8_step
 from ._types cimport cstr, ctx_entry
 
+import sys
+from array import array
+
 from .operators import OPERATORS, Comparison, Family, read_bool, read_date, read_network, read_number
 
 
@@ -698,16 +701,23 @@ cdef Py_ssize_t _fold_count = 0
 
 
 cdef void _load_fold_table() except *:
-    """Take str.casefold of every non-ASCII code point from the running Python (once)."""
+    """Take str.casefold of every non-ASCII code point from the running Python (once). A block of code
+    points that casefold leaves alone as a whole holds none that folds (a character folds to one or more
+    characters, never to none), so only the few blocks with cased letters are read one by one."""
     global _fold_from, _fold_start, _fold_len, _fold_to, _fold_count
     if _fold_from != NULL:
         return
     entries = []
-    for code in range(0x80, 0x110000):
-        ch = chr(code)
-        folded = ch.casefold()
-        if folded != ch:
-            entries.append((code, folded))
+    codec = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
+    u32 = next(code for code in "IL" if array(code).itemsize == 4)  # code points as 4-byte units
+    for start in range(0x80, 0x110000, 256):
+        block = array(u32, range(start, min(start + 256, 0x110000))).tobytes().decode(codec, "surrogatepass")
+        if block.casefold() == block:
+            continue
+        for offset, ch in enumerate(block):
+            folded = ch.casefold()
+            if folded != ch:
+                entries.append((start + offset, folded))
     cdef Py_ssize_t total = sum(len(f) for _, f in entries), i, at = 0
     cdef uint32_t* fold_from = <uint32_t*>malloc(len(entries) * sizeof(uint32_t))
     cdef uint32_t* fold_start = <uint32_t*>malloc(len(entries) * sizeof(uint32_t))
