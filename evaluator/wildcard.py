@@ -56,10 +56,26 @@ def glob_match(pattern: Pattern, text: str, ignore_case: bool = False) -> bool:
     return p == len(pattern)
 
 
+def star_match(parts: list[str], text: str) -> bool:
+    """Whether ``text`` matches the glob ``"*".join(parts)`` (no ``?``): the first part starts it, the last
+    ends it, and the others stand in order between them, each found leftmost (an earlier place never
+    leaves less room for the rest). Linear in ``text`` per part, whatever the number of stars."""
+    first, last = parts[0], parts[-1]
+    if len(text) < len(first) + len(last) or not text.startswith(first) or not text.endswith(last):
+        return False
+    at, end = len(first), len(text) - len(last)
+    for part in parts[1:-1]:
+        at = text.find(part, at, end)
+        if at < 0:
+            return False
+        at += len(part)
+    return True
+
+
 @lru_cache(maxsize=1 << 16)
 def matcher(text: str, ignore_case: bool = False) -> Callable[[str], bool]:
-    """A reusable test for the glob ``text``, with plain comparisons for the common
-    shapes: no wildcard at all, or one ``*`` at the end."""
+    """A reusable test for the glob ``text``, with plain string operations where it has no ``?``: no
+    wildcard at all, one ``*`` at the end, or ``*`` anywhere (``star_match``)."""
     if ignore_case:
         text = text.lower()
     fold: Callable[[str], str] = str.lower if ignore_case else str
@@ -68,5 +84,8 @@ def matcher(text: str, ignore_case: bool = False) -> Callable[[str], bool]:
         if body is text:
             return lambda candidate: fold(candidate) == text
         return lambda candidate: fold(candidate).startswith(body)
+    if "?" not in text:
+        parts = text.split("*")
+        return lambda candidate: star_match(parts, fold(candidate))
     pattern = compile_glob(text)
     return lambda candidate: glob_match(pattern, fold(candidate))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iam_evaluator.variables import Unresolvable, expand_pattern, expand_text
-from iam_evaluator.wildcard import STAR, compile_glob, glob_match
+from iam_evaluator.wildcard import STAR, compile_glob, glob_match, matcher
 
 
 def oracle(pattern: str, text: str, ignore_case: bool) -> bool:
@@ -20,6 +20,19 @@ def oracle(pattern: str, text: str, ignore_case: bool) -> bool:
 @given(st.text("aAb:/*?", max_size=10), st.text("aAb:/", max_size=12), st.booleans())
 def test_matches_the_regex_oracle(pattern, text, ignore_case):
     assert glob_match(compile_glob(pattern), text, ignore_case) == oracle(pattern, text, ignore_case)
+
+
+@settings(max_examples=400)
+@given(st.text("aAb:/*?", max_size=10), st.text("aAb:/", max_size=12), st.booleans())
+def test_the_reusable_matcher_matches_the_regex_oracle(pattern, text, ignore_case):
+    """``matcher``'s shortcuts (plain comparisons, ``star_match``) answer as the oracle does."""
+    assert matcher(pattern, ignore_case)(text) == oracle(pattern, text, ignore_case)
+
+
+def test_star_match_is_not_exponential():
+    assert not matcher("a*" * 300 + "b")("a" * 100_000)
+    assert matcher("*a" * 300)("a" * 5_000)
+    assert not matcher("*ab*ab*ab*")("abab")
 
 
 @pytest.mark.parametrize(("pattern", "text", "expected"), [
