@@ -1807,7 +1807,8 @@ cdef class _Converter:
 
     cdef bint remembers_too_much(self):
         """Whether what it keeps between single requests has outgrown ``SINGLE_KEPT`` (principals, owners,
-        context keys, profiles, explained decisions, near-miss candidates) or ``SINGLE_GRANT_BYTES``: then it is dropped for a fresh one."""
+        context keys, profiles, explained decisions, near-miss candidates) or ``SINGLE_GRANT_BYTES``: then it
+        is dropped for a fresh one."""
         return (len(self.rows) + len(self.caller_errors) > SINGLE_KEPT or len(self.owner_memo) > SINGLE_KEPT
                 or len(self.key_cache) > SINGLE_KEPT or len(self.batch.profile_objects) > SINGLE_KEPT
                 or len(self.explained) > SINGLE_KEPT or len(self.candidates) > SINGLE_KEPT
@@ -2005,6 +2006,24 @@ cdef inline cstr _item(const strcol* column, Py_ssize_t i) noexcept nogil:
     return text
 
 
+cdef int _push_items(Batch batch, int32_t key, const strcol* column, Py_ssize_t start, Py_ssize_t count,
+                     bint is_list) noexcept nogil:
+    """Append one context entry of a batch converted from Arrow: items [start, start + count) of
+    ``column``; -1 when memory ran out (nothing appended)."""
+    cdef Py_ssize_t k
+    if batch.room(1, count) < 0:
+        return -1
+    batch.entries[batch.n_entries].key = key
+    batch.entries[batch.n_entries].entry.count = <int32_t>count
+    batch.entries[batch.n_entries].entry.is_list = is_list
+    batch.entries[batch.n_entries].entry.values = <const cstr*><size_t>batch.n_values  # an offset until finish()
+    for k in range(start, start + count):
+        batch.values[batch.n_values] = _item(column, k)
+        batch.n_values += 1
+    batch.n_entries += 1
+    return 0
+
+
 cdef const int32_t* _int32s(object array) except NULL:
     """The values of an int32 array without nulls."""
     if str(array.type) != "int32" or array.null_count:
@@ -2190,16 +2209,9 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
                         problems[i], problem_of[i] = ROW_TAG_TWICE, t
                         break
                     overridden[kid] = i + 1
-                    if batch.room(1, 1) < 0:
+                    if _push_items(batch, kid, &tags[t], i, 1, False) < 0:
                         broken = ROWS_OUT_OF_MEMORY
                         break
-                    batch.entries[batch.n_entries].key = kid
-                    batch.entries[batch.n_entries].entry.count = 1
-                    batch.entries[batch.n_entries].entry.is_list = False
-                    batch.entries[batch.n_entries].entry.values = <const cstr*><size_t>batch.n_values
-                    batch.values[batch.n_values] = _item(&tags[t], i)
-                    batch.n_values += 1
-                    batch.n_entries += 1
                 if broken:
                     break
                 if problems[i]:
@@ -2235,17 +2247,9 @@ def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resourc
                         continue  # the store alone says who the principal is
                     if overridden[field_keys[f]] == <uint64_t>(i + 1):
                         continue  # the session's tags win
-                    if batch.room(1, count) < 0:
+                    if _push_items(batch, field_keys[f], items, start, count, is_list[f]) < 0:
                         broken = ROWS_OUT_OF_MEMORY
                         break
-                    batch.entries[batch.n_entries].key = field_keys[f]
-                    batch.entries[batch.n_entries].entry.count = <int32_t>count
-                    batch.entries[batch.n_entries].entry.is_list = is_list[f]
-                    batch.entries[batch.n_entries].entry.values = <const cstr*><size_t>batch.n_values
-                    for k in range(start, start + count):
-                        batch.values[batch.n_values] = _item(items, k)
-                        batch.n_values += 1
-                    batch.n_entries += 1
                 if broken:
                     break
                 if problems[i]:
