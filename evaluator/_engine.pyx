@@ -25,6 +25,7 @@ from ._pattern cimport PatternSet, pseg
 from ._request cimport arn_account, arn_fields, shown, valid_action
 from ._types cimport cstr, ctx_entry
 
+import os
 from collections.abc import Mapping
 
 from . import service_rules
@@ -1265,20 +1266,6 @@ cdef class Batch:
         self.owned.append(texts)
         return 0
 
-    cdef int set_column(self, matches_t* m, object array) except -1:
-        """The distinct actions or resources, as an Arrow string array the batch keeps."""
-        cdef strcol column
-        cdef Py_ssize_t k
-        _strcol(array, &column)
-        m.n = len(array)
-        m.texts = <cstr*>malloc(max(1, m.n) * sizeof(cstr))
-        if m.texts == NULL:
-            raise MemoryError()
-        for k in range(m.n):
-            m.texts[k] = _item(&column, k)
-        self.owned.append(array)
-        return 0
-
     cdef int finish(self, bint decide=False) except -1:
         """The arrays stop moving: value offsets become pointers; profiles and grants become C
         arrays (only those added since the last finish, for a batch that is ``reset``); each
@@ -1530,7 +1517,7 @@ cdef class _Converter:
         self.rows[principal] = number
         return number
 
-    # The steps of placing a request, each memoised per batch; ``evaluator.arrow`` calls them once per
+    # The steps of placing a request, each memoised per batch; ``convert_arrow`` calls them once per
     # distinct value of a column, the converter of Python objects once per request (``locate_into``).
 
     cpdef int32_t identity_profile(self, int32_t row) except -1:
@@ -1874,8 +1861,7 @@ cdef class SingleRequests:
 
 
 def converter(Engine engine, resolver, Py_ssize_t n):
-    """A converter of ``n`` requests for ``evaluator.arrow``, which registers the distinct
-    principals and (caller, resource, owner) places itself, then calls ``convert_arrow``."""
+    """A converter of ``n`` requests for ``evaluator.arrow``, which hands it to ``convert_arrow``."""
     return _Converter(engine, resolver, n)
 
 
@@ -1958,6 +1944,7 @@ ctypedef struct strcol:          # an Arrow string array: no Python object per r
     const char* data
     const uint8_t* validity      # NULL: no nulls
     Py_ssize_t bit_offset
+    Py_ssize_t size              # bytes of data: every offset lies within
 
 
 ctypedef struct listcol:         # an Arrow list<string> array
@@ -1965,6 +1952,7 @@ ctypedef struct listcol:         # an Arrow list<string> array
     const uint8_t* validity
     Py_ssize_t bit_offset
     strcol items
+    Py_ssize_t n_items           # every offset lies within
 
 
 cdef inline bint _valid(const uint8_t* validity, Py_ssize_t bit) noexcept nogil:
@@ -1976,12 +1964,14 @@ cdef const char* _EMPTY = ""
 
 cdef list _header(object array, const uint8_t** validity, Py_ssize_t* bit_offset,
                   const int32_t** offsets):
-    """The validity bitmap and offsets that string and list arrays share; returns the buffers."""
+    """The validity bitmap and offsets that string and list arrays share; returns the buffers, whose
+    sizes Arrow has checked (not the offsets between the first and the last: ``_ascending``)."""
+    array.validate()
     buffers = array.buffers()
     cdef Py_ssize_t shift = array.offset
     bit_offset[0] = shift
     validity[0] = NULL
-    if buffers[0] is not None:
+    if buffers[0] is not None and array.null_count:
         validity[0] = <const uint8_t*><size_t>buffers[0].address
     offsets[0] = (<const int32_t*><size_t>buffers[1].address) + shift
     return buffers
@@ -1989,14 +1979,33 @@ cdef list _header(object array, const uint8_t** validity, Py_ssize_t* bit_offset
 
 cdef int _strcol(object array, strcol* out) except -1:
     buffers = _header(array, &out.validity, &out.bit_offset, &out.offsets)
-    out.data = _EMPTY if buffers[2] is None or buffers[2].size == 0 else <const char*><size_t>buffers[2].address
+    out.size = 0 if buffers[2] is None else buffers[2].size
+    out.data = _EMPTY if out.size == 0 else <const char*><size_t>buffers[2].address
+    if not _ascending(out.offsets, len(array), out.size):
+        raise ValueError("a string array's offsets point outside its data (a malformed Arrow array)")
     return 0
 
 
 cdef int _listcol(object array, listcol* out) except -1:
     _header(array, &out.validity, &out.bit_offset, &out.offsets)
-    _strcol(array.values, &out.items)
+    items = array.values
+    out.n_items = len(items)
+    _strcol(items, &out.items)
+    if not _ascending(out.offsets, len(array), out.n_items):
+        raise ValueError("a list array's offsets point outside its items (a malformed Arrow array)")
     return 0
+
+
+cdef bint _ascending(const int32_t* offsets, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
+    """Whether the n + 1 offsets ascend within [0, limit]. Arrow's cheap validation checks only the
+    last one, and reading a hostile array by its others would run outside its buffers."""
+    cdef Py_ssize_t i
+    if offsets[0] < 0 or offsets[n] > limit:
+        return False
+    for i in range(n):
+        if offsets[i + 1] < offsets[i]:
+            return False
+    return True
 
 
 cdef inline cstr _item(const strcol* column, Py_ssize_t i) noexcept nogil:
@@ -2004,6 +2013,227 @@ cdef inline cstr _item(const strcol* column, Py_ssize_t i) noexcept nogil:
     text.ptr = column.data + column.offsets[i]
     text.len = column.offsets[i + 1] - column.offsets[i]
     return text
+
+
+cdef bint _utf8(const char* text, Py_ssize_t n) noexcept nogil:
+    """Whether the bytes are UTF-8 as Python's strict decoder reads it: no overlong forms, no
+    surrogates, nothing past U+10FFFF (what ``Request.create`` lets through on the other paths)."""
+    cdef const uint8_t* p = <const uint8_t*>text
+    cdef Py_ssize_t i = 0
+    cdef uint64_t word
+    cdef uint8_t c, low, high
+    while i < n:
+        if i + 8 <= n:
+            memcpy(&word, p + i, 8)
+            if not (word & 0x8080808080808080ULL):
+                i += 8
+                continue
+        c = p[i]
+        if c < 0x80:
+            i += 1
+            continue
+        low, high = 0x80, 0xBF  # the range of the byte after the lead
+        if 0xC2 <= c <= 0xDF:
+            if i + 1 >= n or not low <= p[i + 1] <= high:
+                return False
+            i += 2
+            continue
+        if c == 0xE0:
+            low = 0xA0
+        elif c == 0xED:
+            high = 0x9F
+        elif c == 0xF0:
+            low = 0x90
+        elif c == 0xF4:
+            high = 0x8F
+        if 0xE0 <= c <= 0xEF:
+            if i + 2 >= n or not low <= p[i + 1] <= high or not 0x80 <= p[i + 2] <= 0xBF:
+                return False
+            i += 3
+        elif 0xF0 <= c <= 0xF4:
+            if i + 3 >= n or not low <= p[i + 1] <= high or not 0x80 <= p[i + 2] <= 0xBF \
+                    or not 0x80 <= p[i + 3] <= 0xBF:
+                return False
+            i += 4
+        else:
+            return False
+    return True
+
+
+cdef bint _ascii(const strcol* column, Py_ssize_t n) noexcept nogil:
+    """Whether all n items' bytes are ASCII (then each is UTF-8): one pass over the column's data."""
+    cdef const uint8_t* p = <const uint8_t*>column.data + column.offsets[0]
+    cdef Py_ssize_t i = 0, size = column.offsets[n] - column.offsets[0]
+    cdef uint64_t word, seen = 0
+    while i + 8 <= size:
+        memcpy(&word, p + i, 8)
+        seen |= word
+        i += 8
+    while i < size:
+        seen |= p[i]
+        i += 1
+    return not (seen & 0x8080808080808080ULL)
+
+
+cdef uint64_t _hash_seed = int.from_bytes(os.urandom(8), "little")  # a batch cannot be made to collide
+
+
+cdef inline uint64_t _hash_text(const char* p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = _hash_seed ^ (<uint64_t>n * 0x9E3779B97F4A7C15ULL), word
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&word, p + i, 8)
+        h = (h ^ word) * 0xBF58476D1CE4E5B9ULL
+        h ^= h >> 31
+        i += 8
+    word = 0
+    if n >= 8:  # the last eight bytes, overlapping the words read: no copy of a variable length
+        memcpy(&word, p + n - 8, 8)
+    else:
+        while i < n:
+            word = (word << 8) | <uint8_t>p[i]
+            i += 1
+    h = (h ^ word) * 0x94D049BB133111EBULL
+    return h ^ (h >> 29)
+
+
+cdef inline uint64_t _hash_key(int64_t key) noexcept nogil:
+    cdef uint64_t h = (_hash_seed ^ <uint64_t>key) * 0xBF58476D1CE4E5B9ULL
+    return h ^ (h >> 31)
+
+
+ctypedef struct slot_t:          # a slot of a distinct_t's hash table
+    uint32_t tag                 # the hash's high half: most probes of another value stop here
+    int32_t number               # the value's number + 1; 0: empty
+
+
+ctypedef struct distinct_t:      # the distinct values of a column, by hashing: rows repeat them heavily
+    int32_t* of_row              # per row: its value's number; -1: null
+    cstr* texts                  # per number: its text (strings: into the column)
+    int64_t* keys                # per number: its key (numbers)
+    uint8_t* utf8                # per number: whether its text is UTF-8
+    uint64_t* hashes             # per number
+    slot_t* slots                # open addressing over the hashes, at most half full
+    Py_ssize_t n, cap, mask, n_not_utf8
+
+
+cdef void _free_distinct(distinct_t* d) noexcept nogil:
+    free(d.of_row)
+    free(d.texts)
+    free(d.keys)
+    free(d.utf8)
+    free(d.hashes)
+    free(d.slots)
+    memset(d, 0, sizeof(distinct_t))
+
+
+cdef int _distinct_room(distinct_t* d, bint texts) noexcept nogil:
+    """Room for one more number (the slots kept at most half full); -1 when memory ran out."""
+    cdef Py_ssize_t cap, k, slot
+    cdef void* p
+    if d.n < d.cap:
+        return 0
+    cap = max(64, 2 * d.cap)
+    p = realloc(d.hashes, cap * sizeof(uint64_t))
+    if p == NULL:
+        return -1
+    d.hashes = <uint64_t*>p
+    if texts:
+        p = realloc(d.texts, cap * sizeof(cstr))
+        if p == NULL:
+            return -1
+        d.texts = <cstr*>p
+        p = realloc(d.utf8, cap)
+        if p == NULL:
+            return -1
+        d.utf8 = <uint8_t*>p
+    else:
+        p = realloc(d.keys, cap * sizeof(int64_t))
+        if p == NULL:
+            return -1
+        d.keys = <int64_t*>p
+    p = calloc(2 * cap, sizeof(slot_t))
+    if p == NULL:
+        return -1
+    free(d.slots)
+    d.slots, d.cap, d.mask = <slot_t*>p, cap, 2 * cap - 1
+    for k in range(d.n):
+        slot = d.hashes[k] & d.mask
+        while d.slots[slot].number:
+            slot = (slot + 1) & d.mask
+        d.slots[slot].tag, d.slots[slot].number = <uint32_t>(d.hashes[k] >> 32), <int32_t>(k + 1)
+    return 0
+
+
+cdef int32_t _text_number(distinct_t* d, cstr text) noexcept nogil:
+    """The number of a text (numbered on first sight); -1 when memory ran out."""
+    cdef uint64_t h = _hash_text(text.ptr, text.len)
+    cdef uint32_t tag = <uint32_t>(h >> 32)
+    cdef Py_ssize_t slot
+    cdef int32_t k
+    if d.cap:
+        slot = h & d.mask
+        while d.slots[slot].number:
+            if d.slots[slot].tag == tag:
+                k = d.slots[slot].number - 1
+                if d.texts[k].len == text.len and memcmp(d.texts[k].ptr, text.ptr, text.len) == 0:
+                    return k
+            slot = (slot + 1) & d.mask
+    if _distinct_room(d, True) < 0:
+        return -1
+    slot = h & d.mask
+    while d.slots[slot].number:
+        slot = (slot + 1) & d.mask
+    k = <int32_t>d.n
+    d.slots[slot].tag, d.slots[slot].number = tag, k + 1
+    d.hashes[k], d.texts[k], d.utf8[k] = h, text, _utf8(text.ptr, text.len)
+    d.n_not_utf8 += not d.utf8[k]
+    d.n += 1
+    return k
+
+
+cdef int32_t _key_number(distinct_t* d, int64_t key) noexcept nogil:
+    """The number of a key (numbered on first sight); -1 when memory ran out."""
+    cdef uint64_t h = _hash_key(key)
+    cdef Py_ssize_t slot
+    cdef int32_t k
+    if d.cap:
+        slot = h & d.mask
+        while d.slots[slot].number:
+            k = d.slots[slot].number - 1
+            if d.keys[k] == key:
+                return k
+            slot = (slot + 1) & d.mask
+    if _distinct_room(d, False) < 0:
+        return -1
+    slot = h & d.mask
+    while d.slots[slot].number:
+        slot = (slot + 1) & d.mask
+    k = <int32_t>d.n
+    d.slots[slot].tag, d.slots[slot].number = <uint32_t>(h >> 32), k + 1
+    d.hashes[k], d.keys[k] = h, key
+    d.n += 1
+    return k
+
+
+cdef int _number_texts(const strcol* column, Py_ssize_t n, distinct_t* d) noexcept nogil:
+    """Number each row's text by its distinct value; -1 when memory ran out."""
+    cdef Py_ssize_t i
+    d.of_row = <int32_t*>malloc(max(1, n) * sizeof(int32_t))
+    if d.of_row == NULL:
+        return -1
+    for i in range(n):
+        if not _valid(column.validity, column.bit_offset + i):
+            d.of_row[i] = -1
+            continue
+        d.of_row[i] = _text_number(d, _item(column, i))
+        if d.of_row[i] < 0:
+            return -1
+    return 0
+
+
+cdef str _decoded(const distinct_t* d, Py_ssize_t k):
+    return d.texts[k].ptr[:d.texts[k].len].decode("utf-8")
 
 
 cdef int _push_items(Batch batch, int32_t key, const strcol* column, Py_ssize_t start, Py_ssize_t count,
@@ -2024,281 +2254,550 @@ cdef int _push_items(Batch batch, int32_t key, const strcol* column, Py_ssize_t 
     return 0
 
 
-cdef const int32_t* _int32s(object array) except NULL:
-    """The values of an int32 array without nulls."""
-    if str(array.type) != "int32" or array.null_count:
-        raise ValueError("row indices must be int32, without nulls")
-    return (<const int32_t*><size_t>array.buffers()[1].address) + <Py_ssize_t>array.offset
+cdef enum:  # why a row of an Arrow batch fails alone, in the order they are looked for
+    ROW_BAD_TEXT = 1
+    ROW_NULL_PRINCIPAL = 2
+    ROW_PRINCIPAL_FAILED = 3
+    ROW_NULL_ACTION_OR_RESOURCE = 4
+    ROW_TAG_SPELLED_TWICE = 5
+    ROW_UNKNOWN_PRINCIPAL = 6     # not a failure: an implicit deny
+    ROW_BAD_ACTION = 7
+    ROW_BAD_RESOURCE = 8
+    ROW_TAGS_WITHOUT_SESSION = 9
+    ROW_KEY_TWICE = 10
 
 
-cdef enum:  # why a row of an Arrow batch fails alone (convert_arrow), or why converting stopped
-    ROW_BAD_ACTION = 1
-    ROW_BAD_RESOURCE = 2
-    ROW_TAGS_WITHOUT_SESSION = 3
-    ROW_TAG_TWICE = 4
-    ROW_KEY_TWICE = 5
+cdef enum:  # why converting an Arrow batch stopped
     ROWS_OUT_OF_MEMORY = 1
     ROWS_OUT_OF_RANGE = 2
 
 
-def convert_arrow(_Converter conversion, caller_of_row, identity_of_row, resource_of_row, grants_of_row, actions,
-                  resources, resource_accounts, list context_fields, list tag_fields=None):
-    """Finish the ``Batch`` of ``conversion`` from Arrow columns, with no Python object per row.
+cdef class _ArrowRows:
+    """The C views of one Arrow batch's columns and the tables built from them on the way into a
+    ``Batch``: its distinct values, and per row its place and why it fails; freed with it."""
 
-    ``caller_of_row``, ``identity_of_row``, ``resource_of_row``, ``grants_of_row``: int32 arrays from the
-    converter's ``caller_row`` and ``locate`` on each row's distinct values (a row whose
-    caller is ROW_FAILED or ROW_UNKNOWN carries its reason in ``batch.errors`` or
-    ``batch.unknown`` already, as does a row with a null action or resource);
-    ``actions``/``resources``: dictionary-encoded string arrays (int32 indices), each
-    distinct value matched once; ``resource_accounts``: string array or None;
-    ``context_fields``: (key id, key, array, is_list) with string or list<string> arrays,
-    already carrying the struct's nulls; ``tag_fields``: (key id of aws:PrincipalTag/KEY or
-    -1, KEY, string array) for the session tags of assumed-role session principals.
-    """
-    cdef Batch batch = conversion.batch
-    cdef Engine engine = batch.engine
-    cdef Py_ssize_t n = batch.n
-    if not (len(caller_of_row) == len(identity_of_row) == len(resource_of_row) == len(grants_of_row)
-            == len(actions) == len(resources) == n):
-        raise ValueError("every column must have one entry per request")
-    tag_fields = tag_fields or []
-    batch.owned.append([caller_of_row, identity_of_row, resource_of_row, grants_of_row, actions, resources,
-                        resource_accounts, context_fields, tag_fields])
-    cdef const int32_t* callers = _int32s(caller_of_row)
-    cdef const int32_t* identities = _int32s(identity_of_row)
-    cdef const int32_t* resource_profiles = _int32s(resource_of_row)
-    cdef const int32_t* grant_offsets = _int32s(grants_of_row)
-    action_index_array, resource_index_array = actions.indices.fill_null(0), resources.indices.fill_null(0)
-    batch.owned.append([action_index_array, resource_index_array])
-    cdef const int32_t* action_indices = _int32s(action_index_array)
-    cdef const int32_t* resource_indices = _int32s(resource_index_array)
-    batch.set_column(&batch.actions, actions.dictionary)
-    batch.set_column(&batch.resources, resources.dictionary)
-    cdef strcol account_col
-    cdef bint has_accounts = resource_accounts is not None
-    if has_accounts:
-        _strcol(resource_accounts, &account_col)
-    cdef Py_ssize_t n_callers = len(conversion.accounts)
-    cdef Py_ssize_t n_fields = len(context_fields)
-    cdef Py_ssize_t f, i, k, start, count, account_start = 0, account_len = 0
-    cdef strcol* strings = <strcol*>calloc(max(1, n_fields), sizeof(strcol))
-    cdef listcol* lists = <listcol*>calloc(max(1, n_fields), sizeof(listcol))
-    cdef int32_t* field_keys = <int32_t*>calloc(max(1, n_fields), sizeof(int32_t))
-    cdef bint* is_list = <bint*>calloc(max(1, n_fields), sizeof(bint))
-    cdef const char** caller_accounts = <const char**>calloc(max(1, n_callers), sizeof(char*))
-    cdef Py_ssize_t* caller_account_len = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
-    cdef Py_ssize_t* fact_start = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
-    cdef Py_ssize_t* fact_count = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
-    cdef Py_ssize_t n_tags = len(tag_fields), t
-    cdef strcol* tags = <strcol*>calloc(max(1, n_tags), sizeof(strcol))
-    cdef int32_t* tag_keys = <int32_t*>calloc(max(1, n_tags), sizeof(int32_t))
-    cdef uint8_t* sessions = <uint8_t*>calloc(max(1, n_callers), sizeof(uint8_t))
-    cdef uint64_t* overridden = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
-    # Per distinct action: whether it is service:Action; per distinct resource: where its account lies
-    # (length 0: "*" or no account), or -1 if it is neither an ARN nor "*". Rows repeat them.
-    cdef uint8_t* action_ok = <uint8_t*>malloc(max(1, batch.actions.n))
-    cdef Py_ssize_t* resource_account_at = <Py_ssize_t*>malloc(max(1, batch.resources.n) * sizeof(Py_ssize_t))
-    cdef Py_ssize_t* resource_account_len = <Py_ssize_t*>malloc(max(1, batch.resources.n) * sizeof(Py_ssize_t))
-    cdef uint8_t* problems = <uint8_t*>calloc(max(1, n), sizeof(uint8_t))  # per row: ROW_* or 0
-    cdef int32_t* problem_of = <int32_t*>calloc(max(1, n), sizeof(int32_t))  # the tag or field it names
-    cdef int broken = 0
-    cdef Py_ssize_t n_profiles, n_grant_bytes
-    cdef cstr text
-    cdef int32_t kid
-    cdef request_t* rq
-    cdef cstr account
-    cdef const strcol* items
-    cdef bytes account_bytes
-    cdef uint64_t* seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))  # key given in row i: i + 1
-    cdef bint twice, known
-    cdef int32_t c
-    try:
-        if (strings == NULL or lists == NULL or field_keys == NULL or is_list == NULL or caller_accounts == NULL
-                or caller_account_len == NULL or fact_start == NULL or fact_count == NULL or seen == NULL
-                or tags == NULL or tag_keys == NULL or sessions == NULL or overridden == NULL
-                or action_ok == NULL or resource_account_at == NULL or resource_account_len == NULL
-                or problems == NULL or problem_of == NULL):
+    cdef Py_ssize_t n
+    cdef strcol principals, actions, resources, accounts
+    cdef bint has_accounts
+    cdef distinct_t principal_ids, action_ids, resource_ids, account_ids, place_ids, grant_ids
+    cdef Py_ssize_t n_fields, n_tags, n_tag_groups
+    cdef strcol* strings         # per context field: its strings, or
+    cdef listcol* lists          #   its lists
+    cdef int32_t* field_keys     # per context field: its key id, -1: no policy tests it
+    cdef uint8_t* is_list
+    cdef strcol* tags            # per session tag field
+    cdef int32_t* tag_keys       # per session tag field: the key id of aws:PrincipalTag/KEY, -1: untested
+    cdef int32_t* tag_group      # per session tag field: its key, case folded, as a number
+    cdef uint8_t* field_utf8     # per context and then tag field: all its values are UTF-8
+    cdef int32_t* caller_of      # per distinct principal: its caller row (ROW_FAILED, ROW_UNKNOWN)
+    cdef int32_t* identity_of    # per distinct principal: its identity profile
+    cdef int64_t* own_of         # per distinct principal: its own account's owner class
+    cdef int32_t* policy_of      # per distinct resource: its resource policy or -1
+    cdef int64_t* owner_of       # per distinct resource: its owner class, -1: the caller's own
+    cdef int64_t* class_of       # per distinct resource_account: its owner class
+    cdef int32_t* profile_of     # per distinct place: its resource profile
+    cdef int32_t* grants_of      # per distinct (caller, policy): its grants offset
+    cdef int32_t* place_of_row
+    cdef int32_t* grant_of_row   # -1: no resource policy
+    cdef uint8_t* problems       # per row: ROW_* or 0
+    cdef int32_t* problem_of     # per row: the context field or tag its problem names
+    cdef uint64_t* seen          # per key id: the row that gave it, plus one
+    cdef uint64_t* overridden    # per key id: the row whose session tags or facts set it, plus one
+    cdef uint64_t* group_seen    # per tag group: the row that gave it, plus one
+
+    def __dealloc__(self):
+        _free_distinct(&self.principal_ids)
+        _free_distinct(&self.action_ids)
+        _free_distinct(&self.resource_ids)
+        _free_distinct(&self.account_ids)
+        _free_distinct(&self.place_ids)
+        _free_distinct(&self.grant_ids)
+        free(self.strings)
+        free(self.lists)
+        free(self.field_keys)
+        free(self.is_list)
+        free(self.tags)
+        free(self.tag_keys)
+        free(self.tag_group)
+        free(self.field_utf8)
+        free(self.caller_of)
+        free(self.identity_of)
+        free(self.own_of)
+        free(self.policy_of)
+        free(self.owner_of)
+        free(self.class_of)
+        free(self.profile_of)
+        free(self.grants_of)
+        free(self.place_of_row)
+        free(self.grant_of_row)
+        free(self.problems)
+        free(self.problem_of)
+        free(self.seen)
+        free(self.overridden)
+        free(self.group_seen)
+
+    cdef int read(self, Engine engine, Py_ssize_t n, principals, actions, resources, resource_accounts,
+                  list context_fields, list tag_fields) except -1:
+        """The columns' C views (their offsets checked), each field's key, and which fields are ASCII
+        throughout (the others have their values checked row by row)."""
+        cdef Py_ssize_t f, t
+        if not len(principals) == len(actions) == len(resources) == n \
+                or resource_accounts is not None and len(resource_accounts) != n:
+            raise ValueError("every column must have one entry per request")
+        self.n = n
+        _strcol(principals, &self.principals)
+        _strcol(actions, &self.actions)
+        _strcol(resources, &self.resources)
+        self.has_accounts = resource_accounts is not None
+        if self.has_accounts:
+            _strcol(resource_accounts, &self.accounts)
+        self.n_fields, self.n_tags = len(context_fields), len(tag_fields)
+        self.strings = <strcol*>calloc(max(1, self.n_fields), sizeof(strcol))
+        self.lists = <listcol*>calloc(max(1, self.n_fields), sizeof(listcol))
+        self.field_keys = <int32_t*>calloc(max(1, self.n_fields), sizeof(int32_t))
+        self.is_list = <uint8_t*>calloc(max(1, self.n_fields), sizeof(uint8_t))
+        self.tags = <strcol*>calloc(max(1, self.n_tags), sizeof(strcol))
+        self.tag_keys = <int32_t*>calloc(max(1, self.n_tags), sizeof(int32_t))
+        self.tag_group = <int32_t*>calloc(max(1, self.n_tags), sizeof(int32_t))
+        self.field_utf8 = <uint8_t*>calloc(max(1, self.n_fields + self.n_tags), sizeof(uint8_t))
+        self.problems = <uint8_t*>calloc(max(1, n), sizeof(uint8_t))
+        self.problem_of = <int32_t*>calloc(max(1, n), sizeof(int32_t))
+        self.place_of_row = <int32_t*>calloc(max(1, n), sizeof(int32_t))
+        self.grant_of_row = <int32_t*>calloc(max(1, n), sizeof(int32_t))
+        self.seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
+        self.overridden = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
+        self.group_seen = <uint64_t*>calloc(max(1, self.n_tags), sizeof(uint64_t))
+        if self.strings == NULL or self.lists == NULL or self.field_keys == NULL or self.is_list == NULL \
+                or self.tags == NULL or self.tag_keys == NULL or self.tag_group == NULL or self.field_utf8 == NULL \
+                or self.problems == NULL or self.problem_of == NULL or self.place_of_row == NULL \
+                or self.grant_of_row == NULL or self.seen == NULL or self.overridden == NULL \
+                or self.group_seen == NULL:
             raise MemoryError()
-        for k in range(batch.actions.n):
-            action_ok[k] = valid_action(batch.actions.texts[k].ptr, batch.actions.texts[k].len)
-        for k in range(batch.resources.n):
-            account = batch.resources.texts[k]
-            resource_account_at[k] = resource_account_len[k] = 0
-            if not engine_is_star(account.ptr, account.len) and not arn_account(
-                    account.ptr, account.len, &resource_account_at[k], &resource_account_len[k]):
-                resource_account_len[k] = -1
-        for k, session in enumerate(conversion.sessions):
-            sessions[k] = session
-        for t, (key_id, _, array) in enumerate(tag_fields):
+        for f, (key_id, _, array, field_is_list) in enumerate(context_fields):
+            if not -1 <= key_id < engine.n_keys:
+                raise ValueError("context field key id out of range")
+            self.field_keys[f], self.is_list[f] = key_id, field_is_list
+            if len(array) != n:
+                raise ValueError("every column must have one entry per request")
+            if field_is_list:
+                _listcol(array, &self.lists[f])
+                self.field_utf8[f] = _ascii(&self.lists[f].items, self.lists[f].n_items)
+            else:
+                _strcol(array, &self.strings[f])
+                self.field_utf8[f] = _ascii(&self.strings[f], n)
+        groups = {}
+        for t, (key_id, name, array) in enumerate(tag_fields):
             if not -1 <= key_id < engine.n_keys:
                 raise ValueError("session tag key id out of range")
-            tag_keys[t] = key_id
-            _strcol(array, &tags[t])
-        for k, account_bytes in enumerate(conversion.accounts):
-            caller_accounts[k] = account_bytes
-            caller_account_len[k] = len(account_bytes)
-        batch.grow(n * n_fields // 2 + 64, n * n_fields // 2 + 64)
-        for k, facts in enumerate(conversion.facts):  # each caller's facts once; rows copy them
-            fact_start[k] = batch.n_entries
-            if facts is None:
-                fact_count[k] = -1
+            if len(array) != n:
+                raise ValueError("every column must have one entry per request")
+            self.tag_keys[t] = key_id
+            self.tag_group[t] = groups.setdefault(name.lower(), len(groups))
+            _strcol(array, &self.tags[t])
+            self.field_utf8[self.n_fields + t] = _ascii(&self.tags[t], n)
+        self.n_tag_groups = len(groups)
+        return 0
+
+    cdef int number(self) except -1:
+        """Number the distinct principals, actions, resources and owners, without the GIL."""
+        cdef bint failed
+        with nogil:
+            failed = _number_texts(&self.principals, self.n, &self.principal_ids) < 0 \
+                or _number_texts(&self.actions, self.n, &self.action_ids) < 0 \
+                or _number_texts(&self.resources, self.n, &self.resource_ids) < 0 \
+                or self.has_accounts and _number_texts(&self.accounts, self.n, &self.account_ids) < 0
+        if failed:
+            raise MemoryError()
+        return 0
+
+    cdef dict ask(self, _Converter conversion):
+        """The converter's answers once per distinct principal, resource and owner (text that is not
+        UTF-8 fails its rows, unasked); returns why the principals that fail do, by number."""
+        cdef Py_ssize_t k
+        cdef const distinct_t* d = &self.principal_ids
+        cdef dict reasons = {}
+        self.caller_of = <int32_t*>malloc(max(1, d.n) * sizeof(int32_t))
+        self.identity_of = <int32_t*>calloc(max(1, d.n), sizeof(int32_t))
+        self.own_of = <int64_t*>calloc(max(1, d.n), sizeof(int64_t))
+        self.policy_of = <int32_t*>malloc(max(1, self.resource_ids.n) * sizeof(int32_t))
+        self.owner_of = <int64_t*>malloc(max(1, self.resource_ids.n) * sizeof(int64_t))
+        self.class_of = <int64_t*>calloc(max(1, self.account_ids.n), sizeof(int64_t))
+        if self.caller_of == NULL or self.identity_of == NULL or self.own_of == NULL or self.policy_of == NULL \
+                or self.owner_of == NULL or self.class_of == NULL:
+            raise MemoryError()
+        for k in range(d.n):
+            self.caller_of[k] = ROW_FAILED
+            if not d.utf8[k]:
                 continue
-            for kid, texts, list_value in facts:
-                batch.add_entry(kid, texts, list_value)
-            fact_count[k] = batch.n_entries - fact_start[k]
-        for f, (key_id, _, array, field_is_list) in enumerate(context_fields):
-            if not 0 <= key_id < engine.n_keys:
-                raise ValueError("context field key id out of range")
-            field_keys[f] = key_id
-            is_list[f] = field_is_list
-            if is_list[f]:
-                _listcol(array, &lists[f])
+            try:
+                row = conversion.caller_row(_decoded(d, k))
+            except ValueError as exc:
+                reasons[k] = str(exc)
+                continue
+            self.caller_of[k] = row
+            if row >= 0:
+                self.identity_of[k] = conversion.identity_profile(row)
+                self.own_of[k] = conversion.own_owner(row)
+        d = &self.resource_ids
+        for k in range(d.n):
+            if conversion.every_place is not None:  # one answer for all: no call per distinct resource
+                place = conversion.every_place
             else:
-                _strcol(array, &strings[f])
-        n_profiles, n_grant_bytes = len(batch.profile_objects), max(1, len(batch.grant_table))
-        with nogil:  # no Python object per row: threads convert their own batches side by side
-            for i in range(n):
-                rq = &batch.requests[i]
-                c = callers[i]
-                rq.caller = c if c < 0 else C_ROW_FAILED
-                rq.grants = rq.endpoint_grants = -1
-                rq.ctx_start = <int32_t>batch.n_entries
-                if c < 0:
-                    continue  # the reason is in batch.errors or batch.unknown already
-                if c >= n_callers or not 0 <= identities[i] < n_profiles \
-                        or not 0 <= resource_profiles[i] < n_profiles \
-                        or not -1 <= grant_offsets[i] < n_grant_bytes \
-                        or not 0 <= action_indices[i] < batch.actions.n \
-                        or not 0 <= resource_indices[i] < batch.resources.n:
+                place = conversion.resource_place(_decoded(d, k)) if d.utf8[k] else (-1, -1)
+            self.policy_of[k], self.owner_of[k] = place
+        d = &self.account_ids
+        for k in range(d.n):
+            if d.utf8[k]:
+                self.class_of[k] = conversion.owner_class(_decoded(d, k))
+        return reasons
+
+    cdef bint row_utf8(self, Py_ssize_t i) noexcept nogil:
+        """Whether every text of row i is UTF-8 (distinct values were checked as they were numbered)."""
+        cdef int32_t k
+        cdef Py_ssize_t f, j
+        k = self.principal_ids.of_row[i]
+        if k >= 0 and not self.principal_ids.utf8[k]:
+            return False
+        k = self.action_ids.of_row[i]
+        if k >= 0 and not self.action_ids.utf8[k]:
+            return False
+        k = self.resource_ids.of_row[i]
+        if k >= 0 and not self.resource_ids.utf8[k]:
+            return False
+        if self.has_accounts:
+            k = self.account_ids.of_row[i]
+            if k >= 0 and not self.account_ids.utf8[k]:
+                return False
+        for f in range(self.n_fields):
+            if self.field_utf8[f]:
+                continue
+            if self.is_list[f]:
+                if _valid(self.lists[f].validity, self.lists[f].bit_offset + i):
+                    for j in range(self.lists[f].offsets[i], self.lists[f].offsets[i + 1]):
+                        if not _valid(self.lists[f].items.validity, self.lists[f].items.bit_offset + j):
+                            continue
+                        if not _utf8(self.lists[f].items.data + self.lists[f].items.offsets[j],
+                                     self.lists[f].items.offsets[j + 1] - self.lists[f].items.offsets[j]):
+                            return False
+            elif _valid(self.strings[f].validity, self.strings[f].bit_offset + i):
+                if not _utf8(self.strings[f].data + self.strings[f].offsets[i],
+                             self.strings[f].offsets[i + 1] - self.strings[f].offsets[i]):
+                    return False
+        for f in range(self.n_tags):
+            if not self.field_utf8[self.n_fields + f] and _valid(self.tags[f].validity, self.tags[f].bit_offset + i):
+                if not _utf8(self.tags[f].data + self.tags[f].offsets[i],
+                             self.tags[f].offsets[i + 1] - self.tags[f].offsets[i]):
+                    return False
+        return True
+
+    cdef int32_t tag_given_twice(self, Py_ssize_t i) noexcept nogil:
+        """The session tag field of row i whose key (case folded) another of its fields gave, or -1."""
+        cdef Py_ssize_t t
+        cdef int32_t group
+        if self.n_tag_groups == self.n_tags:
+            return -1
+        for t in range(self.n_tags):
+            if _valid(self.tags[t].validity, self.tags[t].bit_offset + i):
+                group = self.tag_group[t]
+                if self.group_seen[group] == <uint64_t>(i + 1):
+                    return <int32_t>t
+                self.group_seen[group] = i + 1
+        return -1
+
+    cdef int find_problems(self) noexcept nogil:
+        """Per row, the first reason it fails alone that can be told before its context is read."""
+        cdef Py_ssize_t i, f
+        cdef int32_t p, twice
+        cdef bint check_text = self.principal_ids.n_not_utf8 or self.action_ids.n_not_utf8 \
+            or self.resource_ids.n_not_utf8 or self.account_ids.n_not_utf8
+        for f in range(self.n_fields + self.n_tags):
+            check_text = check_text or not self.field_utf8[f]
+        for i in range(self.n):
+            p = self.principal_ids.of_row[i]
+            if check_text and not self.row_utf8(i):
+                self.problems[i] = ROW_BAD_TEXT
+            elif p < 0:
+                self.problems[i] = ROW_NULL_PRINCIPAL
+            elif self.caller_of[p] == C_ROW_FAILED:
+                self.problems[i] = ROW_PRINCIPAL_FAILED
+            elif self.action_ids.of_row[i] < 0 or self.resource_ids.of_row[i] < 0:
+                self.problems[i] = ROW_NULL_ACTION_OR_RESOURCE
+            else:
+                twice = self.tag_given_twice(i)
+                if twice >= 0:
+                    self.problems[i], self.problem_of[i] = ROW_TAG_SPELLED_TWICE, twice
+                elif self.caller_of[p] == C_ROW_UNKNOWN:
+                    self.problems[i] = ROW_UNKNOWN_PRINCIPAL
+        return 0
+
+    cdef int place(self, _Converter conversion, int32_t n_policies) except -1:
+        """Per row, its resource profile and grants: the converter asked once per distinct (policy,
+        owner) and (caller, policy)."""
+        cdef Py_ssize_t i, k
+        cdef int32_t p, r, a, policy
+        cdef int64_t owner, key
+        cdef int broken = 0
+        with nogil:
+            for i in range(self.n):
+                self.place_of_row[i] = self.grant_of_row[i] = -1
+                if self.problems[i]:
+                    continue
+                p, r = self.principal_ids.of_row[i], self.resource_ids.of_row[i]
+                policy, owner = self.policy_of[r], self.owner_of[r]
+                if self.has_accounts:
+                    a = self.account_ids.of_row[i]
+                    if a >= 0:
+                        owner = self.class_of[a]
+                if owner < 0:
+                    owner = self.own_of[p]
+                if not 0 <= owner < OWNER_SPAN:
                     broken = ROWS_OUT_OF_RANGE
                     break
-                rq.identity_profile = identities[i]
-                rq.resource_profile = resource_profiles[i]
-                rq.grants = grant_offsets[i]
-                rq.action_ix = action_indices[i]
-                rq.resource_ix = resource_indices[i]
-                rq.action = batch.actions.texts[rq.action_ix]
-                rq.resource = batch.resources.texts[rq.resource_ix]
-                if not action_ok[rq.action_ix]:
-                    problems[i], problem_of[i] = ROW_BAD_ACTION, 0
-                    continue
-                account_start = resource_account_at[rq.resource_ix]
-                account_len = resource_account_len[rq.resource_ix]
-                if account_len < 0:
-                    problems[i], problem_of[i] = ROW_BAD_RESOURCE, 0
-                    continue
-                if has_accounts and _valid(account_col.validity, account_col.bit_offset + i):
-                    account = _item(&account_col, i)
-                    rq.same_account = account.len == caller_account_len[c] and memcmp(
-                        account.ptr, caller_accounts[c], account.len) == 0
-                elif account_len:
-                    rq.same_account = account_len == caller_account_len[c] and memcmp(
-                        rq.resource.ptr + account_start, caller_accounts[c], account_len) == 0
-                else:
-                    rq.same_account = True
-                for t in range(n_tags):  # the session's tags, over the role's and the request's
-                    if not _valid(tags[t].validity, tags[t].bit_offset + i):
-                        continue
-                    if not sessions[c]:
-                        problems[i], problem_of[i] = ROW_TAGS_WITHOUT_SESSION, t
-                        break
-                    kid = tag_keys[t]
-                    if kid < 0:
-                        continue
-                    if overridden[kid] == <uint64_t>(i + 1):
-                        problems[i], problem_of[i] = ROW_TAG_TWICE, t
-                        break
-                    overridden[kid] = i + 1
-                    if _push_items(batch, kid, &tags[t], i, 1, False) < 0:
-                        broken = ROWS_OUT_OF_MEMORY
-                        break
-                if broken:
+                self.place_of_row[i] = _key_number(&self.place_ids, (<int64_t>policy + 1) * OWNER_SPAN + owner)
+                if policy >= 0:
+                    self.grant_of_row[i] = _key_number(
+                        &self.grant_ids, <int64_t>self.caller_of[p] * n_policies + policy)
+                if self.place_of_row[i] < 0 or policy >= 0 and self.grant_of_row[i] < 0:
+                    broken = ROWS_OUT_OF_MEMORY
                     break
-                if problems[i]:
-                    batch.n_entries = rq.ctx_start
-                    continue
-                known = fact_count[c] >= 0
-                if known and fact_count[c]:
-                    if batch.room(fact_count[c], 0) < 0:
-                        broken = ROWS_OUT_OF_MEMORY
-                        break
-                    for k in range(fact_start[c], fact_start[c] + fact_count[c]):
-                        if overridden[batch.entries[k].key] != <uint64_t>(i + 1):
-                            batch.entries[batch.n_entries] = batch.entries[k]
-                            batch.n_entries += 1
-                for f in range(n_fields):
-                    if is_list[f]:
-                        if not _valid(lists[f].validity, lists[f].bit_offset + i):
-                            continue
-                        start = lists[f].offsets[i]
-                        count = lists[f].offsets[i + 1] - start
-                        items = &lists[f].items
-                    else:
-                        if not _valid(strings[f].validity, strings[f].bit_offset + i):
-                            continue
-                        start = i
-                        count = 1
-                        items = &strings[f]
-                    if seen[field_keys[f]] == <uint64_t>(i + 1):  # two spellings of one key in this row
-                        problems[i], problem_of[i] = ROW_KEY_TWICE, f
-                        break
-                    seen[field_keys[f]] = i + 1
-                    if known and engine.principal_keys[field_keys[f]]:
-                        continue  # the store alone says who the principal is
-                    if overridden[field_keys[f]] == <uint64_t>(i + 1):
-                        continue  # the session's tags win
-                    if _push_items(batch, field_keys[f], items, start, count, is_list[f]) < 0:
-                        broken = ROWS_OUT_OF_MEMORY
-                        break
-                if broken:
-                    break
-                if problems[i]:
-                    batch.n_entries = rq.ctx_start
-                    continue
-                rq.caller = c
-                rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
         if broken == ROWS_OUT_OF_MEMORY:
             raise MemoryError()
         if broken == ROWS_OUT_OF_RANGE:
-            raise ValueError("row indices outside the converter's tables, or dictionary indices outside their "
-                             "dictionary")
-        for i in range(n):  # the rows that failed alone, and why
-            if problems[i] == ROW_BAD_ACTION:
-                text = batch.requests[i].action
-                batch.errors[i] = f"request action {shown(text.ptr[:text.len].decode(errors='replace'))} " \
-                                  "is not service:Action"
-            elif problems[i] == ROW_BAD_RESOURCE:
-                text = batch.requests[i].resource
-                batch.errors[i] = (f"request resource {shown(text.ptr[:text.len].decode(errors='replace'))}"
-                                   " is neither an ARN nor \"*\"")
-            elif problems[i] == ROW_TAGS_WITHOUT_SESSION:
-                batch.errors[i] = "session tags belong to an assumed-role session principal"
-            elif problems[i] == ROW_TAG_TWICE:
-                batch.errors[i] = f"session tag {shown(tag_fields[problem_of[i]][1])} is given twice " \
-                                  "(tag keys ignore case)"
-            elif problems[i] == ROW_KEY_TWICE:
-                batch.errors[i] = f"context key {shown(context_fields[problem_of[i]][1])} is given twice " \
-                                  "(key names are case-insensitive)"
-        conversion.place_endpoints()
-        batch.finish()
-    finally:
-        free(seen)
-        free(strings)
-        free(lists)
-        free(field_keys)
-        free(is_list)
-        free(caller_accounts)
-        free(caller_account_len)
-        free(fact_start)
-        free(fact_count)
-        free(tags)
-        free(tag_keys)
-        free(sessions)
-        free(overridden)
-        free(action_ok)
-        free(resource_account_at)
-        free(resource_account_len)
-        free(problems)
-        free(problem_of)
-    return batch
+            raise ValueError("the resolver gave an owner class out of range")
+        self.profile_of = <int32_t*>malloc(max(1, self.place_ids.n) * sizeof(int32_t))
+        self.grants_of = <int32_t*>malloc(max(1, self.grant_ids.n) * sizeof(int32_t))
+        if self.profile_of == NULL or self.grants_of == NULL:
+            raise MemoryError()
+        for k in range(self.place_ids.n):
+            key = self.place_ids.keys[k]
+            self.profile_of[k] = conversion.resource_profile(key // OWNER_SPAN - 1, key % OWNER_SPAN)
+        for k in range(self.grant_ids.n):
+            key = self.grant_ids.keys[k]
+            self.grants_of[k] = conversion.grants(key // n_policies, key % n_policies)
+        return 0
 
+    cdef int fill(self, _Converter conversion) except -1:
+        """Each request of the batch from its row, without the GIL: the places found, the caller's facts,
+        its session tags and its context; rows that fail alone are marked with why."""
+        cdef Batch batch = conversion.batch
+        cdef Engine engine = batch.engine
+        cdef Py_ssize_t n_callers = len(conversion.accounts), n_distinct_actions = self.action_ids.n
+        cdef Py_ssize_t n_distinct_resources = self.resource_ids.n
+        cdef const char** caller_accounts = <const char**>calloc(max(1, n_callers), sizeof(char*))
+        cdef Py_ssize_t* caller_account_len = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
+        cdef Py_ssize_t* fact_start = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
+        cdef Py_ssize_t* fact_count = <Py_ssize_t*>calloc(max(1, n_callers), sizeof(Py_ssize_t))
+        cdef uint8_t* sessions = <uint8_t*>calloc(max(1, n_callers), sizeof(uint8_t))
+        # Per distinct action: whether it is service:Action; per distinct resource: where its account lies
+        # (length 0: "*" or no account), or -1 if it is neither an ARN nor "*".
+        cdef uint8_t* action_ok = <uint8_t*>malloc(max(1, n_distinct_actions))
+        cdef Py_ssize_t* account_at = <Py_ssize_t*>malloc(max(1, n_distinct_resources) * sizeof(Py_ssize_t))
+        cdef Py_ssize_t* account_len = <Py_ssize_t*>malloc(max(1, n_distinct_resources) * sizeof(Py_ssize_t))
+        cdef Py_ssize_t i, k, f, t, start, count, n_fields = self.n_fields
+        cdef int broken = 0
+        cdef int32_t c, p, kid, key
+        cdef request_t* rq
+        cdef cstr account
+        cdef const strcol* items
+        cdef bint known
+        cdef bytes account_bytes
+        try:
+            if caller_accounts == NULL or caller_account_len == NULL or fact_start == NULL or fact_count == NULL \
+                    or sessions == NULL or action_ok == NULL or account_at == NULL or account_len == NULL:
+                raise MemoryError()
+            for k in range(n_distinct_actions):
+                action_ok[k] = valid_action(self.action_ids.texts[k].ptr, self.action_ids.texts[k].len)
+            for k in range(n_distinct_resources):
+                account = self.resource_ids.texts[k]
+                account_at[k] = account_len[k] = 0
+                if not engine_is_star(account.ptr, account.len) and not arn_account(
+                        account.ptr, account.len, &account_at[k], &account_len[k]):
+                    account_len[k] = -1
+            for k, session in enumerate(conversion.sessions):
+                sessions[k] = session
+            for k, account_bytes in enumerate(conversion.accounts):
+                caller_accounts[k] = account_bytes
+                caller_account_len[k] = len(account_bytes)
+            batch.grow(self.n * n_fields // 2 + 64, self.n * n_fields // 2 + 64)
+            for k, facts in enumerate(conversion.facts):  # each caller's facts once; rows copy them
+                fact_start[k] = batch.n_entries
+                if facts is None:
+                    fact_count[k] = -1
+                    continue
+                for kid, texts, list_value in facts:
+                    batch.add_entry(kid, texts, list_value)
+                fact_count[k] = batch.n_entries - fact_start[k]
+            with nogil:  # no Python object per row: threads convert their own batches side by side
+                for i in range(self.n):
+                    rq = &batch.requests[i]
+                    rq.caller = C_ROW_UNKNOWN if self.problems[i] == ROW_UNKNOWN_PRINCIPAL else C_ROW_FAILED
+                    rq.grants = rq.endpoint_grants = -1
+                    rq.ctx_start = <int32_t>batch.n_entries
+                    if self.problems[i]:
+                        continue
+                    p = self.principal_ids.of_row[i]
+                    c = self.caller_of[p]
+                    rq.identity_profile = self.identity_of[p]
+                    rq.resource_profile = self.profile_of[self.place_of_row[i]]
+                    if self.grant_of_row[i] >= 0:
+                        rq.grants = self.grants_of[self.grant_of_row[i]]
+                    rq.action_ix = self.action_ids.of_row[i]
+                    rq.resource_ix = self.resource_ids.of_row[i]
+                    rq.action = self.action_ids.texts[rq.action_ix]
+                    rq.resource = self.resource_ids.texts[rq.resource_ix]
+                    if not action_ok[rq.action_ix]:
+                        self.problems[i] = ROW_BAD_ACTION
+                        continue
+                    if account_len[rq.resource_ix] < 0:
+                        self.problems[i] = ROW_BAD_RESOURCE
+                        continue
+                    if self.has_accounts and _valid(self.accounts.validity, self.accounts.bit_offset + i):
+                        account = _item(&self.accounts, i)
+                        rq.same_account = account.len == caller_account_len[c] and memcmp(
+                            account.ptr, caller_accounts[c], account.len) == 0
+                    elif account_len[rq.resource_ix]:
+                        rq.same_account = account_len[rq.resource_ix] == caller_account_len[c] and memcmp(
+                            rq.resource.ptr + account_at[rq.resource_ix], caller_accounts[c],
+                            account_len[rq.resource_ix]) == 0
+                    else:
+                        rq.same_account = True
+                    for t in range(self.n_tags):  # the session's tags, over the role's and the request's
+                        if not _valid(self.tags[t].validity, self.tags[t].bit_offset + i):
+                            continue
+                        if not sessions[c]:
+                            self.problems[i] = ROW_TAGS_WITHOUT_SESSION
+                            break
+                        kid = self.tag_keys[t]
+                        if kid < 0:
+                            continue
+                        self.overridden[kid] = i + 1
+                        if _push_items(batch, kid, &self.tags[t], i, 1, False) < 0:
+                            broken = ROWS_OUT_OF_MEMORY
+                            break
+                    if broken:
+                        break
+                    if self.problems[i]:
+                        batch.n_entries = rq.ctx_start
+                        continue
+                    known = fact_count[c] >= 0
+                    if known and fact_count[c]:
+                        if batch.room(fact_count[c], 0) < 0:
+                            broken = ROWS_OUT_OF_MEMORY
+                            break
+                        for k in range(fact_start[c], fact_start[c] + fact_count[c]):
+                            if self.overridden[batch.entries[k].key] != <uint64_t>(i + 1):
+                                batch.entries[batch.n_entries] = batch.entries[k]
+                                batch.n_entries += 1
+                    for f in range(n_fields):
+                        key = self.field_keys[f]
+                        if key < 0:
+                            continue  # no policy tests it
+                        if self.is_list[f]:
+                            if not _valid(self.lists[f].validity, self.lists[f].bit_offset + i):
+                                continue
+                            start = self.lists[f].offsets[i]
+                            count = self.lists[f].offsets[i + 1] - start
+                            items = &self.lists[f].items
+                        else:
+                            if not _valid(self.strings[f].validity, self.strings[f].bit_offset + i):
+                                continue
+                            start, count, items = i, 1, &self.strings[f]
+                        if self.seen[key] == <uint64_t>(i + 1):  # two spellings of one key in this row
+                            self.problems[i], self.problem_of[i] = ROW_KEY_TWICE, <int32_t>f
+                            break
+                        self.seen[key] = i + 1
+                        if known and engine.principal_keys[key]:
+                            continue  # the store alone says who the principal is
+                        if self.overridden[key] == <uint64_t>(i + 1):
+                            continue  # the session's tags win
+                        if _push_items(batch, key, items, start, count, self.is_list[f]) < 0:
+                            broken = ROWS_OUT_OF_MEMORY
+                            break
+                    if broken:
+                        break
+                    if self.problems[i]:
+                        batch.n_entries = rq.ctx_start
+                        continue
+                    rq.caller = c
+                    rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
+            if broken:
+                raise MemoryError()
+        finally:
+            free(caller_accounts)
+            free(caller_account_len)
+            free(fact_start)
+            free(fact_count)
+            free(sessions)
+            free(action_ok)
+            free(account_at)
+            free(account_len)
+        return 0
+
+    cdef int tell(self, Batch batch, dict reasons, list context_fields, list tag_fields) except -1:
+        """Why each row that failed alone did (``batch.errors``), and the principals not known
+        (``batch.unknown``)."""
+        cdef Py_ssize_t i
+        cdef int32_t k
+        cdef cstr text
+        for i in range(self.n):
+            problem = self.problems[i]
+            if not problem:
+                continue
+            if problem == ROW_BAD_TEXT:
+                batch.errors[i] = "request text is not valid UTF-8"
+            elif problem == ROW_NULL_PRINCIPAL:
+                batch.errors[i] = "request principal must not be null"
+            elif problem == ROW_PRINCIPAL_FAILED:
+                batch.errors[i] = reasons[self.principal_ids.of_row[i]]
+            elif problem == ROW_NULL_ACTION_OR_RESOURCE:
+                batch.errors[i] = "request action and resource must not be null"
+            elif problem == ROW_TAG_SPELLED_TWICE:
+                batch.errors[i] = f"session tag {shown(tag_fields[self.problem_of[i]][1])} is given twice " \
+                                  "(tag keys ignore case)"
+            elif problem == ROW_UNKNOWN_PRINCIPAL:
+                batch.unknown[i] = _decoded(&self.principal_ids, self.principal_ids.of_row[i])
+            elif problem == ROW_BAD_ACTION:
+                batch.errors[i] = f"request action {shown(_decoded(&self.action_ids, self.action_ids.of_row[i]))} " \
+                                  "is not service:Action"
+            elif problem == ROW_BAD_RESOURCE:
+                text = self.resource_ids.texts[self.resource_ids.of_row[i]]
+                batch.errors[i] = (f"request resource {shown(text.ptr[:text.len].decode())}"
+                                   " is neither an ARN nor \"*\"")
+            elif problem == ROW_TAGS_WITHOUT_SESSION:
+                batch.errors[i] = "session tags belong to an assumed-role session principal"
+            elif problem == ROW_KEY_TWICE:
+                batch.errors[i] = f"context key {shown(context_fields[self.problem_of[i]][1])} is given twice " \
+                                  "(key names are case-insensitive)"
+        return 0
+
+
+
+def convert_arrow(_Converter conversion, principals, actions, resources, resource_accounts, list context_fields,
+                  list tag_fields):
+    """Finish the ``Batch`` of ``conversion`` from Arrow string arrays, with no Python object per row.
+
+    Each distinct principal, action, resource and owner is found by hashing without the GIL, checked to be
+    UTF-8, and given to the converter once; each distinct (resource policy, owner) and (caller, resource
+    policy) likewise. ``resource_accounts``: a string array or None; ``context_fields``: (key id, or -1
+    when no policy tests the key, key, array, is_list) with string or list<string> arrays, already
+    carrying the struct's nulls; ``tag_fields``: (key id of aws:PrincipalTag/KEY or -1, KEY, string array)
+    for the session tags of assumed-role session principals. A row that cannot be evaluated fails alone,
+    with its reason in ``batch.errors``; a principal the resolver does not know is in ``batch.unknown``.
+    """
+    cdef Batch batch = conversion.batch
+    cdef _ArrowRows rows = _ArrowRows()
+    batch.owned.append((principals, actions, resources, resource_accounts, context_fields, tag_fields))
+    rows.read(batch.engine, batch.n, principals, actions, resources, resource_accounts, context_fields, tag_fields)
+    rows.number()
+    reasons = rows.ask(conversion)
+    with nogil:
+        rows.find_problems()
+    rows.place(conversion, batch.engine.n_policies)
+    rows.fill(conversion)
+    rows.tell(batch, reasons, context_fields, tag_fields)
+    batch.actions.texts, batch.actions.n = rows.action_ids.texts, rows.action_ids.n
+    batch.resources.texts, batch.resources.n = rows.resource_ids.texts, rows.resource_ids.n
+    rows.action_ids.texts = rows.resource_ids.texts = NULL  # the batch frees them now
+    conversion.place_endpoints()
+    batch.finish()
+    return batch

@@ -19,11 +19,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import _engine
 from .compile import CHUNK, CompiledPolicies
-from .decision import BY_CODE, Decision, failed
+from .decision import BY_CODE, Decision
 from .facts import PRINCIPAL_TAG
 from .usage import StatementUsage
 
@@ -50,10 +49,36 @@ def _strings(batch: pa.RecordBatch, name: str, required: bool = True) -> pa.Arra
         return None
     column = batch.column(index)
     if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
+        column = _checked(column, name).dictionary_decode()
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise SchemaError(f"column {name!r} must hold strings, not {column.type}")
-    return column.cast(pa.string())
+    return column if pa.types.is_string(column.type) else _checked(column, name).cast(pa.string())
+
+
+def _checked(array: pa.Array, name: str) -> pa.Array:
+    """``array`` once its offsets and indices are checked, before one of Arrow's kernels reads it by them (as
+    a hostile array's would run outside its buffers); its text is checked later, row by row, by the
+    engine, which reads the plain string and list<string> layouts it is given by their offsets itself."""
+    try:
+        array.view(_as_binary(array.type)).validate(full=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+        raise SchemaError(f"column {name!r} is not a well-formed Arrow array: {exc}") from None
+    return array
+
+
+def _as_binary(type_: pa.DataType) -> pa.DataType:
+    """The type of the same layout with binary in place of text (whose validation would check UTF-8)."""
+    if pa.types.is_string(type_):
+        return pa.binary()
+    if pa.types.is_large_string(type_):
+        return pa.large_binary()
+    if pa.types.is_list(type_):
+        return pa.list_(_as_binary(type_.value_type))
+    if pa.types.is_large_list(type_):
+        return pa.large_list(_as_binary(type_.value_type))
+    if pa.types.is_dictionary(type_):
+        return pa.dictionary(type_.index_type, _as_binary(type_.value_type))
+    return type_
 
 
 def _struct_fields(batch: pa.RecordBatch, name: str, what: str) -> list[tuple[pa.Field, pa.Array]]:
@@ -68,19 +93,23 @@ def _struct_fields(batch: pa.RecordBatch, name: str, what: str) -> list[tuple[pa
 
 
 def _context_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple[int, str, pa.Array, bool]]:
+    """The context struct's fields as the converter takes them: those no policy tests too (key id -1), when
+    they hold text, as every text of a request must be UTF-8."""
     fields = []
     for field, values in _struct_fields(batch, "context", "context keys"):
-        key_id = compiled.key_ids.get(field.name.lower())
-        if key_id is None:
-            continue  # no policy tests this key
+        key_id = compiled.key_ids.get(field.name.lower(), -1)
         # Two spellings of one key may be two fields; a row that gives both fails alone.
         if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-            fields.append((key_id, field.name, values.cast(pa.string()), False))
+            fields.append((key_id, field.name, _plain(values, pa.string(), field.name), False))
         elif pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
-            fields.append((key_id, field.name, values.cast(pa.list_(pa.string())), True))
-        else:
+            fields.append((key_id, field.name, _plain(values, pa.list_(pa.string()), field.name), True))
+        elif key_id >= 0:
             raise SchemaError(f"context key {field.name!r} must hold strings or lists of strings, not {values.type}")
     return fields
+
+
+def _plain(values: pa.Array, type_: pa.DataType, name: str) -> pa.Array:
+    return values if values.type == type_ else _checked(values, name).cast(type_)
 
 
 def _tag_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple[int, str, pa.Array]]:
@@ -90,102 +119,16 @@ def _tag_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple
         if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
             raise SchemaError(f"session tag {field.name!r} must hold strings, not {values.type}")
         fields.append((compiled.key_ids.get(PRINCIPAL_TAG + field.name.lower(), -1), field.name,
-                       values.cast(pa.string())))
+                       _plain(values, pa.string(), field.name)))
     return fields
-
-
-def _tags_twice(tag_fields: list[tuple[int, str, pa.Array]], n: int) -> pa.Array:
-    """Per row: whether it gives one session tag under two spellings (tested by a policy or not, as
-    ``Request.create`` checks every tag)."""
-    twice = pa.array([False] * n, pa.bool_())
-    spellings: dict[str, list[pa.Array]] = {}
-    for _, name, values in tag_fields:
-        spellings.setdefault(name.lower(), []).append(values)
-    for group in spellings.values():
-        if len(group) > 1:
-            given = pa.array([0] * n, pa.int8())
-            for values in group:
-                given = pc.add(given, values.is_valid().cast(pa.int8()))
-            twice = pc.or_(twice, pc.greater(given, 1))
-    return twice
-
-
-def _places(conversion, principals: pa.Array, resources: pa.DictionaryArray, accounts: pa.Array | None,
-            n_policies: int) -> tuple[list[pa.Array], dict[int, str], pa.Array]:
-    """Per row: its caller row, identity profile, resource profile and grants offset, asking the converter
-    once per distinct principal, resource, owner, (policy, owner) and (caller, policy); why the principals
-    that fail are denied, by principal number; and each row's principal number."""
-    by_principal = principals.dictionary_encode()
-    distinct = by_principal.dictionary.to_pylist()
-    callers, identities, own_owners = [], [], []
-    reasons: dict[int, str] = {len(distinct): "request principal must not be null"}
-    for number, principal in enumerate(distinct):
-        try:
-            row = conversion.caller_row(principal)
-        except ValueError as exc:
-            row, reasons[number] = _engine.ROW_FAILED, str(exc)
-        callers.append(row)
-        identities.append(conversion.identity_profile(row) if row >= 0 else 0)
-        own_owners.append(conversion.own_owner(row) if row >= 0 else 0)
-    principal_of_row = by_principal.indices.fill_null(len(distinct))
-    caller, identity, own = (pc.take(pa.array([*values, fill], pa.int32()), principal_of_row)
-                             for values, fill in ((callers, _engine.ROW_FAILED), (identities, 0), (own_owners, 0)))
-    if conversion.every_place is not None:  # one answer for all: no Python call per distinct resource
-        every_policy, every_owner = conversion.every_place
-        policy = pa.nulls(len(resources), pa.int64()).fill_null(every_policy)
-        owner = pa.nulls(len(resources), pa.int64()).fill_null(every_owner)
-    else:
-        places = [conversion.resource_place(resource) for resource in resources.dictionary.to_pylist()]
-        resource_of_row = resources.indices.fill_null(0)
-        policy = pc.take(pa.array([place[0] for place in places] or [0], pa.int64()), resource_of_row)
-        owner = pc.take(pa.array([place[1] for place in places] or [0], pa.int64()), resource_of_row)
-    if accounts is not None:
-        by_account = accounts.dictionary_encode()
-        classes = [conversion.owner_class(account) for account in by_account.dictionary.to_pylist()]
-        owner = pc.if_else(accounts.is_valid(), pc.take(pa.array(classes or [0], pa.int64()),
-                                                        by_account.indices.fill_null(0)), owner)
-    owner = pc.if_else(pc.less(owner, 0), own.cast(pa.int64()), owner)
-    keys = pc.add(pc.multiply(pc.add(policy, 1), 1 << 32), owner)
-    unique = pc.unique(keys)
-    profiles = [conversion.resource_profile((key >> 32) - 1, key & 0xFFFFFFFF) for key in unique.to_pylist()]
-    resource_profile = pc.take(pa.array(profiles, pa.int32()), pc.index_in(keys, unique))
-    placed = pc.and_(pc.greater_equal(policy, 0), pc.greater_equal(caller, 0))
-    grant_keys = pc.if_else(placed, pc.add(pc.multiply(caller.cast(pa.int64()), n_policies), policy), -1)
-    unique = pc.unique(grant_keys)
-    offsets = [-1 if key < 0 else conversion.grants(key // n_policies, key % n_policies) for key in unique.to_pylist()]
-    grants = pc.take(pa.array(offsets, pa.int32()), pc.index_in(grant_keys, unique))
-    return [caller, identity, resource_profile, grants], reasons, principal_of_row
 
 
 def _decide(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
             usage: StatementUsage | None) -> pa.RecordBatch:
-    principals = _strings(batch, "principal")
-    actions, resources = _strings(batch, "action"), _strings(batch, "resource")
-    accounts = _strings(batch, "resource_account", required=False)
     conversion = _engine.converter(compiled._engine, compiled, batch.num_rows)
-    actions, resources = actions.dictionary_encode(), resources.dictionary_encode()  # matched once each
-    (callers, identities, resource_profiles, offsets), reasons, principal_of_row = _places(
-        conversion, principals, resources, accounts, compiled._engine.n_policies)
-    missing = pc.or_(actions.is_null(), resources.is_null())
-    tag_fields = _tag_fields(compiled, batch)
-    tags_twice = _tags_twice(tag_fields, batch.num_rows)
-    refused = pc.or_(missing, tags_twice)
-    if refused.true_count:
-        callers = pc.if_else(refused, pa.scalar(_engine.ROW_FAILED, pa.int32()), callers)
-    converted = _engine.convert_arrow(conversion, callers, identities, resource_profiles, offsets, actions, resources,
-                                      accounts, _context_fields(compiled, batch), tag_fields)
-    failing = pc.less(callers, 0)
-    if failing.true_count:
-        for row in pc.indices_nonzero(failing).to_pylist():
-            number = principal_of_row[row].as_py()
-            if number in reasons:
-                converted.errors[row] = reasons[number]
-            elif missing[row].as_py():
-                converted.errors[row] = "request action and resource must not be null"
-            elif tags_twice[row].as_py():
-                converted.errors[row] = "a session tag is given twice (tag keys ignore case)"
-            else:
-                converted.unknown[row] = principals[row].as_py()
+    converted = _engine.convert_arrow(conversion, _strings(batch, "principal"), _strings(batch, "action"),
+                                      _strings(batch, "resource"), _strings(batch, "resource_account", required=False),
+                                      _context_fields(compiled, batch), _tag_fields(compiled, batch))
     errors = dict(converted.errors)
     if usage is not None:
         usage.tally(converted)
@@ -243,81 +186,21 @@ def evaluate_arrow(compiled: CompiledPolicies, requests: pa.RecordBatch | pa.Tab
 
 def _decide_in_slices(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
                       usage: StatementUsage | None, threads: int) -> pa.RecordBatch:
-    """``_decide_text`` on ``threads`` slices of the batch at once (each with its own usage tally, added
+    """``_decide`` on ``threads`` slices of the batch at once (each with its own usage tally, added
     to ``usage`` after), the results put back in order."""
     if threads <= 1 or batch.num_rows < 2 * CHUNK:
-        return _decide_text(compiled, batch, explain, usage)
+        return _decide(compiled, batch, explain, usage)
     step = -(-batch.num_rows // threads)
     starts = range(0, batch.num_rows, step)
     tallies = [None if usage is None else StatementUsage(compiled) for _ in starts]
     with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(lambda start, tally: _decide_text(compiled, batch.slice(start, step), explain, tally),
+        parts = list(pool.map(lambda start, tally: _decide(compiled, batch.slice(start, step), explain, tally),
                               starts, tallies))
     for tally in tallies:
         if tally is not None:
             usage.merge(tally)
     return pa.RecordBatch.from_arrays([pa.concat_arrays([part.column(i) for part in parts])
                                        for i in range(parts[0].num_columns)], schema=parts[0].schema)
-
-
-def _decide_text(compiled: CompiledPolicies, batch: pa.RecordBatch, explain: bool,
-                 usage: StatementUsage | None) -> pa.RecordBatch:
-    """``_decide``, after checking that every string is UTF-8 (Arrow does not check what it is handed): a
-    row with text that is not fails alone, as a lone surrogate does on the other paths."""
-    if _valid_text(batch.columns):
-        return _decide(compiled, batch, explain, usage)
-    bad = _rows_with_invalid_text(batch)
-    keep = pa.array([row not in bad for row in range(batch.num_rows)])
-    decided = _decide(compiled, batch.filter(keep), explain, usage).to_pylist()
-    failure = dict(failed("request text is not valid UTF-8").to_json(), statements=[], missing_keys=[])
-    rows, at = [], 0
-    for row in range(batch.num_rows):
-        if row in bad:
-            rows.append({name: failure.get(name) for name in _output_schema(explain).names})
-        else:
-            rows.append(decided[at])
-            at += 1
-    return pa.RecordBatch.from_pylist(rows, schema=_output_schema(explain))
-
-
-def _valid_text(arrays) -> bool:
-    """Whether every string is UTF-8; a struct's fields are checked one by one (pyarrow checks a wide
-    struct as a whole many times slower)."""
-    for array in arrays:
-        if pa.types.is_struct(array.type):
-            if not _valid_text(array.flatten()):
-                return False
-            continue
-        try:
-            array.validate(full=True)
-        except pa.ArrowInvalid:
-            return False
-    return True
-
-
-def _rows_with_invalid_text(batch: pa.RecordBatch) -> set[int]:
-    """The rows whose strings (also inside the context and session_tags structs) are not UTF-8."""
-    bad: set[int] = set()
-
-    def visit(array: pa.Array, rows: list[int]) -> None:
-        if pa.types.is_struct(array.type):
-            for child in array.flatten():
-                visit(child, rows)
-        elif pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
-            offsets = array.offsets.to_pylist()
-            visit(array.values, [rows[i] for i in range(len(array)) for _ in range(offsets[i + 1] - offsets[i])])
-        elif pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-            for row, value in zip(rows, array.view(pa.binary() if pa.types.is_string(array.type)
-                                                     else pa.large_binary()).to_pylist(), strict=True):
-                if value is not None:
-                    try:
-                        value.decode("utf-8")
-                    except UnicodeDecodeError:
-                        bad.add(row)
-
-    for column in batch.columns:
-        visit(column, list(range(batch.num_rows)))
-    return bad
 
 
 def _output_schema(explain: bool) -> pa.Schema:

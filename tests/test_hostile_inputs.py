@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from iam_evaluator import DecisionKind, PolicySet, Request, RequestError, parse_policy, reference
 from iam_evaluator.arrow import evaluate_arrow
@@ -727,6 +729,169 @@ def test_single_calls_past_what_a_converter_keeps(engine):
         team = ("dev-ops", "blocked", None)[n % 3]
         request = raw_request(principal, "s3:PutObject", SHARED, {TEAM: team} if team else {})
         assert engine.evaluate(request, explain=n % 2 == 0).decision is expected("s3:PutObject", SHARED, team), n
+
+
+# ------------------------------------------------------------------ Arrow buffers, read without Python objects
+
+
+def arrow_text(values: list[bytes | None], large: bool = False) -> pa.Array:
+    """A string array of exactly these bytes: Arrow does not check that they are UTF-8."""
+    raw = pa.array(values, pa.large_binary() if large else pa.binary())
+    return pa.Array.from_buffers(pa.large_string() if large else pa.string(), len(raw), raw.buffers())
+
+
+def with_offsets(array: pa.Array, offsets: list[int]) -> pa.Array:
+    """``array`` read by other offsets, which Arrow's cheap validation lets through (it checks the last)."""
+    validity, _, data = array.buffers()
+    return pa.Array.from_buffers(array.type, len(offsets) - 1,
+                                 [validity, pa.py_buffer(np.array(offsets, np.int32).tobytes()), data])
+
+
+BAD_OFFSETS = (([0, 29, 3, 30], [0, 2, 1, 3]), ([0, 4000, 5, 30], [0, 400, 1, 3]), ([0, -5, 3, 30], [0, -1, 2, 3]))
+"""Offsets of three strings over 30 bytes, and of three lists over three items, that run backwards, far past
+their data, or before it."""
+
+
+def request_table(principals, actions, resources, **columns) -> pa.Table:
+    return pa.table({"principal": principals, "action": actions, "resource": resources, **columns})
+
+
+def ten_byte_strings() -> pa.Array:
+    return arrow_text([b"0123456789", b"abcdefghij", b"ABCDEFGHIJ"])
+
+
+def hostile_columns(offsets: list[int], list_offsets: list[int]) -> dict[str, dict]:
+    """Each column the Arrow path reads, in turn given the bad offsets, the others well formed."""
+    bad = with_offsets(ten_byte_strings(), offsets)
+    plain = [BUILDER] * 3, ["s3:GetObject"] * 3, [SHARED] * 3
+    items = pa.ListArray.from_arrays(pa.array([0, 1, 2, 3], pa.int32()), bad)
+    bad_lists = pa.Array.from_buffers(pa.list_(pa.string()), 3, [None, pa.py_buffer(np.array(
+        list_offsets, np.int32).tobytes())], children=[pa.array(["a", "b", "c"])])
+    return {
+        "principal": dict(principal=bad),
+        "action": dict(action=bad),
+        "resource": dict(resource=bad),
+        "resource_account": dict(resource_account=bad),
+        "context value": dict(context=pa.StructArray.from_arrays([bad], [TEAM])),
+        "context value no policy tests": dict(context=pa.StructArray.from_arrays([bad], ["aws:SourceVpc"])),
+        "context list items": dict(context=pa.StructArray.from_arrays([items], [TEAM])),
+        "context lists": dict(context=pa.StructArray.from_arrays([bad_lists], [TEAM])),
+        "session tag": dict(session_tags=pa.StructArray.from_arrays([bad], ["team"])),
+    } | {"plain": dict(zip(("principal", "action", "resource"), plain, strict=True))}
+
+
+@pytest.mark.parametrize("offsets", BAD_OFFSETS)
+@pytest.mark.parametrize("where", ["principal", "action", "resource", "resource_account", "context value",
+                                   "context value no policy tests", "context list items", "context lists",
+                                   "session tag"])
+def test_arrow_offsets_outside_their_data_refuse_the_batch(engine, offsets, where):
+    """A string or list array whose offsets point outside its buffers is refused whole, before any row is
+    decided (reading it would run outside the buffers: a crash, or text from freed memory)."""
+    columns = hostile_columns(*offsets)
+    table = pa.table({**columns["plain"], **columns[where]})
+    for explain in (False, True):
+        with pytest.raises(ValueError, match="offsets point outside"):
+            evaluate_arrow(engine, table, explain=explain)
+
+
+@pytest.mark.parametrize("offsets", BAD_OFFSETS)
+def test_arrow_large_and_dictionary_text_with_bad_offsets_is_refused(engine, offsets):
+    """Layouts that Arrow's own kernels convert first are checked whole before they are converted."""
+    large = pa.Array.from_buffers(pa.large_string(), 3, [
+        None, pa.py_buffer(np.array(offsets[0], np.int64).tobytes()), ten_byte_strings().buffers()[2]])
+    dictionary = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2], pa.int32()),
+                                                with_offsets(ten_byte_strings(), offsets[0]))
+    for column in (large, dictionary):
+        table = request_table([BUILDER] * 3, column, [SHARED] * 3)
+        with pytest.raises(ValueError, match="not a well-formed Arrow array"):
+            evaluate_arrow(engine, table)
+    outside = pa.DictionaryArray.from_arrays(pa.array([0, 7, 1], pa.int32()), pa.array(["s3:GetObject", "s3:Put"]),
+                                             safe=False)
+    with pytest.raises(ValueError, match="not a well-formed Arrow array"):
+        evaluate_arrow(engine, request_table([BUILDER] * 3, outside, [SHARED] * 3))
+
+
+UTF8_EDGES = [
+    b"", b"\xc3\xa9", b"\xc2\x80", b"\xdf\xbf", b"\xe0\xa0\x80", b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xf0\x90\x80\x80",
+    b"\xf4\x8f\xbf\xbf",  # UTF-8: the first and last of each length, around the surrogates
+    b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xe0\x9f\xbf", b"\xf0\x80\x80\x80", b"\xf0\x8f\xbf\xbf",  # overlong
+    b"\xed\xa0\x80", b"\xed\xbf\xbf",  # surrogates
+    b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\x80", b"\xbf",  # past U+10FFFF, never a lead
+    b"\xc3", b"\xe2\x82", b"\xf0\x9f\x98", b"\xe2\x28\xa1",  # cut short, or broken by ASCII
+    # around the 8-byte words read at once
+    b"1234567\xc3", b"12345678\xc3\xa9", b"1234567\xc3\xa9abcdefgh", b"abcdefgh\xed\xa0\x80abcdefgh",
+]
+
+
+def decoded(value: bytes) -> str | None:
+    """The text of the bytes as Python's strict decoder reads it, or None (the oracle the engine must agree with)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def assert_text_rows(engine, suffixes: list[bytes]) -> None:
+    """Each suffix appended to the resource and given as the team and a session-free context key of its own row:
+    rows whose bytes Python cannot decode fail with that reason; the others get the reference's decisions."""
+    rows = [(BUILDER, "s3:PutObject", SHARED.encode() + suffix, b"dev-" + suffix, b"vpc-" + suffix)
+            for suffix in suffixes]
+    rows += [(BUILDER.encode() + suffix, f"s3:Put{i % 2}".encode() + suffix, SHARED.encode(), b"dev-1", None)
+             for i, suffix in enumerate(suffixes)]
+    table = request_table(arrow_text([p if isinstance(p, bytes) else p.encode() for p, *_ in rows]),
+                          arrow_text([a for _, a, *_ in rows]), arrow_text([r for _, _, r, *_ in rows]),
+                          context=pa.StructArray.from_arrays([arrow_text([t for *_, t, _ in rows]),
+                                                              arrow_text([v for *_, v in rows])],
+                                                             [TEAM, "aws:SourceVpc"]))
+    for explain in (False, True):
+        result = evaluate_arrow(engine, table, explain=explain).to_pydict()
+        for i, row in enumerate(rows):
+            texts = [decoded(value) if isinstance(value, bytes) else value for value in row]
+            if any(text is None for text, value in zip(texts, row, strict=True) if value is not None):
+                assert result["decision"][i] == "ImplicitDeny" and "not valid UTF-8" in result["error"][i], (i, row)
+                continue
+            principal, action, resource, team, vpc = texts
+            want = reference_decision(principal, action, resource,
+                                      {TEAM: team} | ({"aws:SourceVpc": vpc} if vpc is not None else {}))
+            assert result["decision"][i] == str(want.decision), (i, row)
+            assert (result["error"][i] is None) == (want.error is None), (i, row, result["error"][i])
+
+
+def test_arrow_text_is_utf8_exactly_as_python_decodes_it(engine):
+    assert_text_rows(engine, UTF8_EDGES)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=12) | st.sampled_from(UTF8_EDGES).map(lambda b: b * 3), min_size=1,
+                max_size=12))
+def test_arrow_text_of_any_bytes(engine, suffixes):
+    assert_text_rows(engine, suffixes)
+
+
+def test_arrow_many_distinct_values_alike_sliced_and_with_nulls(engine):
+    """Thousands of distinct resources and actions of one length that differ only in their last bytes (the
+    distinct values are found by hashing), nulls among them, read from a slice of a larger batch."""
+    n = 6000
+    principals = [(BUILDER, AUDITOR, None)[i % 7 % 3] if i % 11 else None for i in range(n)]
+    actions = [None if i % 13 == 5 else ("s3:PutObject", "s3:GetObject", f"s3:Put{i % 997:04d}x")[i % 3]
+               for i in range(n)]
+    resources = [None if i % 17 == 3 else f"arn:aws:s3:::shared/{i % 3001:05d}" if i % 2 else PRIVATE
+                 for i in range(n)]
+    teams = [(None, "dev-1", "blocked", "ops")[i % 4] for i in range(n)]
+    table = request_table(principals, actions, resources, context=pa.StructArray.from_arrays(
+        [pa.array(teams, pa.string())], [TEAM])).slice(1000, 4000)
+    result = evaluate_arrow(engine, table).to_pydict()
+    answers: dict[tuple, Decision] = {}
+    for row, i in enumerate(range(1000, 5000)):
+        p, a, r, t = principals[i], actions[i], resources[i], teams[i]
+        if p is None or a is None or r is None:
+            assert result["decision"][row] == "ImplicitDeny" and "must not be null" in result["error"][row]
+            continue
+        key = (p, a, r, t)
+        if key not in answers:
+            answers[key] = reference_decision(p, a, r, {TEAM: t} if t is not None else {})
+        assert result["decision"][row] == str(answers[key].decision), (i, key)
+        assert (result["error"][row] is None) == (answers[key].error is None), (i, key)
 
 
 # ------------------------------------------------------------------ the whole module under the debug allocator
