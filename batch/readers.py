@@ -61,6 +61,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from iam_evaluator import RequestError
+from iam_evaluator._request import context_text
+
 from . import cloudtrail
 
 DEFAULT_BATCH_ROWS = 8192
@@ -771,14 +774,11 @@ def _context_value(key: str, value: Any) -> str | list[str]:
 
 
 def _context_text(key: str, value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    raise _Invalid("bad context", f"context key {key!r}: values are strings, numbers, booleans or lists of them, "
-                                  f"not {_shown(value)}")
+    """A value as IAM reads it, by the rule every path reads context values by (``Request.create``'s)."""
+    try:
+        return context_text(value, key)
+    except RequestError as exc:
+        raise _Invalid("bad context", str(exc)) from None
 
 
 def _shown(value: Any) -> str:

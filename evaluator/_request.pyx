@@ -54,7 +54,8 @@ cpdef str context_text(object value, object key):
         return int.__repr__(value)
     if isinstance(value, float):
         return float.__repr__(value)
-    raise RequestError(f"context key {shown(key)}: values must be strings (or lists of strings), not {shown(value)}")
+    raise RequestError(f"context key {shown(key)}: values are strings, numbers, booleans or lists of them, "
+                       f"not {shown(value)}")
 
 
 cdef object _context_value(object key, object value):

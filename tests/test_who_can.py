@@ -220,7 +220,7 @@ def test_cli_json_and_context(capsys, snapshot):
     ("resource", "not-an-arn", "neither an ARN"),
     ("resource", "", "neither an ARN"),
     ("context", ["aws:SecureTransport"], "context must be an object"),
-    ("context", {"aws:SecureTransport": object()}, "values must be strings"),
+    ("context", {"aws:SecureTransport": object()}, "values are strings, numbers, booleans"),
     ("context", {5: "x"}, "context key must be a string"),
     ("context", {"aws:Secure\ud800": "x"}, "lone surrogate"),
     ("resource_account", 111111111111, "resource account must be a string"),
