@@ -70,6 +70,7 @@ cdef enum:
     G_DIRECT = 3
     MAX_LEVELS = 64
     SPARE_SCRATCH = 8
+    NOGIL_LOOP = 4096  # a C loop longer than this lets other threads run: shorter ones would pay more to switch
     ENGINE_MAGIC = 0x49414d45
     C_ROW_FAILED = -1
     C_ROW_UNKNOWN = -2
@@ -971,10 +972,18 @@ cdef int _set_action_flags(matches_t* m) except -1:
 cdef int _set_resource_kinds(matches_t* m) except -1:
     """Per distinct resource, its kind (``service_rules.RESOURCE_KINDS``)."""
     _alloc_rules(m)
+    if m.n > NOGIL_LOOP:
+        with nogil:
+            _resource_kinds(m)
+    else:
+        _resource_kinds(m)
+    return 0
+
+
+cdef void _resource_kinds(matches_t* m) noexcept nogil:
     cdef Py_ssize_t k
     for k in range(m.n):
         m.rules[k] = _resource_kind(m.texts[k].ptr, m.texts[k].len)
-    return 0
 
 
 cdef dict _action_flags = {}  # action as given (UTF-8) -> its flags: a batch's actions are mostly known ones
@@ -1274,8 +1283,11 @@ cdef class Batch:
         cdef Py_ssize_t total = self.roles_packed, p
         cdef void* grown
         cdef const char* packed
-        for k in range(self.n_entries):
-            self.entries[k].entry.values = self.values + <size_t>self.entries[k].entry.values
+        if self.n_entries > NOGIL_LOOP:
+            with nogil:
+                self.point_entries()
+        else:
+            self.point_entries()
         if self.grant_bytes == NULL or n_grants > self.grants_packed:
             grown = realloc(self.grant_bytes, max(1, n_grants))
             if grown == NULL:
@@ -1317,6 +1329,12 @@ cdef class Batch:
         _set_resource_kinds(&self.resources)
         self.engine.match_distinct(self, decide)
         return 0
+
+    cdef void point_entries(self) noexcept nogil:
+        """Each entry's values, an offset while the value array grew, made a pointer."""
+        cdef Py_ssize_t k
+        for k in range(self.n_entries):
+            self.entries[k].entry.values = self.values + <size_t>self.entries[k].entry.values
 
     cdef int reset(self) except -1:
         """Empty the batch of its requests for the next ones of the same converter, keeping what the
@@ -1978,22 +1996,28 @@ cdef list _header(object array, const uint8_t** validity, Py_ssize_t* bit_offset
 
 
 cdef int _strcol(object array, strcol* out) except -1:
+    """The C view of a string array; its offsets are checked (``_strcol_ok``) before any row is read."""
     buffers = _header(array, &out.validity, &out.bit_offset, &out.offsets)
     out.size = 0 if buffers[2] is None else buffers[2].size
     out.data = _EMPTY if out.size == 0 else <const char*><size_t>buffers[2].address
-    if not _ascending(out.offsets, len(array), out.size):
-        raise ValueError("a string array's offsets point outside its data (a malformed Arrow array)")
     return 0
 
 
 cdef int _listcol(object array, listcol* out) except -1:
+    """The C view of a list<string> array; likewise (``_listcol_ok``)."""
     _header(array, &out.validity, &out.bit_offset, &out.offsets)
     items = array.values
     out.n_items = len(items)
     _strcol(items, &out.items)
-    if not _ascending(out.offsets, len(array), out.n_items):
-        raise ValueError("a list array's offsets point outside its items (a malformed Arrow array)")
     return 0
+
+
+cdef inline bint _strcol_ok(const strcol* column, Py_ssize_t n) noexcept nogil:
+    return _ascending(column.offsets, n, column.size)
+
+
+cdef inline bint _listcol_ok(const listcol* column, Py_ssize_t n) noexcept nogil:
+    return _ascending(column.offsets, n, column.n_items) and _strcol_ok(&column.items, column.n_items)
 
 
 cdef bint _ascending(const int32_t* offsets, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
@@ -2381,10 +2405,8 @@ cdef class _ArrowRows:
                 raise ValueError("every column must have one entry per request")
             if field_is_list:
                 _listcol(array, &self.lists[f])
-                self.field_utf8[f] = _ascii(&self.lists[f].items, self.lists[f].n_items)
             else:
                 _strcol(array, &self.strings[f])
-                self.field_utf8[f] = _ascii(&self.strings[f], n)
         groups = {}
         for t, (key_id, name, array) in enumerate(tag_fields):
             if not -1 <= key_id < engine.n_keys:
@@ -2394,9 +2416,35 @@ cdef class _ArrowRows:
             self.tag_keys[t] = key_id
             self.tag_group[t] = groups.setdefault(name.lower(), len(groups))
             _strcol(array, &self.tags[t])
-            self.field_utf8[self.n_fields + t] = _ascii(&self.tags[t], n)
         self.n_tag_groups = len(groups)
+        cdef bint ok
+        with nogil:  # a pass over every offset and byte: threads check their slices side by side
+            ok = self.offsets_ok()
+            if ok:
+                for f in range(self.n_fields):
+                    self.field_utf8[f] = _ascii(&self.lists[f].items, self.lists[f].n_items) if self.is_list[f] \
+                        else _ascii(&self.strings[f], n)
+                for t in range(self.n_tags):
+                    self.field_utf8[self.n_fields + t] = _ascii(&self.tags[t], n)
+        if not ok:
+            raise ValueError("an array's offsets point outside its data (a malformed Arrow array)")
         return 0
+
+    cdef bint offsets_ok(self) noexcept nogil:
+        """Whether every column's offsets lie within its buffers, as Arrow checks only the last one cheaply."""
+        cdef Py_ssize_t f
+        if not (_strcol_ok(&self.principals, self.n) and _strcol_ok(&self.actions, self.n)
+                and _strcol_ok(&self.resources, self.n)):
+            return False
+        if self.has_accounts and not _strcol_ok(&self.accounts, self.n):
+            return False
+        for f in range(self.n_fields):
+            if not (_listcol_ok(&self.lists[f], self.n) if self.is_list[f] else _strcol_ok(&self.strings[f], self.n)):
+                return False
+        for f in range(self.n_tags):
+            if not _strcol_ok(&self.tags[f], self.n):
+                return False
+        return True
 
     cdef int number(self) except -1:
         """Number the distinct principals, actions, resources and owners, without the GIL."""
@@ -2439,12 +2487,17 @@ cdef class _ArrowRows:
                 self.identity_of[k] = conversion.identity_profile(row)
                 self.own_of[k] = conversion.own_owner(row)
         d = &self.resource_ids
-        for k in range(d.n):
-            if conversion.every_place is not None:  # one answer for all: no call per distinct resource
-                place = conversion.every_place
-            else:
-                place = conversion.resource_place(_decoded(d, k)) if d.utf8[k] else (-1, -1)
-            self.policy_of[k], self.owner_of[k] = place
+        cdef int32_t every_policy
+        cdef int64_t every_owner
+        if conversion.every_place is not None:  # one answer for all: no call per distinct resource
+            every_policy, every_owner = conversion.every_place
+            with nogil:
+                for k in range(d.n):
+                    self.policy_of[k], self.owner_of[k] = every_policy, every_owner
+        else:
+            for k in range(d.n):
+                self.policy_of[k], self.owner_of[k] = conversion.resource_place(_decoded(d, k)) if d.utf8[k] \
+                    else (-1, -1)
         d = &self.account_ids
         for k in range(d.n):
             if d.utf8[k]:
@@ -2737,7 +2790,7 @@ cdef class _ArrowRows:
         """Why each row that failed alone did (``batch.errors``), and the principals not known
         (``batch.unknown``)."""
         cdef Py_ssize_t i
-        cdef int32_t k
+        cdef uint8_t problem
         cdef cstr text
         for i in range(self.n):
             problem = self.problems[i]
