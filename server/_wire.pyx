@@ -252,11 +252,13 @@ cdef const uint8_t* varint(const uint8_t* p, const uint8_t* end, uint64_t* out) 
     raise DecodeError("RequestColumns holds a number longer than ten bytes")
 
 
-cdef const uint8_t* tag(const uint8_t* p, const uint8_t* end, uint32_t* field, int* wire) except NULL:
+cdef const uint8_t* tag(const uint8_t* p, const uint8_t* end, uint32_t* field, int* wire,
+                        bint in_group=False) except NULL:
+    """A field's number and wire type; upb refuses field number 0 in a message, not in a group it skips."""
     cdef uint64_t key
     cdef const uint8_t* start = p
     p = varint(p, end, &key)
-    if p - start > 5 or key >> 32 or key >> 3 == 0 or key & 7 > WIRE_FIXED32:  # as upb reads a tag
+    if p - start > 5 or key >> 32 or (key >> 3 == 0 and not in_group) or key & 7 > WIRE_FIXED32:
         raise DecodeError("RequestColumns holds a malformed field tag")
     field[0] = <uint32_t>(key >> 3)
     wire[0] = key & 7
@@ -290,7 +292,7 @@ cdef const uint8_t* skip(const uint8_t* p, const uint8_t* end, uint32_t field, i
         if depth <= 0:
             raise DecodeError("RequestColumns nests groups too deep")
         while True:
-            p = tag(p, end, &inner, &inner_wire)
+            p = tag(p, end, &inner, &inner_wire, True)
             if inner_wire == WIRE_END_GROUP:
                 if inner != field:
                     raise DecodeError("RequestColumns ends a group it did not start")

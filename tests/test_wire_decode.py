@@ -357,6 +357,8 @@ HOSTILE = {
     "end of a group never started": tag(7, 4),
     "group ended by another field": tag(7, 3) + tag(8, 4),
     "group left open": tag(7, 3) + tag(8, 0) + b"\x01",
+    "field number 0 in a group": tag(7, 3) + tag(0, 0) + b"\x00" + tag(0, 3) + tag(0, 4) + tag(7, 4),
+    "a group ended as field 0": tag(7, 3) + tag(0, 4),
     "group crossing a column's end": length_delimited(5, tag(9, 3)) + tag(9, 4),
     "100 nested groups": group(100),
     "101 nested groups": group(101),
