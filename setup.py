@@ -33,25 +33,32 @@ def generate_stubs() -> None:
             (stubs / generated.name).write_text(text)
 
 
+CYTHON_FOLDERS = {"evaluator": Path("iam_evaluator"), "server": Path("iam_evaluator/server")}
+"""Each folder of Cython sources, and its package."""
+
+
 def stage_cython() -> Path:
     """The Cython sources copied under the package's import name (``build/cython/iam_evaluator``), so that
     Cython names the modules and their cimports as they are installed (it names them by their folder)."""
-    staged = Path("build/cython/iam_evaluator")
-    staged.mkdir(parents=True, exist_ok=True)
-    (staged / "__init__.py").touch()
-    for source in [*Path("evaluator").glob("*.pyx"), *Path("evaluator").glob("*.pxd")]:
-        copy = staged / source.name
-        if not copy.exists() or copy.read_bytes() != source.read_bytes():
-            shutil.copy2(source, copy)
-    return staged
+    root = Path("build/cython")
+    for folder, package in CYTHON_FOLDERS.items():
+        staged = root / package
+        staged.mkdir(parents=True, exist_ok=True)
+        (staged / "__init__.py").touch()
+        for source in [*Path(folder).glob("*.pyx"), *Path(folder).glob("*.pxd")]:
+            copy = staged / source.name
+            if not copy.exists() or copy.read_bytes() != source.read_bytes():
+                shutil.copy2(source, copy)
+    return root
 
 
 generate_stubs()
 staged = stage_cython()
 macros = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
 extensions = [
-    Extension(f"iam_evaluator.{pyx.stem}", [str(pyx)], define_macros=macros, extra_compile_args=["-O3"])
-    for pyx in sorted(staged.glob("*.pyx"))
+    Extension(".".join(pyx.relative_to(staged).with_suffix("").parts), [str(pyx)], define_macros=macros,
+              extra_compile_args=["-O3"])
+    for package in CYTHON_FOLDERS.values() for pyx in sorted((staged / package).glob("*.pyx"))
 ]
 
 setup(

@@ -31,6 +31,7 @@ from iam_evaluator.parse import decode_json, parse_policy
 from iam_evaluator.store import SECTION_TYPES
 from iam_evaluator.usage import StatementCount
 
+from . import _wire
 from .api import iam_evaluator_pb2 as pb
 
 _CODE_RESULTS = tuple(pb.CheckResult(decision=kind.code) for kind in DecisionKind)
@@ -83,75 +84,9 @@ def request_columns(message: pb.RequestColumns) -> tuple[list, list, list, dict[
                                                          list | None]:
     """The columns as lists, contexts as one list per key (None where a request lacks it), session
     tags as one mapping per request (None where a request has none; the whole list None when no
-    request has any); raises ``ValueError`` for columns of different lengths."""
-    principals, actions, resources = list(message.principals), list(message.actions), list(message.resources)
-    n = len(principals)
-    if len(actions) != n or len(resources) != n:
-        raise ValueError(f"columns differ in length: {n} principals, {len(actions)} actions, "
-                         f"{len(resources)} resources")
-    owners = list(message.resource_accounts)
-    if owners and len(owners) != n:
-        raise ValueError(f"resource_accounts has {len(owners)} entries for {n} requests")
-    context_columns: dict[str, list] = {}
-    for column in message.context:
-        if column.key in context_columns:
-            raise ValueError(f"context column {column.key!r} is given twice")
-        context_columns[column.key] = _context_column(column, n)
-    return (principals, actions, resources, context_columns, [o or None for o in owners] if any(owners) else None,
-            _session_tags(message.session_tags, n))
-
-
-def _session_tags(tag_columns: Sequence[pb.SessionTagsColumn], n: int) -> list | None:
-    """Each request's session tags from the sparse tag columns; the engine then checks them as it
-    checks a ``Request``'s (only an assumed-role session may have them)."""
-    if not tag_columns:
-        return None
-    tags: list[dict[str, str] | None] = [None] * n
-    seen: set[str] = set()
-    for column in tag_columns:
-        if column.key in seen:
-            raise ValueError(f"session tag column {column.key!r} is given twice")
-        seen.add(column.key)
-        rows = list(column.rows)
-        if rows and (rows[-1] >= n or len(set(rows)) != len(rows) or rows != sorted(rows)):
-            raise ValueError(f"session tag column {column.key!r}: rows must be ascending positions below {n}")
-        rows = rows or list(range(n))
-        if len(column.values) != len(rows):
-            raise ValueError(f"session tag column {column.key!r} has {len(column.values)} values for "
-                             f"{len(rows)} requests")
-        for row, value in zip(rows, column.values, strict=True):
-            row_tags = tags[row]
-            if row_tags is None:
-                row_tags = tags[row] = {}
-            row_tags[column.key] = value
-    return tags
-
-
-def _context_column(column: pb.ContextColumn, n: int) -> list:
-    rows = list(column.rows)
-    if rows and (rows[-1] >= n or len(set(rows)) != len(rows) or rows != sorted(rows)):
-        raise ValueError(f"context column {column.key!r}: rows must be ascending positions below {n}")
-    count = len(rows) if rows else n
-    values = list(column.values)
-    if column.is_list:
-        lengths = list(column.lengths)
-        if len(lengths) != count or sum(lengths) != len(values):
-            raise ValueError(f"context column {column.key!r}: lengths must give one count per request with the "
-                             f"key ({count}), adding up to the {len(values)} values")
-        cells, start = [], 0
-        for length in lengths:
-            cells.append(tuple(values[start:start + length]))
-            start += length
-    else:
-        if len(values) != count:
-            raise ValueError(f"context column {column.key!r} has {len(values)} values for {count} requests")
-        cells = values
-    if not rows:
-        return cells
-    spread: list = [None] * n
-    for row, cell in zip(rows, cells, strict=True):
-        spread[row] = cell
-    return spread
+    request has any); raises ``ValueError`` for columns that do not fit together. Read from the
+    message's encoding (``_wire``): each distinct text becomes one string, not one per request."""
+    return _wire.request_columns(message.SerializeToString())
 
 
 def inline_policies(message: pb.InlinePolicies) -> PolicySet:
