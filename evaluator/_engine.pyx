@@ -2278,16 +2278,16 @@ cdef int _push_items(Batch batch, int32_t key, const strcol* column, Py_ssize_t 
     return 0
 
 
-cdef enum:  # why a row of an Arrow batch fails alone, in the order they are looked for
+cdef enum:  # why a row of an Arrow batch fails alone
     ROW_BAD_TEXT = 1
     ROW_NULL_PRINCIPAL = 2
     ROW_PRINCIPAL_FAILED = 3
-    ROW_NULL_ACTION_OR_RESOURCE = 4
-    ROW_TAG_SPELLED_TWICE = 5
-    ROW_UNKNOWN_PRINCIPAL = 6     # not a failure: an implicit deny
-    ROW_BAD_ACTION = 7
-    ROW_BAD_RESOURCE = 8
-    ROW_TAGS_WITHOUT_SESSION = 9
+    ROW_UNKNOWN_PRINCIPAL = 4     # not a failure: an implicit deny
+    ROW_NULL_ACTION_OR_RESOURCE = 5
+    ROW_BAD_ACTION = 6
+    ROW_BAD_RESOURCE = 7
+    ROW_TAGS_WITHOUT_SESSION = 8
+    ROW_TAG_SPELLED_TWICE = 9
     ROW_KEY_TWICE = 10
 
 
@@ -2304,7 +2304,7 @@ cdef class _ArrowRows:
     cdef strcol principals, actions, resources, accounts
     cdef bint has_accounts
     cdef distinct_t principal_ids, action_ids, resource_ids, account_ids, place_ids, grant_ids
-    cdef Py_ssize_t n_fields, n_tags, n_tag_groups
+    cdef Py_ssize_t n_fields, n_tags
     cdef strcol* strings         # per context field: its strings, or
     cdef listcol* lists          #   its lists
     cdef int32_t* field_keys     # per context field: its key id, -1: no policy tests it
@@ -2327,7 +2327,7 @@ cdef class _ArrowRows:
     cdef int32_t* problem_of     # per row: the context field or tag its problem names
     cdef uint64_t* seen          # per key id: the row that gave it, plus one
     cdef uint64_t* overridden    # per key id: the row whose session tags or facts set it, plus one
-    cdef uint64_t* group_seen    # per tag group: the row that gave it, plus one
+    cdef uint64_t* group_seen    # per tag key, case folded: the row that gave it, plus one
 
     def __dealloc__(self):
         _free_distinct(&self.principal_ids)
@@ -2416,7 +2416,6 @@ cdef class _ArrowRows:
             self.tag_keys[t] = key_id
             self.tag_group[t] = groups.setdefault(name.lower(), len(groups))
             _strcol(array, &self.tags[t])
-        self.n_tag_groups = len(groups)
         cdef bint ok
         with nogil:  # a pass over every offset and byte: threads check their slices side by side
             ok = self.offsets_ok()
@@ -2543,44 +2542,29 @@ cdef class _ArrowRows:
                     return False
         return True
 
-    cdef int32_t tag_given_twice(self, Py_ssize_t i) noexcept nogil:
-        """The session tag field of row i whose key (case folded) another of its fields gave, or -1."""
-        cdef Py_ssize_t t
-        cdef int32_t group
-        if self.n_tag_groups == self.n_tags:
-            return -1
-        for t in range(self.n_tags):
-            if _valid(self.tags[t].validity, self.tags[t].bit_offset + i):
-                group = self.tag_group[t]
-                if self.group_seen[group] == <uint64_t>(i + 1):
-                    return <int32_t>t
-                self.group_seen[group] = i + 1
-        return -1
-
     cdef int find_problems(self) noexcept nogil:
-        """Per row, the first reason it fails alone that can be told before its context is read."""
+        """Per row, the first reason it fails alone that can be told before its context is read, in the order
+        the converter of Python objects meets them (``convert_row``): its principal, then its text."""
         cdef Py_ssize_t i, f
-        cdef int32_t p, twice
+        cdef int32_t p
         cdef bint check_text = self.principal_ids.n_not_utf8 or self.action_ids.n_not_utf8 \
             or self.resource_ids.n_not_utf8 or self.account_ids.n_not_utf8
         for f in range(self.n_fields + self.n_tags):
             check_text = check_text or not self.field_utf8[f]
         for i in range(self.n):
             p = self.principal_ids.of_row[i]
-            if check_text and not self.row_utf8(i):
-                self.problems[i] = ROW_BAD_TEXT
-            elif p < 0:
+            if p < 0:
                 self.problems[i] = ROW_NULL_PRINCIPAL
+            elif not self.principal_ids.utf8[p]:
+                self.problems[i] = ROW_BAD_TEXT
             elif self.caller_of[p] == C_ROW_FAILED:
                 self.problems[i] = ROW_PRINCIPAL_FAILED
+            elif self.caller_of[p] == C_ROW_UNKNOWN:
+                self.problems[i] = ROW_UNKNOWN_PRINCIPAL
             elif self.action_ids.of_row[i] < 0 or self.resource_ids.of_row[i] < 0:
                 self.problems[i] = ROW_NULL_ACTION_OR_RESOURCE
-            else:
-                twice = self.tag_given_twice(i)
-                if twice >= 0:
-                    self.problems[i], self.problem_of[i] = ROW_TAG_SPELLED_TWICE, twice
-                elif self.caller_of[p] == C_ROW_UNKNOWN:
-                    self.problems[i] = ROW_UNKNOWN_PRINCIPAL
+            elif check_text and not self.row_utf8(i):
+                self.problems[i] = ROW_BAD_TEXT
         return 0
 
     cdef int place(self, _Converter conversion, int32_t n_policies) except -1:
@@ -2720,6 +2704,10 @@ cdef class _ArrowRows:
                         if not sessions[c]:
                             self.problems[i] = ROW_TAGS_WITHOUT_SESSION
                             break
+                        if self.group_seen[self.tag_group[t]] == <uint64_t>(i + 1):  # tag keys ignore case
+                            self.problems[i], self.problem_of[i] = ROW_TAG_SPELLED_TWICE, <int32_t>t
+                            break
+                        self.group_seen[self.tag_group[t]] = i + 1
                         kid = self.tag_keys[t]
                         if kid < 0:
                             continue

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from itertools import product
 from pathlib import Path
 
 import pyarrow as pa
@@ -98,6 +99,29 @@ def test_bad_rows_fail_alone_with_their_reason():
     assert "neither an ARN" in result["error"][5]
     table = table.slice(0, 1).set_column(3, "context", pa.array([{"s3:max-keys": "many"}]))
     assert "s3:max-keys" in evaluate_arrow(compiled, table).column("error")[0].as_py()
+
+
+def test_a_row_with_several_faults_fails_for_the_same_reason_as_in_columns():
+    """Every mix of faults in one row (a principal unknown or not a session, an action or resource malformed,
+    session tags where none belong, one tag spelled twice) is reported as the converter of Python objects
+    reports it: the first fault it meets decides the reason."""
+    compiled = compiled_with({"Effect": "Allow", "Action": "s3:*", "Resource": "*",
+                              "Condition": {"StringEquals": {"aws:PrincipalTag/team": "a"}}})
+    session = "arn:aws:sts::111122223333:assumed-role/Builder/s"
+    rows = list(product([ROLE, session, "arn:aws:iam::111122223333:user/nobody", "nobody"],
+                        ["s3:GetObject", "s3 Get"], ["*", "not-an-arn"],
+                        [None, {"team": "a"}, {"team": "a", "TEAM": "b"}, {"TEAM": "b", "team": "a"}]))
+    principals, actions, resources, tags = (list(column) for column in zip(*rows, strict=True))
+    names = ["team", "TEAM"]
+    table = pa.table({"principal": principals, "action": actions, "resource": resources,
+                      "session_tags": pa.StructArray.from_arrays(
+                          [pa.array([(t or {}).get(name) for t in tags], pa.string()) for name in names], names)})
+    ordered = [None if t is None else {name: t[name] for name in names if name in t} for t in tags]
+    want = compiled.evaluate_columns(principals, actions, resources, session_tags=ordered)
+    got = evaluate_arrow(compiled, table).to_pydict()
+    assert got["decision"] == [str(d) for d in want]
+    assert got["error"] == [want.errors.get(i) for i in range(len(rows))]
+    assert len(set(want.errors.values())) >= 5  # the mix gives each fault somewhere
 
 
 def test_column_types_and_schema_errors():
