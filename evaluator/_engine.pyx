@@ -23,6 +23,7 @@ from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._pattern cimport PatternSet, pseg
 from ._request cimport arn_account, arn_fields, shown, valid_action
+from ._text cimport MAX_PROBES, hash_text
 from ._types cimport cstr, ctx_entry
 
 import os
@@ -2102,25 +2103,6 @@ cdef bint _ascii(const strcol* column, Py_ssize_t n) noexcept nogil:
 cdef uint64_t _hash_seed = int.from_bytes(os.urandom(8), "little")  # a batch cannot be made to collide
 
 
-cdef inline uint64_t _hash_text(const char* p, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t h = _hash_seed ^ (<uint64_t>n * 0x9E3779B97F4A7C15ULL), word
-    cdef Py_ssize_t i = 0
-    while i + 8 <= n:
-        memcpy(&word, p + i, 8)
-        h = (h ^ word) * 0xBF58476D1CE4E5B9ULL
-        h ^= h >> 31
-        i += 8
-    word = 0
-    if n >= 8:  # the last eight bytes, overlapping the words read: no copy of a variable length
-        memcpy(&word, p + n - 8, 8)
-    else:
-        while i < n:
-            word = (word << 8) | <uint8_t>p[i]
-            i += 1
-    h = (h ^ word) * 0x94D049BB133111EBULL
-    return h ^ (h >> 29)
-
-
 cdef inline uint64_t _hash_key(int64_t key) noexcept nogil:
     cdef uint64_t h = (_hash_seed ^ <uint64_t>key) * 0xBF58476D1CE4E5B9ULL
     return h ^ (h >> 31)
@@ -2154,6 +2136,7 @@ cdef void _free_distinct(distinct_t* d) noexcept nogil:
 cdef int _distinct_room(distinct_t* d, bint texts) noexcept nogil:
     """Room for one more number (the slots kept at most half full); -1 when memory ran out."""
     cdef Py_ssize_t cap, k, slot
+    cdef int probes
     cdef void* p
     if d.n < d.cap:
         return 0
@@ -2183,33 +2166,39 @@ cdef int _distinct_room(distinct_t* d, bint texts) noexcept nogil:
     d.slots, d.cap, d.mask = <slot_t*>p, cap, 2 * cap - 1
     for k in range(d.n):
         slot = d.hashes[k] & d.mask
-        while d.slots[slot].number:
+        probes = 0
+        while d.slots[slot].number and probes < MAX_PROBES:
             slot = (slot + 1) & d.mask
-        d.slots[slot].tag, d.slots[slot].number = <uint32_t>(d.hashes[k] >> 32), <int32_t>(k + 1)
+            probes += 1
+        if probes < MAX_PROBES:
+            d.slots[slot].tag, d.slots[slot].number = <uint32_t>(d.hashes[k] >> 32), <int32_t>(k + 1)
     return 0
 
 
 cdef int32_t _text_number(distinct_t* d, cstr text) noexcept nogil:
     """The number of a text (numbered on first sight); -1 when memory ran out."""
-    cdef uint64_t h = _hash_text(text.ptr, text.len)
+    cdef uint64_t h = hash_text(text.ptr, text.len, _hash_seed)
     cdef uint32_t tag = <uint32_t>(h >> 32)
     cdef Py_ssize_t slot
     cdef int32_t k
+    cdef int probes = 0
     if d.cap:
         slot = h & d.mask
-        while d.slots[slot].number:
+        while d.slots[slot].number and probes < MAX_PROBES:
             if d.slots[slot].tag == tag:
                 k = d.slots[slot].number - 1
                 if d.texts[k].len == text.len and memcmp(d.texts[k].ptr, text.ptr, text.len) == 0:
                     return k
             slot = (slot + 1) & d.mask
+            probes += 1
     if _distinct_room(d, True) < 0:
         return -1
     slot = h & d.mask
     while d.slots[slot].number:
         slot = (slot + 1) & d.mask
     k = <int32_t>d.n
-    d.slots[slot].tag, d.slots[slot].number = tag, k + 1
+    if probes < MAX_PROBES:  # else a run of colliding texts is long: this one gets a number of its own
+        d.slots[slot].tag, d.slots[slot].number = tag, k + 1
     d.hashes[k], d.texts[k], d.utf8[k] = h, text, _utf8(text.ptr, text.len)
     d.n_not_utf8 += not d.utf8[k]
     d.n += 1

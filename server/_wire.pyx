@@ -12,7 +12,11 @@ from cpython.ref cimport Py_INCREF, PyObject
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp
+
+from iam_evaluator._text cimport MAX_PROBES, hash_text
+
+import os
 
 from google.protobuf.message import DecodeError
 
@@ -29,13 +33,15 @@ cdef enum:
     WIRE_END_GROUP = 4
     WIRE_FIXED32 = 5
     MAX_DEPTH = 100  # nested messages and groups, as upb allows by default
-    MAX_PROBE = 16  # slots a text is looked for in: bounds the work of texts whose hashes collide
 
 
 ctypedef struct vec:  # a growing array of 8-byte items: borrowed str pointers, or numbers
     uint64_t* items
     Py_ssize_t n
     Py_ssize_t cap
+
+
+cdef uint64_t _hash_seed = int.from_bytes(os.urandom(8), "little")  # no message can be made to collide
 
 
 cdef int push(vec* v, uint64_t item) except -1:
@@ -97,27 +103,13 @@ cdef class _Reader:
 
     cdef PyObject* text(self, const char* ptr, Py_ssize_t size) except NULL:
         """The one str of this text (refused unless UTF-8, as upb refuses a proto3 string)."""
-        cdef uint64_t h = 0x9E3779B97F4A7C15ULL ^ <uint64_t>size, word
-        cdef Py_ssize_t i = 0, at, probe
+        cdef uint64_t h = hash_text(ptr, size, _hash_seed)
+        cdef Py_ssize_t at, probe
         cdef slot_t* slot = NULL
-        while i + 8 <= size:
-            memcpy(&word, ptr + i, 8)
-            h = (h ^ word) * 0xFF51AFD7ED558CCDULL
-            h ^= h >> 32
-            i += 8
-        if size >= 8:  # the last eight bytes, overlapping those already mixed: one load, not a copy per byte
-            memcpy(&word, ptr + size - 8, 8)
-        else:
-            word = 0
-            while i < size:
-                word = (word << 8) | <uint8_t>ptr[i]
-                i += 1
-        h = (h ^ word) * 0xC4CEB9FE1A85EC53ULL
-        h ^= h >> 29
         if 2 * (self.n_texts + 1) > self.n_slots:
             self.grow()
         at = <Py_ssize_t>(h & <uint64_t>(self.n_slots - 1))
-        for probe in range(MAX_PROBE):
+        for probe in range(MAX_PROBES):
             if self.slots[at].text == NULL:
                 slot = &self.slots[at]
                 break
