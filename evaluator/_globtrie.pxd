@@ -21,7 +21,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 ctypedef struct gt_node:
     uint32_t edge_start   # first outgoing byte edge in GlobTrie._edge_bytes / _edge_targets
-    uint16_t n_edges      # number of byte edges (sorted by byte, at most 256)
+    uint16_t n_edges      # number of byte edges (sorted by byte, at most 256); 0 for a link (see _links)
     uint8_t loop          # 1 if the node was reached through '*': it consumes any code point
     uint8_t sink          # 1 if loop and no way out: once reached, the whole input matches
     int32_t qmark         # target of the '?' edge, -1 if none
@@ -86,6 +86,10 @@ ctypedef struct gt_cache:
 
 
 cdef enum:
+    # A link of a literal run: a node that accepts no id, is not a '*' node, and has no way on but one
+    # byte edge, to the next node (node + 1). Walking a run reads one byte per node from _links, in a
+    # row, rather than a node and its edges. UTF-8 never holds the byte 0xFF, so no edge carries it.
+    GT_NO_LINK = 0xFF
     GT_SPARE_SLOTS = 8    # scratch buffers kept for reuse by the Python-level match()
 
 
@@ -106,6 +110,7 @@ cdef class GlobTrie:
 
     # Frozen representation (C memory owned by the object).
     cdef gt_node* _nodes
+    cdef uint8_t* _links               # per node: its one edge's byte if it is a link of a literal run, else GT_NO_LINK
     cdef uint8_t* _edge_bytes
     cdef int32_t* _edge_targets
     cdef int32_t* _acc                 # dense indices into _ids

@@ -60,7 +60,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, qsort
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcpy, memset
 
 import enum
@@ -137,6 +137,7 @@ _init_tables()
 # State of one match call, shared with the inline helpers.
 ctypedef struct gt_run:
     const gt_node* nodes
+    const uint8_t* links
     const uint8_t* edge_bytes
     const int32_t* edge_targets
     const int32_t* acc
@@ -165,6 +166,9 @@ cdef inline void _emit(gt_run* r, const gt_node* nd) noexcept nogil:
 @cython.wraparound(False)
 cdef inline int32_t _child(const gt_run* r, int32_t node, uint8_t b) noexcept nogil:
     """Target of the byte edge b out of node (binary search over its sorted edges), or -1."""
+    cdef uint8_t link = r.links[node]
+    if link != GT_NO_LINK:
+        return node + 1 if link == b else -1
     cdef const gt_node* nd = &r.nodes[node]
     cdef uint32_t lo = nd.edge_start
     cdef uint32_t hi = lo + nd.n_edges
@@ -233,11 +237,12 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
             width = n - i
         for j in range(n_cur):
             s = cur[j]
-            nd = &r.nodes[s]
-            if nd.loop:
-                n_nxt = _enter(r, <int32_t>s, nxt, n_nxt)
-            if nd.qmark >= 0 and n_nxt >= 0:
-                n_nxt = _enter(r, nd.qmark, nxt, n_nxt)
+            if r.links[s] == GT_NO_LINK:  # a link has no '*' or '?' edge: its node need not be read
+                nd = &r.nodes[s]
+                if nd.loop:
+                    n_nxt = _enter(r, <int32_t>s, nxt, n_nxt)
+                if nd.qmark >= 0 and n_nxt >= 0:
+                    n_nxt = _enter(r, nd.qmark, nxt, n_nxt)
             t = <int32_t>s
             for q in range(width):  # literal edges spell the code point byte by byte
                 t = _child(r, t, r.fold[text[i + q]])
@@ -868,10 +873,13 @@ cdef inline int32_t _dense(const gt_plan* p, int32_t pattern_id) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void _build(const gt_plan* p, gt_node* nodes, uint8_t* edge_bytes, int32_t* edge_targets, int32_t* acc,
-                 int32_t* path, int32_t* parent, uint8_t* in_byte, uint8_t* used) noexcept nogil:
-    """Fill the zeroed nodes (p.n_nodes), byte edges and accept lists in one pass over the
-    sorted records, numbering nodes as they first appear (depth first, children in token order).
+cdef Py_ssize_t _build(const gt_plan* p, gt_node* nodes, uint8_t* links, uint8_t* edge_bytes,
+                       int32_t* edge_targets, int32_t* acc, int32_t* path, int32_t* parent, uint8_t* in_byte,
+                       uint8_t* used) noexcept nogil:
+    """Fill the zeroed nodes (p.n_nodes), their links, the byte edges of the other nodes and the
+    accept lists in one pass over the sorted records, numbering nodes as they first appear (depth
+    first, children in token order, so a run of links is numbered in a row); return the number
+    of byte edges stored.
 
     path[d] holds the node at depth d on the previous record's path (p.depth + 1 slots); the
     records sharing its first shared[k] tokens go through the same nodes. Each byte edge is kept
@@ -918,15 +926,21 @@ cdef void _build(const gt_plan* p, gt_node* nodes, uint8_t* edge_bytes, int32_t*
         a += 1
     for k in range(p.n_nodes):  # edge_start: the end of the node's edges for now
         nd = &nodes[k]
+        nd.sink = nd.loop and nd.n_edges == 0 and nd.qmark < 0
+        links[k] = GT_NO_LINK
+        if (nd.n_edges == 1 and nd.qmark < 0 and nd.star < 0 and not nd.loop and nd.acc_count == 0
+                and k + 1 < p.n_nodes and parent[k + 1] == k):
+            links[k] = in_byte[k + 1]
+            nd.n_edges = 0
         end += nd.n_edges
         nd.edge_start = end
-        nd.sink = nd.loop and nd.n_edges == 0 and nd.qmark < 0
     for k in range(p.n_nodes - 1, 0, -1):
         up = parent[k]
-        if up >= 0:
+        if up >= 0 and links[up] == GT_NO_LINK:
             nodes[up].edge_start -= 1
             edge_bytes[nodes[up].edge_start] = in_byte[k]
             edge_targets[nodes[up].edge_start] = <int32_t>k
+    return end
 
 
 cdef tuple _cache_geometry(Py_ssize_t n_nodes):
@@ -969,12 +983,14 @@ cdef class GlobTrie:
 
     cdef void _free_arrays(self) noexcept:
         free(self._nodes)
+        free(self._links)
         free(self._edge_bytes)
         free(self._edge_targets)
         free(self._acc)
         free(self._ids)
         free(self._prefix)
         self._nodes = NULL
+        self._links = NULL
         self._edge_bytes = NULL
         self._edge_targets = NULL
         self._acc = NULL
@@ -1059,6 +1075,8 @@ cdef class GlobTrie:
         cdef int32_t* path = NULL
         cdef int32_t* parent = NULL
         cdef uint8_t* in_byte = NULL
+        cdef uint8_t* edge_bytes
+        cdef int32_t* edge_targets
         cdef uint8_t used[256]  # bytes on some edge
         cdef bint ok = False
         cdef int b
@@ -1079,6 +1097,7 @@ cdef class GlobTrie:
                                  f"and dfa_pool in [0, 2**30]")
             # +1: malloc(0) may return NULL, which would read as an allocation failure.
             self._nodes = <gt_node*>calloc(p.n_nodes, sizeof(gt_node))
+            self._links = <uint8_t*>malloc(p.n_nodes)
             self._edge_bytes = <uint8_t*>malloc(p.n_edges + 1)
             self._edge_targets = <int32_t*>malloc((p.n_edges + 1) * sizeof(int32_t))
             self._acc = <int32_t*>malloc((p.n_acc + 1) * sizeof(int32_t))
@@ -1086,11 +1105,19 @@ cdef class GlobTrie:
             path = <int32_t*>malloc((p.depth + 1) * sizeof(int32_t))
             parent = <int32_t*>malloc(p.n_nodes * sizeof(int32_t))
             in_byte = <uint8_t*>malloc(p.n_nodes)
-            ok = (self._nodes and self._edge_bytes and self._edge_targets and self._acc and self._ids
+            ok = (self._nodes and self._links and self._edge_bytes and self._edge_targets and self._acc and self._ids
                   and path and parent and in_byte)
             if ok:
                 memcpy(self._ids, p.ids, p.n_ids * sizeof(int32_t))
-                _build(&p, self._nodes, self._edge_bytes, self._edge_targets, self._acc, path, parent, in_byte, used)
+                self._n_edges = _build(&p, self._nodes, self._links, self._edge_bytes, self._edge_targets, self._acc,
+                                       path, parent, in_byte, used)
+                # The links' edges are not stored: give back their room (a failed shrink keeps it).
+                edge_bytes = <uint8_t*>realloc(self._edge_bytes, self._n_edges + 1)
+                if edge_bytes != NULL:
+                    self._edge_bytes = edge_bytes
+                edge_targets = <int32_t*>realloc(self._edge_targets, (self._n_edges + 1) * sizeof(int32_t))
+                if edge_targets != NULL:
+                    self._edge_targets = edge_targets
         finally:
             free(path)
             free(parent)
@@ -1100,7 +1127,6 @@ cdef class GlobTrie:
             self._free_arrays()  # stay unfrozen and consistent; freeze() may be retried
             raise MemoryError()
         self._n_nodes = p.n_nodes
-        self._n_edges = p.n_edges
         self._n_acc = p.n_acc
         self._n_ids = p.n_ids
         # Byte classes: a byte on an edge (after folding) is its own class; the others only
@@ -1117,37 +1143,28 @@ cdef class GlobTrie:
             self._free_arrays()
             raise
         self._set_geometry(states, pool, bound)
-        self.nbytes = (self._n_nodes * sizeof(gt_node) + self._n_edges * (1 + sizeof(int32_t))
+        self.nbytes = (self._n_nodes * (sizeof(gt_node) + 1) + self._n_edges * (1 + sizeof(int32_t))
                        + (self._n_acc + self._n_ids) * sizeof(int32_t) + self._prefix_len)
         self._b_recs = None
         self.frozen = True
 
     cdef int _set_prefix(self) except -1:
-        """The bytes every pattern starts with: the path from the root through nodes with a
-        single byte edge and nothing else, cut at a code point boundary. A match compares them
-        (folded) at once and starts at the node they lead to."""
-        cdef Py_ssize_t node = 0, length = 0, cut = 0, p = 0
-        cdef gt_node* nd
-        prefix = bytearray()
-        while True:
-            nd = &self._nodes[node]
-            if nd.n_edges != 1 or nd.qmark >= 0 or nd.star >= 0 or nd.acc_count or nd.loop:
-                break
-            prefix.append(self._edge_bytes[nd.edge_start])
-            node = self._edge_targets[nd.edge_start]
-        while p < len(prefix):  # longest run of whole code points
-            p += _SEQ_LEN[prefix[p]]
-            if p <= len(prefix):
+        """The bytes every pattern starts with: the run of links from the root, cut at a code point
+        boundary. A match compares them (folded) at once and starts at the node they lead to (the
+        links are numbered in a row: node `cut`)."""
+        cdef Py_ssize_t length = 0, cut = 0, p = 0
+        while self._links[length] != GT_NO_LINK:  # a link is never the last node
+            length += 1
+        while p < length:  # longest run of whole code points
+            p += _SEQ_LEN[self._links[p]]
+            if p <= length:
                 cut = p
         self._prefix = <uint8_t*>malloc(cut + 1)
         if self._prefix == NULL:
             raise MemoryError()
-        node = 0
-        for p in range(cut):
-            self._prefix[p] = prefix[p]
-            node = self._edge_targets[self._nodes[node].edge_start]
+        memcpy(self._prefix, self._links, cut)
         self._prefix_len = cut
-        self._prefix_node = <int32_t>node
+        self._prefix_node = <int32_t>cut
         return 0
 
     cdef int _set_geometry(self, Py_ssize_t states, Py_ssize_t pool, Py_ssize_t cap) except -1:
@@ -1242,6 +1259,7 @@ cdef class GlobTrie:
         cdef uint64_t* counter = <uint64_t*>(base + self._off_stamps)
         cdef gt_run r
         r.nodes = self._nodes
+        r.links = self._links
         r.edge_bytes = self._edge_bytes
         r.edge_targets = self._edge_targets
         r.acc = self._acc
@@ -1366,7 +1384,7 @@ cdef class GlobTrie:
         cdef int k
         if self.frozen:
             nodes, n_ids = self._n_nodes, self._n_ids
-            memory = (self._n_nodes * sizeof(gt_node) + self._n_edges * (sizeof(uint8_t) + sizeof(int32_t))
+            memory = (self._n_nodes * (sizeof(gt_node) + 1) + self._n_edges * (sizeof(uint8_t) + sizeof(int32_t))
                       + (self._n_acc + self._n_ids) * sizeof(int32_t))
             scratch = self.scratch_size()
         else:  # the shape freeze() would build
