@@ -191,25 +191,32 @@ cdef inline int32_t _child(const gt_run* r, int32_t node, uint8_t b) noexcept no
 cdef inline Py_ssize_t _enter(gt_run* r, int32_t t, uint32_t* nxt, Py_ssize_t n_nxt) noexcept nogil:
     """NFA: make node t active for the next step (with its epsilon '*' child): push it on nxt.
 
-    Sinks are reported and left out of nxt. Returns the new length of nxt, or -1 when only a
-    yes/no answer is wanted (r.out is NULL) and a match is now certain.
+    Only '*' nodes can be entered twice in one step (through their parent's '*' edge and their
+    own loop): every other node has one parent and one edge from it, taken at most once a step,
+    so only '*' nodes carry stamps here (a link is pushed without reading its node). Sinks are
+    reported and left out of nxt. Returns the new length of nxt, or -1 when only a yes/no answer
+    is wanted (r.out is NULL) and a match is now certain.
     """
     cdef const gt_node* nd
     cdef uint64_t stamp
     while t >= 0:
+        if r.links[t] != GT_NO_LINK:
+            nxt[n_nxt] = <uint32_t>t
+            return n_nxt + 1
         nd = &r.nodes[t]
-        stamp = r.node_stamp[t]
-        if stamp == r.gen or (nd.sink and stamp > r.call_gen):
-            break
-        r.node_stamp[t] = r.gen
-        if nd.loop and nd.acc_count and stamp <= r.call_gen:
-            # A '*' node that accepts stays active to the end, so its ids match: report them
-            # on first entry (allows the early exit of match_any).
-            if r.out == NULL:
-                return -1
-            _emit(r, nd)
-        if nd.sink:
-            break  # nothing more can happen in it: keep it out of the active set
+        if nd.loop:
+            stamp = r.node_stamp[t]
+            if stamp == r.gen or (nd.sink and stamp > r.call_gen):
+                break
+            r.node_stamp[t] = r.gen
+            if nd.acc_count and stamp <= r.call_gen:
+                # A '*' node that accepts stays active to the end, so its ids match: report them
+                # on first entry (allows the early exit of match_any).
+                if r.out == NULL:
+                    return -1
+                _emit(r, nd)
+            if nd.sink:
+                break  # nothing more can happen in it: keep it out of the active set
         nxt[n_nxt] = <uint32_t>t
         n_nxt += 1
         t = nd.star  # a '*' node has no '*' child (stars are collapsed), so this loops at most twice
