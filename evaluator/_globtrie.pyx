@@ -119,6 +119,9 @@ cdef uint8_t _SAME[256]
 cdef uint8_t _LOWER[256]
 # Length of the UTF-8 sequence introduced by a byte (1 for stray continuation/invalid bytes).
 cdef uint8_t _SEQ_LEN[256]
+# What a link reads as where its gt_node is asked for (it has none in GlobTrie._nodes): no '?' or
+# '*' edge, no ids, no stored edges (its byte edge is its entry in GlobTrie._links).
+cdef gt_node _LINK_NODE
 
 
 cdef void _init_tables() noexcept:
@@ -127,6 +130,8 @@ cdef void _init_tables() noexcept:
         _SAME[b] = b
         _LOWER[b] = b + 32 if 65 <= b <= 90 else b
         _SEQ_LEN[b] = 2 if 0xC0 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF else 4 if 0xF0 <= b <= 0xF7 else 1
+    memset(&_LINK_NODE, 0, sizeof(gt_node))
+    _LINK_NODE.qmark = _LINK_NODE.star = -1
 
 
 _init_tables()
@@ -137,7 +142,7 @@ _init_tables()
 # State of one match call, shared with the inline helpers.
 ctypedef struct gt_run:
     const gt_node* nodes
-    const uint8_t* links
+    const uint32_t* links
     const uint8_t* edge_bytes
     const int32_t* edge_targets
     const int32_t* acc
@@ -164,12 +169,20 @@ cdef inline void _emit(gt_run* r, const gt_node* nd) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+cdef inline const gt_node* _node(const gt_run* r, int32_t node) noexcept nogil:
+    """The gt_node of any node (a link reads as _LINK_NODE)."""
+    cdef uint32_t entry = r.links[node]
+    return &_LINK_NODE if entry < GT_STORED else &r.nodes[entry - GT_STORED]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef inline int32_t _child(const gt_run* r, int32_t node, uint8_t b) noexcept nogil:
     """Target of the byte edge b out of node (binary search over its sorted edges), or -1."""
-    cdef uint8_t link = r.links[node]
-    if link != GT_NO_LINK:
-        return node + 1 if link == b else -1
-    cdef const gt_node* nd = &r.nodes[node]
+    cdef uint32_t entry = r.links[node]
+    if entry < GT_STORED:
+        return node + 1 if entry == b else -1
+    cdef const gt_node* nd = &r.nodes[entry - GT_STORED]
     cdef uint32_t lo = nd.edge_start
     cdef uint32_t hi = lo + nd.n_edges
     cdef uint32_t mid
@@ -199,11 +212,13 @@ cdef inline Py_ssize_t _enter(gt_run* r, int32_t t, uint32_t* nxt, Py_ssize_t n_
     """
     cdef const gt_node* nd
     cdef uint64_t stamp
+    cdef uint32_t entry
     while t >= 0:
-        if r.links[t] != GT_NO_LINK:
+        entry = r.links[t]
+        if entry < GT_STORED:
             nxt[n_nxt] = <uint32_t>t
             return n_nxt + 1
-        nd = &r.nodes[t]
+        nd = &r.nodes[entry - GT_STORED]
         if nd.loop:
             stamp = r.node_stamp[t]
             if stamp == r.gen or (nd.sink and stamp > r.call_gen):
@@ -234,7 +249,7 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
     cdef const gt_node* nd
     cdef uint32_t* swap
     cdef Py_ssize_t j, q, n_nxt, width
-    cdef uint32_t s
+    cdef uint32_t s, entry
     cdef int32_t t
     while i < n and n_cur > 0:
         r.gen += 1
@@ -244,8 +259,9 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
             width = n - i
         for j in range(n_cur):
             s = cur[j]
-            if r.links[s] == GT_NO_LINK:  # a link has no '*' or '?' edge: its node need not be read
-                nd = &r.nodes[s]
+            entry = r.links[s]
+            if entry >= GT_STORED:  # a link has no '*' or '?' edge (and no gt_node)
+                nd = &r.nodes[entry - GT_STORED]
                 if nd.loop:
                     n_nxt = _enter(r, <int32_t>s, nxt, n_nxt)
                 if nd.qmark >= 0 and n_nxt >= 0:
@@ -267,7 +283,7 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
     # Input consumed (or no node left): the active nodes are the end states. Accepting '*'
     # nodes were reported when entered.
     for j in range(n_cur):
-        nd = &r.nodes[cur[j]]
+        nd = _node(r, cur[j])
         if nd.acc_count and not nd.loop:
             if r.out == NULL:
                 return 1
@@ -385,7 +401,7 @@ cdef inline Py_ssize_t _enter_d(gt_run* r, int32_t t, uint32_t* buf, Py_ssize_t 
         r.node_stamp[t] = r.gen
         buf[m] = <uint32_t>t
         m += 1
-        t = r.nodes[t].star
+        t = _node(r, t).star
     return m
 
 
@@ -409,7 +425,7 @@ cdef void _dfa_step(gt_run* r, gt_dfa* d, const gt_dstate* st, uint8_t b, gt_can
     if st.remaining == 0 and _SEQ_LEN[b] == 1:
         for k in range(st.n_lit):  # a one-byte code point: a whole NFA step
             x = src[k]
-            nd = &r.nodes[x]
+            nd = _node(r, x)
             if nd.loop:
                 m = _enter_d(r, x, lit, m)
             if nd.qmark >= 0:
@@ -421,7 +437,7 @@ cdef void _dfa_step(gt_run* r, gt_dfa* d, const gt_dstate* st, uint8_t b, gt_can
     elif st.remaining == 0:
         for k in range(st.n_lit):  # first byte of a longer code point
             x = src[k]
-            nd = &r.nodes[x]
+            nd = _node(r, x)
             if nd.loop:
                 nxt_pend[p] = <uint32_t>x
                 r.node_stamp[x] = r.gen
@@ -565,12 +581,12 @@ cdef int32_t _intern(gt_run* r, gt_dfa* d, const gt_cand* c) noexcept nogil:
     cdef const gt_node* nd
     for k in range(c.n_lit):
         dst[k] = <int32_t>d.tmp_a[k]
-        nd = &r.nodes[dst[k]]
+        nd = _node(r, dst[k])
         terminal = terminal and nd.sink
         any_acc = any_acc or nd.acc_count
     for k in range(c.n_pend):
         dst[c.n_lit + k] = <int32_t>d.tmp_b[k]
-        terminal = terminal and r.nodes[d.tmp_b[k]].sink
+        terminal = terminal and _node(r, d.tmp_b[k]).sink
     cache.pool_used += <int32_t>total
     cache.work += <uint64_t>total
     st.terminal = terminal
@@ -601,7 +617,7 @@ cdef Py_ssize_t _fallback(gt_run* r, gt_dfa* d, const gt_cand* c, const unsigned
     d.cache.fallbacks += 1
     if c.remaining == 0:
         for k in range(c.n_lit):
-            nd = &r.nodes[lit[k]]
+            nd = _node(r, lit[k])
             if nd.loop and nd.acc_count:
                 if r.out == NULL:
                     return 1
@@ -611,7 +627,7 @@ cdef Py_ssize_t _fallback(gt_run* r, gt_dfa* d, const gt_cand* c, const unsigned
                 m += 1
         return _nfa(r, text, n, i, lit, m, pend)
     for k in range(c.n_pend):
-        nd = &r.nodes[pend[k]]
+        nd = _node(r, pend[k])
         if nd.loop and nd.acc_count:
             if r.out == NULL:
                 return 1
@@ -656,7 +672,7 @@ cdef Py_ssize_t _accept(gt_run* r, gt_dfa* d, int32_t s, const int32_t* dense_to
             memcpy(r.out, d.pool + meta[GT_ROW_ACC], meta[GT_ROW_NACC] * sizeof(int32_t))
             return meta[GT_ROW_NACC]
         for k in range(st.n_lit):  # every node of the set: '*' nodes never left it
-            _emit(r, &r.nodes[src[k]])
+            _emit(r, _node(r, src[k]))
         _sort_ids(r.out, r.n_out, dense_to_id)
         if r.n_out <= d.pool_cap - d.cache.pool_used:
             meta[GT_ROW_ACC] = d.cache.pool_used
@@ -672,10 +688,10 @@ cdef Py_ssize_t _accept(gt_run* r, gt_dfa* d, int32_t s, const int32_t* dense_to
         m = _enter_d(r, src[k], d.tmp_a, m)
     ends = d.tmp_a
     for k in range(m):
-        if r.nodes[ends[k]].acc_count:
+        if _node(r, ends[k]).acc_count:
             if r.out == NULL:
                 return 1
-            _emit(r, &r.nodes[ends[k]])
+            _emit(r, _node(r, ends[k]))
     if r.out == NULL:
         return 0
     _sort_ids(r.out, r.n_out, dense_to_id)
@@ -880,13 +896,13 @@ cdef inline int32_t _dense(const gt_plan* p, int32_t pattern_id) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef Py_ssize_t _build(const gt_plan* p, gt_node* nodes, uint8_t* links, uint8_t* edge_bytes,
+cdef Py_ssize_t _build(const gt_plan* p, gt_node* nodes, uint32_t* links, uint8_t* edge_bytes,
                        int32_t* edge_targets, int32_t* acc, int32_t* path, int32_t* parent, uint8_t* in_byte,
                        uint8_t* used) noexcept nogil:
-    """Fill the zeroed nodes (p.n_nodes), their links, the byte edges of the other nodes and the
-    accept lists in one pass over the sorted records, numbering nodes as they first appear (depth
-    first, children in token order, so a run of links is numbered in a row); return the number
-    of byte edges stored.
+    """Fill the zeroed nodes (p.n_nodes), their entries in links (GT_STORED for the nodes that are
+    not links, see _pack_nodes), the byte edges of those nodes and the accept lists in one pass
+    over the sorted records, numbering nodes as they first appear (depth first, children in token
+    order, so a run of links is numbered in a row); return the number of byte edges stored.
 
     path[d] holds the node at depth d on the previous record's path (p.depth + 1 slots); the
     records sharing its first shared[k] tokens go through the same nodes. Each byte edge is kept
@@ -934,7 +950,7 @@ cdef Py_ssize_t _build(const gt_plan* p, gt_node* nodes, uint8_t* links, uint8_t
     for k in range(p.n_nodes):  # edge_start: the end of the node's edges for now
         nd = &nodes[k]
         nd.sink = nd.loop and nd.n_edges == 0 and nd.qmark < 0
-        links[k] = GT_NO_LINK
+        links[k] = GT_STORED
         if (nd.n_edges == 1 and nd.qmark < 0 and nd.star < 0 and not nd.loop and nd.acc_count == 0
                 and k + 1 < p.n_nodes and parent[k + 1] == k):
             links[k] = in_byte[k + 1]
@@ -943,11 +959,23 @@ cdef Py_ssize_t _build(const gt_plan* p, gt_node* nodes, uint8_t* links, uint8_t
         nd.edge_start = end
     for k in range(p.n_nodes - 1, 0, -1):
         up = parent[k]
-        if up >= 0 and links[up] == GT_NO_LINK:
+        if up >= 0 and links[up] >= GT_STORED:
             nodes[up].edge_start -= 1
             edge_bytes[nodes[up].edge_start] = in_byte[k]
             edge_targets[nodes[up].edge_start] = <int32_t>k
     return end
+
+
+cdef Py_ssize_t _pack_nodes(gt_node* nodes, uint32_t* links, Py_ssize_t n_nodes) noexcept nogil:
+    """Move the nodes that are not links to the front of nodes (which held every node so far), in
+    node order, and point their entries in links at them; return their number."""
+    cdef Py_ssize_t k, m = 0
+    for k in range(n_nodes):
+        if links[k] >= GT_STORED:
+            links[k] = <uint32_t>(GT_STORED + m)
+            nodes[m] = nodes[k]
+            m += 1
+    return m
 
 
 cdef tuple _cache_geometry(Py_ssize_t n_nodes):
@@ -1082,6 +1110,7 @@ cdef class GlobTrie:
         cdef int32_t* path = NULL
         cdef int32_t* parent = NULL
         cdef uint8_t* in_byte = NULL
+        cdef gt_node* nodes
         cdef uint8_t* edge_bytes
         cdef int32_t* edge_targets
         cdef uint8_t used[256]  # bytes on some edge
@@ -1104,7 +1133,7 @@ cdef class GlobTrie:
                                  f"and dfa_pool in [0, 2**30]")
             # +1: malloc(0) may return NULL, which would read as an allocation failure.
             self._nodes = <gt_node*>calloc(p.n_nodes, sizeof(gt_node))
-            self._links = <uint8_t*>malloc(p.n_nodes)
+            self._links = <uint32_t*>malloc(p.n_nodes * sizeof(uint32_t))
             self._edge_bytes = <uint8_t*>malloc(p.n_edges + 1)
             self._edge_targets = <int32_t*>malloc((p.n_edges + 1) * sizeof(int32_t))
             self._acc = <int32_t*>malloc((p.n_acc + 1) * sizeof(int32_t))
@@ -1118,7 +1147,12 @@ cdef class GlobTrie:
                 memcpy(self._ids, p.ids, p.n_ids * sizeof(int32_t))
                 self._n_edges = _build(&p, self._nodes, self._links, self._edge_bytes, self._edge_targets, self._acc,
                                        path, parent, in_byte, used)
-                # The links' edges are not stored: give back their room (a failed shrink keeps it).
+                # Links have no gt_node and their edges are not stored: give back their room (a
+                # failed shrink keeps it).
+                self._n_stored = _pack_nodes(self._nodes, self._links, p.n_nodes)
+                nodes = <gt_node*>realloc(self._nodes, self._n_stored * sizeof(gt_node))
+                if nodes != NULL:
+                    self._nodes = nodes
                 edge_bytes = <uint8_t*>realloc(self._edge_bytes, self._n_edges + 1)
                 if edge_bytes != NULL:
                     self._edge_bytes = edge_bytes
@@ -1150,7 +1184,8 @@ cdef class GlobTrie:
             self._free_arrays()
             raise
         self._set_geometry(states, pool, bound)
-        self.nbytes = (self._n_nodes * (sizeof(gt_node) + 1) + self._n_edges * (1 + sizeof(int32_t))
+        self.nbytes = (self._n_stored * sizeof(gt_node) + self._n_nodes * sizeof(uint32_t)
+                       + self._n_edges * (1 + sizeof(int32_t))
                        + (self._n_acc + self._n_ids) * sizeof(int32_t) + self._prefix_len)
         self._b_recs = None
         self.frozen = True
@@ -1160,7 +1195,7 @@ cdef class GlobTrie:
         boundary. A match compares them (folded) at once and starts at the node they lead to (the
         links are numbered in a row: node `cut`)."""
         cdef Py_ssize_t length = 0, cut = 0, p = 0
-        while self._links[length] != GT_NO_LINK:  # a link is never the last node
+        while self._links[length] < GT_STORED:  # a link is never the last node
             length += 1
         while p < length:  # longest run of whole code points
             p += _SEQ_LEN[self._links[p]]
@@ -1169,7 +1204,8 @@ cdef class GlobTrie:
         self._prefix = <uint8_t*>malloc(cut + 1)
         if self._prefix == NULL:
             raise MemoryError()
-        memcpy(self._prefix, self._links, cut)
+        for p in range(cut):
+            self._prefix[p] = <uint8_t>self._links[p]
         self._prefix_len = cut
         self._prefix_node = <int32_t>cut
         return 0
@@ -1391,8 +1427,7 @@ cdef class GlobTrie:
         cdef int k
         if self.frozen:
             nodes, n_ids = self._n_nodes, self._n_ids
-            memory = (self._n_nodes * (sizeof(gt_node) + 1) + self._n_edges * (sizeof(uint8_t) + sizeof(int32_t))
-                      + (self._n_acc + self._n_ids) * sizeof(int32_t))
+            memory = self.nbytes
             scratch = self.scratch_size()
         else:  # the shape freeze() would build
             memset(&p, 0, sizeof(p))

@@ -328,6 +328,14 @@ def test_stats():
     assert after["scratch_bytes"] > 0
 
 
+def test_literal_runs_take_a_few_bytes_a_character():
+    # Most nodes of a large trie are links of literal runs: 4 bytes each, with no node record or edge.
+    rng = random.Random(3)
+    entries = [("arn:aws:s3:::" + "".join(rng.choice("abcdef-/") for _ in range(200)) + "*", k) for k in range(100)]
+    trie = build(entries)
+    assert trie.nbytes < 5 * trie.get_stats()["nodes"]
+
+
 def test_empty_trie():
     trie = build([])
     assert trie.match("") == []
