@@ -178,11 +178,18 @@ cdef inline const gt_node* _node(const gt_run* r, int32_t node) noexcept nogil:
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef inline int32_t _child(const gt_run* r, int32_t node, uint8_t b) noexcept nogil:
-    """Target of the byte edge b out of node (binary search over its sorted edges), or -1."""
+    """Target of the byte edge b out of node, or -1."""
     cdef uint32_t entry = r.links[node]
     if entry < GT_STORED:
         return node + 1 if entry == b else -1
-    cdef const gt_node* nd = &r.nodes[entry - GT_STORED]
+    return _edge(r, &r.nodes[entry - GT_STORED], b)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline int32_t _edge(const gt_run* r, const gt_node* nd, uint8_t b) noexcept nogil:
+    """Target of the byte edge b out of a node that is not a link (binary search over its sorted
+    edges), or -1."""
     cdef uint32_t lo = nd.edge_start
     cdef uint32_t hi = lo + nd.n_edges
     cdef uint32_t mid
@@ -260,21 +267,29 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
         for j in range(n_cur):
             s = cur[j]
             entry = r.links[s]
-            if entry >= GT_STORED:  # a link has no '*' or '?' edge (and no gt_node)
+            if entry < GT_STORED:  # a link: no '*' or '?' edge, no gt_node
+                t = <int32_t>s + 1 if entry == r.fold[text[i]] else -1
+            else:
                 nd = &r.nodes[entry - GT_STORED]
-                if nd.loop:
-                    n_nxt = _enter(r, <int32_t>s, nxt, n_nxt)
-                if nd.qmark >= 0 and n_nxt >= 0:
+                if nd.loop and r.node_stamp[s] != r.gen:
+                    # It stays active (what _enter() does for a '*' node entered before in this
+                    # call: it is no sink, its ids were reported, and it has no '*' child).
+                    r.node_stamp[s] = r.gen
+                    nxt[n_nxt] = s
+                    n_nxt += 1
+                if nd.qmark >= 0:
                     n_nxt = _enter(r, nd.qmark, nxt, n_nxt)
-            t = <int32_t>s
-            for q in range(width):  # literal edges spell the code point byte by byte
-                t = _child(r, t, r.fold[text[i + q]])
+                    if n_nxt < 0:
+                        return 1
+                t = _edge(r, nd, r.fold[text[i]])
+            for q in range(1, width):  # literal edges spell the code point byte by byte
                 if t < 0:
                     break
-            if t >= 0 and n_nxt >= 0:
+                t = _child(r, t, r.fold[text[i + q]])
+            if t >= 0:
                 n_nxt = _enter(r, t, nxt, n_nxt)
-            if n_nxt < 0:
-                return 1
+                if n_nxt < 0:
+                    return 1
         swap = cur
         cur = nxt
         nxt = swap
