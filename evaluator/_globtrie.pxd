@@ -19,9 +19,10 @@ result as the NFA simulation, but which result that is, is unspecified.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
+# A node that is not a link (see GT_STORED); links have none.
 ctypedef struct gt_node:
     uint32_t edge_start   # first outgoing byte edge in GlobTrie._edge_bytes / _edge_targets
-    uint16_t n_edges      # number of byte edges (sorted by byte, at most 256)
+    uint16_t n_edges      # number of byte edges (sorted by byte, at most 256); 0 for a link
     uint8_t loop          # 1 if the node was reached through '*': it consumes any code point
     uint8_t sink          # 1 if loop and no way out: once reached, the whole input matches
     int32_t qmark         # target of the '?' edge, -1 if none
@@ -86,6 +87,12 @@ ctypedef struct gt_cache:
 
 
 cdef enum:
+    # A link of a literal run: a node that accepts no id, is not a '*' node, and has no way on but one
+    # byte edge, to the next node (node + 1). GlobTrie._links holds per node either the byte of a
+    # link (below GT_STORED) or GT_STORED + the index of the node's gt_node in GlobTrie._nodes: a run
+    # is walked reading one entry per node in a row, and links, most nodes of a large trie, have no
+    # gt_node.
+    GT_STORED = 256
     GT_SPARE_SLOTS = 8    # scratch buffers kept for reuse by the Python-level match()
 
 
@@ -105,12 +112,13 @@ cdef class GlobTrie:
     cdef Py_ssize_t _n_patterns
 
     # Frozen representation (C memory owned by the object).
-    cdef gt_node* _nodes
+    cdef gt_node* _nodes               # the nodes that are not links, in node order
+    cdef uint32_t* _links              # per node: the byte of a link, or GT_STORED + its index in _nodes
     cdef uint8_t* _edge_bytes
     cdef int32_t* _edge_targets
     cdef int32_t* _acc                 # dense indices into _ids
     cdef int32_t* _ids                 # distinct pattern ids, ascending
-    cdef Py_ssize_t _n_nodes, _n_edges, _n_acc, _n_ids
+    cdef Py_ssize_t _n_nodes, _n_stored, _n_edges, _n_acc, _n_ids  # _n_stored: nodes in _nodes
     cdef uint8_t* _prefix              # bytes every pattern starts with (whole code points, folded)
     cdef Py_ssize_t _prefix_len
     cdef int32_t _prefix_node          # the node they lead to: matching starts there

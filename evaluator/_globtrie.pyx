@@ -60,7 +60,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, qsort
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcpy, memset
 
 import enum
@@ -119,6 +119,9 @@ cdef uint8_t _SAME[256]
 cdef uint8_t _LOWER[256]
 # Length of the UTF-8 sequence introduced by a byte (1 for stray continuation/invalid bytes).
 cdef uint8_t _SEQ_LEN[256]
+# What a link reads as where its gt_node is asked for (it has none in GlobTrie._nodes): no '?' or
+# '*' edge, no ids, no stored edges (its byte edge is its entry in GlobTrie._links).
+cdef gt_node _LINK_NODE
 
 
 cdef void _init_tables() noexcept:
@@ -127,6 +130,8 @@ cdef void _init_tables() noexcept:
         _SAME[b] = b
         _LOWER[b] = b + 32 if 65 <= b <= 90 else b
         _SEQ_LEN[b] = 2 if 0xC0 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF else 4 if 0xF0 <= b <= 0xF7 else 1
+    memset(&_LINK_NODE, 0, sizeof(gt_node))
+    _LINK_NODE.qmark = _LINK_NODE.star = -1
 
 
 _init_tables()
@@ -137,6 +142,7 @@ _init_tables()
 # State of one match call, shared with the inline helpers.
 ctypedef struct gt_run:
     const gt_node* nodes
+    const uint32_t* links
     const uint8_t* edge_bytes
     const int32_t* edge_targets
     const int32_t* acc
@@ -163,9 +169,27 @@ cdef inline void _emit(gt_run* r, const gt_node* nd) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+cdef inline const gt_node* _node(const gt_run* r, int32_t node) noexcept nogil:
+    """The gt_node of any node (a link reads as _LINK_NODE)."""
+    cdef uint32_t entry = r.links[node]
+    return &_LINK_NODE if entry < GT_STORED else &r.nodes[entry - GT_STORED]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef inline int32_t _child(const gt_run* r, int32_t node, uint8_t b) noexcept nogil:
-    """Target of the byte edge b out of node (binary search over its sorted edges), or -1."""
-    cdef const gt_node* nd = &r.nodes[node]
+    """Target of the byte edge b out of node, or -1."""
+    cdef uint32_t entry = r.links[node]
+    if entry < GT_STORED:
+        return node + 1 if entry == b else -1
+    return _edge(r, &r.nodes[entry - GT_STORED], b)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline int32_t _edge(const gt_run* r, const gt_node* nd, uint8_t b) noexcept nogil:
+    """Target of the byte edge b out of a node that is not a link (binary search over its sorted
+    edges), or -1."""
     cdef uint32_t lo = nd.edge_start
     cdef uint32_t hi = lo + nd.n_edges
     cdef uint32_t mid
@@ -187,25 +211,34 @@ cdef inline int32_t _child(const gt_run* r, int32_t node, uint8_t b) noexcept no
 cdef inline Py_ssize_t _enter(gt_run* r, int32_t t, uint32_t* nxt, Py_ssize_t n_nxt) noexcept nogil:
     """NFA: make node t active for the next step (with its epsilon '*' child): push it on nxt.
 
-    Sinks are reported and left out of nxt. Returns the new length of nxt, or -1 when only a
-    yes/no answer is wanted (r.out is NULL) and a match is now certain.
+    Only '*' nodes can be entered twice in one step (through their parent's '*' edge and their
+    own loop): every other node has one parent and one edge from it, taken at most once a step,
+    so only '*' nodes carry stamps here (a link is pushed without reading its node). Sinks are
+    reported and left out of nxt. Returns the new length of nxt, or -1 when only a yes/no answer
+    is wanted (r.out is NULL) and a match is now certain.
     """
     cdef const gt_node* nd
     cdef uint64_t stamp
+    cdef uint32_t entry
     while t >= 0:
-        nd = &r.nodes[t]
-        stamp = r.node_stamp[t]
-        if stamp == r.gen or (nd.sink and stamp > r.call_gen):
-            break
-        r.node_stamp[t] = r.gen
-        if nd.loop and nd.acc_count and stamp <= r.call_gen:
-            # A '*' node that accepts stays active to the end, so its ids match: report them
-            # on first entry (allows the early exit of match_any).
-            if r.out == NULL:
-                return -1
-            _emit(r, nd)
-        if nd.sink:
-            break  # nothing more can happen in it: keep it out of the active set
+        entry = r.links[t]
+        if entry < GT_STORED:
+            nxt[n_nxt] = <uint32_t>t
+            return n_nxt + 1
+        nd = &r.nodes[entry - GT_STORED]
+        if nd.loop:
+            stamp = r.node_stamp[t]
+            if stamp == r.gen or (nd.sink and stamp > r.call_gen):
+                break
+            r.node_stamp[t] = r.gen
+            if nd.acc_count and stamp <= r.call_gen:
+                # A '*' node that accepts stays active to the end, so its ids match: report them
+                # on first entry (allows the early exit of match_any).
+                if r.out == NULL:
+                    return -1
+                _emit(r, nd)
+            if nd.sink:
+                break  # nothing more can happen in it: keep it out of the active set
         nxt[n_nxt] = <uint32_t>t
         n_nxt += 1
         t = nd.star  # a '*' node has no '*' child (stars are collapsed), so this loops at most twice
@@ -223,7 +256,7 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
     cdef const gt_node* nd
     cdef uint32_t* swap
     cdef Py_ssize_t j, q, n_nxt, width
-    cdef uint32_t s
+    cdef uint32_t s, entry
     cdef int32_t t
     while i < n and n_cur > 0:
         r.gen += 1
@@ -233,20 +266,30 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
             width = n - i
         for j in range(n_cur):
             s = cur[j]
-            nd = &r.nodes[s]
-            if nd.loop:
-                n_nxt = _enter(r, <int32_t>s, nxt, n_nxt)
-            if nd.qmark >= 0 and n_nxt >= 0:
-                n_nxt = _enter(r, nd.qmark, nxt, n_nxt)
-            t = <int32_t>s
-            for q in range(width):  # literal edges spell the code point byte by byte
-                t = _child(r, t, r.fold[text[i + q]])
+            entry = r.links[s]
+            if entry < GT_STORED:  # a link: no '*' or '?' edge, no gt_node
+                t = <int32_t>s + 1 if entry == r.fold[text[i]] else -1
+            else:
+                nd = &r.nodes[entry - GT_STORED]
+                if nd.loop and r.node_stamp[s] != r.gen:
+                    # It stays active (what _enter() does for a '*' node entered before in this
+                    # call: it is no sink, its ids were reported, and it has no '*' child).
+                    r.node_stamp[s] = r.gen
+                    nxt[n_nxt] = s
+                    n_nxt += 1
+                if nd.qmark >= 0:
+                    n_nxt = _enter(r, nd.qmark, nxt, n_nxt)
+                    if n_nxt < 0:
+                        return 1
+                t = _edge(r, nd, r.fold[text[i]])
+            for q in range(1, width):  # literal edges spell the code point byte by byte
                 if t < 0:
                     break
-            if t >= 0 and n_nxt >= 0:
+                t = _child(r, t, r.fold[text[i + q]])
+            if t >= 0:
                 n_nxt = _enter(r, t, nxt, n_nxt)
-            if n_nxt < 0:
-                return 1
+                if n_nxt < 0:
+                    return 1
         swap = cur
         cur = nxt
         nxt = swap
@@ -255,7 +298,7 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
     # Input consumed (or no node left): the active nodes are the end states. Accepting '*'
     # nodes were reported when entered.
     for j in range(n_cur):
-        nd = &r.nodes[cur[j]]
+        nd = _node(r, cur[j])
         if nd.acc_count and not nd.loop:
             if r.out == NULL:
                 return 1
@@ -373,7 +416,7 @@ cdef inline Py_ssize_t _enter_d(gt_run* r, int32_t t, uint32_t* buf, Py_ssize_t 
         r.node_stamp[t] = r.gen
         buf[m] = <uint32_t>t
         m += 1
-        t = r.nodes[t].star
+        t = _node(r, t).star
     return m
 
 
@@ -397,7 +440,7 @@ cdef void _dfa_step(gt_run* r, gt_dfa* d, const gt_dstate* st, uint8_t b, gt_can
     if st.remaining == 0 and _SEQ_LEN[b] == 1:
         for k in range(st.n_lit):  # a one-byte code point: a whole NFA step
             x = src[k]
-            nd = &r.nodes[x]
+            nd = _node(r, x)
             if nd.loop:
                 m = _enter_d(r, x, lit, m)
             if nd.qmark >= 0:
@@ -409,7 +452,7 @@ cdef void _dfa_step(gt_run* r, gt_dfa* d, const gt_dstate* st, uint8_t b, gt_can
     elif st.remaining == 0:
         for k in range(st.n_lit):  # first byte of a longer code point
             x = src[k]
-            nd = &r.nodes[x]
+            nd = _node(r, x)
             if nd.loop:
                 nxt_pend[p] = <uint32_t>x
                 r.node_stamp[x] = r.gen
@@ -553,12 +596,12 @@ cdef int32_t _intern(gt_run* r, gt_dfa* d, const gt_cand* c) noexcept nogil:
     cdef const gt_node* nd
     for k in range(c.n_lit):
         dst[k] = <int32_t>d.tmp_a[k]
-        nd = &r.nodes[dst[k]]
+        nd = _node(r, dst[k])
         terminal = terminal and nd.sink
         any_acc = any_acc or nd.acc_count
     for k in range(c.n_pend):
         dst[c.n_lit + k] = <int32_t>d.tmp_b[k]
-        terminal = terminal and r.nodes[d.tmp_b[k]].sink
+        terminal = terminal and _node(r, d.tmp_b[k]).sink
     cache.pool_used += <int32_t>total
     cache.work += <uint64_t>total
     st.terminal = terminal
@@ -589,7 +632,7 @@ cdef Py_ssize_t _fallback(gt_run* r, gt_dfa* d, const gt_cand* c, const unsigned
     d.cache.fallbacks += 1
     if c.remaining == 0:
         for k in range(c.n_lit):
-            nd = &r.nodes[lit[k]]
+            nd = _node(r, lit[k])
             if nd.loop and nd.acc_count:
                 if r.out == NULL:
                     return 1
@@ -599,7 +642,7 @@ cdef Py_ssize_t _fallback(gt_run* r, gt_dfa* d, const gt_cand* c, const unsigned
                 m += 1
         return _nfa(r, text, n, i, lit, m, pend)
     for k in range(c.n_pend):
-        nd = &r.nodes[pend[k]]
+        nd = _node(r, pend[k])
         if nd.loop and nd.acc_count:
             if r.out == NULL:
                 return 1
@@ -644,7 +687,7 @@ cdef Py_ssize_t _accept(gt_run* r, gt_dfa* d, int32_t s, const int32_t* dense_to
             memcpy(r.out, d.pool + meta[GT_ROW_ACC], meta[GT_ROW_NACC] * sizeof(int32_t))
             return meta[GT_ROW_NACC]
         for k in range(st.n_lit):  # every node of the set: '*' nodes never left it
-            _emit(r, &r.nodes[src[k]])
+            _emit(r, _node(r, src[k]))
         _sort_ids(r.out, r.n_out, dense_to_id)
         if r.n_out <= d.pool_cap - d.cache.pool_used:
             meta[GT_ROW_ACC] = d.cache.pool_used
@@ -660,10 +703,10 @@ cdef Py_ssize_t _accept(gt_run* r, gt_dfa* d, int32_t s, const int32_t* dense_to
         m = _enter_d(r, src[k], d.tmp_a, m)
     ends = d.tmp_a
     for k in range(m):
-        if r.nodes[ends[k]].acc_count:
+        if _node(r, ends[k]).acc_count:
             if r.out == NULL:
                 return 1
-            _emit(r, &r.nodes[ends[k]])
+            _emit(r, _node(r, ends[k]))
     if r.out == NULL:
         return 0
     _sort_ids(r.out, r.n_out, dense_to_id)
@@ -868,10 +911,13 @@ cdef inline int32_t _dense(const gt_plan* p, int32_t pattern_id) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void _build(const gt_plan* p, gt_node* nodes, uint8_t* edge_bytes, int32_t* edge_targets, int32_t* acc,
-                 int32_t* path, int32_t* parent, uint8_t* in_byte, uint8_t* used) noexcept nogil:
-    """Fill the zeroed nodes (p.n_nodes), byte edges and accept lists in one pass over the
-    sorted records, numbering nodes as they first appear (depth first, children in token order).
+cdef Py_ssize_t _build(const gt_plan* p, gt_node* nodes, uint32_t* links, uint8_t* edge_bytes,
+                       int32_t* edge_targets, int32_t* acc, int32_t* path, int32_t* parent, uint8_t* in_byte,
+                       uint8_t* used) noexcept nogil:
+    """Fill the zeroed nodes (p.n_nodes), their entries in links (GT_STORED for the nodes that are
+    not links, see _pack_nodes), the byte edges of those nodes and the accept lists in one pass
+    over the sorted records, numbering nodes as they first appear (depth first, children in token
+    order, so a run of links is numbered in a row); return the number of byte edges stored.
 
     path[d] holds the node at depth d on the previous record's path (p.depth + 1 slots); the
     records sharing its first shared[k] tokens go through the same nodes. Each byte edge is kept
@@ -918,15 +964,33 @@ cdef void _build(const gt_plan* p, gt_node* nodes, uint8_t* edge_bytes, int32_t*
         a += 1
     for k in range(p.n_nodes):  # edge_start: the end of the node's edges for now
         nd = &nodes[k]
+        nd.sink = nd.loop and nd.n_edges == 0 and nd.qmark < 0
+        links[k] = GT_STORED
+        if (nd.n_edges == 1 and nd.qmark < 0 and nd.star < 0 and not nd.loop and nd.acc_count == 0
+                and k + 1 < p.n_nodes and parent[k + 1] == k):
+            links[k] = in_byte[k + 1]
+            nd.n_edges = 0
         end += nd.n_edges
         nd.edge_start = end
-        nd.sink = nd.loop and nd.n_edges == 0 and nd.qmark < 0
     for k in range(p.n_nodes - 1, 0, -1):
         up = parent[k]
-        if up >= 0:
+        if up >= 0 and links[up] >= GT_STORED:
             nodes[up].edge_start -= 1
             edge_bytes[nodes[up].edge_start] = in_byte[k]
             edge_targets[nodes[up].edge_start] = <int32_t>k
+    return end
+
+
+cdef Py_ssize_t _pack_nodes(gt_node* nodes, uint32_t* links, Py_ssize_t n_nodes) noexcept nogil:
+    """Move the nodes that are not links to the front of nodes (which held every node so far), in
+    node order, and point their entries in links at them; return their number."""
+    cdef Py_ssize_t k, m = 0
+    for k in range(n_nodes):
+        if links[k] >= GT_STORED:
+            links[k] = <uint32_t>(GT_STORED + m)
+            nodes[m] = nodes[k]
+            m += 1
+    return m
 
 
 cdef tuple _cache_geometry(Py_ssize_t n_nodes):
@@ -969,12 +1033,14 @@ cdef class GlobTrie:
 
     cdef void _free_arrays(self) noexcept:
         free(self._nodes)
+        free(self._links)
         free(self._edge_bytes)
         free(self._edge_targets)
         free(self._acc)
         free(self._ids)
         free(self._prefix)
         self._nodes = NULL
+        self._links = NULL
         self._edge_bytes = NULL
         self._edge_targets = NULL
         self._acc = NULL
@@ -1059,6 +1125,9 @@ cdef class GlobTrie:
         cdef int32_t* path = NULL
         cdef int32_t* parent = NULL
         cdef uint8_t* in_byte = NULL
+        cdef gt_node* nodes
+        cdef uint8_t* edge_bytes
+        cdef int32_t* edge_targets
         cdef uint8_t used[256]  # bytes on some edge
         cdef bint ok = False
         cdef int b
@@ -1079,6 +1148,7 @@ cdef class GlobTrie:
                                  f"and dfa_pool in [0, 2**30]")
             # +1: malloc(0) may return NULL, which would read as an allocation failure.
             self._nodes = <gt_node*>calloc(p.n_nodes, sizeof(gt_node))
+            self._links = <uint32_t*>malloc(p.n_nodes * sizeof(uint32_t))
             self._edge_bytes = <uint8_t*>malloc(p.n_edges + 1)
             self._edge_targets = <int32_t*>malloc((p.n_edges + 1) * sizeof(int32_t))
             self._acc = <int32_t*>malloc((p.n_acc + 1) * sizeof(int32_t))
@@ -1086,11 +1156,24 @@ cdef class GlobTrie:
             path = <int32_t*>malloc((p.depth + 1) * sizeof(int32_t))
             parent = <int32_t*>malloc(p.n_nodes * sizeof(int32_t))
             in_byte = <uint8_t*>malloc(p.n_nodes)
-            ok = (self._nodes and self._edge_bytes and self._edge_targets and self._acc and self._ids
+            ok = (self._nodes and self._links and self._edge_bytes and self._edge_targets and self._acc and self._ids
                   and path and parent and in_byte)
             if ok:
                 memcpy(self._ids, p.ids, p.n_ids * sizeof(int32_t))
-                _build(&p, self._nodes, self._edge_bytes, self._edge_targets, self._acc, path, parent, in_byte, used)
+                self._n_edges = _build(&p, self._nodes, self._links, self._edge_bytes, self._edge_targets, self._acc,
+                                       path, parent, in_byte, used)
+                # Links have no gt_node and their edges are not stored: give back their room (a
+                # failed shrink keeps it).
+                self._n_stored = _pack_nodes(self._nodes, self._links, p.n_nodes)
+                nodes = <gt_node*>realloc(self._nodes, self._n_stored * sizeof(gt_node))
+                if nodes != NULL:
+                    self._nodes = nodes
+                edge_bytes = <uint8_t*>realloc(self._edge_bytes, self._n_edges + 1)
+                if edge_bytes != NULL:
+                    self._edge_bytes = edge_bytes
+                edge_targets = <int32_t*>realloc(self._edge_targets, (self._n_edges + 1) * sizeof(int32_t))
+                if edge_targets != NULL:
+                    self._edge_targets = edge_targets
         finally:
             free(path)
             free(parent)
@@ -1100,7 +1183,6 @@ cdef class GlobTrie:
             self._free_arrays()  # stay unfrozen and consistent; freeze() may be retried
             raise MemoryError()
         self._n_nodes = p.n_nodes
-        self._n_edges = p.n_edges
         self._n_acc = p.n_acc
         self._n_ids = p.n_ids
         # Byte classes: a byte on an edge (after folding) is its own class; the others only
@@ -1117,37 +1199,30 @@ cdef class GlobTrie:
             self._free_arrays()
             raise
         self._set_geometry(states, pool, bound)
-        self.nbytes = (self._n_nodes * sizeof(gt_node) + self._n_edges * (1 + sizeof(int32_t))
+        self.nbytes = (self._n_stored * sizeof(gt_node) + self._n_nodes * sizeof(uint32_t)
+                       + self._n_edges * (1 + sizeof(int32_t))
                        + (self._n_acc + self._n_ids) * sizeof(int32_t) + self._prefix_len)
         self._b_recs = None
         self.frozen = True
 
     cdef int _set_prefix(self) except -1:
-        """The bytes every pattern starts with: the path from the root through nodes with a
-        single byte edge and nothing else, cut at a code point boundary. A match compares them
-        (folded) at once and starts at the node they lead to."""
-        cdef Py_ssize_t node = 0, length = 0, cut = 0, p = 0
-        cdef gt_node* nd
-        prefix = bytearray()
-        while True:
-            nd = &self._nodes[node]
-            if nd.n_edges != 1 or nd.qmark >= 0 or nd.star >= 0 or nd.acc_count or nd.loop:
-                break
-            prefix.append(self._edge_bytes[nd.edge_start])
-            node = self._edge_targets[nd.edge_start]
-        while p < len(prefix):  # longest run of whole code points
-            p += _SEQ_LEN[prefix[p]]
-            if p <= len(prefix):
+        """The bytes every pattern starts with: the run of links from the root, cut at a code point
+        boundary. A match compares them (folded) at once and starts at the node they lead to (the
+        links are numbered in a row: node `cut`)."""
+        cdef Py_ssize_t length = 0, cut = 0, p = 0
+        while self._links[length] < GT_STORED:  # a link is never the last node
+            length += 1
+        while p < length:  # longest run of whole code points
+            p += _SEQ_LEN[self._links[p]]
+            if p <= length:
                 cut = p
         self._prefix = <uint8_t*>malloc(cut + 1)
         if self._prefix == NULL:
             raise MemoryError()
-        node = 0
         for p in range(cut):
-            self._prefix[p] = prefix[p]
-            node = self._edge_targets[self._nodes[node].edge_start]
+            self._prefix[p] = <uint8_t>self._links[p]
         self._prefix_len = cut
-        self._prefix_node = <int32_t>node
+        self._prefix_node = <int32_t>cut
         return 0
 
     cdef int _set_geometry(self, Py_ssize_t states, Py_ssize_t pool, Py_ssize_t cap) except -1:
@@ -1242,6 +1317,7 @@ cdef class GlobTrie:
         cdef uint64_t* counter = <uint64_t*>(base + self._off_stamps)
         cdef gt_run r
         r.nodes = self._nodes
+        r.links = self._links
         r.edge_bytes = self._edge_bytes
         r.edge_targets = self._edge_targets
         r.acc = self._acc
@@ -1366,8 +1442,7 @@ cdef class GlobTrie:
         cdef int k
         if self.frozen:
             nodes, n_ids = self._n_nodes, self._n_ids
-            memory = (self._n_nodes * sizeof(gt_node) + self._n_edges * (sizeof(uint8_t) + sizeof(int32_t))
-                      + (self._n_acc + self._n_ids) * sizeof(int32_t))
+            memory = self.nbytes
             scratch = self.scratch_size()
         else:  # the shape freeze() would build
             memset(&p, 0, sizeof(p))

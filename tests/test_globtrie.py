@@ -128,6 +128,73 @@ def test_any_bytes_give_the_nfa_result(entries, ignore_case, inputs, data):
             assert [trie._match_utf8(text) for text in inputs] == expected, (entries, geometry)
 
 
+# ---------------------------------------------------------------------- literal runs
+# A chain of nodes with one byte edge each (a "link": see GT_NO_LINK in _globtrie.pxd) is walked
+# one byte per node from a byte array. These patterns make long runs, broken by '*' and '?',
+# ending where another pattern ends or branches off, and spelling multi-byte characters.
+
+RUN_CHARS = "abAB:/-é日😀"
+runs = st.text(RUN_CHARS, min_size=1, max_size=40)
+run_patterns = st.lists(st.one_of(runs, st.just(STAR), st.just(QMARK)), min_size=1, max_size=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(patterns=st.lists(run_patterns, min_size=1, max_size=6), ignore_case=st.booleans(), data=st.data())
+def test_long_literal_runs_match_the_oracle(patterns, ignore_case, data):
+    entries = [(tokens, number) for number, tokens in enumerate(patterns)]
+    for tokens in patterns:  # patterns that are prefixes of others: a run ends inside another
+        text = "".join(t for t in tokens if isinstance(t, str))
+        cut = data.draw(st.integers(0, len(text)))
+        entries.append((text[:cut], len(entries)))
+    inputs = [instantiate(data, tokens) for tokens, _ in entries]
+    inputs += [text[:-1] for text in inputs if text] + [text + "a" for text in inputs]
+    inputs += [text[:k] + "x" + text[k + 1:] for text in inputs if text for k in [len(text) // 2]]  # a run broken
+    if ignore_case:
+        inputs += [text.swapcase() for text in inputs]
+    expected = [oracle(entries, text, ignore_case) for text in inputs]
+    for geometry in GEOMETRIES:
+        trie = build(entries, ignore_case, **geometry)
+        for _ in range(2):
+            assert [trie.match(text) for text in inputs] == expected, (entries, geometry)
+    # Raw bytes: cut inside a multi-byte character of a run, or an invalid byte in place of one
+    # (0xFF included, the byte that marks nodes that are not links): the DFA gives the NFA's result.
+    raw = [text.encode() for text in inputs[:8]]
+    raw += [data[:k] for data in raw for k in range(1, len(data), 3)]
+    raw += [data[:k] + bytes([bad]) + data[k + 1:] for data in raw[:8] for k in [len(data) // 3]
+            for bad in (0xFF, 0x80, 0xE6)]
+    nfa = build(entries, ignore_case, **NFA_ONLY)
+    expected_raw = [nfa._match_utf8(data) for data in raw]
+    for geometry in [DEFAULT, *TINY_CACHES]:
+        trie = build(entries, ignore_case, **geometry)
+        for _ in range(2):
+            assert [trie._match_utf8(data) for data in raw] == expected_raw, (entries, geometry)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=["dfa", "nfa", "tiny-1", "tiny-4", "tiny-3"])
+def test_literal_run_cases(geometry):
+    run = "team-0123-" * 10 + "é日😀"
+    shout = run[:-3].upper() + run[-3:]  # ignore_case folds ASCII letters only
+    entries = [(run, 1), (run + "*", 2), (run[:50] + "?" + run[51:], 3), (run[:50], 4), (run[:30] + "*x", 5),
+               ("arn:aws:s3:::" + run, 6), ("ARN:AWS:S3:::" + shout + "Z", 7)]
+    cases = {run: [1, 2, 3], run + "z": [2], run[:50]: [4], run[:50] + "Q" + run[51:]: [3], run[:49]: [],
+             run[:30] + "anything-x": [5], run[:30] + "x": [5], run[:-1]: [], run[:-1] + "😁": [],
+             "arn:aws:s3:::" + run: [6], "ARN:AWS:S3:::" + shout + "Z": [7], "": []}
+    trie = build(entries, **geometry)
+    folded = build(entries, ignore_case=True, **geometry)
+    for _ in range(2):
+        assert {text: trie.match(text) for text in cases} == cases
+        assert folded.match(shout) == [1, 2, 3] and folded.match(run.upper()) == []
+        assert folded.match("arn:aws:s3:::" + run + "z") == [7]
+        assert folded.match("arn:aws:s3:::" + run) == [6]
+    data = run.encode()
+    nfa = build(entries, **NFA_ONLY)
+    for k in range(0, len(data), 7):  # the byte that marks non-links, anywhere in a run, never follows a link
+        for bad in (0xFF, 0xC0, 0x80):
+            broken = data[:k] + bytes([bad]) + data[k + 1:]
+            assert trie._match_utf8(broken) == nfa._match_utf8(broken)
+            assert 1 not in trie._match_utf8(broken)
+
+
 # ---------------------------------------------------------------------- focused cases
 
 
@@ -259,6 +326,14 @@ def test_stats():
     assert before["memory_bytes"] == 0
     assert after["memory_bytes"] > 0
     assert after["scratch_bytes"] > 0
+
+
+def test_literal_runs_take_a_few_bytes_a_character():
+    # Most nodes of a large trie are links of literal runs: 4 bytes each, with no node record or edge.
+    rng = random.Random(3)
+    entries = [("arn:aws:s3:::" + "".join(rng.choice("abcdef-/") for _ in range(200)) + "*", k) for k in range(100)]
+    trie = build(entries)
+    assert trie.nbytes < 5 * trie.get_stats()["nodes"]
 
 
 def test_empty_trie():
