@@ -123,22 +123,19 @@ cdef bint segments_equal(const pseg* segs, Py_ssize_t nseg, const char* text,
 
 
 cdef void _close_run(list run, list pieces) except *:
-    """Append the static run (chunks of text, wildcards or not) as one piece, unless empty."""
-    data = bytearray()
-    toks = []
+    """Append the static run (chunks of text, wildcards or not) as one piece, unless empty: its bytes and
+    where a '*' or '?' in them is literal (a ${*} or ${?}); freeze() makes the tokens from both."""
+    cdef list encoded = []
+    cdef list literal = []
+    cdef Py_ssize_t at = 0
     for chunk, wild in run:
-        for ch in chunk:
-            encoded = ch.encode("utf-8", "surrogatepass")
-            data += encoded
-            if wild and ch == "*":
-                toks.append(PT_STAR)
-            elif wild and ch == "?":
-                toks.append(PT_QMARK)
-            else:
-                toks.extend(encoded)
+        if not wild and (chunk == "*" or chunk == "?"):  # ${*} or ${?}
+            literal.append(at)
+        encoded.append(chunk.encode("utf-8", "surrogatepass"))
+        at += len(encoded[-1])
     run.clear()
-    if data:
-        pieces.append((-1, bytes(data), toks, False))
+    if at:
+        pieces.append((-1, b"".join(encoded), literal, False))
 
 
 # ---------------------------------------------------------------------- PatternSet
@@ -188,7 +185,8 @@ cdef class PatternSet:
         return found
 
     cdef list _parse(self, str text, bint substitute):
-        """Pieces of a pattern: (key id, bytes, tokens, has default); key id -1 for static text.
+        """Pieces of a pattern: (key id, bytes, literal, has default); key id -1 for static text,
+        whose ``literal`` lists the offsets of the '*' and '?' that are not wildcards (None for a variable).
 
         Static text keeps '*' and '?' as wildcards; a variable's default and ${*}, ${?}, ${$}
         are literal. Adjacent static runs are merged into one piece.
@@ -228,7 +226,7 @@ cdef class PatternSet:
         cdef list build = self._build
         cdef Py_ssize_t n_patterns = len(build)
         cdef Py_ssize_t n_pieces = sum(len(pieces) for pieces in build)
-        cdef Py_ssize_t n_tokens = sum(len(p[2]) for pieces in build for p in pieces if p[2] is not None)
+        cdef Py_ssize_t n_tokens = sum(len(p[1]) for pieces in build for p in pieces if p[0] < 0)
         # +1: malloc(0) may return NULL, which would read as an allocation failure.
         self._pieces = <pseg*>calloc(n_pieces + 1, sizeof(pseg))
         self._piece_key = <int32_t*>malloc((n_pieces + 1) * sizeof(int32_t))
@@ -243,6 +241,7 @@ cdef class PatternSet:
             raise MemoryError()
         cdef Py_ssize_t i, k, piece = 0, tok = 0, max_segments = 1
         cdef bytes data
+        cdef const unsigned char* text
         for i in range(n_patterns):
             pieces = build[i]
             self._first[i] = piece
@@ -250,19 +249,26 @@ cdef class PatternSet:
             self._has_vars[i] = any(p[0] >= 0 for p in pieces)
             if self._has_vars[i] and len(pieces) > max_segments:
                 max_segments = len(pieces)
-            for key_id, data, toks, has_default in pieces:
+            for key_id, data, literal, has_default in pieces:
                 self._keep.append(data)
                 self._pieces[piece].text = PyBytes_AS_STRING(data)
                 self._pieces[piece].len = len(data)
                 self._piece_key[piece] = key_id
                 self._piece_default[piece] = has_default
-                if toks is None:
+                if literal is None:
                     self._pieces[piece].toks = NULL
                 else:
                     self._pieces[piece].toks = &self._tokens[tok]
-                    for k in range(len(toks)):
-                        self._tokens[tok] = toks[k]
-                        tok += 1
+                    text = <const unsigned char*>PyBytes_AS_STRING(data)
+                    for k in range(len(data)):  # no byte of a non-ASCII code point's UTF-8 is '*' or '?'
+                        self._tokens[tok + k] = text[k]
+                        if text[k] == b'*':
+                            self._tokens[tok + k] = PT_STAR
+                        elif text[k] == b'?':
+                            self._tokens[tok + k] = PT_QMARK
+                    for k in literal:
+                        self._tokens[tok + k] = text[k]
+                    tok += len(data)
                 piece += 1
         self._n_patterns = n_patterns
         self._n_pieces = n_pieces
