@@ -243,7 +243,7 @@ class _Parser:
             self.error("E007", "/Statement", f"Statement must be an object or a list, not a {_type_name(raw)}")
             return ()
         statements = []
-        sids: dict[str, str] = {}
+        sids: dict[str, tuple] = {}  # where each Sid was first used
         for index, (where, item) in enumerate(items):
             statement = self.statement(item, index, where)
             if statement is None:
@@ -252,9 +252,10 @@ class _Parser:
                 if statement.sid in sids:
                     self.error(
                         "E008", pointer(*where, "Sid"),
-                        f"duplicate Sid {statement.sid!r} (first used at {sids[statement.sid]})",
+                        f"duplicate Sid {statement.sid!r} (first used at {pointer(*sids[statement.sid], 'Sid')})",
                     )
-                sids.setdefault(statement.sid, pointer(*where, "Sid"))
+                else:
+                    sids[statement.sid] = where
             statements.append(statement)
         return tuple(statements)
 
@@ -270,9 +271,9 @@ class _Parser:
             self.error("E007", pointer(*where, "Sid"), f"Sid must be a string, not a {_type_name(sid)}")
             sid = None
         effect = self.effect(raw, where)
-        actions, not_actions = self.either(raw, where, "Action", "NotAction", self.action, required=True)
+        actions, not_actions = self.either(raw, where, "Action", "NotAction", self.actions, required=True)
         resources, not_resources = self.either(
-            raw, where, "Resource", "NotResource", self.resource,
+            raw, where, "Resource", "NotResource", self.resources,
             required=self.kind is PolicyKind.IDENTITY,
         )
         principal, not_principal = self.principals(raw, where)
@@ -305,19 +306,18 @@ class _Parser:
             if required:
                 self.error("E012", pointer(*where), f"statement needs {positive} or {negative}")
             return None, None
-        values = []
-        for key in (positive, negative):
-            if key not in raw:
-                values.append(None)
-                continue
-            at = (*where, key)
-            strings = self.string_list(raw[key], at)
-            if strings is not None:
-                listed = not isinstance(raw[key], str)
-                for i, text in enumerate(strings):
-                    check(text, at, i if listed else None)
-            values.append(strings)
-        return values[0], values[1]
+        return self.entries(raw, where, positive, check), self.entries(raw, where, negative, check)
+
+    def entries(self, raw: dict, where: tuple, key: str, check) -> tuple[str, ...] | None:
+        """One Action, NotAction, Resource or NotResource element (None if absent or invalid), its entries
+        checked together by ``check``."""
+        if key not in raw:
+            return None
+        value = raw[key]
+        strings = self.string_list(value, (*where, key))
+        if strings is not None:
+            check(strings, (*where, key), not isinstance(value, str))
+        return strings
 
     def string_list(self, value: Any, where: tuple) -> tuple[str, ...] | None:
         if isinstance(value, str):
@@ -341,30 +341,33 @@ class _Parser:
                 ok = False
         return tuple(value) if ok else None
 
-    # The checks of one Action or Resource entry: ``where`` the key, ``index`` its place in a list (None
-    # for a single string); a pointer is made only for a finding.
+    # The checks of the entries of one Action or Resource element: ``where`` the key, ``listed`` whether they
+    # were given as a list (a pointer then names an entry by its place); a pointer is made only for a finding.
 
-    def action(self, text: str, where: tuple, index: int | None) -> None:
-        if text != "*" and not ACTION_SYNTAX.fullmatch(text):
-            self.error(
-                "E015", _entry(where, index),
-                f"{text!r} is not an action: write service:Action (wildcards * and ? allowed) or \"*\"",
-            )
+    def actions(self, texts: tuple[str, ...], where: tuple, listed: bool) -> None:
+        for i, text in enumerate(texts):
+            if text != "*" and not ACTION_SYNTAX.fullmatch(text):
+                self.error(
+                    "E015", _entry(where, i if listed else None),
+                    f"{text!r} is not an action: write service:Action (wildcards * and ? allowed) or \"*\"",
+                )
 
-    def resource(self, text: str, where: tuple, index: int | None) -> None:
-        if text == "*":
-            return
-        if "${" in text and self.version == "2012-10-17":
-            self.variables(text, where if index is None else (*where, index))
-        masked = VARIABLE.sub("v", text)
-        fields = masked.split(":", 5)
-        if len(fields) < 6 or fields[0] != "arn":
-            self.error(
-                "E016", _entry(where, index),
-                f"{text!r} is not an ARN pattern: expected \"*\" or arn:partition:service:region:account:resource",
-            )
-        elif not fields[2]:
-            self.error("E016", _entry(where, index), f"{text!r} has an empty service field")
+    def resources(self, texts: tuple[str, ...], where: tuple, listed: bool) -> None:
+        for i, text in enumerate(texts):
+            if text == "*":
+                continue
+            index = i if listed else None
+            if "${" in text and self.version == "2012-10-17":
+                self.variables(text, where if index is None else (*where, index))
+            masked = VARIABLE.sub("v", text)
+            fields = masked.split(":", 5)
+            if len(fields) < 6 or fields[0] != "arn":
+                self.error(
+                    "E016", _entry(where, index),
+                    f"{text!r} is not an ARN pattern: expected \"*\" or arn:partition:service:region:account:resource",
+                )
+            elif not fields[2]:
+                self.error("E016", _entry(where, index), f"{text!r} has an empty service field")
 
     def variables(self, text: str, where: tuple) -> None:
         unclosed = "${" in VARIABLE.sub("", text)
