@@ -112,19 +112,23 @@ def _entry(where: tuple, index: int | None) -> str:
 
 def _readable(doc: Any) -> bool:
     """Level by level: each level's keys and strings are checked as one text (a lone surrogate stays
-    one when joined), and a level deeper than MAX_DEPTH means no."""
+    one when joined), and a level deeper than MAX_DEPTH means no. A list of strings (Action, Resource)
+    goes to the next level already joined: one text there, as its strings would be."""
     level = [doc]
     for _ in range(MAX_DEPTH + 1):
         nested: list = []
         texts: list = []
         for value in level:
-            if isinstance(value, dict):
+            if isinstance(value, str):
+                texts.append(value)
+            elif isinstance(value, dict):
                 texts.extend(value)
                 nested.extend(value.values())
-            elif isinstance(value, list):
-                nested.extend(value)
-            elif isinstance(value, str):
-                texts.append(value)
+            elif isinstance(value, list) and value:
+                try:
+                    nested.append("".join(value))
+                except TypeError:  # not only strings
+                    nested.extend(value)
         try:
             joined = "".join(texts)
         except TypeError:  # a key that is not a string: only the strings are text
