@@ -151,6 +151,7 @@ cdef class PatternSet:
     def __cinit__(self, dict key_ids):
         self._key_ids = key_ids
         self._build = []
+        self._ids = {}
         self._keep = []
 
     def __dealloc__(self):
@@ -211,13 +212,17 @@ cdef class PatternSet:
         return pieces
 
     def add(self, str text, bint substitute):
-        """Add a pattern; return its index. substitute: the policy has Version 2012-10-17, so
-        ${...} is a policy variable (otherwise it is plain text). Raises ValueError after
-        freeze()."""
+        """Add a pattern; return its index (the same for the same text and substitute: policies repeat
+        their condition values). substitute: the policy has Version 2012-10-17, so ${...} is a policy
+        variable (otherwise it is plain text). Raises ValueError after freeze()."""
         if self.frozen:
             raise ValueError("PatternSet is frozen; add() must come before freeze()")
-        self._build.append(self._parse(text, substitute))
-        return len(self._build) - 1
+        key = (text, substitute)
+        index = self._ids.get(key)
+        if index is None:
+            index = self._ids[key] = len(self._build)
+            self._build.append(self._parse(text, substitute))
+        return index
 
     def freeze(self):
         """Compile the patterns into flat C arrays; later calls do nothing."""
@@ -275,7 +280,7 @@ cdef class PatternSet:
         self._max_segments = max_segments
         self.nbytes = (n_pieces * (sizeof(pseg) + sizeof(int32_t) + 1) + n_tokens * sizeof(ptok)
                        + n_patterns * (2 * sizeof(int32_t) + 1) + sum(len(data) for data in self._keep))
-        self._build = None
+        self._build = self._ids = None
         self.frozen = True
 
     # ------------------------------------------------------------------ C API (nogil)
