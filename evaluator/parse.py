@@ -195,13 +195,18 @@ class _Parser:
         self.findings.append(Finding(code, Severity.WARNING, where, message))
 
     def check_keys(self, obj: dict, allowed: set[str], where: tuple, what: str) -> None:
-        for key in getattr(obj, "duplicates", ()):
-            self.error("E002", pointer(*where, key), f"{what} has the key {key!r} more than once")
+        self.duplicate_keys(obj, where, what)
+        if obj.keys() <= allowed:
+            return  # the common case, at once
         for key in obj:
             if key not in allowed:
                 close = next((a for a in allowed if a.lower() == key.lower()), None)
                 hint = f"; did you mean {close!r}?" if close else f"; allowed: {', '.join(sorted(allowed))}"
                 self.error("E003", pointer(*where, key), f"unknown {what} element {key!r}{hint}")
+
+    def duplicate_keys(self, obj: dict, where: tuple, what: str) -> None:
+        for key in getattr(obj, "duplicates", ()):
+            self.error("E002", pointer(*where, key), f"{what} has the key {key!r} more than once")
 
     # -- policy ----------------------------------------------------------
 
@@ -450,7 +455,7 @@ class _Parser:
         if not isinstance(block, dict):
             self.error("E022", pointer(*at), f"Condition must be an object, not a {_type_name(block)}")
             return ()
-        self.check_keys(block, set(block), at, "Condition")
+        self.duplicate_keys(block, at, "Condition")
         parsed = []
         for operator, keys in block.items():
             op_at = (*at, operator)
@@ -462,7 +467,7 @@ class _Parser:
             if not isinstance(keys, dict) or not keys:
                 self.error("E022", pointer(*op_at), f"{operator} must map condition keys to values")
                 continue
-            self.check_keys(keys, set(keys), op_at, operator)
+            self.duplicate_keys(keys, op_at, operator)
             for key, raw_values in keys.items():
                 values = self.condition_values(raw_values, (*op_at, key), spec.spec.family)
                 if not key.strip():
