@@ -108,8 +108,18 @@ def _unreadable_text(doc: Any) -> list[Finding]:
 
 
 def _entry(where: tuple, index: int | None) -> str:
-    """The pointer of an Action or Resource entry: the key's, or its item's in a list."""
+    """The pointer of an entry of an element (an action, a resource, a condition value): the element's, or
+    its item's in a list (``index``)."""
     return pointer(*where) if index is None else pointer(*where, index)
+
+
+def _strings_only(items: list) -> bool:
+    """Whether every item is a str, in one pass in C (joining them)."""
+    try:
+        "".join(items)
+    except TypeError:
+        return False
+    return True
 
 
 def _readable(doc: Any) -> bool:
@@ -342,6 +352,8 @@ class _Parser:
         if not value:
             self.error("E014", pointer(*where), "must not be an empty list")
             return None
+        if _strings_only(value) and all(value):  # the common case, at once: every item a non-empty string
+            return tuple(value)
         ok = True
         for i, item in enumerate(value):
             if not isinstance(item, str):
@@ -477,34 +489,35 @@ class _Parser:
         return tuple(parsed)
 
     def condition_values(self, raw: Any, where: tuple, family) -> tuple[str, ...] | None:
-        items = raw if isinstance(raw, list) else [raw]
+        listed = isinstance(raw, list)
+        items = raw if listed else [raw]
         if not items:
             self.error("E025", pointer(*where), "condition needs at least one value")
             return None
+        reader = POLICY_VALUE_READERS.get(family)
         values = []
         for i, item in enumerate(items):
-            at = (*where, i) if isinstance(raw, list) else where
             if isinstance(item, bool):
-                values.append("true" if item else "false")
+                text = "true" if item else "false"
             elif isinstance(item, (int, float)):
-                values.append(repr(item))
+                text = repr(item)
             elif isinstance(item, str):
-                values.append(item)
+                text = item
             else:
-                self.error("E025", pointer(*at), f"condition value must be a string, number or boolean, "
-                           f"not a {_type_name(item)}")
+                self.error("E025", _entry(where, i if listed else None), f"condition value must be a string, "
+                           f"number or boolean, not a {_type_name(item)}")
                 continue
-            text = values[-1]
+            values.append(text)
             if "${" in text:
                 if self.version == "2012-10-17":
-                    self.variables(text, at)
+                    self.variables(text, (*where, i) if listed else where)
                 continue
-            reader = POLICY_VALUE_READERS.get(family)
             if reader is not None:
                 try:
                     reader(text)
                 except ValueError as exc:
-                    self.error("E026", pointer(*at), f"bad value for a {family} condition: {exc}")
+                    self.error("E026", _entry(where, i if listed else None),
+                               f"bad value for a {family} condition: {exc}")
         return tuple(values) if len(values) == len(items) else None
 
 

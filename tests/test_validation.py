@@ -62,6 +62,8 @@ BAD_INPUTS = [
      "/Statement/0/Action/1"),
     ("empty Action list", pol(stmt(Action=[])), PolicyKind.IDENTITY, "E014", "/Statement/0/Action"),
     ("empty Resource string", pol(stmt(Resource="")), PolicyKind.IDENTITY, "E014", "/Statement/0/Resource"),
+    ("empty string in a Resource list", pol(stmt(Resource=["arn:aws:s3:::b", ""])), PolicyKind.IDENTITY, "E014",
+     "/Statement/0/Resource/1"),
     ("action without service", pol(stmt(Action="GetObject")), PolicyKind.IDENTITY, "E015", "/Statement/0/Action"),
     ("action with a space", pol(stmt(Action=["s3:Get Object"])), PolicyKind.IDENTITY, "E015",
      "/Statement/0/Action/0"),
