@@ -301,13 +301,8 @@ class _Parser:
         conditions = self.conditions(raw, where)
         if effect is None:
             return None
-        return Statement(
-            index=index, sid=sid, effect=effect,
-            actions=actions, not_actions=not_actions,
-            resources=resources, not_resources=not_resources,
-            principal=principal, not_principal=not_principal,
-            conditions=conditions,
-        )
+        return Statement(index, sid, effect, actions, not_actions, resources, not_resources,  # by position: faster
+                         principal, not_principal, conditions)
 
     def effect(self, raw: dict, where: tuple) -> Effect | None:
         if "Effect" not in raw:
