@@ -388,6 +388,7 @@ cdef class Engine:
                 raise ValueError("private policy out of range")
             self.private[p] = 1
         cdef int32_t res_at = 0
+        cdef Py_ssize_t policy, pid  # C numbers: checked and stored without Python arithmetic
         for policy, flags, group, dyn, slot, action_ids, resource_ids in statements:
             if not 0 <= policy < n_policies:
                 raise ValueError("statement policy out of range")
