@@ -25,6 +25,7 @@ exactly, quirks included:
 Policy values are read once, when a group is added; request values on every call.
 """
 from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.unicode cimport PyUnicode_4BYTE_KIND, PyUnicode_FromKindAndData
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc
@@ -32,9 +33,6 @@ from libc.string cimport memcmp
 
 from ._pattern cimport ContextArray, PatternSet, pcur, pseg, glob_range, segments_equal, utf8_step
 from ._types cimport cstr, ctx_entry
-
-import sys
-from array import array
 
 from .operators import OPERATORS, Comparison, Family, read_bool, read_date, read_network, read_number
 
@@ -708,10 +706,13 @@ cdef void _load_fold_table() except *:
     if _fold_from != NULL:
         return
     entries = []
-    codec = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
-    u32 = next(code for code in "IL" if array(code).itemsize == 4)  # code points as 4-byte units
+    cdef uint32_t codes[256]  # one block's code points, made into a str in C (lone surrogates too)
+    cdef Py_ssize_t start, size, k
     for start in range(0x80, 0x110000, 256):
-        block = array(u32, range(start, min(start + 256, 0x110000))).tobytes().decode(codec, "surrogatepass")
+        size = min(256, 0x110000 - start)
+        for k in range(size):
+            codes[k] = <uint32_t>(start + k)
+        block = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, codes, size)
         if block.casefold() == block:
             continue
         for offset, ch in enumerate(block):

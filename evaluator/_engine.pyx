@@ -236,6 +236,43 @@ cdef extern from *:
     int engine_is_star(const char* p, Py_ssize_t n) nogil
 
 
+cdef class PatternStatements:
+    """The distinct patterns of one trie, numbered as first added, and per pattern the statements found
+    through it: what ``Engine`` indexes statements by. Built while compiling, where most entries repeat a
+    pattern already known: looked up here in C rather than with a Python call each."""
+
+    cdef readonly GlobTrie trie
+    cdef readonly list lists     # per pattern id, the statements found through it, ascending
+    cdef dict _ids               # pattern text (lower-cased for a case-insensitive trie) -> id
+    cdef bint _lower
+
+    def __init__(self, GlobTrie trie, bint lower):
+        self.trie = trie
+        self.lists = []
+        self._ids = {}
+        self._lower = lower
+
+    def add(self, texts, number):
+        """The ids of ``texts``, each new one added to the trie; ``number`` (a statement, or None: one found
+        otherwise) joins the list of each."""
+        cdef list ids = []
+        cdef list statements
+        for text in texts:
+            if self._lower:
+                text = text.lower()
+            pattern_id = self._ids.get(text)
+            if pattern_id is None:
+                pattern_id = self._ids[text] = len(self.lists)
+                self.lists.append([])
+                self.trie.add(text, pattern_id)
+            if number is not None:
+                statements = self.lists[pattern_id]
+                if not statements or statements[-1] != number:
+                    statements.append(number)
+            ids.append(pattern_id)
+        return tuple(ids)
+
+
 cdef uint64_t _batch_serial = 0
 
 cdef class Batch
@@ -305,22 +342,23 @@ cdef class Engine:
         free(self.private_start)
         free(self.private_statements)
 
-    def __init__(self, statements, action_trie, action_lists, resource_trie, resource_lists,
+    def __init__(self, statements, PatternStatements actions, PatternStatements resources,
                  list dynamic, PatternSet patterns, ConditionSet conditions, dict key_ids, int n_policies,
                  principal_key_ids, private_policies=()):
         """Take the tables built in Python.
 
         ``statements``: (policy, flags, group, dynamic pattern indices, index in its policy,
-        action pattern ids, fixed resource pattern ids) per statement; ``action_lists``/
-        ``resource_lists``: per pattern id, the statements found through it (resource-indexed
-        statements are absent from the former, statements of private policies from both);
+        action pattern ids, fixed resource pattern ids) per statement; ``actions``/``resources``:
+        the frozen tries and, per pattern id, the statements found through it (resource-indexed
+        statements are absent from the former's lists, statements of private policies from both);
         ``principal_key_ids``: the key ids of keys AWS sets for the principal;
         ``private_policies``: the policies whose statements are scanned for the requests whose
         profiles name them instead of indexed (a policy of one principal or one resource: their
         number grows with the store, which indexes would make every request pay for).
         """
-        self.action_trie = action_trie
-        self.resource_trie = resource_trie
+        self.action_trie = actions.trie
+        self.resource_trie = resources.trie
+        cdef list action_lists = actions.lists, resource_lists = resources.lists
         self.patterns = patterns
         self.conditions = conditions
         self.n_keys = len(key_ids)
@@ -353,6 +391,7 @@ cdef class Engine:
                 raise ValueError("private policy out of range")
             self.private[p] = 1
         cdef int32_t res_at = 0
+        cdef Py_ssize_t policy, pid  # C numbers: checked and stored without Python arithmetic
         for policy, flags, group, dyn, slot, action_ids, resource_ids in statements:
             if not 0 <= policy < n_policies:
                 raise ValueError("statement policy out of range")
@@ -397,7 +436,7 @@ cdef class Engine:
         for i, s in enumerate(not_action):
             self.not_action[i] = s
         self.max_group_missing = max(1, conditions.max_missing_any())
-        self.table_bytes = (action_trie.nbytes + resource_trie.nbytes + conditions.nbytes
+        self.table_bytes = (self.action_trie.nbytes + self.resource_trie.nbytes + conditions.nbytes
                             + self.n_statements * (sizeof(statement_t) + 2 * sizeof(int32_t))
                             + (len(dynamic) + n_policies + self.n_statement_actions + res_at + len(not_action)
                                + len(action_lists) + len(resource_lists) + 3) * sizeof(int32_t)

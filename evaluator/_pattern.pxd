@@ -43,7 +43,8 @@ ctypedef struct pcur:  # a position in a list of pseg: piece index and byte offs
 cdef class PatternSet:
     cdef readonly bint frozen
     cdef dict _key_ids                 # shared with the owner: lower-cased key -> id
-    cdef list _build                   # per pattern: list of (key id or -1, bytes, tokens or None)
+    cdef list _build                   # per pattern: list of (key id or -1, bytes, literal offsets or None)
+    cdef dict _ids                     # (text, substitute) -> index of the pattern added for them
     cdef list _keep                    # bytes objects the frozen pieces point into
 
     # Frozen representation (C memory owned by the object).

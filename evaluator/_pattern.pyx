@@ -123,22 +123,19 @@ cdef bint segments_equal(const pseg* segs, Py_ssize_t nseg, const char* text,
 
 
 cdef void _close_run(list run, list pieces) except *:
-    """Append the static run (chunks of text, wildcards or not) as one piece, unless empty."""
-    data = bytearray()
-    toks = []
+    """Append the static run (chunks of text, wildcards or not) as one piece, unless empty: its bytes and
+    where a '*' or '?' in them is literal (a ${*} or ${?}); freeze() makes the tokens from both."""
+    cdef list encoded = []
+    cdef list literal = []
+    cdef Py_ssize_t at = 0
     for chunk, wild in run:
-        for ch in chunk:
-            encoded = ch.encode("utf-8", "surrogatepass")
-            data += encoded
-            if wild and ch == "*":
-                toks.append(PT_STAR)
-            elif wild and ch == "?":
-                toks.append(PT_QMARK)
-            else:
-                toks.extend(encoded)
+        if not wild and (chunk == "*" or chunk == "?"):  # ${*} or ${?}
+            literal.append(at)
+        encoded.append(chunk.encode("utf-8", "surrogatepass"))
+        at += len(encoded[-1])
     run.clear()
-    if data:
-        pieces.append((-1, bytes(data), toks, False))
+    if at:
+        pieces.append((-1, b"".join(encoded), literal, False))
 
 
 # ---------------------------------------------------------------------- PatternSet
@@ -154,6 +151,7 @@ cdef class PatternSet:
     def __cinit__(self, dict key_ids):
         self._key_ids = key_ids
         self._build = []
+        self._ids = {}
         self._keep = []
 
     def __dealloc__(self):
@@ -188,7 +186,8 @@ cdef class PatternSet:
         return found
 
     cdef list _parse(self, str text, bint substitute):
-        """Pieces of a pattern: (key id, bytes, tokens, has default); key id -1 for static text.
+        """Pieces of a pattern: (key id, bytes, literal, has default); key id -1 for static text,
+        whose ``literal`` lists the offsets of the '*' and '?' that are not wildcards (None for a variable).
 
         Static text keeps '*' and '?' as wildcards; a variable's default and ${*}, ${?}, ${$}
         are literal. Adjacent static runs are merged into one piece.
@@ -213,13 +212,17 @@ cdef class PatternSet:
         return pieces
 
     def add(self, str text, bint substitute):
-        """Add a pattern; return its index. substitute: the policy has Version 2012-10-17, so
-        ${...} is a policy variable (otherwise it is plain text). Raises ValueError after
-        freeze()."""
+        """Add a pattern; return its index (the same for the same text and substitute: policies repeat
+        their condition values). substitute: the policy has Version 2012-10-17, so ${...} is a policy
+        variable (otherwise it is plain text). Raises ValueError after freeze()."""
         if self.frozen:
             raise ValueError("PatternSet is frozen; add() must come before freeze()")
-        self._build.append(self._parse(text, substitute))
-        return len(self._build) - 1
+        key = (text, substitute)
+        index = self._ids.get(key)
+        if index is None:
+            index = self._ids[key] = len(self._build)
+            self._build.append(self._parse(text, substitute))
+        return index
 
     def freeze(self):
         """Compile the patterns into flat C arrays; later calls do nothing."""
@@ -228,7 +231,7 @@ cdef class PatternSet:
         cdef list build = self._build
         cdef Py_ssize_t n_patterns = len(build)
         cdef Py_ssize_t n_pieces = sum(len(pieces) for pieces in build)
-        cdef Py_ssize_t n_tokens = sum(len(p[2]) for pieces in build for p in pieces if p[2] is not None)
+        cdef Py_ssize_t n_tokens = sum(len(p[1]) for pieces in build for p in pieces if p[0] < 0)
         # +1: malloc(0) may return NULL, which would read as an allocation failure.
         self._pieces = <pseg*>calloc(n_pieces + 1, sizeof(pseg))
         self._piece_key = <int32_t*>malloc((n_pieces + 1) * sizeof(int32_t))
@@ -243,6 +246,7 @@ cdef class PatternSet:
             raise MemoryError()
         cdef Py_ssize_t i, k, piece = 0, tok = 0, max_segments = 1
         cdef bytes data
+        cdef const unsigned char* text
         for i in range(n_patterns):
             pieces = build[i]
             self._first[i] = piece
@@ -250,26 +254,33 @@ cdef class PatternSet:
             self._has_vars[i] = any(p[0] >= 0 for p in pieces)
             if self._has_vars[i] and len(pieces) > max_segments:
                 max_segments = len(pieces)
-            for key_id, data, toks, has_default in pieces:
+            for key_id, data, literal, has_default in pieces:
                 self._keep.append(data)
                 self._pieces[piece].text = PyBytes_AS_STRING(data)
                 self._pieces[piece].len = len(data)
                 self._piece_key[piece] = key_id
                 self._piece_default[piece] = has_default
-                if toks is None:
+                if literal is None:
                     self._pieces[piece].toks = NULL
                 else:
                     self._pieces[piece].toks = &self._tokens[tok]
-                    for k in range(len(toks)):
-                        self._tokens[tok] = toks[k]
-                        tok += 1
+                    text = <const unsigned char*>PyBytes_AS_STRING(data)
+                    for k in range(len(data)):  # no byte of a non-ASCII code point's UTF-8 is '*' or '?'
+                        self._tokens[tok + k] = text[k]
+                        if text[k] == b'*':
+                            self._tokens[tok + k] = PT_STAR
+                        elif text[k] == b'?':
+                            self._tokens[tok + k] = PT_QMARK
+                    for k in literal:
+                        self._tokens[tok + k] = text[k]
+                    tok += len(data)
                 piece += 1
         self._n_patterns = n_patterns
         self._n_pieces = n_pieces
         self._max_segments = max_segments
         self.nbytes = (n_pieces * (sizeof(pseg) + sizeof(int32_t) + 1) + n_tokens * sizeof(ptok)
                        + n_patterns * (2 * sizeof(int32_t) + 1) + sum(len(data) for data in self._keep))
-        self._build = None
+        self._build = self._ids = None
         self.frozen = True
 
     # ------------------------------------------------------------------ C API (nogil)

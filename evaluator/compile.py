@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _engine, service_rules
 from ._conditions import ConditionSet
@@ -78,14 +78,13 @@ FAILED_DENIES = bytes.maketrans(bytes([_engine.FAILED, 0]), bytes([_engine.IMPLI
 is one left without a code (0, which no decision has: fail closed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Compiled:
-    """What the Python side keeps of a statement: how to name it and where it came from."""
+class _Compiled(NamedTuple):
+    """What the Python side keeps of a statement: how to name it and where it came from (a named tuple:
+    one is made per statement compiled, at a third of a frozen dataclass's cost)."""
 
     ref: StatementRef
     policy: int  # the engine's number of its policy
     slot: int  # its position in its policy
-    condition_keys: frozenset[str]
     actions: tuple[str, ...]  # Action (or NotAction) patterns as written, in the engine's order
     not_action: bool
 
@@ -224,24 +223,10 @@ class CompiledPolicies:
         self.statements: list[_Compiled] = []
         patterns = PatternSet(self.key_ids)
         conditions = ConditionSet(self.key_ids)
-        action_trie, resource_trie = GlobTrie(True), GlobTrie(False)
-        action_ids: dict[str, int] = {}
-        resource_ids: dict[str, int] = {}
-        action_lists: list[list[int]] = []
-        resource_lists: list[list[int]] = []
+        action_patterns = _engine.PatternStatements(GlobTrie(True), True)  # actions compare case-insensitively
+        resource_patterns = _engine.PatternStatements(GlobTrie(False), False)
         dynamic: list[int] = []
         table = []
-
-        def index(text: str, trie: GlobTrie, ids: dict[str, int], lists: list[list[int]], number: int | None) -> int:
-            """The pattern's id in its trie; ``number`` (a statement) joins the pattern's list."""
-            pattern_id = ids.get(text)
-            if pattern_id is None:
-                pattern_id = ids[text] = len(lists)
-                lists.append([])
-                trie.add(text, pattern_id)
-            if number is not None and (not lists[pattern_id] or lists[pattern_id][-1] != number):
-                lists[pattern_id].append(number)
-            return pattern_id
 
         for policy_number, policy in enumerate(self.policies):
             substitute = policy.has_policy_variables
@@ -259,7 +244,7 @@ class CompiledPolicies:
                 elif resources is None or "*" in resources:
                     flags |= _engine.FLAG_ANY_RESOURCE
                 dynamic_here = []
-                fixed = []
+                fixed_texts = []
                 for text in resources or ():
                     if text == "*":
                         continue
@@ -267,8 +252,8 @@ class CompiledPolicies:
                         dynamic_here.append(len(dynamic))
                         dynamic.append(patterns.add(text, True))
                     else:
-                        fixed.append(index(text, resource_trie, resource_ids, resource_lists,
-                                           number if listed else None))
+                        fixed_texts.append(text)
+                fixed = resource_patterns.add(fixed_texts, number if listed else None)
                 # A statement whose Resource lists only fixed patterns is found through the
                 # resource trie alone (its actions are checked then), so a common action does
                 # not make every such statement a candidate.
@@ -276,38 +261,33 @@ class CompiledPolicies:
                     and not dynamic_here
                 if indexed:
                     flags |= _engine.FLAG_RESOURCE_INDEXED
-                action_patterns = tuple(
-                    index(text.lower(), action_trie, action_ids, action_lists,
-                          number if listed and not indexed else None)
-                    for text in statement.actions or statement.not_actions or ()
-                )
+                action_ids = action_patterns.add(statement.actions or statement.not_actions or (),
+                                                 number if listed and not indexed else None)
                 group = conditions.add_group(statement.conditions, substitute) if statement.conditions else -1
-                table.append((policy_number, flags, group, dynamic_here, slot, action_patterns, fixed))
+                table.append((policy_number, flags, group, dynamic_here, slot, action_ids, fixed))
                 ref = StatementRef(policy.name, statement.index, statement.sid, statement.effect)
-                keys = frozenset(condition.key for condition in statement.conditions)
-                self.statements.append(_Compiled(ref, policy_number, slot, keys,
+                self.statements.append(_Compiled(ref, policy_number, slot,
                                                  statement.actions or statement.not_actions or (),
                                                  statement.not_actions is not None))
-        action_trie.freeze()
-        resource_trie.freeze()
+        action_patterns.trie.freeze()
+        resource_patterns.trie.freeze()
         patterns.freeze()
         conditions.freeze()
         self._key_by_id = {number: key for key, number in self.key_ids.items()}
         self._engine = _engine.Engine(
-            table, action_trie, action_lists, resource_trie, resource_lists, dynamic, patterns, conditions,
-            self.key_ids, len(self.policies), [kid for key, kid in self.key_ids.items() if is_principal_key(key)],
-            private,
+            table, action_patterns, resource_patterns, dynamic, patterns, conditions, self.key_ids, len(self.policies),
+            [kid for key, kid in self.key_ids.items() if is_principal_key(key)], private,
         )
         self._singles = _engine.SingleRequests(self._engine)
         self._stats = {
             "policies": len(self.policies),
             "statements": len(self.statements),
-            "action_patterns": len(action_lists),
-            "resource_patterns": len(resource_lists),
+            "action_patterns": len(action_patterns.lists),
+            "resource_patterns": len(resource_patterns.lists),
             "dynamic_resource_patterns": len(dynamic),
             "condition_keys": len(self.key_ids),
-            "action_trie": action_trie.get_stats(),
-            "resource_trie": resource_trie.get_stats(),
+            "action_trie": action_patterns.trie.get_stats(),
+            "resource_trie": resource_patterns.trie.get_stats(),
         }
 
     def get_stats(self) -> dict[str, Any]:
@@ -385,8 +365,9 @@ class CompiledPolicies:
         if statement < 0:  # the request failed before any statement: its reason is reported with it
             return "the request could not be evaluated"
         compiled = self.statements[statement]
+        conditions = self.policies[compiled.policy].statements[compiled.slot].conditions
         return (f"a condition of {compiled.ref} cannot read the request's value of "
-                f"{' or '.join(sorted(compiled.condition_keys))}")
+                f"{' or '.join(sorted({condition.key for condition in conditions}))}")
 
     def _combined(self, applicable: list[int], same_account: bool, caller: Profile, resource: Profile,
                   grants: bytes | None, endpoint_grants: bytes | None, action_flags: int,

@@ -26,7 +26,9 @@ STATEMENT_KEYS = {
 }
 PRINCIPAL_KEYS = {"AWS": "aws", "Service": "service", "Federated": "federated", "CanonicalUser": "canonical_user"}
 
-ACTION_SYNTAX = re.compile(r"[A-Za-z0-9*?_-]+:[A-Za-z0-9*?_-]+")  # service:Action, wildcards allowed
+_ACTION = r"[A-Za-z0-9*?_-]+:[A-Za-z0-9*?_-]+"
+ACTION_SYNTAX = re.compile(_ACTION)  # service:Action, wildcards allowed
+_ACTION_LINES = re.compile(rf"{_ACTION}(?:\n{_ACTION})*")  # entries joined by newlines, each service:Action
 _ACCOUNT_ID = re.compile(r"\d{12}")
 
 
@@ -106,25 +108,39 @@ def _unreadable_text(doc: Any) -> list[Finding]:
 
 
 def _entry(where: tuple, index: int | None) -> str:
-    """The pointer of an Action or Resource entry: the key's, or its item's in a list."""
+    """The pointer of an entry of an element (an action, a resource, a condition value): the element's, or
+    its item's in a list (``index``)."""
     return pointer(*where) if index is None else pointer(*where, index)
+
+
+def _strings_only(items: list) -> bool:
+    """Whether every item is a str, in one pass in C (joining them)."""
+    try:
+        "".join(items)
+    except TypeError:
+        return False
+    return True
 
 
 def _readable(doc: Any) -> bool:
     """Level by level: each level's keys and strings are checked as one text (a lone surrogate stays
-    one when joined), and a level deeper than MAX_DEPTH means no."""
+    one when joined), and a level deeper than MAX_DEPTH means no. A list of strings (Action, Resource)
+    goes to the next level already joined: one text there, as its strings would be."""
     level = [doc]
     for _ in range(MAX_DEPTH + 1):
         nested: list = []
         texts: list = []
         for value in level:
-            if isinstance(value, dict):
+            if isinstance(value, str):
+                texts.append(value)
+            elif isinstance(value, dict):
                 texts.extend(value)
                 nested.extend(value.values())
-            elif isinstance(value, list):
-                nested.extend(value)
-            elif isinstance(value, str):
-                texts.append(value)
+            elif isinstance(value, list) and value:
+                try:
+                    nested.append("".join(value))
+                except TypeError:  # not only strings
+                    nested.extend(value)
         try:
             joined = "".join(texts)
         except TypeError:  # a key that is not a string: only the strings are text
@@ -189,13 +205,18 @@ class _Parser:
         self.findings.append(Finding(code, Severity.WARNING, where, message))
 
     def check_keys(self, obj: dict, allowed: set[str], where: tuple, what: str) -> None:
-        for key in getattr(obj, "duplicates", ()):
-            self.error("E002", pointer(*where, key), f"{what} has the key {key!r} more than once")
+        self.duplicate_keys(obj, where, what)
+        if obj.keys() <= allowed:
+            return  # the common case, at once
         for key in obj:
             if key not in allowed:
                 close = next((a for a in allowed if a.lower() == key.lower()), None)
                 hint = f"; did you mean {close!r}?" if close else f"; allowed: {', '.join(sorted(allowed))}"
                 self.error("E003", pointer(*where, key), f"unknown {what} element {key!r}{hint}")
+
+    def duplicate_keys(self, obj: dict, where: tuple, what: str) -> None:
+        for key in getattr(obj, "duplicates", ()):
+            self.error("E002", pointer(*where, key), f"{what} has the key {key!r} more than once")
 
     # -- policy ----------------------------------------------------------
 
@@ -243,7 +264,7 @@ class _Parser:
             self.error("E007", "/Statement", f"Statement must be an object or a list, not a {_type_name(raw)}")
             return ()
         statements = []
-        sids: dict[str, str] = {}
+        sids: dict[str, tuple] = {}  # where each Sid was first used
         for index, (where, item) in enumerate(items):
             statement = self.statement(item, index, where)
             if statement is None:
@@ -252,9 +273,10 @@ class _Parser:
                 if statement.sid in sids:
                     self.error(
                         "E008", pointer(*where, "Sid"),
-                        f"duplicate Sid {statement.sid!r} (first used at {sids[statement.sid]})",
+                        f"duplicate Sid {statement.sid!r} (first used at {pointer(*sids[statement.sid], 'Sid')})",
                     )
-                sids.setdefault(statement.sid, pointer(*where, "Sid"))
+                else:
+                    sids[statement.sid] = where
             statements.append(statement)
         return tuple(statements)
 
@@ -270,22 +292,17 @@ class _Parser:
             self.error("E007", pointer(*where, "Sid"), f"Sid must be a string, not a {_type_name(sid)}")
             sid = None
         effect = self.effect(raw, where)
-        actions, not_actions = self.either(raw, where, "Action", "NotAction", self.action, required=True)
+        actions, not_actions = self.either(raw, where, "Action", "NotAction", self.actions, required=True)
         resources, not_resources = self.either(
-            raw, where, "Resource", "NotResource", self.resource,
+            raw, where, "Resource", "NotResource", self.resources,
             required=self.kind is PolicyKind.IDENTITY,
         )
         principal, not_principal = self.principals(raw, where)
         conditions = self.conditions(raw, where)
         if effect is None:
             return None
-        return Statement(
-            index=index, sid=sid, effect=effect,
-            actions=actions, not_actions=not_actions,
-            resources=resources, not_resources=not_resources,
-            principal=principal, not_principal=not_principal,
-            conditions=conditions,
-        )
+        return Statement(index, sid, effect, actions, not_actions, resources, not_resources,  # by position: faster
+                         principal, not_principal, conditions)
 
     def effect(self, raw: dict, where: tuple) -> Effect | None:
         if "Effect" not in raw:
@@ -305,19 +322,18 @@ class _Parser:
             if required:
                 self.error("E012", pointer(*where), f"statement needs {positive} or {negative}")
             return None, None
-        values = []
-        for key in (positive, negative):
-            if key not in raw:
-                values.append(None)
-                continue
-            at = (*where, key)
-            strings = self.string_list(raw[key], at)
-            if strings is not None:
-                listed = not isinstance(raw[key], str)
-                for i, text in enumerate(strings):
-                    check(text, at, i if listed else None)
-            values.append(strings)
-        return values[0], values[1]
+        return self.entries(raw, where, positive, check), self.entries(raw, where, negative, check)
+
+    def entries(self, raw: dict, where: tuple, key: str, check) -> tuple[str, ...] | None:
+        """One Action, NotAction, Resource or NotResource element (None if absent or invalid), its entries
+        checked together by ``check``."""
+        if key not in raw:
+            return None
+        value = raw[key]
+        strings = self.string_list(value, (*where, key))
+        if strings is not None:
+            check(strings, (*where, key), not isinstance(value, str))
+        return strings
 
     def string_list(self, value: Any, where: tuple) -> tuple[str, ...] | None:
         if isinstance(value, str):
@@ -331,6 +347,8 @@ class _Parser:
         if not value:
             self.error("E014", pointer(*where), "must not be an empty list")
             return None
+        if _strings_only(value) and all(value):  # the common case, at once: every item a non-empty string
+            return tuple(value)
         ok = True
         for i, item in enumerate(value):
             if not isinstance(item, str):
@@ -341,30 +359,36 @@ class _Parser:
                 ok = False
         return tuple(value) if ok else None
 
-    # The checks of one Action or Resource entry: ``where`` the key, ``index`` its place in a list (None
-    # for a single string); a pointer is made only for a finding.
+    # The checks of the entries of one Action or Resource element: ``where`` the key, ``listed`` whether they
+    # were given as a list (a pointer then names an entry by its place); a pointer is made only for a finding.
 
-    def action(self, text: str, where: tuple, index: int | None) -> None:
-        if text != "*" and not ACTION_SYNTAX.fullmatch(text):
-            self.error(
-                "E015", _entry(where, index),
-                f"{text!r} is not an action: write service:Action (wildcards * and ? allowed) or \"*\"",
-            )
+    def actions(self, texts: tuple[str, ...], where: tuple, listed: bool) -> None:
+        joined = "\n".join(texts)
+        if _ACTION_LINES.fullmatch(joined) and joined.count("\n") == len(texts) - 1:
+            return  # the common case, at once: every entry is service:Action (and none holds a newline)
+        for i, text in enumerate(texts):
+            if text != "*" and not ACTION_SYNTAX.fullmatch(text):
+                self.error(
+                    "E015", _entry(where, i if listed else None),
+                    f"{text!r} is not an action: write service:Action (wildcards * and ? allowed) or \"*\"",
+                )
 
-    def resource(self, text: str, where: tuple, index: int | None) -> None:
-        if text == "*":
-            return
-        if "${" in text and self.version == "2012-10-17":
-            self.variables(text, where if index is None else (*where, index))
-        masked = VARIABLE.sub("v", text)
-        fields = masked.split(":", 5)
-        if len(fields) < 6 or fields[0] != "arn":
-            self.error(
-                "E016", _entry(where, index),
-                f"{text!r} is not an ARN pattern: expected \"*\" or arn:partition:service:region:account:resource",
-            )
-        elif not fields[2]:
-            self.error("E016", _entry(where, index), f"{text!r} has an empty service field")
+    def resources(self, texts: tuple[str, ...], where: tuple, listed: bool) -> None:
+        for i, text in enumerate(texts):
+            if text == "*":
+                continue
+            index = i if listed else None
+            if "${" in text and self.version == "2012-10-17":
+                self.variables(text, where if index is None else (*where, index))
+            masked = VARIABLE.sub("v", text)
+            fields = masked.split(":", 5)
+            if len(fields) < 6 or fields[0] != "arn":
+                self.error(
+                    "E016", _entry(where, index),
+                    f"{text!r} is not an ARN pattern: expected \"*\" or arn:partition:service:region:account:resource",
+                )
+            elif not fields[2]:
+                self.error("E016", _entry(where, index), f"{text!r} has an empty service field")
 
     def variables(self, text: str, where: tuple) -> None:
         unclosed = "${" in VARIABLE.sub("", text)
@@ -438,7 +462,7 @@ class _Parser:
         if not isinstance(block, dict):
             self.error("E022", pointer(*at), f"Condition must be an object, not a {_type_name(block)}")
             return ()
-        self.check_keys(block, set(block), at, "Condition")
+        self.duplicate_keys(block, at, "Condition")
         parsed = []
         for operator, keys in block.items():
             op_at = (*at, operator)
@@ -450,7 +474,7 @@ class _Parser:
             if not isinstance(keys, dict) or not keys:
                 self.error("E022", pointer(*op_at), f"{operator} must map condition keys to values")
                 continue
-            self.check_keys(keys, set(keys), op_at, operator)
+            self.duplicate_keys(keys, op_at, operator)
             for key, raw_values in keys.items():
                 values = self.condition_values(raw_values, (*op_at, key), spec.spec.family)
                 if not key.strip():
@@ -460,34 +484,35 @@ class _Parser:
         return tuple(parsed)
 
     def condition_values(self, raw: Any, where: tuple, family) -> tuple[str, ...] | None:
-        items = raw if isinstance(raw, list) else [raw]
+        listed = isinstance(raw, list)
+        items = raw if listed else [raw]
         if not items:
             self.error("E025", pointer(*where), "condition needs at least one value")
             return None
+        reader = POLICY_VALUE_READERS.get(family)
         values = []
         for i, item in enumerate(items):
-            at = (*where, i) if isinstance(raw, list) else where
             if isinstance(item, bool):
-                values.append("true" if item else "false")
+                text = "true" if item else "false"
             elif isinstance(item, (int, float)):
-                values.append(repr(item))
+                text = repr(item)
             elif isinstance(item, str):
-                values.append(item)
+                text = item
             else:
-                self.error("E025", pointer(*at), f"condition value must be a string, number or boolean, "
-                           f"not a {_type_name(item)}")
+                self.error("E025", _entry(where, i if listed else None), f"condition value must be a string, "
+                           f"number or boolean, not a {_type_name(item)}")
                 continue
-            text = values[-1]
+            values.append(text)
             if "${" in text:
                 if self.version == "2012-10-17":
-                    self.variables(text, at)
+                    self.variables(text, (*where, i) if listed else where)
                 continue
-            reader = POLICY_VALUE_READERS.get(family)
             if reader is not None:
                 try:
                     reader(text)
                 except ValueError as exc:
-                    self.error("E026", pointer(*at), f"bad value for a {family} condition: {exc}")
+                    self.error("E026", _entry(where, i if listed else None),
+                               f"bad value for a {family} condition: {exc}")
         return tuple(values) if len(values) == len(items) else None
 
 

@@ -91,6 +91,14 @@ def test_a_bad_request_fails_alone():
     assert "s3:max-keys" in explained[3].error
 
 
+def test_a_failed_condition_names_its_statement_and_keys():
+    engine = compiled(allow(Sid="Few", Condition={"NumericLessThan": {"s3:max-keys": "10", "aws:EpochTime": "9"},
+                                                  "NumericGreaterThan": {"s3:max-keys": "1"}}))
+    result = engine.evaluate_columns([ROLE], ["s3:GetObject"], ["*"], [{"s3:max-keys": "ten"}])
+    assert result.errors == {0: "a condition of Allow p#0 (Few) cannot read the request's value of "
+                                "aws:EpochTime or s3:max-keys"}
+
+
 def test_context_keys_fold_case_and_lists_count_as_given():
     engine = compiled(allow(Condition={"ForAllValues:StringEquals": {"aws:TagKeys": ["a", "b"]},
                                        "StringEquals": {"AWS:PrincipalTag/Team": "web"}}))

@@ -62,9 +62,13 @@ BAD_INPUTS = [
      "/Statement/0/Action/1"),
     ("empty Action list", pol(stmt(Action=[])), PolicyKind.IDENTITY, "E014", "/Statement/0/Action"),
     ("empty Resource string", pol(stmt(Resource="")), PolicyKind.IDENTITY, "E014", "/Statement/0/Resource"),
+    ("empty string in a Resource list", pol(stmt(Resource=["arn:aws:s3:::b", ""])), PolicyKind.IDENTITY, "E014",
+     "/Statement/0/Resource/1"),
     ("action without service", pol(stmt(Action="GetObject")), PolicyKind.IDENTITY, "E015", "/Statement/0/Action"),
     ("action with a space", pol(stmt(Action=["s3:Get Object"])), PolicyKind.IDENTITY, "E015",
      "/Statement/0/Action/0"),
+    ("two actions in one entry", pol(stmt(Action=["s3:GetObject", "s3:GetObject\ns3:PutObject"])), PolicyKind.IDENTITY,
+     "E015", "/Statement/0/Action/1"),
     ("resource not an ARN", pol(stmt(Resource="my-bucket")), PolicyKind.IDENTITY, "E016", "/Statement/0/Resource"),
     ("ARN with too few fields", pol(stmt(Resource=["arn:aws:s3:bucket"])), PolicyKind.IDENTITY, "E016",
      "/Statement/0/Resource/0"),
@@ -127,6 +131,15 @@ def test_bad_input_is_located(source, kind, code, where):
     assert (code, where) in found, found
     assert all(f.message for f in raised.value.findings)
     assert str(raised.value).startswith("p.json: invalid policy")
+
+
+def test_a_duplicate_sid_names_where_it_was_first_used():
+    with pytest.raises(PolicyValidationError) as raised:
+        parse_policy(pol(stmt(Sid="A"), stmt(Sid="B"), stmt(Sid="A"), stmt(Sid="A")))
+    assert [(f.pointer, f.message) for f in raised.value.findings] == [
+        ("/Statement/2/Sid", "duplicate Sid 'A' (first used at /Statement/0/Sid)"),
+        ("/Statement/3/Sid", "duplicate Sid 'A' (first used at /Statement/0/Sid)"),
+    ]
 
 
 def test_at_least_thirty_kinds_of_bad_input():
