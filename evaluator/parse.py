@@ -101,9 +101,10 @@ operator, a key, its values); anything far deeper is an attack on the parser, re
 
 
 def _unreadable_text(doc: Any) -> list[Finding]:
-    """E001 for text that is not Unicode (a lone surrogate, in a key or a value) and for nesting past
-    MAX_DEPTH, each at its pointer; checked without recursion, before anything else reads the document.
-    Documents are almost always readable: a first walk says so without building a pointer."""
+    """E001 for text that is not Unicode (a lone surrogate, in a key or a value), for a key that is not text
+    (a Python mapping may hold one; JSON cannot) and for nesting past MAX_DEPTH, each at its pointer; checked
+    without recursion, before anything else reads the document. Documents are almost always readable: a
+    first walk says so without building a pointer."""
     return [] if _readable(doc) else _located_unreadable(doc)
 
 
@@ -143,8 +144,8 @@ def _readable(doc: Any) -> bool:
                     nested.extend(value)
         try:
             joined = "".join(texts)
-        except TypeError:  # a key that is not a string: only the strings are text
-            joined = "".join(text for text in texts if isinstance(text, str))
+        except TypeError:  # a key that is not a string
+            return False
         if not _encodable(joined):
             return False
         if not nested:
@@ -164,7 +165,11 @@ def _located_unreadable(doc: Any) -> list[Finding]:
             break
         if isinstance(value, dict):
             for key, item in value.items():
-                if isinstance(key, str) and not _encodable(key):
+                if not isinstance(key, str):
+                    findings.append(Finding("E001", Severity.ERROR, pointer(*where),
+                                            f"a key is not a string: {type(key).__name__}"))
+                    continue
+                if not _encodable(key):
                     findings.append(Finding("E001", Severity.ERROR, pointer(*where),
                                             "a key is not valid Unicode text (a lone surrogate)"))
                 stack.append((item, (*where, key)))
@@ -309,7 +314,9 @@ class _Parser:
             self.error("E009", pointer(*where), "statement has no Effect (Allow or Deny)")
             return None
         value = raw["Effect"]
-        if value not in ("Allow", "Deny"):
+        if isinstance(value, str):
+            value = str.__str__(value)  # a subclass is read for what it holds, not through its own __eq__
+        if type(value) is not str or value not in ("Allow", "Deny"):
             self.error("E010", pointer(*where, "Effect"), f"Effect must be \"Allow\" or \"Deny\", not {value!r}")
             return None
         return Effect(value)

@@ -267,13 +267,49 @@ def test_every_managed_policy_parses():
     (pol(stmt(Resource="arn:aws:s3:::b/\ud800")), "/Statement/0/Resource"),
     (pol(stmt(Condition={"StringEquals": {"aws:PrincipalTag/te\udc80am": "ok"}})),
      "/Statement/0/Condition/StringEquals"),
-    (pol(stmt(Condition={"StringEquals": {7: "ok", "k": "\ud800"}})), "/Statement/0/Condition/StringEquals/k"),
 ])
 def test_text_that_is_not_unicode_is_refused_where_it_stands(document, where):
     """A lone surrogate cannot be encoded into any answer that names the statement: refuse it up front."""
     with pytest.raises(PolicyValidationError) as raised:
         parse_policy(document)
     assert [(f.code, f.pointer) for f in raised.value.findings] == [("E001", where)]
+
+
+@pytest.mark.parametrize("document, wanted", [
+    ({1: "x", "Version": "2012-10-17", "Statement": []}, [("", "int")]),
+    (pol({**stmt(), None: "x"}), [("/Statement/0", "NoneType")]),
+    (pol(stmt(Condition={(1, 2): {"k": "v"}})), [("/Statement/0/Condition", "tuple")]),
+    (pol(stmt(Condition={"StringEquals": {7: "ok", "k": "\ud800"}})),
+     [("/Statement/0/Condition/StringEquals", "int"), ("/Statement/0/Condition/StringEquals/k", "lone surrogate")]),
+])
+def test_a_key_that_is_not_a_string_is_refused_where_it_stands(document, wanted):
+    """A Python mapping may hold keys JSON cannot: each is an error at its object, not a crash further on."""
+    with pytest.raises(PolicyValidationError) as raised:
+        parse_policy(document)
+    found = sorted((f.code, f.pointer, f.message) for f in raised.value.findings)
+    assert [(code, where) for code, where, _ in found] == [("E001", where) for where, _ in wanted]
+    assert all(word in message for (_, _, message), (_, word) in zip(found, wanted, strict=True))
+
+
+class EqualsAnything(str):
+    """A str subclass that claims to equal every value."""
+
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("effect, wanted", [("Allow", "Allow"), ("Deny", "Deny"), ("allow", None), ("", None)])
+def test_an_effect_is_read_for_the_text_it_holds(effect, wanted):
+    """A str subclass whose __eq__ lies is read as its characters: "allow" stays an error, not an Allow."""
+    document = pol(stmt(Effect=EqualsAnything(effect)))
+    if wanted is None:
+        with pytest.raises(PolicyValidationError) as raised:
+            parse_policy(document)
+        assert [f.code for f in raised.value.findings] == ["E010"]
+    else:
+        assert str(parse_policy(document).statements[0].effect) == wanted
 
 
 def test_nesting_deeper_than_any_policy_is_refused_without_recursion():
