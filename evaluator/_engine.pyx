@@ -22,7 +22,7 @@ from libc.string cimport memcmp, memcpy, memset
 from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._pattern cimport PatternSet, pseg
-from ._request cimport arn_account, arn_fields, shown, valid_action
+from ._request cimport account_field, arn_account, arn_fields, shown, valid_action
 from ._text cimport MAX_PROBES, hash_text
 from ._types cimport cstr, ctx_entry
 
@@ -1034,9 +1034,14 @@ cdef uint8_t _resource_kind(const char* text, Py_ssize_t n) noexcept nogil:
     """``service_rules.resource_kind`` without making a string: the ARN's service and resource part
     against ``RESOURCE_KINDS``."""
     cdef Py_ssize_t at[6]
-    cdef Py_ssize_t k
     if not arn_fields(text, n, at):
         return 0
+    return _kind_of_arn(text, n, at)
+
+
+cdef uint8_t _kind_of_arn(const char* text, Py_ssize_t n, const Py_ssize_t* at) noexcept nogil:
+    """``_resource_kind`` of an ARN whose fields start at ``at`` (``arn_fields``)."""
+    cdef Py_ssize_t k
     for k in range(N_RESOURCE_KINDS):
         if at[3] - 1 - at[2] == KIND_SERVICE_LEN[k] \
                 and memcmp(text + at[2], KIND_SERVICE[k], KIND_SERVICE_LEN[k]) == 0 \
@@ -1366,7 +1371,8 @@ cdef class Batch:
                 self.roles_packed += self.profile_table[p].role_count
             self.profiles_packed = n_profiles
         _set_action_flags(&self.actions)
-        _set_resource_kinds(&self.resources)
+        if self.resources.rules == NULL:  # else set as the resources were read (convert_arrow)
+            _set_resource_kinds(&self.resources)
         self.engine.match_distinct(self, decide)
         return 0
 
@@ -2670,14 +2676,14 @@ cdef class _ArrowRows:
             if caller_accounts == NULL or caller_account_len == NULL or fact_start == NULL or fact_count == NULL \
                     or sessions == NULL or action_ok == NULL or account_at == NULL or account_len == NULL:
                 raise MemoryError()
-            for k in range(n_distinct_actions):
-                action_ok[k] = valid_action(self.action_ids.texts[k].ptr, self.action_ids.texts[k].len)
-            for k in range(n_distinct_resources):
-                account = self.resource_ids.texts[k]
-                account_at[k] = account_len[k] = 0
-                if not engine_is_star(account.ptr, account.len) and not arn_account(
-                        account.ptr, account.len, &account_at[k], &account_len[k]):
-                    account_len[k] = -1
+            batch.resources.rules = <uint8_t*>malloc(max(1, n_distinct_resources))
+            if batch.resources.rules == NULL:
+                raise MemoryError()
+            with nogil:
+                for k in range(n_distinct_actions):
+                    action_ok[k] = valid_action(self.action_ids.texts[k].ptr, self.action_ids.texts[k].len)
+                for k in range(n_distinct_resources):
+                    self.read_arn(k, &account_at[k], &account_len[k], &batch.resources.rules[k])
             for k, session in enumerate(conversion.sessions):
                 sessions[k] = session
             for k, account_bytes in enumerate(conversion.accounts):
@@ -2801,6 +2807,21 @@ cdef class _ArrowRows:
             free(account_at)
             free(account_len)
         return 0
+
+    cdef void read_arn(self, Py_ssize_t k, Py_ssize_t* account_at, Py_ssize_t* account_len,
+                       uint8_t* kind) noexcept nogil:
+        """Where distinct resource k's account lies (length 0: "*" or no account; -1: neither an ARN nor "*"),
+        and its kind (``_resource_kind``), from one reading of its fields."""
+        cdef cstr text = self.resource_ids.texts[k]
+        cdef Py_ssize_t at[6]
+        account_at[0] = account_len[0] = kind[0] = 0
+        if engine_is_star(text.ptr, text.len):
+            return
+        if not arn_fields(text.ptr, text.len, at):
+            account_len[0] = -1
+            return
+        account_field(at, account_at, account_len)
+        kind[0] = _kind_of_arn(text.ptr, text.len, at)
 
     cdef int tell(self, Batch batch, dict reasons, list context_fields, list tag_fields) except -1:
         """Why each row that failed alone did (``batch.errors``), and the principals not known

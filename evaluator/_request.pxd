@@ -42,6 +42,11 @@ cdef inline bint arn_account(const char* p, Py_ssize_t n, Py_ssize_t* start, Py_
     cdef Py_ssize_t at[6]
     if not arn_fields(p, n, at):
         return False
+    account_field(at, start, length)
+    return True
+
+
+cdef inline void account_field(const Py_ssize_t* at, Py_ssize_t* start, Py_ssize_t* length) noexcept nogil:
+    """Where the account field lies, of an ARN whose fields start at ``at`` (``arn_fields``)."""
     start[0] = at[4]
     length[0] = at[5] - 1 - at[4]
-    return True
