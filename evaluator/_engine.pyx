@@ -2238,16 +2238,21 @@ cdef int32_t _text_number(distinct_t* d, cstr text) noexcept nogil:
             probes += 1
     if _distinct_room(d, True) < 0:
         return -1
-    slot = h & d.mask
-    while d.slots[slot].number:
-        slot = (slot + 1) & d.mask
     k = <int32_t>d.n
     if probes < MAX_PROBES:  # else a run of colliding texts is long: this one gets a number of its own
-        d.slots[slot].tag, d.slots[slot].number = tag, k + 1
+        _claim(d, h, k)
     d.hashes[k], d.texts[k], d.utf8[k] = h, text, _utf8(text.ptr, text.len)
     d.n_not_utf8 += not d.utf8[k]
     d.n += 1
     return k
+
+
+cdef inline void _claim(distinct_t* d, uint64_t h, int32_t k) noexcept nogil:
+    """Number k into the first empty slot from hash h's (there is one: the slots are at most half full)."""
+    cdef Py_ssize_t slot = h & d.mask
+    while d.slots[slot].number:
+        slot = (slot + 1) & d.mask
+    d.slots[slot].tag, d.slots[slot].number = <uint32_t>(h >> 32), k + 1
 
 
 cdef int32_t _key_number(distinct_t* d, int64_t key) noexcept nogil:
@@ -2264,11 +2269,8 @@ cdef int32_t _key_number(distinct_t* d, int64_t key) noexcept nogil:
             slot = (slot + 1) & d.mask
     if _distinct_room(d, False) < 0:
         return -1
-    slot = h & d.mask
-    while d.slots[slot].number:
-        slot = (slot + 1) & d.mask
     k = <int32_t>d.n
-    d.slots[slot].tag, d.slots[slot].number = <uint32_t>(h >> 32), k + 1
+    _claim(d, h, k)
     d.hashes[k], d.keys[k] = h, key
     d.n += 1
     return k
