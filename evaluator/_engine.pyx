@@ -548,11 +548,13 @@ cdef class Engine:
     cdef int match_distinct(self, Batch batch, bint decide=False) except -1:
         """Match each distinct action and resource of a batch once (without the GIL), for every
         request to read: request logs repeat both heavily. With ``decide``, decide the whole batch
-        too, on the same scratch (the single-request path)."""
+        too, on the same scratch (the single-request path). The batch's value offsets become pointers
+        first, in the same pass without the GIL."""
         cdef scratch_t* sc = self.acquire()
         cdef bint ok
         try:
             with nogil:
+                batch.point_entries()
                 ok = _match_all(self.action_trie, &batch.actions, sc.action_scratch, sc.action_ids) \
                     and _match_all(self.resource_trie, &batch.resources, sc.resource_scratch, sc.resource_ids)
                 if ok and decide:
@@ -1328,11 +1330,6 @@ cdef class Batch:
         cdef Py_ssize_t total = self.roles_packed, p
         cdef void* grown
         cdef const char* packed
-        if self.n_entries > NOGIL_LOOP:
-            with nogil:
-                self.point_entries()
-        else:
-            self.point_entries()
         if self.grant_bytes == NULL or n_grants > self.grants_packed:
             grown = realloc(self.grant_bytes, max(1, n_grants))
             if grown == NULL:
@@ -2452,17 +2449,26 @@ cdef class _ArrowRows:
             self.tag_keys[t] = key_id
             self.tag_group[t] = groups.setdefault(name.lower(), len(groups))
             _strcol(array, &self.tags[t])
-        cdef bint ok
-        with nogil:  # a pass over every offset and byte: threads check their slices side by side
-            ok = self.offsets_ok()
-            if ok:
-                for f in range(self.n_fields):
-                    self.field_utf8[f] = _ascii(&self.lists[f].items, self.lists[f].n_items) if self.is_list[f] \
-                        else _ascii(&self.strings[f], n)
-                for t in range(self.n_tags):
-                    self.field_utf8[self.n_fields + t] = _ascii(&self.tags[t], n)
-        if not ok:
-            raise ValueError("an array's offsets point outside its data (a malformed Arrow array)")
+        return 0
+
+    cdef int scan(self) noexcept nogil:
+        """Check every offset, tell which fields are ASCII throughout, and number the distinct principals,
+        actions, resources and owners: one pass without the GIL (each pass given back and taken again may wait
+        for another thread's Python work). 0, ROWS_OUT_OF_RANGE (offsets outside their data) or
+        ROWS_OUT_OF_MEMORY."""
+        cdef Py_ssize_t f
+        if not self.offsets_ok():
+            return ROWS_OUT_OF_RANGE
+        for f in range(self.n_fields):
+            self.field_utf8[f] = _ascii(&self.lists[f].items, self.lists[f].n_items) if self.is_list[f] \
+                else _ascii(&self.strings[f], self.n)
+        for f in range(self.n_tags):
+            self.field_utf8[self.n_fields + f] = _ascii(&self.tags[f], self.n)
+        if _number_texts(&self.principals, self.n, &self.principal_ids) < 0 \
+                or _number_texts(&self.actions, self.n, &self.action_ids) < 0 \
+                or _number_texts(&self.resources, self.n, &self.resource_ids) < 0 \
+                or self.has_accounts and _number_texts(&self.accounts, self.n, &self.account_ids) < 0:
+            return ROWS_OUT_OF_MEMORY
         return 0
 
     cdef bint offsets_ok(self) noexcept nogil:
@@ -2480,18 +2486,6 @@ cdef class _ArrowRows:
             if not _strcol_ok(&self.tags[f], self.n):
                 return False
         return True
-
-    cdef int number(self) except -1:
-        """Number the distinct principals, actions, resources and owners, without the GIL."""
-        cdef bint failed
-        with nogil:
-            failed = _number_texts(&self.principals, self.n, &self.principal_ids) < 0 \
-                or _number_texts(&self.actions, self.n, &self.action_ids) < 0 \
-                or _number_texts(&self.resources, self.n, &self.resource_ids) < 0 \
-                or self.has_accounts and _number_texts(&self.accounts, self.n, &self.account_ids) < 0
-        if failed:
-            raise MemoryError()
-        return 0
 
     cdef dict ask(self, _Converter conversion):
         """The converter's answers once per distinct principal, resource and owner (text that is not
@@ -2526,9 +2520,8 @@ cdef class _ArrowRows:
         cdef int64_t every_owner
         if conversion.every_place is not None:  # one answer for all: no call per distinct resource
             every_policy, every_owner = conversion.every_place
-            with nogil:
-                for k in range(d.n):
-                    self.policy_of[k], self.owner_of[k] = every_policy, every_owner
+            for k in range(d.n):
+                self.policy_of[k], self.owner_of[k] = every_policy, every_owner
         else:
             for k in range(d.n):
                 self.policy_of[k], self.owner_of[k] = conversion.resource_place(_decoded(d, k)) if d.utf8[k] \
@@ -2603,40 +2596,38 @@ cdef class _ArrowRows:
                 self.problems[i] = ROW_BAD_TEXT
         return 0
 
-    cdef int place(self, _Converter conversion, int32_t n_policies) except -1:
-        """Per row, its resource profile and grants: the converter asked once per distinct (policy,
-        owner) and (caller, policy)."""
-        cdef Py_ssize_t i, k
+    cdef int place_rows(self, int32_t n_policies) noexcept nogil:
+        """Per row, its (policy, owner) and (caller, policy) keys, numbered; 0, ROWS_OUT_OF_RANGE (an owner
+        class out of range) or ROWS_OUT_OF_MEMORY."""
+        cdef Py_ssize_t i
         cdef int32_t p, r, a, policy
-        cdef int64_t owner, key
-        cdef int broken = 0
-        with nogil:
-            for i in range(self.n):
-                self.place_of_row[i] = self.grant_of_row[i] = -1
-                if self.problems[i]:
-                    continue
-                p, r = self.principal_ids.of_row[i], self.resource_ids.of_row[i]
-                policy, owner = self.policy_of[r], self.owner_of[r]
-                if self.has_accounts:
-                    a = self.account_ids.of_row[i]
-                    if a >= 0:
-                        owner = self.class_of[a]
-                if owner < 0:
-                    owner = self.own_of[p]
-                if not 0 <= owner < OWNER_SPAN:
-                    broken = ROWS_OUT_OF_RANGE
-                    break
-                self.place_of_row[i] = _key_number(&self.place_ids, (<int64_t>policy + 1) * OWNER_SPAN + owner)
-                if policy >= 0:
-                    self.grant_of_row[i] = _key_number(
-                        &self.grant_ids, <int64_t>self.caller_of[p] * n_policies + policy)
-                if self.place_of_row[i] < 0 or policy >= 0 and self.grant_of_row[i] < 0:
-                    broken = ROWS_OUT_OF_MEMORY
-                    break
-        if broken == ROWS_OUT_OF_MEMORY:
-            raise MemoryError()
-        if broken == ROWS_OUT_OF_RANGE:
-            raise ValueError("the resolver gave an owner class out of range")
+        cdef int64_t owner
+        for i in range(self.n):
+            self.place_of_row[i] = self.grant_of_row[i] = -1
+            if self.problems[i]:
+                continue
+            p, r = self.principal_ids.of_row[i], self.resource_ids.of_row[i]
+            policy, owner = self.policy_of[r], self.owner_of[r]
+            if self.has_accounts:
+                a = self.account_ids.of_row[i]
+                if a >= 0:
+                    owner = self.class_of[a]
+            if owner < 0:
+                owner = self.own_of[p]
+            if not 0 <= owner < OWNER_SPAN:
+                return ROWS_OUT_OF_RANGE
+            self.place_of_row[i] = _key_number(&self.place_ids, (<int64_t>policy + 1) * OWNER_SPAN + owner)
+            if policy >= 0:
+                self.grant_of_row[i] = _key_number(&self.grant_ids, <int64_t>self.caller_of[p] * n_policies + policy)
+            if self.place_of_row[i] < 0 or policy >= 0 and self.grant_of_row[i] < 0:
+                return ROWS_OUT_OF_MEMORY
+        return 0
+
+    cdef int ask_places(self, _Converter conversion, int32_t n_policies) except -1:
+        """The converter's resource profile of each distinct (policy, owner), and grants of each distinct
+        (caller, policy)."""
+        cdef Py_ssize_t k
+        cdef int64_t key
         self.profile_of = <int32_t*>malloc(max(1, self.place_ids.n) * sizeof(int32_t))
         self.grants_of = <int32_t*>malloc(max(1, self.grant_ids.n) * sizeof(int32_t))
         if self.profile_of == NULL or self.grants_of == NULL:
@@ -2681,11 +2672,6 @@ cdef class _ArrowRows:
             batch.resources.rules = <uint8_t*>malloc(max(1, n_distinct_resources))
             if batch.resources.rules == NULL:
                 raise MemoryError()
-            with nogil:
-                for k in range(n_distinct_actions):
-                    action_ok[k] = valid_action(self.action_ids.texts[k].ptr, self.action_ids.texts[k].len)
-                for k in range(n_distinct_resources):
-                    self.read_arn(k, &account_at[k], &account_len[k], &batch.resources.rules[k])
             for k, session in enumerate(conversion.sessions):
                 sessions[k] = session
             for k, account_bytes in enumerate(conversion.accounts):
@@ -2701,6 +2687,10 @@ cdef class _ArrowRows:
                     batch.add_entry(kid, texts, list_value)
                 fact_count[k] = batch.n_entries - fact_start[k]
             with nogil:  # no Python object per row: threads convert their own batches side by side
+                for k in range(n_distinct_actions):
+                    action_ok[k] = valid_action(self.action_ids.texts[k].ptr, self.action_ids.texts[k].len)
+                for k in range(n_distinct_resources):
+                    self.read_arn(k, &account_at[k], &account_len[k], &batch.resources.rules[k])
                 for i in range(self.n):
                     rq = &batch.requests[i]
                     rq.caller = C_ROW_UNKNOWN if self.problems[i] == ROW_UNKNOWN_PRINCIPAL else C_ROW_FAILED
@@ -2864,6 +2854,15 @@ cdef class _ArrowRows:
 
 
 
+cdef int _stop(int broken, str out_of_range) except -1:
+    """Raise for what stopped a pass without the GIL."""
+    if broken == ROWS_OUT_OF_MEMORY:
+        raise MemoryError()
+    if broken == ROWS_OUT_OF_RANGE:
+        raise ValueError(out_of_range)
+    return 0
+
+
 def convert_arrow(_Converter conversion, principals, actions, resources, resource_accounts, list context_fields,
                   list tag_fields):
     """Finish the ``Batch`` of ``conversion`` from Arrow string arrays, with no Python object per row.
@@ -2880,11 +2879,17 @@ def convert_arrow(_Converter conversion, principals, actions, resources, resourc
     cdef _ArrowRows rows = _ArrowRows()
     batch.owned.append((principals, actions, resources, resource_accounts, context_fields, tag_fields))
     rows.read(batch.engine, batch.n, principals, actions, resources, resource_accounts, context_fields, tag_fields)
-    rows.number()
+    cdef int32_t n_policies = batch.engine.n_policies
+    cdef int broken
+    with nogil:
+        broken = rows.scan()
+    _stop(broken, "an array's offsets point outside its data (a malformed Arrow array)")
     reasons = rows.ask(conversion)
     with nogil:
         rows.find_problems()
-    rows.place(conversion, batch.engine.n_policies)
+        broken = rows.place_rows(n_policies)
+    _stop(broken, "the resolver gave an owner class out of range")
+    rows.ask_places(conversion, n_policies)
     rows.fill(conversion)
     rows.tell(batch, reasons, context_fields, tag_fields)
     batch.actions.texts, batch.actions.n = rows.action_ids.texts, rows.action_ids.n
