@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from iam_evaluator.cli import main
 from iam_evaluator.store import PolicyStore
 
 A, B, C = "111111111111", "222222222222", "333333333333"
@@ -124,10 +123,3 @@ def snapshot_file(directory: Path) -> str:
     path = directory / "store.json"
     path.write_text(json.dumps(SNAPSHOT))
     return str(path)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """``iam-eval`` with ``argv``: its exit code, stdout and stderr."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err

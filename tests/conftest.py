@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from iam_evaluator.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CONFORMANCE = SHARED / "conformance"
@@ -31,3 +33,10 @@ def assert_passes_under_debug_allocator(module: str, **environment: str) -> None
     output = result.stdout + result.stderr
     assert "Fatal Python error" not in output and "Segmentation fault" not in output, output[-5000:]
     assert result.returncode == 0, output[-5000:]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``iam-eval`` with ``argv`` (paths and numbers as their text): its exit code, stdout and stderr."""
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from iam_evaluator.cases import ENGINES, Engine, run_files
-from iam_evaluator.cli import main
+
+from .conftest import run_cli
 
 ENGINE_NAMES = sorted(ENGINES)
 ACCOUNT = "111122223333"
@@ -42,12 +43,6 @@ def write_cases(path: Path, *cases: dict) -> Path:
     return write(path, "".join(json.dumps(c) + "\n" for c in cases))
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def repo(tmp_path, monkeypatch) -> Path:
     """A repository keeping policy files beside its cases, run from another folder: paths are relative to the
@@ -77,13 +72,13 @@ def test_cases_naming_policy_files(capsys, repo, engine):
                  "permissions_boundary": ["boundary.json"]}),
         case("absolute", "Allow", policies={"identity": [str(repo / "policies" / "dev.json")]}),
     )
-    assert run(capsys, "test", str(cases), "--engine", engine) == (0, "5 passed, 0 failed\n", "")
+    assert run_cli(capsys, "test", str(cases), "--engine", engine) == (0, "5 passed, 0 failed\n", "")
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_decisions_name_the_policy_file(capsys, repo, engine):
     cases = write_cases(repo / "cases.jsonl", case("denied?", "ExplicitDeny", policies=LAYERS))
-    code, out, _ = run(capsys, "test", str(cases), "--engine", engine)
+    code, out, _ = run_cli(capsys, "test", str(cases), "--engine", engine)
     assert code == 1
     assert "FAIL denied? [" in out and "expected ExplicitDeny, got Allow" in out
     assert "    statement: Allow policies/dev.json#0 (ReadReports)" in out.splitlines()
@@ -93,7 +88,7 @@ def test_a_missing_file_fails_its_case_and_the_others_still_run(capsys, repo):
     cases = write_cases(repo / "cases.jsonl",
                         case("missing", "Allow", policies={"identity": ["policies/nope.json"]}),
                         case("reads", "Allow", policies=LAYERS))
-    code, out, _ = run(capsys, "test", str(cases))
+    code, out, _ = run_cli(capsys, "test", str(cases))
     assert code == 1
     assert out.splitlines() == [
         f"FAIL missing: {cases}:1: cannot read policy file 'policies/nope.json': No such file or directory",
@@ -109,7 +104,7 @@ def test_a_key_given_twice_in_a_named_file_fails_the_case(capsys, repo, duplicat
     write(repo / "policies" / "twice.json", duplicate)
     cases = write_cases(repo / "cases.jsonl",
                         case("twice", "ImplicitDeny", policies={"identity": ["policies/twice.json"]}))
-    code, out, _ = run(capsys, "test", str(cases))
+    code, out, _ = run_cli(capsys, "test", str(cases))
     assert code == 1
     assert "FAIL twice:" in out and "policy file 'policies/twice.json'" in out
     assert "[E002]" in out and "is given more than once" in out
@@ -120,7 +115,7 @@ def test_an_invalid_policy_file_is_named_by_its_path(capsys, repo):
     write(repo / "policies" / "bad.json", {"Version": "2012-10-17", "Statement": [
         {"Effect": "Permit", "Action": "s3:GetObject", "Resource": "*"}]})
     cases = write_cases(repo / "cases.jsonl", case("bad", "Allow", policies={"identity": ["policies/bad.json"]}))
-    code, out, _ = run(capsys, "test", str(cases))
+    code, out, _ = run_cli(capsys, "test", str(cases))
     assert code == 1
     assert f"FAIL bad: {cases}:1: policies/bad.json: invalid policy" in out
 
@@ -154,7 +149,7 @@ STORE_CASES = [
 def test_cases_naming_a_store_directory(capsys, tmp_path, engine):
     tiny_store(tmp_path / "store")
     cases = write_cases(tmp_path / "cases.jsonl", *STORE_CASES)
-    assert run(capsys, "test", str(cases), "--engine", engine) == (0, "4 passed, 0 failed\n", "")
+    assert run_cli(capsys, "test", str(cases), "--engine", engine) == (0, "4 passed, 0 failed\n", "")
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
@@ -166,7 +161,7 @@ def test_cases_naming_a_store_snapshot(capsys, tmp_path, engine):
         "managed_policies": [{"arn": f"arn:aws:iam::{ACCOUNT}:policy/Reports", "document": READ_REPORTS}]})
     cases = write_cases(tmp_path / "cases.jsonl", case("reads", "Allow", store="snapshot.json"),
                         case("writes", "ImplicitDeny", action="s3:PutObject", store="snapshot.json"))
-    assert run(capsys, "test", str(cases), "--engine", engine) == (0, "2 passed, 0 failed\n", "")
+    assert run_cli(capsys, "test", str(cases), "--engine", engine) == (0, "2 passed, 0 failed\n", "")
 
 
 def test_a_store_is_prepared_once_per_run(tmp_path):
@@ -194,7 +189,7 @@ def test_an_unreadable_store_fails_its_cases(capsys, tmp_path, engine):
     write(tmp_path / "broken" / "principals" / "dev.json", '{"arn": "x", "arn": "y"}')
     cases = write_cases(tmp_path / "cases.jsonl", case("no-store", "Allow", store="nowhere"),
                         case("broken", "Allow", store="broken"))
-    code, out, _ = run(capsys, "test", str(cases), "--engine", engine)
+    code, out, _ = run_cli(capsys, "test", str(cases), "--engine", engine)
     assert code == 1
     assert f"FAIL no-store: {cases}:1: cannot read store 'nowhere': No such file or directory" in out
     assert "FAIL broken:" in out and "[E002]" in out
@@ -221,7 +216,7 @@ def test_an_unexpected_deny_lists_the_statements_that_nearly_applied(capsys, rep
     cases = write_cases(repo / "cases.jsonl", case(
         "reads", "Allow", context={"aws:RequestedRegion": "us-east-1"},
         policies={"identity": ["policies/near.json"], "resource": PARTNER_BUCKET}))
-    code, out, _ = run(capsys, "test", str(cases), "--engine", engine)
+    code, out, _ = run_cli(capsys, "test", str(cases), "--engine", engine)
     assert code == 1
     assert out.splitlines()[1:] == [
         "    missing context keys: aws:SourceIp",
@@ -242,7 +237,7 @@ def test_near_misses_are_bounded(capsys, tmp_path):
         {"Sid": f"Bucket{n}", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::bucket{n}/*"}
         for n in range(7)]}
     cases = write_cases(tmp_path / "cases.jsonl", case("reads", "Allow", policies={"identity": [policy]}))
-    code, out, _ = run(capsys, "test", str(cases))
+    code, out, _ = run_cli(capsys, "test", str(cases))
     lines = out.splitlines()
     assert code == 1
     assert [line for line in lines if "nearly applied: " in line] == [
@@ -254,7 +249,7 @@ def test_an_expected_deny_lists_no_near_misses(capsys, repo):
     cases = write_cases(repo / "cases.jsonl", case("wrongly-denied", "ExplicitDeny", context={},
                                                    policies={"identity": ["policies/dev.json"]},
                                                    resource="arn:aws:s3:::other/x"))
-    code, out, _ = run(capsys, "test", str(cases))
+    code, out, _ = run_cli(capsys, "test", str(cases))
     assert code == 1 and "nearly applied" not in out
 
 
@@ -271,7 +266,7 @@ def two_case_files(repo: Path) -> tuple[Path, Path]:
 def test_junit_report(capsys, repo, tmp_path, engine):
     first, second = two_case_files(repo)
     junit = tmp_path / "junit.xml"
-    code, out, _ = run(capsys, "test", str(first), str(second), "--junit", str(junit), "--engine", engine)
+    code, out, _ = run_cli(capsys, "test", str(first), str(second), "--junit", str(junit), "--engine", engine)
     assert code == 1
     assert out.splitlines()[-1] == "2 passed, 2 failed"  # the text report is still printed
     root = ET.parse(junit).getroot()
@@ -295,7 +290,7 @@ def test_junit_report(capsys, repo, tmp_path, engine):
 
 def test_json_report(capsys, repo):
     first, second = two_case_files(repo)
-    code, out, _ = run(capsys, "test", str(first), str(second), "--format", "json")
+    code, out, _ = run_cli(capsys, "test", str(first), str(second), "--format", "json")
     report = json.loads(out)
     assert code == 1
     assert report["totals"] == {"cases": 4, "passed": 2, "failed": 2}
@@ -315,14 +310,15 @@ def test_json_report(capsys, repo):
     assert wrong["expected"] == {"decision": "ExplicitDeny", "decided_by": None}
     assert (missing["decision"], missing["statements"]) == (None, [])
     assert "cannot read policy file 'nope.json'" in missing["problem"]
-    assert run(capsys, "test", str(first), "--json")[1] == run(capsys, "test", str(first), "--format", "json")[1]
+    assert run_cli(capsys, "test", str(first), "--json")[1] == \
+        run_cli(capsys, "test", str(first), "--format", "json")[1]
 
 
 def test_json_report_near_misses(capsys, repo):
     write(repo / "policies" / "near.json", NEAR_MISSES)
     cases = write_cases(repo / "cases.jsonl", case("reads", "Allow", context={"aws:RequestedRegion": "us-east-1"},
                                                    policies={"identity": ["policies/near.json"]}))
-    [reads] = json.loads(run(capsys, "test", str(cases), "--json")[1])["cases"]
+    [reads] = json.loads(run_cli(capsys, "test", str(cases), "--json")[1])["cases"]
     unset = {"patterns": [], "operator": "", "key": "", "sent": [], "wanted": [], "cut_by": ""}
     assert reads["near_misses"] == [
         {"policy": "policies/near.json", "index": 0, "sid": "OtherBucket", "effect": "Allow", "layer": "identity",
@@ -340,11 +336,11 @@ def test_json_report_near_misses(capsys, repo):
 def test_exit_codes(capsys, repo, tmp_path):
     passing = write_cases(repo / "pass.jsonl", case("reads", "Allow", policies=LAYERS))
     failing = write_cases(repo / "fail.jsonl", case("reads", "ImplicitDeny", policies=LAYERS))
-    assert run(capsys, "test", str(passing))[0] == 0
-    assert run(capsys, "test", str(passing), str(failing))[0] == 1
-    code, _, err = run(capsys, "test", str(passing), str(tmp_path / "absent.jsonl"))
+    assert run_cli(capsys, "test", str(passing))[0] == 0
+    assert run_cli(capsys, "test", str(passing), str(failing))[0] == 1
+    code, _, err = run_cli(capsys, "test", str(passing), str(tmp_path / "absent.jsonl"))
     assert code == 2 and "no such case file" in err
-    code, _, err = run(capsys, "test", str(passing), "--junit", str(tmp_path / "no-such-folder" / "junit.xml"))
+    code, _, err = run_cli(capsys, "test", str(passing), "--junit", str(tmp_path / "no-such-folder" / "junit.xml"))
     assert code == 2 and "no-such-folder" in err
 
 
@@ -383,9 +379,9 @@ def test_hostile_shapes_fail_their_case(capsys, repo, tmp_path, engine, hostile)
     cases = write_cases(repo / "cases.jsonl", {"id": f"\ud800{hostile}\x01", **HOSTILE[hostile], "request": request,
                                                "expect": {"decision": "ImplicitDeny"}})
     junit = tmp_path / "junit.xml"
-    code, out, _ = run(capsys, "test", str(cases), "--engine", engine, "--junit", str(junit))
+    code, out, _ = run_cli(capsys, "test", str(cases), "--engine", engine, "--junit", str(junit))
     assert (code, out.splitlines()[-1]) == (1, "0 passed, 1 failed")
     assert out.startswith("FAIL ")
     assert ET.parse(junit).getroot().get("errors") == "1"
-    code, out, _ = run(capsys, "test", str(cases), "--engine", engine, "--json")
+    code, out, _ = run_cli(capsys, "test", str(cases), "--engine", engine, "--json")
     assert (code, json.loads(out)["totals"]) == (1, {"cases": 1, "passed": 0, "failed": 1})

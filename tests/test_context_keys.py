@@ -8,7 +8,6 @@ import grpc
 import pytest
 
 from iam_evaluator import RequestError, parse_policy
-from iam_evaluator.cli import main
 from iam_evaluator.context_keys import ContextKeyUse, context_keys, store_context_keys
 from iam_evaluator.decision import StatementRef
 from iam_evaluator.model import Effect
@@ -16,6 +15,7 @@ from iam_evaluator.server.api import iam_evaluator_pb2 as pb
 from iam_evaluator.server.client import Client
 from iam_evaluator.store import PolicyStore
 
+from .conftest import run_cli
 from .service_helpers import ALICE, EXAMPLE_STORE, ROLE, RPC_TIMEOUT, copy_store, rpc_error, running_service
 
 ADMIN_TOKEN = "admin-secret-for-context-keys"
@@ -85,12 +85,6 @@ def test_bad_principals_and_actions_are_refused(principal, action, error):
 # ---------------------------------------------------------------- iam-eval context-keys
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_on_files(capsys, tmp_path):
     path = tmp_path / "doc.json"
     path.write_text(json.dumps(DOCUMENT))
@@ -98,7 +92,7 @@ def test_cli_on_files(capsys, tmp_path):
     bucket.write_text(json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "*",
          "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}))
-    code, out, _ = run(capsys, "context-keys", str(path), str(bucket), "--action", "s3:ListBucket")
+    code, out, _ = run_cli(capsys, "context-keys", str(path), str(bucket), "--action", "s3:ListBucket")
     assert code == 0
     assert out.splitlines() == [
         "aws:RESOURCETAG/team", f"  Allow {path}#1 (Tagged)",
@@ -109,7 +103,7 @@ def test_cli_on_files(capsys, tmp_path):
 
 
 def test_cli_on_a_store_as_json(capsys):
-    code, out, _ = run(capsys, "context-keys", "--store", str(EXAMPLE_STORE), "--principal", ALICE, "--json")
+    code, out, _ = run_cli(capsys, "context-keys", "--store", str(EXAMPLE_STORE), "--principal", ALICE, "--json")
     assert code == 0
     assert json.loads(out) == [
         {"key": "aws:RequestedRegion", "statements": [{"policy": "scp/DenyOutsideApprovedRegions", "index": 0,
@@ -121,7 +115,7 @@ def test_cli_on_a_store_as_json(capsys):
 
 
 def test_cli_every_policy_of_a_store(capsys):
-    code, out, _ = run(capsys, "context-keys", "--store", str(EXAMPLE_STORE))
+    code, out, _ = run_cli(capsys, "context-keys", "--store", str(EXAMPLE_STORE))
     keys = [line for line in out.splitlines() if not line.startswith(" ")]
     assert code == 0
     assert "aws:SecureTransport" in keys  # the bucket policy's, which no principal's set holds
@@ -138,14 +132,14 @@ def test_cli_every_policy_of_a_store(capsys):
     (["/nonexistent/policy.json"], "cannot read /nonexistent/policy.json"),
 ])
 def test_cli_bad_input_exits_two(capsys, argv, message):
-    code, _, err = run(capsys, "context-keys", *argv)
+    code, _, err = run_cli(capsys, "context-keys", *argv)
     assert code == 2 and message in err
 
 
 def test_cli_names_an_invalid_policy(capsys, tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('{"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*", "Resource": "x"}]}')
-    code, _, err = run(capsys, "context-keys", str(path))
+    code, _, err = run_cli(capsys, "context-keys", str(path))
     assert code == 2 and "E002" in err
 
 
@@ -187,7 +181,7 @@ def test_get_context_keys_refuses_an_unknown_principal(client):
 
 
 def test_client_context_keys_prints_the_response(capsys, service):
-    code, out, _ = run(capsys, "client", "--target", f"127.0.0.1:{service.port}", "--token", ADMIN_TOKEN,
+    code, out, _ = run_cli(capsys, "client", "--target", f"127.0.0.1:{service.port}", "--token", ADMIN_TOKEN,
                        "context-keys",
                        "--principal", ALICE, "--action", "iam:CreateServiceLinkedRole")
     assert code == 0

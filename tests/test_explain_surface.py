@@ -8,12 +8,12 @@ import json
 import pytest
 
 from iam_evaluator import Request
-from iam_evaluator.cli import main
 from iam_evaluator.server import convert
 from iam_evaluator.server.api import iam_evaluator_pb2 as pb
 from iam_evaluator.server.client import Client
 from iam_evaluator.store import PolicyStore, reference_decision
 
+from .conftest import run_cli
 from .service_helpers import (
     ALICE,
     EXAMPLE_STORE,
@@ -34,12 +34,6 @@ USER = "arn:aws:iam::111122223333:user/bob"
 OBJECT = "arn:aws:s3:::reports/q1.csv"
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def team_policy(tmp_path):
     path = tmp_path / "team.json"
@@ -49,7 +43,7 @@ def team_policy(tmp_path):
 
 @pytest.mark.parametrize("engine", ["compiled", "reference"])
 def test_check_explain_prints_every_missing_key_with_its_statement_and_the_near_misses(capsys, team_policy, engine):
-    code, out, _ = run(capsys, "check", "--policy", team_policy, "--principal", USER, "--action", "s3:GetObject",
+    code, out, _ = run_cli(capsys, "check", "--policy", team_policy, "--principal", USER, "--action", "s3:GetObject",
                        "--resource", OBJECT, "--explain", "--engine", engine)
     assert code == 1
     assert out.splitlines() == [
@@ -66,7 +60,7 @@ def test_check_explain_prints_every_missing_key_with_its_statement_and_the_near_
 
 
 def test_check_explain_shows_what_a_false_condition_compared(capsys, team_policy):
-    code, out, _ = run(capsys, "check", "--policy", team_policy, "--principal", USER, "--action", "s3:GetObject",
+    code, out, _ = run_cli(capsys, "check", "--policy", team_policy, "--principal", USER, "--action", "s3:GetObject",
                        "--resource", OBJECT, "--explain", "--context", "aws:PrincipalTag/team=red",
                        "--context", "aws:ResourceTag/team=blue", "--context", "aws:MultiFactorAuthPresent=true")
     assert code == 1
@@ -75,14 +69,14 @@ def test_check_explain_shows_what_a_false_condition_compared(capsys, team_policy
 
 
 def test_check_without_explain_prints_what_it_printed(capsys, team_policy):
-    _, out, _ = run(capsys, "check", "--policy", team_policy, "--principal", USER, "--action", "s3:GetObject",
+    _, out, _ = run_cli(capsys, "check", "--policy", team_policy, "--principal", USER, "--action", "s3:GetObject",
                     "--resource", OBJECT)
     assert "nearly applied" not in out and "needed by" not in out
     assert "  missing context keys: aws:MultiFactorAuthPresent, aws:PrincipalTag/team, aws:ResourceTag/team" in out
 
 
 def test_check_json_carries_the_explanation(capsys, team_policy):
-    code, out, _ = run(capsys, "check", "--policy", team_policy, "--principal", USER, "--action", "s3:GetObject",
+    code, out, _ = run_cli(capsys, "check", "--policy", team_policy, "--principal", USER, "--action", "s3:GetObject",
                        "--resource", OBJECT, "--json", "--context", "aws:PrincipalTag/team=red")
     decision = json.loads(out)
     team = {"policy": team_policy, "index": 0, "sid": "TeamMfa", "effect": "Allow"}
@@ -164,7 +158,7 @@ def test_check_batch_explanations_are_the_references(client):
 
 
 def test_client_check_explain_prints_as_check_does(capsys, service):
-    code, out, _ = run(capsys, "client", "--target", f"127.0.0.1:{service.port}", "check", "--principal", ROLE,
+    code, out, _ = run_cli(capsys, "client", "--target", f"127.0.0.1:{service.port}", "check", "--principal", ROLE,
                        "--action", "imagebuilder:CreateImage", "--resource", IMAGE, "--explain")
     assert code == 1
     assert "  missing context keys: aws:RequestedRegion" in out.splitlines()

@@ -23,6 +23,7 @@ from iam_evaluator.cli import main
 from iam_evaluator.server.api import iam_evaluator_pb2 as pb
 from iam_evaluator.server.client import Client, request_columns
 
+from .conftest import run_cli
 from .service_helpers import (
     ACCOUNT,
     IMAGE,
@@ -323,12 +324,6 @@ def test_a_bad_vpc_endpoint_policy_is_refused_and_changes_nothing(client, case):
 # ---------------------------------------------------------------- iam-eval check
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def policy_file(directory: Path, name: str, text: str) -> str:
     path = directory / f"{name}.json"
     path.write_text(text)
@@ -339,14 +334,14 @@ def policy_file(directory: Path, name: str, text: str) -> str:
 def test_cli_check_anonymous(capsys, tmp_path, engine):
     args = ["check", "--anonymous", "--action", "s3:GetObject", "--resource", OBJECT, "--engine", engine]
     public = policy_file(tmp_path, "public", public_read("*"))
-    code, out, _ = run(capsys, *args, "--resource-policy", public)
+    code, out, _ = run_cli(capsys, *args, "--resource-policy", public)
     assert (code, out.split()[0]) == (0, "Allow") and "decided by resource" in out
     account_only = policy_file(tmp_path, "account", public_read({"AWS": ACCOUNT}))
-    code, out, _ = run(capsys, *args, "--resource-policy", account_only)
+    code, out, _ = run_cli(capsys, *args, "--resource-policy", account_only)
     assert (code, out.split()[0]) == (1, "ImplicitDeny")
-    code, out, _ = run(capsys, *args, "--policy", policy_file(tmp_path, "identity", ALLOW_S3))
+    code, out, _ = run_cli(capsys, *args, "--policy", policy_file(tmp_path, "identity", ALLOW_S3))
     assert (code, out.split()[0]) == (1, "ImplicitDeny")
-    code, _, err = run(capsys, *args, "--resource-policy", public, "--session-tag", "team=ops")
+    code, _, err = run_cli(capsys, *args, "--resource-policy", public, "--session-tag", "team=ops")
     assert code == 2 and "session tags belong to an assumed-role session principal" in err
 
 
@@ -355,14 +350,14 @@ def test_cli_check_vpc_endpoint_policy(capsys, tmp_path, engine):
     args = ["check", "--policy", policy_file(tmp_path, "identity", ALLOW_S3), "--principal", CALLER,
             "--action", "s3:GetObject", "--resource", OBJECT, "--engine", engine, "--vpc-endpoint-policy"]
     denies = policy_file(tmp_path, "denies", ENDPOINT_DENIES)
-    code, out, _ = run(capsys, *args, denies)
+    code, out, _ = run_cli(capsys, *args, denies)
     assert (code, out.split()[0]) == (1, "ExplicitDeny") and "decided by vpc_endpoint" in out
     assert f"{denies}#1 (NoReads)" in out
-    code, out, _ = run(capsys, *args, policy_file(tmp_path, "writes", ENDPOINT_WRITES_ONLY))
+    code, out, _ = run_cli(capsys, *args, policy_file(tmp_path, "writes", ENDPOINT_WRITES_ONLY))
     assert (code, out.split()[0]) == (1, "ImplicitDeny") and "decided by vpc_endpoint" in out
-    code, out, _ = run(capsys, *args, policy_file(tmp_path, "reads", ENDPOINT_READS), "--json")
+    code, out, _ = run_cli(capsys, *args, policy_file(tmp_path, "reads", ENDPOINT_READS), "--json")
     assert code == 0 and json.loads(out)["decision"] == "Allow"
-    code, _, err = run(capsys, *args, policy_file(tmp_path, "identity-shaped", ALLOW_S3))
+    code, _, err = run_cli(capsys, *args, policy_file(tmp_path, "identity-shaped", ALLOW_S3))
     assert code == 2 and "[E019]" in err and "needs Principal" in err
 
 
@@ -381,13 +376,13 @@ def test_cli_check_needs_exactly_one_caller(capsys, argv, message):
 
 def test_cli_client_check_anonymous(service, capsys):
     target = ["client", "--target", f"127.0.0.1:{service.port}", "--token", ADMIN_TOKEN]
-    code, out, _ = run(capsys, *target, "check", "--anonymous", "--action", "s3:GetObject", "--resource",
+    code, out, _ = run_cli(capsys, *target, "check", "--anonymous", "--action", "s3:GetObject", "--resource",
                        PUBLIC_OBJECT, "--explain")
     assert (code, out.split()[0]) == (0, "Allow")
-    code, out, _ = run(capsys, *target, "check", "--anonymous", "--action", "s3:PutObject", "--resource",
+    code, out, _ = run_cli(capsys, *target, "check", "--anonymous", "--action", "s3:PutObject", "--resource",
                        PUBLIC_OBJECT)
     assert (code, out.split()[0]) == (1, "ImplicitDeny")
-    code, out, _ = run(capsys, *target, "check", "--principal", ROLE, "--action", "imagebuilder:GetImage",
+    code, out, _ = run_cli(capsys, *target, "check", "--principal", ROLE, "--action", "imagebuilder:GetImage",
                        "--resource", IMAGE, "--context", "aws:RequestedRegion=us-east-1",
                        "--context", f"aws:SourceVpce={ENDPOINT}")
     assert (code, out.split()[0]) == (1, "ImplicitDeny")
@@ -402,14 +397,14 @@ def test_cli_client_puts_and_gets_a_vpc_endpoint_policy(tmp_path, capsys):
     with running_service(copy_store(tmp_path), tmp_path / "state", admin_token=ADMIN_TOKEN) as running:
         target = ["client", "--target", f"127.0.0.1:{running.port}", "--token", ADMIN_TOKEN]
         endpoint = policy_file(tmp_path, "endpoint", text)
-        code, out, _ = run(capsys, *target, "put-policy", endpoint, "--kind", "vpc-endpoint", "--name", ENDPOINT)
+        code, out, _ = run_cli(capsys, *target, "put-policy", endpoint, "--kind", "vpc-endpoint", "--name", ENDPOINT)
         assert (code, json.loads(out)) == (0, {"version": 2})
-        code, out, _ = run(capsys, *target, "get-policy", "--kind", "vpc-endpoint", "--name", ENDPOINT)
+        code, out, _ = run_cli(capsys, *target, "get-policy", "--kind", "vpc-endpoint", "--name", ENDPOINT)
         stored = json.loads(out)
         assert code == 0 and (stored["kind"], stored["name"]) == ("VPC_ENDPOINT", ENDPOINT)
         assert json.loads(stored["document"]) == json.loads(text)
-        code, out, _ = run(capsys, *target, "list-policies", "--kind", "vpc-endpoint")
+        code, out, _ = run_cli(capsys, *target, "list-policies", "--kind", "vpc-endpoint")
         assert code == 0 and json.loads(out)["policies"] == [{"kind": "VPC_ENDPOINT", "name": ENDPOINT}]
-        code, out, _ = run(capsys, *target, "validate", policy_file(tmp_path, "no-principal", ALLOW_S3),
+        code, out, _ = run_cli(capsys, *target, "validate", policy_file(tmp_path, "no-principal", ALLOW_S3),
                            "--kind", "vpc-endpoint")
         assert code == 1 and "E019" in out

@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 
 from iam_evaluator.catalog import CATALOG_ENV
-from iam_evaluator.cli import main
 from iam_evaluator.locate import locate
 
+from .conftest import run_cli
 from .sarif_schema import SARIF_SCHEMA, SCHEMA_URI
 
 V = "2012-10-17"
@@ -39,12 +39,6 @@ def shipped_catalog(monkeypatch):
     monkeypatch.delenv(CATALOG_ENV, raising=False)
 
 
-def run(capsys, *argv):
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def policy(tmp_path, name, *statements, **top):
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,20 +52,20 @@ def allow(action="s3:GetObject", resource="arn:aws:s3:::reports/*", **fields):
 
 def test_an_action_typo_is_a_warning_with_a_suggestion(capsys, tmp_path):
     path = policy(tmp_path, "typo.json", allow(action="s3:GetObjekt"))
-    code, out, err = run(capsys, "validate", path)
+    code, out, err = run_cli(capsys, "validate", path)
     assert (code, err) == (0, "")
     assert out.splitlines() == [
         f"{path}: 0 error(s), 1 warning(s)",
         "  [W003] warning at /Statement/0/Action: 's3:GetObjekt': the IAM catalog has no such s3 action; "
         "did you mean s3:GetObject?",
     ]
-    assert run(capsys, "validate", path, "--fail-on", "warning")[0] == 1
-    assert run(capsys, "validate", path, "--fail-on", "error")[0] == 0
+    assert run_cli(capsys, "validate", path, "--fail-on", "warning")[0] == 1
+    assert run_cli(capsys, "validate", path, "--fail-on", "error")[0] == 0
 
 
 def test_a_condition_key_typo_is_a_warning_with_a_suggestion(capsys, tmp_path):
     path = policy(tmp_path, "key.json", allow(Condition={"IpAddress": {"aws:SourceIpp": "10.0.0.0/8"}}))
-    code, out, _ = run(capsys, "validate", path, "--json")
+    code, out, _ = run_cli(capsys, "validate", path, "--json")
     [finding] = json.loads(out)[str(path)]
     assert code == 0
     assert (finding["code"], finding["severity"], finding["pointer"]) == \
@@ -82,9 +76,9 @@ def test_a_condition_key_typo_is_a_warning_with_a_suggestion(capsys, tmp_path):
 def test_errors_fail_by_default_and_warnings_do_not(capsys, tmp_path):
     broken = policy(tmp_path, "broken.json", {**allow(), "Effect": "allow"})
     clean = policy(tmp_path, "clean.json", allow())
-    assert run(capsys, "validate", broken)[0] == 1
-    assert run(capsys, "validate", clean, "--fail-on", "warning")[0] == 0
-    assert run(capsys, "validate", tmp_path / "missing.json")[0] == 2
+    assert run_cli(capsys, "validate", broken)[0] == 1
+    assert run_cli(capsys, "validate", clean, "--fail-on", "warning")[0] == 0
+    assert run_cli(capsys, "validate", tmp_path / "missing.json")[0] == 2
 
 
 def test_folders_are_walked_for_json_files(capsys, tmp_path):
@@ -92,7 +86,7 @@ def test_folders_are_walked_for_json_files(capsys, tmp_path):
     nested = policy(tmp_path, "policies/team/deep/nested.json", allow(action="s3:GetObjekt"))
     (tmp_path / "policies" / "team" / "notes.txt").write_text("not a policy")
     other = policy(tmp_path, "other.json", allow(action="iam:PasRole", resource="*"))
-    code, out, _ = run(capsys, "validate", tmp_path / "policies", other, "--format", "json")
+    code, out, _ = run_cli(capsys, "validate", tmp_path / "policies", other, "--format", "json")
     report = json.loads(out)
     assert code == 0
     assert list(report) == [str(nested), str(top), str(other)]
@@ -100,7 +94,7 @@ def test_folders_are_walked_for_json_files(capsys, tmp_path):
     assert [f["code"] for f in report[str(other)]] == ["W003"]  # iam:PasRole is no action: W013 needs iam:PassRole
 
     (tmp_path / "empty").mkdir()
-    code, _, err = run(capsys, "validate", tmp_path / "empty")
+    code, _, err = run_cli(capsys, "validate", tmp_path / "empty")
     assert code == 2 and "no *.json file below" in err
 
 
@@ -123,13 +117,13 @@ TYPES = [  # (name, --type, statements, exit code, codes)
                          [pytest.param(*row[1:], id=row[0]) for row in TYPES])
 def test_each_type_applies_its_rules(capsys, tmp_path, policy_type, statements, exit_code, codes):
     path = policy(tmp_path, "p.json", *statements)
-    code, out, _ = run(capsys, "validate", path, "--type", policy_type, "--json")
+    code, out, _ = run_cli(capsys, "validate", path, "--type", policy_type, "--json")
     assert (code, [f["code"] for f in json.loads(out)[str(path)]]) == (exit_code, codes)
 
 
 def test_json_is_an_alias_of_format_json(capsys, tmp_path):
     path = policy(tmp_path, "p.json", allow(action="s3:GetObjekt"))
-    assert run(capsys, "validate", path, "--json")[1] == run(capsys, "validate", path, "--format", "json")[1]
+    assert run_cli(capsys, "validate", path, "--json")[1] == run_cli(capsys, "validate", path, "--format", "json")[1]
 
 
 SARIF_POLICY = """\
@@ -165,7 +159,7 @@ def test_sarif_log(capsys, tmp_path, monkeypatch):
     typo, broken = Path("typo.json"), tmp_path / "broken.json"
     typo.write_text(SARIF_POLICY)
     broken.write_text(BROKEN_POLICY)
-    code, out, _ = run(capsys, "validate", typo, broken, "--format", "sarif")
+    code, out, _ = run_cli(capsys, "validate", typo, broken, "--format", "sarif")
     log = json.loads(out)
     assert code == 1
 
@@ -203,7 +197,7 @@ def test_sarif_log(capsys, tmp_path, monkeypatch):
 def test_sarif_log_of_text_that_is_not_json_points_at_line_one(capsys, tmp_path):
     path = tmp_path / "cut.json"
     path.write_text('{\n  "Statement": [\n')
-    code, out, _ = run(capsys, "validate", path, "--format", "sarif")
+    code, out, _ = run_cli(capsys, "validate", path, "--format", "sarif")
     [result] = json.loads(out)["runs"][0]["results"]
     assert code == 1 and result["ruleId"] == "E001"
     assert result["locations"][0]["physicalLocation"]["region"] == {"startLine": 1, "startColumn": 1}

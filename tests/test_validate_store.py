@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from iam_evaluator.catalog import CATALOG_ENV
-from iam_evaluator.cli import main
 from iam_evaluator.policy_types import PolicyType
 from iam_evaluator.server.api import iam_evaluator_pb2 as pb
 from iam_evaluator.server.client import Client
 from iam_evaluator.store import PolicyStore, StoreError
 from iam_evaluator.validate import validate_policy
 
+from .conftest import run_cli
 from .service_helpers import RPC_TIMEOUT, copy_store, rpc_error, running_service
 from .test_validate_cli import assert_valid_sarif
 
@@ -80,12 +80,6 @@ def shipped_catalog(monkeypatch):
     monkeypatch.delenv(CATALOG_ENV, raising=False)
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def write_store(root: Path, files: dict) -> Path:
     for relative, (content, _) in files.items():
         path = root / relative
@@ -103,7 +97,7 @@ def as_json(findings: list[dict]) -> list[tuple[str, str, str]]:
 
 def test_every_finding_of_a_store_is_reported_in_its_file(capsys, tmp_path):
     root = write_store(tmp_path / "store", STORE)
-    code, out, err = run(capsys, "validate", "--store", root, "--format", "json")
+    code, out, err = run_cli(capsys, "validate", "--store", root, "--format", "json")
     assert (code, err) == (1, "")
     report = json.loads(out)
     assert {path: as_json(findings) for path, findings in report.items()} == {
@@ -125,7 +119,7 @@ def test_the_loader_refuses_the_same_store_at_its_first_error(tmp_path):
 
 def test_the_text_report_counts_notes_apart(capsys, tmp_path):
     root = write_store(tmp_path / "store", STORE)
-    code, out, _ = run(capsys, "validate", "--store", root)
+    code, out, _ = run_cli(capsys, "validate", "--store", root)
     lines = out.splitlines()
     assert code == 1
     assert f"{root / 'principals/builder.json'}: 1 error(s), 0 warning(s)" in lines
@@ -144,18 +138,19 @@ def test_the_text_report_counts_notes_apart(capsys, tmp_path):
 ])
 def test_exit_codes_follow_fail_on(capsys, tmp_path, kept, fail_on, exit_code):
     root = write_store(tmp_path / "store", kept)
-    assert run(capsys, "validate", "--store", root, "--fail-on", fail_on)[0] == exit_code
+    assert run_cli(capsys, "validate", "--store", root, "--fail-on", fail_on)[0] == exit_code
 
 
 def test_a_clean_store_passes_and_a_missing_one_is_bad_input(capsys, tmp_path):
     clean = {"managed_policies/Reads.json": ({"arn": BUILDERS, "document": document(
         {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::builds/*"})}, [])}
-    code, out, _ = run(capsys, "validate", "--store", write_store(tmp_path / "store", clean), "--fail-on", "warning")
+    code, out, _ = run_cli(capsys, "validate", "--store", write_store(tmp_path / "store", clean),
+                           "--fail-on", "warning")
     assert (code, out.splitlines()) == (0, [f"{tmp_path / 'store/managed_policies/Reads.json'}: 0 error(s), "
                                             "0 warning(s)"])
-    code, _, err = run(capsys, "validate", "--store", tmp_path / "missing.json")
+    code, _, err = run_cli(capsys, "validate", "--store", tmp_path / "missing.json")
     assert code == 2 and "cannot read the store" in err
-    code, _, err = run(capsys, "validate")
+    code, _, err = run_cli(capsys, "validate")
     assert code == 2 and "--store" in err
 
 
@@ -163,7 +158,7 @@ def test_policy_files_and_a_store_are_validated_together(capsys, tmp_path):
     root = write_store(tmp_path / "store", {k: v for k, v in STORE.items() if k.startswith("resource_")})
     scp = tmp_path / "scp.json"
     scp.write_text(json.dumps(document({"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "*"})))
-    code, out, _ = run(capsys, "validate", scp, "--type", "scp", "--store", root, "--json")
+    code, out, _ = run_cli(capsys, "validate", scp, "--type", "scp", "--store", root, "--json")
     assert code == 1
     assert {path: [f["code"] for f in findings] for path, findings in json.loads(out).items()} == {
         str(scp): ["E018"], str(root / "resource_policies/builds.json"): ["W018"]}
@@ -182,7 +177,7 @@ def test_a_snapshot_is_one_file_with_pointers_from_its_top(capsys, tmp_path):
             sections.setdefault(relative.split("/")[0], []).append(entry)
     snapshot = tmp_path / "snapshot.json"
     snapshot.write_text(json.dumps(sections, indent=1))
-    code, out, _ = run(capsys, "validate", "--store", snapshot, "--json")
+    code, out, _ = run_cli(capsys, "validate", "--store", snapshot, "--json")
     assert code == 1
     assert {path: as_json(findings) for path, findings in json.loads(out).items()} == {str(snapshot): [
         # in the order references are checked: managed policies, SCPs, RCPs, organisation, groups, principals…
@@ -198,7 +193,7 @@ def test_a_snapshot_with_a_bad_section_still_reports_its_entries(capsys, tmp_pat
     snapshot = tmp_path / "snapshot.json"
     snapshot.write_text(json.dumps({"groups": {}, "polices": [], "principals": [[], {"arn": BUILDER,
                                                                                    "groups": ["nobody"]}]}))
-    code, out, _ = run(capsys, "validate", "--store", snapshot, "--json")
+    code, out, _ = run_cli(capsys, "validate", "--store", snapshot, "--json")
     assert code == 1
     assert as_json(json.loads(out)[str(snapshot)]) == [
         ("S001", "error", "/polices"), ("S001", "error", "/groups"),  # the snapshot's shape
@@ -214,7 +209,7 @@ def test_a_snapshot_with_a_bad_section_still_reports_its_entries(capsys, tmp_pat
 def test_sarif_places_store_findings_on_their_lines_with_relative_uris(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_store(tmp_path / "my store", STORE)
-    code, out, _ = run(capsys, "validate", "--store", "my store", "--format", "sarif")
+    code, out, _ = run_cli(capsys, "validate", "--store", "my store", "--format", "sarif")
     log = json.loads(out)
     assert code == 1
     assert_valid_sarif(log)
@@ -239,7 +234,7 @@ def test_sarif_names_files_outside_the_current_directory_by_absolute_uri(capsys,
     policy = tmp_path / "ünder scope" / "p.json"
     policy.parent.mkdir()
     policy.write_text(json.dumps(document({"Effect": "Allow", "Action": "s3:GetObjekt", "Resource": "*"})))
-    log = json.loads(run(capsys, "validate", policy, "--format", "sarif")[1])
+    log = json.loads(run_cli(capsys, "validate", policy, "--format", "sarif")[1])
     assert_valid_sarif(log)
     [result] = log["runs"][0]["results"]
     location = result["locations"][0]["physicalLocation"]["artifactLocation"]
@@ -249,7 +244,8 @@ def test_sarif_names_files_outside_the_current_directory_by_absolute_uri(capsys,
 def test_a_note_is_a_sarif_note_and_never_fails(capsys, tmp_path):
     bucket = tmp_path / "bucket.json"
     bucket.write_text(json.dumps(STORE["resource_policies/builds.json"][0]["document"]))
-    code, out, _ = run(capsys, "validate", bucket, "--type", "resource", "--format", "sarif", "--fail-on", "warning")
+    code, out, _ = run_cli(capsys, "validate", bucket, "--type", "resource", "--format", "sarif",
+                           "--fail-on", "warning")
     log = json.loads(out)
     assert_valid_sarif(log)
     assert code == 0
@@ -279,7 +275,7 @@ def test_a_deeply_nested_store_file_is_a_finding(capsys, tmp_path, levels, shape
     root = tmp_path / "store"
     path = hostile(root, "principals/deep.json", nested.encode())
     for stack in (0, sys.getrecursionlimit() // 4):
-        code, out, err = deep_in_stack(stack, lambda: run(capsys, "validate", "--store", root, "--json"))
+        code, out, err = deep_in_stack(stack, lambda: run_cli(capsys, "validate", "--store", root, "--json"))
         assert (code, err) == (1, "")
         findings = json.loads(out)[str(path)]
         assert findings and all(f["code"] in ("E001", "S001") and len(f["message"]) < 200 for f in findings)
@@ -291,7 +287,7 @@ def test_a_huge_store_file_is_reported_briefly(capsys, tmp_path):
     root = tmp_path / "store"
     arn = f"arn:aws:iam::{ACCOUNT}:instance-profile/" + "x" * 5_000_000
     path = hostile(root, "principals/huge.json", json.dumps({"arn": arn, "tags": [list(range(100_000))]}).encode())
-    code, out, _ = run(capsys, "validate", "--store", root, "--json")
+    code, out, _ = run_cli(capsys, "validate", "--store", root, "--json")
     assert code == 1
     assert [(f["code"], f["pointer"], len(f["message"]) < 200) for f in json.loads(out)[str(path)]] == [
         ("S001", "/arn", True), ("S001", "/tags", True)]
@@ -302,12 +298,12 @@ def test_shapes_that_are_not_entries_are_findings_of_their_file(capsys, tmp_path
     as_list = hostile(root, "principals/list.json", json.dumps([{"arn": BUILDER}]).encode())
     latin1 = hostile(root, "managed_policies/latin1.json", b'{"arn": "caf\xe9", "document": {}}')
     stray = hostile(root, "policies/x.json", b"{}")
-    code, out, _ = run(capsys, "validate", "--store", root, "--json")
+    code, out, _ = run_cli(capsys, "validate", "--store", root, "--json")
     report = {path: as_json(findings) for path, findings in json.loads(out).items()}
     assert code == 1
     assert report == {str(latin1): [("E001", "error", "")], str(stray.parent): [("S001", "error", "")],
                       str(as_list): [("S001", "error", "")]}
-    code, out, _ = run(capsys, "validate", "--store", root, "--format", "sarif")
+    code, out, _ = run_cli(capsys, "validate", "--store", root, "--format", "sarif")
     assert_valid_sarif(json.loads(out))
 
 
@@ -322,7 +318,7 @@ def test_lone_surrogates_in_names_are_findings_and_print(capsys, tmp_path):
                      json.dumps({"resource": "arn:aws:s3:::b\udc80", "document": bucket_policy}).encode())
     odd_name = hostile(root, os.fsdecode(b"groups/\xff.json"),
                        json.dumps({"arn": f"arn:aws:iam::{ACCOUNT}:group/dev\ud83d"}).encode())
-    code, out, _ = run(capsys, "validate", "--store", root, "--json")
+    code, out, _ = run_cli(capsys, "validate", "--store", root, "--json")
     report = {path: as_json(findings) for path, findings in json.loads(out).items()}
     assert code == 1
     assert report == {
@@ -330,11 +326,11 @@ def test_lone_surrogates_in_names_are_findings_and_print(capsys, tmp_path):
         str(principal): [("S001", "error", "/inline_policies/\ud800"), ("S001", "error", "/tags")],
         str(bucket): [("S001", "error", "/resource"), ("W018", "note", "/document/Statement/0/Resource")],
     }
-    code, out, err = run(capsys, "validate", "--store", root)
+    code, out, err = run_cli(capsys, "validate", "--store", root)
     assert (code, err) == (1, "")
     assert "  [S001] error at /inline_policies/\\ud800: a policy name must be printable text, not '\\ud800'" in out
     assert f"{root}/groups/\\udcff.json: 1 error(s), 0 warning(s)" in out
-    code, out, _ = run(capsys, "validate", "--store", root, "--format", "sarif")
+    code, out, _ = run_cli(capsys, "validate", "--store", root, "--format", "sarif")
     log = json.loads(out)
     assert_valid_sarif(log)
     uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in log["runs"][0]["results"]}
@@ -426,11 +422,11 @@ def test_client_validate_exits_as_validate_does(capsys, tmp_path, service, kind,
                                                 exit_code):
     path = tmp_path / "policy.json"
     path.write_text(json.dumps(document(*statements)))
-    code, out, err = run(capsys, "client", "--target", f"127.0.0.1:{service.port}", "--token", ADMIN_TOKEN,
+    code, out, err = run_cli(capsys, "client", "--target", f"127.0.0.1:{service.port}", "--token", ADMIN_TOKEN,
                          "--timeout", RPC_TIMEOUT, "validate", path, "--kind", kind, "--fail-on", fail_on,
                          "--format", "json")
     assert (code, err) == (exit_code, ""), out
-    local_code, local_out, _ = run(capsys, "validate", path, "--type", policy_type, "--fail-on", fail_on,
+    local_code, local_out, _ = run_cli(capsys, "validate", path, "--type", policy_type, "--fail-on", fail_on,
                                    "--format", "json")
     assert local_code == exit_code
     assert json.loads(out) == json.loads(local_out), "the same findings, printed the same way"

@@ -29,9 +29,9 @@ from .access_store import (
     SANDBOX,
     A,
     access_store,
-    run,
     snapshot_file,
 )
+from .conftest import run_cli
 
 CALLER_IDENTITY = ("sts", "Read", ("sts:GetCallerIdentity",))
 """Allowed to every principal whatever the policies say (service_rules.ALWAYS_ALLOWED)."""
@@ -160,7 +160,7 @@ def snapshot(tmp_path_factory):
 
 
 def test_cli_text(capsys, snapshot):
-    code, out, err = run(capsys, "what-can", "--store", snapshot, "--principal", INTERN)
+    code, out, err = run_cli(capsys, "what-can", "--store", snapshot, "--principal", INTERN)
     assert (code, err) == (0, "")
     assert out.splitlines() == [
         f"{INTERN} may perform 2 action(s) on *",
@@ -170,7 +170,7 @@ def test_cli_text(capsys, snapshot):
 
 
 def test_cli_json(capsys, snapshot):
-    code, out, _ = run(capsys, "what-can", "--store", snapshot, "--principal", DEV, "--json")
+    code, out, _ = run_cli(capsys, "what-can", "--store", snapshot, "--principal", DEV, "--json")
     assert code == 0
     assert json.loads(out) == {"principal": DEV, "failures": [], "resources": [
         {"resource": "*", "services": {"sts": {"Read": ["sts:GetCallerIdentity"]}}},
@@ -220,6 +220,6 @@ def test_hostile_huge_resource_is_answered(compiled):
     (["--principal", "arn:aws:iam::111111111111:user/\udcff"], "lone surrogate"),
 ])
 def test_hostile_cli_input_exits_2(capsys, snapshot, argv, message):
-    code, out, err = run(capsys, "what-can", "--store", snapshot, *argv)
+    code, out, err = run_cli(capsys, "what-can", "--store", snapshot, *argv)
     assert (code, out) == (2, "")
     assert err.startswith("error: ") and message in err and "Traceback" not in err

@@ -42,10 +42,9 @@ from .access_store import (
     TIMED,
     A,
     access_store,
-    run,
     snapshot_file,
 )
-from .conftest import REPO
+from .conftest import REPO, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +177,7 @@ def snapshot(tmp_path_factory):
 
 
 def test_cli_prints_principals_statements_and_chains(capsys, snapshot):
-    code, out, err = run(capsys, "who-can", "--store", snapshot, "--action", "s3:GetObject", "--resource",
+    code, out, err = run_cli(capsys, "who-can", "--store", snapshot, "--action", "s3:GetObject", "--resource",
                          PAYROLL_OBJECT, "--resource-account", A)
     assert (code, err) == (0, "")
     lines = out.splitlines()
@@ -191,7 +190,7 @@ def test_cli_prints_principals_statements_and_chains(capsys, snapshot):
 
 
 def test_cli_json_and_context(capsys, snapshot):
-    code, out, _ = run(capsys, "who-can", "--store", snapshot, "--action", "s3:GetObject", "--resource",
+    code, out, _ = run_cli(capsys, "who-can", "--store", snapshot, "--action", "s3:GetObject", "--resource",
                        PAYROLL_OBJECT, "--resource-account", A, "--context", "aws:CurrentTime=2026-12-01T00:00:00Z",
                        "--format", "json")
     answer = json.loads(out)
@@ -259,18 +258,18 @@ def test_hostile_str_subclasses_are_read_as_their_characters(compiled, payroll):
     (["--action", "s3:GetObject", "--resource", PAYROLL_OBJECT, "--context", "nokey"], "write key=value"),
 ])
 def test_hostile_cli_input_exits_2(capsys, snapshot, argv, message):
-    code, out, err = run(capsys, "who-can", "--store", snapshot, *argv)
+    code, out, err = run_cli(capsys, "who-can", "--store", snapshot, *argv)
     assert (code, out) == (2, "")
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
 def test_hostile_cli_store_that_cannot_be_read_exits_2(capsys, tmp_path):
-    code, _, err = run(capsys, "who-can", "--store", str(tmp_path / "missing.json"), "--action", "s3:GetObject",
+    code, _, err = run_cli(capsys, "who-can", "--store", str(tmp_path / "missing.json"), "--action", "s3:GetObject",
                        "--resource", "*")
     assert code == 2 and err.startswith("error: cannot read the store")
     bad = tmp_path / "bad.json"
     bad.write_text('{"principals": [{"arn": 5}]}')
-    code, _, err = run(capsys, "who-can", "--store", str(bad), "--action", "s3:GetObject", "--resource", "*")
+    code, _, err = run_cli(capsys, "who-can", "--store", str(bad), "--action", "s3:GetObject", "--resource", "*")
     assert code == 2 and "S001" in err
 
 
