@@ -2177,8 +2177,7 @@ cdef void _free_distinct(distinct_t* d) noexcept nogil:
 
 cdef int _distinct_room(distinct_t* d, bint texts) noexcept nogil:
     """Room for one more number (the slots kept at most half full); -1 when memory ran out."""
-    cdef Py_ssize_t cap, k, slot
-    cdef int probes
+    cdef Py_ssize_t cap, k
     cdef void* p
     if d.n < d.cap:
         return 0
@@ -2207,13 +2206,7 @@ cdef int _distinct_room(distinct_t* d, bint texts) noexcept nogil:
     free(d.slots)
     d.slots, d.cap, d.mask = <slot_t*>p, cap, 2 * cap - 1
     for k in range(d.n):
-        slot = d.hashes[k] & d.mask
-        probes = 0
-        while d.slots[slot].number and probes < MAX_PROBES:
-            slot = (slot + 1) & d.mask
-            probes += 1
-        if probes < MAX_PROBES:
-            d.slots[slot].tag, d.slots[slot].number = <uint32_t>(d.hashes[k] >> 32), <int32_t>(k + 1)
+        _claim(d, d.hashes[k], <int32_t>k, MAX_PROBES)
     return 0
 
 
@@ -2236,18 +2229,22 @@ cdef int32_t _text_number(distinct_t* d, cstr text) noexcept nogil:
     if _distinct_room(d, True) < 0:
         return -1
     k = <int32_t>d.n
-    if probes < MAX_PROBES:  # else a run of colliding texts is long: this one gets a number of its own
-        _claim(d, h, k)
+    _claim(d, h, k, MAX_PROBES)
     d.hashes[k], d.texts[k], d.utf8[k] = h, text, _utf8(text.ptr, text.len)
     d.n_not_utf8 += not d.utf8[k]
     d.n += 1
     return k
 
 
-cdef inline void _claim(distinct_t* d, uint64_t h, int32_t k) noexcept nogil:
-    """Number k into the first empty slot from hash h's (there is one: the slots are at most half full)."""
-    cdef Py_ssize_t slot = h & d.mask
+cdef inline void _claim(distinct_t* d, uint64_t h, int32_t k, Py_ssize_t limit) noexcept nogil:
+    """Number k into the first empty slot from hash h's, unless ``limit`` slots are taken first: a run of
+    colliding hashes that long leaves k out of the table, a number of its own (the slots are at most half
+    full, so a limit past them always finds one)."""
+    cdef Py_ssize_t slot = h & d.mask, taken = 0
     while d.slots[slot].number:
+        taken += 1
+        if taken >= limit:
+            return
         slot = (slot + 1) & d.mask
     d.slots[slot].tag, d.slots[slot].number = <uint32_t>(h >> 32), k + 1
 
@@ -2267,7 +2264,7 @@ cdef int32_t _key_number(distinct_t* d, int64_t key) noexcept nogil:
     if _distinct_room(d, False) < 0:
         return -1
     k = <int32_t>d.n
-    _claim(d, h, k)
+    _claim(d, h, k, d.mask + 1)
     d.hashes[k], d.keys[k] = h, key
     d.n += 1
     return k
@@ -2287,6 +2284,20 @@ cdef int _number_texts(const strcol* column, Py_ssize_t n, distinct_t* d) noexce
         if d.of_row[i] < 0:
             return -1
     return 0
+
+
+cdef inline bint _distinct_utf8(const distinct_t* d, Py_ssize_t i) noexcept nogil:
+    """Whether row i's value is null or UTF-8."""
+    return d.of_row[i] < 0 or d.utf8[d.of_row[i]]
+
+
+cdef inline bint _item_utf8(const strcol* column, Py_ssize_t i) noexcept nogil:
+    """Whether item i is null or UTF-8."""
+    cdef cstr text
+    if not _valid(column.validity, column.bit_offset + i):
+        return True
+    text = _item(column, i)
+    return _utf8(text.ptr, text.len)
 
 
 cdef str _decoded(const distinct_t* d, Py_ssize_t k):
@@ -2395,8 +2406,7 @@ cdef class _ArrowRows:
 
     cdef int read(self, Engine engine, Py_ssize_t n, principals, actions, resources, resource_accounts,
                   list context_fields, list tag_fields) except -1:
-        """The columns' C views (their offsets checked), each field's key, and which fields are ASCII
-        throughout (the others have their values checked row by row)."""
+        """The columns' C views and each field's key (``scan`` then checks their offsets)."""
         cdef Py_ssize_t f, t
         if not len(principals) == len(actions) == len(resources) == n \
                 or resource_accounts is not None and len(resource_accounts) != n:
@@ -2534,41 +2544,25 @@ cdef class _ArrowRows:
 
     cdef bint row_utf8(self, Py_ssize_t i) noexcept nogil:
         """Whether every text of row i is UTF-8 (distinct values were checked as they were numbered)."""
-        cdef int32_t k
         cdef Py_ssize_t f, j
-        k = self.principal_ids.of_row[i]
-        if k >= 0 and not self.principal_ids.utf8[k]:
+        if not (_distinct_utf8(&self.principal_ids, i) and _distinct_utf8(&self.action_ids, i)
+                and _distinct_utf8(&self.resource_ids, i)):
             return False
-        k = self.action_ids.of_row[i]
-        if k >= 0 and not self.action_ids.utf8[k]:
+        if self.has_accounts and not _distinct_utf8(&self.account_ids, i):
             return False
-        k = self.resource_ids.of_row[i]
-        if k >= 0 and not self.resource_ids.utf8[k]:
-            return False
-        if self.has_accounts:
-            k = self.account_ids.of_row[i]
-            if k >= 0 and not self.account_ids.utf8[k]:
-                return False
         for f in range(self.n_fields):
             if self.field_utf8[f]:
                 continue
             if self.is_list[f]:
                 if _valid(self.lists[f].validity, self.lists[f].bit_offset + i):
                     for j in range(self.lists[f].offsets[i], self.lists[f].offsets[i + 1]):
-                        if not _valid(self.lists[f].items.validity, self.lists[f].items.bit_offset + j):
-                            continue
-                        if not _utf8(self.lists[f].items.data + self.lists[f].items.offsets[j],
-                                     self.lists[f].items.offsets[j + 1] - self.lists[f].items.offsets[j]):
+                        if not _item_utf8(&self.lists[f].items, j):
                             return False
-            elif _valid(self.strings[f].validity, self.strings[f].bit_offset + i):
-                if not _utf8(self.strings[f].data + self.strings[f].offsets[i],
-                             self.strings[f].offsets[i + 1] - self.strings[f].offsets[i]):
-                    return False
+            elif not _item_utf8(&self.strings[f], i):
+                return False
         for f in range(self.n_tags):
-            if not self.field_utf8[self.n_fields + f] and _valid(self.tags[f].validity, self.tags[f].bit_offset + i):
-                if not _utf8(self.tags[f].data + self.tags[f].offsets[i],
-                             self.tags[f].offsets[i + 1] - self.tags[f].offsets[i]):
-                    return False
+            if not self.field_utf8[self.n_fields + f] and not _item_utf8(&self.tags[f], i):
+                return False
         return True
 
     cdef int find_problems(self) noexcept nogil:

@@ -52,7 +52,7 @@ def _strings(batch: pa.RecordBatch, name: str, required: bool = True) -> pa.Arra
         column = _checked(column, name).dictionary_decode()
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise SchemaError(f"column {name!r} must hold strings, not {column.type}")
-    return column if pa.types.is_string(column.type) else _checked(column, name).cast(pa.string())
+    return _plain(column, pa.string(), name)
 
 
 def _checked(array: pa.Array, name: str) -> pa.Array:
@@ -109,6 +109,7 @@ def _context_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[t
 
 
 def _plain(values: pa.Array, type_: pa.DataType, name: str) -> pa.Array:
+    """``values`` in the layout the engine reads (string, or list<string>), converted once checked."""
     return values if values.type == type_ else _checked(values, name).cast(type_)
 
 
