@@ -868,6 +868,24 @@ def test_arrow_text_of_any_bytes(engine, suffixes):
     assert_text_rows(engine, suffixes)
 
 
+def test_arrow_list_items_are_utf8_exactly_as_python_decodes_them(engine):
+    """An item of a list value that is not UTF-8 fails its row; the other rows get the reference's decisions."""
+    lists = [[b"dev-1"], [b"dev-1", b"\xff"], [b"ok", b"\xc3\xa9"], [b"blocked", b"\xed\xa0\x80"], [b"blocked"]]
+    items = arrow_text([item for values in lists for item in values])
+    offsets = pa.array([0, *[sum(map(len, lists[:k + 1])) for k in range(len(lists))]], pa.int32())
+    n = len(lists)
+    table = request_table([BUILDER] * n, ["s3:PutObject"] * n, [SHARED] * n,
+                          context=pa.StructArray.from_arrays([pa.ListArray.from_arrays(offsets, items)], [TEAM]))
+    result = evaluate_arrow(engine, table).to_pydict()
+    for i, values in enumerate(lists):
+        texts = [decoded(value) for value in values]
+        if None in texts:
+            assert result["decision"][i] == "ImplicitDeny" and "not valid UTF-8" in result["error"][i], i
+            continue
+        want = reference_decision(BUILDER, "s3:PutObject", SHARED, {TEAM: texts})
+        assert (result["decision"][i], result["error"][i]) == (str(want.decision), want.error), i
+
+
 def test_arrow_many_distinct_values_alike_sliced_and_with_nulls(engine):
     """Thousands of distinct resources and actions of one length that differ only in their last bytes (the
     distinct values are found by hashing), nulls among them, read from a slice of a larger batch."""
