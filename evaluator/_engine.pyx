@@ -2286,6 +2286,17 @@ cdef int _number_texts(const strcol* column, Py_ssize_t n, distinct_t* d) noexce
     return 0
 
 
+cdef inline bint _all_valid(const strcol* column, Py_ssize_t start, Py_ssize_t count) noexcept nogil:
+    """Whether items [start, start + count) are none of them null."""
+    cdef Py_ssize_t j
+    if column.validity == NULL:
+        return True
+    for j in range(start, start + count):
+        if not _valid(column.validity, column.bit_offset + j):
+            return False
+    return True
+
+
 cdef inline bint _distinct_utf8(const distinct_t* d, Py_ssize_t i) noexcept nogil:
     """Whether row i's value is null or UTF-8."""
     return d.of_row[i] < 0 or d.utf8[d.of_row[i]]
@@ -2333,6 +2344,7 @@ cdef enum:  # why a row of an Arrow batch fails alone
     ROW_TAGS_WITHOUT_SESSION = 8
     ROW_TAG_SPELLED_TWICE = 9
     ROW_KEY_TWICE = 10
+    ROW_NULL_ITEM = 11            # a list value holding a null, which no text is
 
 
 cdef enum:  # why converting an Arrow batch stopped
@@ -2771,6 +2783,9 @@ cdef class _ArrowRows:
                             continue  # the store alone says who the principal is
                         if self.overridden[key] == <uint64_t>(i + 1):
                             continue  # the session's tags win
+                        if self.is_list[f] and not _all_valid(items, start, count):
+                            self.problems[i], self.problem_of[i] = ROW_NULL_ITEM, <int32_t>f
+                            break
                         if _push_items(batch, key, items, start, count, self.is_list[f]) < 0:
                             broken = ROWS_OUT_OF_MEMORY
                             break
@@ -2844,6 +2859,11 @@ cdef class _ArrowRows:
             elif problem == ROW_KEY_TWICE:
                 batch.errors[i] = f"context key {shown(context_fields[self.problem_of[i]][1])} is given twice " \
                                   "(key names are case-insensitive)"
+            elif problem == ROW_NULL_ITEM:
+                try:  # the message every path gives for a value that is not text
+                    context_text(None, context_fields[self.problem_of[i]][1])
+                except RequestError as exc:
+                    batch.errors[i] = str(exc)
         return 0
 
 

@@ -886,6 +886,25 @@ def test_arrow_list_items_are_utf8_exactly_as_python_decodes_them(engine):
         assert (result["decision"][i], result["error"][i]) == (str(want.decision), want.error), i
 
 
+def test_arrow_null_item_in_a_list_fails_its_row_and_never_reads_as_empty_text():
+    """A null inside a list value is no text: ``Request.create`` refuses it, and so does every batch path. Read
+    as "", it would satisfy a condition that wants "" (an Allow the request's own text never asked for)."""
+    policies = PolicySet(identity=(parse_policy({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
+         "Condition": {"ForAnyValue:StringEquals": {"aws:TagKeys": ["", "a"]}}}]}, name="empty"),))
+    compiled = CompiledPolicySet(policies)
+    with pytest.raises(RequestError):
+        Request.create(BUILDER, "s3:GetObject", "*", {"aws:TagKeys": ["x", None]})
+    values = [["x", None], ["a"], [None], ["x"]]
+    table = request_table([BUILDER] * 4, ["s3:GetObject"] * 4, ["*"] * 4, context=pa.StructArray.from_arrays(
+        [pa.array(values, pa.list_(pa.string()))], ["aws:TagKeys"]))
+    result = evaluate_arrow(compiled, table).to_pydict()
+    assert result["decision"] == ["ImplicitDeny", "Allow", "ImplicitDeny", "ImplicitDeny"]  # by hand
+    assert [error is not None for error in result["error"]] == [True, False, True, False]
+    columns = compiled.evaluate_columns([BUILDER] * 4, ["s3:GetObject"] * 4, ["*"] * 4, {"aws:TagKeys": values})
+    assert result["error"] == [columns.errors.get(i) for i in range(4)]
+
+
 def test_arrow_many_distinct_values_alike_sliced_and_with_nulls(engine):
     """Thousands of distinct resources and actions of one length that differ only in their last bytes (the
     distinct values are found by hashing), nulls among them, read from a slice of a larger batch."""
