@@ -1493,13 +1493,15 @@ cdef class _Converter:
     cdef dict identity_memo   # identity -> its profile's index
     cdef dict resource_profile_memo  # (resource policy, owner class) as one number -> its profile's index
     cdef dict grant_memo      # (caller row, resource policy) as one number -> grants offset
-    cdef dict key_cache       # context key as given -> key id (-1: no policy tests it)
-    cdef Py_ssize_t n_columns # context columns some policy tests:
+    cdef dict key_cache       # context key as given -> key id (n_keys and above: no policy tests it)
+    cdef dict untested_ids    # context key no policy tests, case folded -> its id, from n_keys up
+    cdef Py_ssize_t n_columns # context columns:
     cdef int32_t* column_kids #   their key ids (-1: a name that cannot be read)
     cdef list column_lists    #   the batch's copies of them
     cdef list column_names    #   their names as given
     cdef list column_problems #   why a name cannot be read, or None
-    cdef uint64_t* seen       # per key id: the row that gave it (stamp)
+    cdef uint64_t* seen       # per key id, untested ones too: the row that gave it (stamp)
+    cdef Py_ssize_t seen_cap  # ids seen has room for
     cdef uint64_t* overridden # per key id: the row whose session tags or facts set it (stamp)
     cdef uint64_t stamp_base  # rows converted before the last reset: stamps stay unique across them
     cdef readonly dict explained  # for single requests: (statements, place) -> combined decision and layers
@@ -1531,11 +1533,13 @@ cdef class _Converter:
         self.resource_profile_memo = {}
         self.grant_memo = {}
         self.key_cache = {}
+        self.untested_ids = {}
         self.explained = {}
         self.candidates = {}
         self.last_identity_row = self.last_place = -1
         self.every_place = self.resource_place("*") if resolver.places_every_resource else None
-        self.seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
+        self.seen_cap = max(1, engine.n_keys)
+        self.seen = <uint64_t*>calloc(self.seen_cap, sizeof(uint64_t))
         self.overridden = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
         if self.seen == NULL or self.overridden == NULL:
             raise MemoryError()
@@ -1696,40 +1700,65 @@ cdef class _Converter:
         return 0
 
     cdef object key_id(self, object key):
-        """The id of a context key as given (-1: no policy tests it); raises RequestError for a bad key."""
+        """The id of a context key as given (``n_keys`` and above: no policy tests it, but its spellings share
+        an id, so a request is checked as ``Request.create`` checks it); raises RequestError for a bad key."""
         cdef object kid = self.key_cache.get(key) if type(key) is str else None
         if kid is None:
             exact = _exact(key, text, "context key")
             if not exact:
                 raise RequestError("context key names must be non-empty")
-            kid = self.key_ids.get(exact.lower(), -1)
+            folded = exact.lower()
+            kid = self.key_ids.get(folded)
+            if kid is None:
+                kid = self.untested_id(folded)
             if type(key) is str:
                 self.key_cache[key] = kid
+        return kid
+
+    cdef object untested_id(self, str folded):
+        """The id of a key no policy tests, by its case-folded name; ``seen`` grows to hold it."""
+        cdef uint64_t* grown
+        kid = self.untested_ids.get(folded)
+        if kid is not None:
+            return kid
+        kid = self.untested_ids[folded] = self.engine.n_keys + len(self.untested_ids)
+        if kid >= self.seen_cap:
+            grown = <uint64_t*>realloc(self.seen, 2 * self.seen_cap * sizeof(uint64_t))
+            if grown == NULL:
+                raise MemoryError()
+            memset(grown + self.seen_cap, 0, self.seen_cap * sizeof(uint64_t))
+            self.seen, self.seen_cap = grown, 2 * self.seen_cap
         return kid
 
     cdef int add_request_value(self, int32_t kid, object key, object value, uint64_t stamp, bint known,
                                bint owned=False) except -1:
         """One context entry of the request itself (``owned``: held by a list the batch owns already);
-        raises RequestError if it cannot be read."""
+        raises RequestError if it cannot be read. Every value is read, kept or not: a request is refused
+        for what ``Request.create`` refuses, whether a policy tests the key or not."""
+        cdef object texts = None
         if self.seen[kid] == stamp:  # a malformed request, whoever supplies the key in the end
             raise RequestError(f"context key {shown(key)} is given twice (key names are case-insensitive)")
         self.seen[kid] = stamp
+        if type(value) is str:
+            exact = _exact(value, context_text, key)
+        elif isinstance(value, (list, tuple)):
+            texts = value if _plain_strings(value) else _texts(key, value)
+        else:
+            exact = context_text(value, key)
+        if kid >= self.engine.n_keys:
+            return 0  # no policy tests it
         if known and self.engine.principal_keys[kid]:
             return 0  # the store alone says who the principal is
         if self.overridden[kid] == stamp:
             return 0  # the session's tags win
-        if type(value) is str:
-            exact = _exact(value, context_text, key)
+        if texts is None:
             self.batch.add_text(kid, exact, owned and exact is value)
-        elif isinstance(value, (list, tuple)):
-            texts = value if _plain_strings(value) else _texts(key, value)
-            if type(texts) is tuple:
-                self.batch.owned.append(texts)
-            else:  # a list can change later: the batch holds its strings, without a new container
-                self.batch.owned.extend(texts)
-            self.batch.add_entry(kid, texts, True)
-        else:
-            self.batch.add_text(kid, context_text(value, key))
+            return 0
+        if type(texts) is tuple:
+            self.batch.owned.append(texts)
+        else:  # a list can change later: the batch holds its strings, without a new container
+            self.batch.owned.extend(texts)
+        self.batch.add_entry(kid, texts, True)
         return 0
 
     cdef int add_context(self, Py_ssize_t i, int32_t row, object context, object tags) except -1:
@@ -1751,7 +1780,7 @@ cdef class _Converter:
                     raise RequestError(f"session tag {shown(tag)} is given twice (tag keys ignore case)")
                 folded.add(tag.lower())
                 kid = self.key_id("aws:PrincipalTag/" + tag)
-                if kid >= 0:
+                if kid < self.engine.n_keys:
                     self.overridden[kid] = stamp
                     self.batch.add_text(kid, value)
         if known:
@@ -1763,9 +1792,7 @@ cdef class _Converter:
             if type(context) is not dict and not isinstance(context, Mapping):
                 raise RequestError(f"request context must be an object, not {type(context).__name__}")
             for key, value in (context.items() if type(context) is dict else dict(context).items()):
-                kid = self.key_id(key)
-                if kid >= 0:
-                    self.add_request_value(kid, key, value, stamp, known)
+                self.add_request_value(self.key_id(key), key, value, stamp, known)
         cdef Py_ssize_t c
         cdef PyObject* item
         for c in range(self.n_columns):  # borrowed items of the batch's own lists: nothing per cell but a look
@@ -1779,7 +1806,7 @@ cdef class _Converter:
         return 0
 
     cdef int set_columns(self, list columns) except -1:
-        """The context columns some policy tests: (key id, or why the name cannot be read; name; list)."""
+        """The context columns: (key id, or why the name cannot be read; name; list)."""
         self.n_columns = len(columns)
         self.column_kids = <int32_t*>malloc(max(1, self.n_columns) * sizeof(int32_t))
         if self.column_kids == NULL:
@@ -1858,7 +1885,8 @@ cdef class _Converter:
         context keys, profiles, explained decisions, near-miss candidates) or ``SINGLE_GRANT_BYTES``: then it
         is dropped for a fresh one."""
         return (len(self.rows) + len(self.caller_errors) > SINGLE_KEPT or len(self.owner_memo) > SINGLE_KEPT
-                or len(self.key_cache) > SINGLE_KEPT or len(self.batch.profile_objects) > SINGLE_KEPT
+                or len(self.key_cache) > SINGLE_KEPT or len(self.untested_ids) > SINGLE_KEPT
+                or len(self.batch.profile_objects) > SINGLE_KEPT
                 or len(self.explained) > SINGLE_KEPT or len(self.candidates) > SINGLE_KEPT
                 or len(self.batch.grant_table) > SINGLE_GRANT_BYTES)
 
@@ -1981,9 +2009,8 @@ def convert(Engine engine, resolver, principals, actions, resources, contexts=No
             kid = conversion.key_id(key)
         except RequestError as exc:  # fails each request that gives a value under this name
             kid = str(exc)
-        if kid != -1:
-            used_columns.append((kid, key, column))
-            batch.owned.append(column)
+        used_columns.append((kid, key, column))
+        batch.owned.append(column)
     conversion.set_columns(used_columns)
     batch.grow(4 * n + 1 if context_list is not None or used_columns else 1, 4 * n + 1)
     for i in range(n):
@@ -2363,7 +2390,7 @@ cdef class _ArrowRows:
     cdef Py_ssize_t n_fields, n_tags
     cdef strcol* strings         # per context field: its strings, or
     cdef listcol* lists          #   its lists
-    cdef int32_t* field_keys     # per context field: its key id, -1: no policy tests it
+    cdef int32_t* field_keys     # per context field: its key id (n_keys and above: no policy tests it)
     cdef uint8_t* is_list
     cdef strcol* tags            # per session tag field
     cdef int32_t* tag_keys       # per session tag field: the key id of aws:PrincipalTag/KEY, -1: untested
@@ -2443,7 +2470,7 @@ cdef class _ArrowRows:
         self.problem_of = <int32_t*>calloc(max(1, n), sizeof(int32_t))
         self.place_of_row = <int32_t*>calloc(max(1, n), sizeof(int32_t))
         self.grant_of_row = <int32_t*>calloc(max(1, n), sizeof(int32_t))
-        self.seen = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
+        self.seen = <uint64_t*>calloc(max(1, engine.n_keys + self.n_fields), sizeof(uint64_t))
         self.overridden = <uint64_t*>calloc(max(1, engine.n_keys), sizeof(uint64_t))
         self.group_seen = <uint64_t*>calloc(max(1, self.n_tags), sizeof(uint64_t))
         if self.strings == NULL or self.lists == NULL or self.field_keys == NULL or self.is_list == NULL \
@@ -2452,9 +2479,12 @@ cdef class _ArrowRows:
                 or self.grant_of_row == NULL or self.seen == NULL or self.overridden == NULL \
                 or self.group_seen == NULL:
             raise MemoryError()
-        for f, (key_id, _, array, field_is_list) in enumerate(context_fields):
+        untested = {}  # a key no policy tests, case folded -> its id (its spellings are one key)
+        for f, (key_id, name, array, field_is_list) in enumerate(context_fields):
             if not -1 <= key_id < engine.n_keys:
                 raise ValueError("context field key id out of range")
+            if key_id < 0:
+                key_id = untested.setdefault(name.lower(), engine.n_keys + len(untested))
             self.field_keys[f], self.is_list[f] = key_id, field_is_list
             if len(array) != n:
                 raise ValueError("every column must have one entry per request")
@@ -2763,8 +2793,6 @@ cdef class _ArrowRows:
                                 batch.n_entries += 1
                     for f in range(n_fields):
                         key = self.field_keys[f]
-                        if key < 0:
-                            continue  # no policy tests it
                         if self.is_list[f]:
                             if not _valid(self.lists[f].validity, self.lists[f].bit_offset + i):
                                 continue
@@ -2779,13 +2807,15 @@ cdef class _ArrowRows:
                             self.problems[i], self.problem_of[i] = ROW_KEY_TWICE, <int32_t>f
                             break
                         self.seen[key] = i + 1
+                        if self.is_list[f] and not _all_valid(items, start, count):
+                            self.problems[i], self.problem_of[i] = ROW_NULL_ITEM, <int32_t>f
+                            break
+                        if key >= engine.n_keys:
+                            continue  # no policy tests it
                         if known and engine.principal_keys[key]:
                             continue  # the store alone says who the principal is
                         if self.overridden[key] == <uint64_t>(i + 1):
                             continue  # the session's tags win
-                        if self.is_list[f] and not _all_valid(items, start, count):
-                            self.problems[i], self.problem_of[i] = ROW_NULL_ITEM, <int32_t>f
-                            break
                         if _push_items(batch, key, items, start, count, self.is_list[f]) < 0:
                             broken = ROWS_OUT_OF_MEMORY
                             break

@@ -94,18 +94,27 @@ def _struct_fields(batch: pa.RecordBatch, name: str, what: str) -> list[tuple[pa
 
 def _context_fields(compiled: CompiledPolicies, batch: pa.RecordBatch) -> list[tuple[int, str, pa.Array, bool]]:
     """The context struct's fields as the converter takes them: those no policy tests too (key id -1), when
-    they hold text, as every text of a request must be UTF-8."""
+    they hold text, so that a row is refused for what ``Request.create`` refuses (text that is not UTF-8,
+    a null item in a list, a key spelled twice). A field no policy tests may also hold numbers or booleans,
+    which are context values too; a field of any other type is refused."""
     fields = []
     for field, values in _struct_fields(batch, "context", "context keys"):
         key_id = compiled.key_ids.get(field.name.lower(), -1)
         # Two spellings of one key may be two fields; a row that gives both fails alone.
         if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
             fields.append((key_id, field.name, _plain(values, pa.string(), field.name), False))
-        elif pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        elif (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)) \
+                and _context_scalar(values.type.value_type):
             fields.append((key_id, field.name, _plain(values, pa.list_(pa.string()), field.name), True))
-        elif key_id >= 0:
+        elif key_id >= 0 or not _context_scalar(values.type):
             raise SchemaError(f"context key {field.name!r} must hold strings or lists of strings, not {values.type}")
     return fields
+
+
+def _context_scalar(type_: pa.DataType) -> bool:
+    """Whether ``type_`` holds what a context value or list item may be: text, a number or a boolean."""
+    return any(check(type_) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer,
+                                          pa.types.is_floating, pa.types.is_boolean, pa.types.is_null))
 
 
 def _plain(values: pa.Array, type_: pa.DataType, name: str) -> pa.Array:

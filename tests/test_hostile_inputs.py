@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iam_evaluator import DecisionKind, PolicySet, Request, RequestError, parse_policy, reference
-from iam_evaluator.arrow import evaluate_arrow
+from iam_evaluator.arrow import SchemaError, evaluate_arrow
 from iam_evaluator.compile import CHUNK, CompiledPolicySet
 from iam_evaluator.decision import Decision, failed
 
@@ -478,6 +478,8 @@ SURROGATE_ROWS = {  # where the surrogate stands: (principal, action, resource, 
     "value": (BUILDER, "s3:GetObject", SHARED, {TEAM: "dev-\ud800"}),
     "list item": (BUILDER, "s3:GetObject", SHARED, {TEAM: ["ops", "\udc80"]}),
     "key no policy tests": (BUILDER, "s3:GetObject", SHARED, {TEAM: "ops", "aws:PrincipalTag/\ud800": "x"}),
+    "value no policy tests": (BUILDER, "s3:GetObject", SHARED, {TEAM: "ops", "aws:SourceVpc": "vpc-\ud800"}),
+    "list item no policy tests": (BUILDER, "s3:GetObject", SHARED, {TEAM: "ops", "aws:TagKeys": ["a", "\udc80"]}),
 }
 
 
@@ -512,8 +514,9 @@ def test_a_lone_surrogate_fails_its_request_alone(engine, where, threads):
 # ------------------------------------------------------------------ one key spelled two ways
 
 
-SPELLINGS = {  # the engine reads only the keys some policy tests: a key no policy tests is never read
+SPELLINGS = {
     "tested key": ("aws:PrincipalTag/team", "aws:principalTag/TEAM"),
+    "key no policy tests": ("aws:SourceVpc", "AWS:sourceVPC"),
 }
 
 
@@ -544,7 +547,8 @@ def test_two_spellings_of_a_key_fail_only_the_row_that_gives_both(engine, spelli
     assert_explained(engine.evaluate_columns(principals, actions, resources, columns, explain=True), want)
 
 
-def test_two_spellings_in_an_arrow_struct_fail_only_the_row_that_gives_both(engine):
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_two_spellings_in_an_arrow_struct_fail_only_the_row_that_gives_both(engine, spelling):
     n = 1000
     principals, actions, resources, teams = plain_rows(n)
     one = [team if i % 2 else None for i, team in enumerate(teams)]
@@ -552,8 +556,11 @@ def test_two_spellings_in_an_arrow_struct_fail_only_the_row_that_gives_both(engi
     both = [2, 501, 999]
     for i in both:
         one[i], other[i] = "ops", "blocked"
-    context = pa.StructArray.from_arrays([pa.array(one, pa.string()), pa.array(other, pa.string())],
-                                         ["aws:PrincipalTag/team", "aws:principalTag/TEAM"])
+    fields = [pa.array(one, pa.string()), pa.array(other, pa.string())]
+    if spelling == "tested key":
+        context = pa.StructArray.from_arrays(fields, list(SPELLINGS[spelling]))
+    else:
+        context = pa.StructArray.from_arrays([pa.array(teams, pa.string()), *fields], [TEAM, *SPELLINGS[spelling]])
     table = pa.table({"principal": principals, "action": actions, "resource": resources, "context": context})
     want = [failed("given twice") if i in both else reference_decision(p, a, r, {TEAM: t})
             for i, (p, a, r, t) in enumerate(zip(principals, actions, resources, teams, strict=True))]
@@ -903,6 +910,53 @@ def test_arrow_null_item_in_a_list_fails_its_row_and_never_reads_as_empty_text()
     assert [error is not None for error in result["error"]] == [True, False, True, False]
     columns = compiled.evaluate_columns([BUILDER] * 4, ["s3:GetObject"] * 4, ["*"] * 4, {"aws:TagKeys": values})
     assert result["error"] == [columns.errors.get(i) for i in range(4)]
+
+
+UNREADABLE_VALUES = {  # what Request.create refuses as a context value, of a key no policy tests
+    "mapping": {"a": "b"},
+    "object": object(),
+    "None in a list": ["a", None],
+    "nested list": ["a", ["b"]],
+    "bytes": b"vpc-1",
+    "lone surrogate": "vpc-\ud800",
+}
+
+
+@pytest.mark.parametrize("value", UNREADABLE_VALUES)
+def test_a_value_no_policy_tests_is_read_all_the_same(engine, value):
+    """A request is refused for what ``Request.create`` refuses, by every path, whether a policy tests the key
+    or not: one rule of what a request is, not one per path."""
+    context = {TEAM: "ops", "aws:SourceVpc": UNREADABLE_VALUES[value]}
+    with pytest.raises(RequestError):
+        Request.create(BUILDER, "s3:GetObject", SHARED, context)
+    n = 7
+    principals, actions, resources = [BUILDER] * n, ["s3:GetObject"] * n, [SHARED] * n
+    contexts = [context if i == 3 else {TEAM: "ops"} for i in range(n)]
+    allowed = reference_decision(BUILDER, "s3:GetObject", SHARED, {TEAM: "ops"})
+    assert allowed.decision is ALLOW  # by hand: Read
+    want = [failed("unreadable") if i == 3 else allowed for i in range(n)]
+    assert_batch(engine.evaluate_columns(principals, actions, resources, contexts), want)
+    columns = {TEAM: ["ops"] * n, "aws:SourceVpc": [contexts[i].get("aws:SourceVpc") for i in range(n)]}
+    assert_batch(engine.evaluate_columns(principals, actions, resources, columns), want)
+    for explain in (False, True):
+        assert engine.evaluate(raw_request(BUILDER, "s3:GetObject", SHARED, context), explain=explain).error
+
+
+def test_arrow_fields_no_policy_tests_are_read_too(engine):
+    """A null item of a list no policy tests fails its row; numbers and booleans are context values, and other
+    types are refused, tested or not."""
+    n = 4
+    table = request_table([BUILDER] * n, ["s3:GetObject"] * n, [SHARED] * n, context=pa.StructArray.from_arrays(
+        [pa.array(["ops"] * n), pa.array([["a"], ["a", None], None, []], pa.list_(pa.string())),
+         pa.array([1, 2, None, 4]), pa.array([True, None, False, True])],
+        [TEAM, "aws:TagKeys", "aws:MultiFactorAuthAge", "aws:MultiFactorAuthPresent"]))
+    result = evaluate_arrow(engine, table).to_pydict()
+    assert result["decision"] == ["Allow", "ImplicitDeny", "Allow", "Allow"]  # by hand: Read
+    assert [error is not None for error in result["error"]] == [False, True, False, False]
+    odd = request_table([BUILDER], ["s3:GetObject"], [SHARED], context=pa.StructArray.from_arrays(
+        [pa.array([{"a": "b"}])], ["aws:SourceVpc"]))
+    with pytest.raises(SchemaError):
+        evaluate_arrow(engine, odd)
 
 
 def test_arrow_many_distinct_values_alike_sliced_and_with_nulls(engine):
