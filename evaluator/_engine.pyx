@@ -1105,6 +1105,7 @@ cdef int _csr(list lists, int32_t** start_out, int32_t** flat_out) except -1:
 
 cdef extern from "Python.h":
     ctypedef struct PyObject
+    bint PyUnicode_IS_ASCII(object text)
 
 
 cdef extern from *:
@@ -1452,6 +1453,15 @@ cdef list _texts(object key, object value):
     return [_exact(item, context_text, key) for item in tuple(value)]
 
 
+cdef bint _plain_column(list column):
+    """Whether every value of a context column is None or an exact ASCII string (a value every path reads as
+    it is): the common case, told in one pass."""
+    for item in column:
+        if item is not None and (type(item) is not str or not PyUnicode_IS_ASCII(item)):
+            return False
+    return True
+
+
 cdef bint _plain_strings(object value):
     """Whether ``value`` is an exact list or tuple of exact, encodable strings: read as it is, no
     code of the caller's can run while it is (nothing to materialise first)."""
@@ -1497,6 +1507,7 @@ cdef class _Converter:
     cdef dict untested_ids    # context key no policy tests, case folded -> its id, from n_keys up
     cdef Py_ssize_t n_columns # context columns:
     cdef int32_t* column_kids #   their key ids (-1: a name that cannot be read)
+    cdef uint8_t* column_plain #  each value None or an exact ASCII string, and no other column gives the key
     cdef list column_lists    #   the batch's copies of them
     cdef list column_names    #   their names as given
     cdef list column_problems #   why a name cannot be read, or None
@@ -1508,6 +1519,8 @@ cdef class _Converter:
     cdef readonly dict candidates  # for single requests: (action, layers) -> the Allows a near miss may be
     # The last row's answers: rows repeat their neighbours' principal and place (no dict lookup then).
     cdef object last_principal
+    cdef object last_owner    # the last resource account given, and its owner class
+    cdef int last_owner_class
     cdef int32_t last_row, last_identity_row, last_identity_profile, last_resource_profile
     cdef int64_t last_place
 
@@ -1548,6 +1561,7 @@ cdef class _Converter:
         free(self.seen)
         free(self.overridden)
         free(self.column_kids)
+        free(self.column_plain)
 
     cpdef int32_t caller_row(self, object principal) except -3:
         """The caller row of an exact principal string (registered on first sight), or
@@ -1645,7 +1659,10 @@ cdef class _Converter:
         rq.resource_ix = ix
         policy, owner_class = self.resource_places[ix]
         if owner is not None:
-            owner_class = self.owner_class(owner)
+            if owner is not self.last_owner:
+                self.last_owner_class = self.owner_class(owner)
+                self.last_owner = owner
+            owner_class = self.last_owner_class
         elif owner_class < 0:
             owner_class = self.own_owners[row]
         if row != self.last_identity_row:
@@ -1800,31 +1817,50 @@ cdef class _Converter:
             if item == <PyObject*>None:
                 continue
             kid = self.column_kids[c]
+            if self.column_plain[c]:  # read and checked already: a policy tests it
+                if not (known and self.engine.principal_keys[kid]) and self.overridden[kid] != stamp:
+                    self.batch.add_text(kid, <str>item, True)
+                continue
             if kid < 0:
                 raise RequestError(self.column_problems[c])
             self.add_request_value(kid, self.column_names[c], <object>item, stamp, known, True)
         return 0
 
     cdef int set_columns(self, list columns) except -1:
-        """The context columns: (key id, or why the name cannot be read; name; list)."""
-        self.n_columns = len(columns)
-        self.column_kids = <int32_t*>malloc(max(1, self.n_columns) * sizeof(int32_t))
-        if self.column_kids == NULL:
+        """The context columns: (key id, or why the name cannot be read; name; list). A column whose values
+        are all plain (``_plain_column``) and whose key no other column gives is read once, here: its values
+        need no check per request, and if no policy tests it, it is not read again."""
+        cdef Py_ssize_t c, n = len(columns)
+        self.column_kids = <int32_t*>malloc(max(1, n) * sizeof(int32_t))
+        self.column_plain = <uint8_t*>malloc(max(1, n) * sizeof(uint8_t))
+        if self.column_kids == NULL or self.column_plain == NULL:
             raise MemoryError()
+        givers = {}  # key id -> how many columns give it
+        for kid, _, _ in columns:
+            givers[kid] = givers.get(kid, 0) + 1
         self.column_lists, self.column_names, self.column_problems = [], [], []
-        for c, (kid, name, column) in enumerate(columns):
+        c = 0
+        for kid, name, column in columns:
+            plain = type(kid) is not str and givers[kid] == 1 and _plain_column(column)
+            if plain and kid >= self.engine.n_keys:
+                continue
             self.column_kids[c] = kid if type(kid) is not str else -1
+            self.column_plain[c] = plain
             self.column_problems.append(kid if type(kid) is str else None)
             self.column_names.append(name)
             self.column_lists.append(column)
+            c += 1
+        self.n_columns = c
         return 0
 
     cdef int convert_row(self, Py_ssize_t i, object principal, object action, object resource, object owner,
                          object context, object tags) except -1:
         cdef request_t* rq = &self.batch.requests[i]
-        cdef Py_ssize_t size, account_start = 0, account_len = 0
+        cdef Py_ssize_t size, account_start = 0, account_len = 0, owner_len
         cdef const char* data
+        cdef const char* owner_data
         cdef int32_t row
+        cdef bytes caller_account
         rq.caller = ROW_FAILED
         rq.grants = rq.endpoint_grants = -1
         rq.ctx_start = <int32_t>self.batch.n_entries
@@ -1845,7 +1881,8 @@ cdef class _Converter:
             data = PyUnicode_AsUTF8AndSize(exact_action, &size)
             rq.action.ptr = data
             rq.action.len = size
-            if not valid_action(data, size):
+            ix = self.action_memo.get(exact_action)  # an action of the batch already is one checked
+            if ix is None and not valid_action(data, size):
                 raise RequestError(f"request action {shown(exact_action)} is not service:Action")
             data = PyUnicode_AsUTF8AndSize(exact_resource, &size)
             rq.resource.ptr = data
@@ -1857,14 +1894,15 @@ cdef class _Converter:
             caller_account = self.accounts[row]
             if owner is not None:
                 owner = _exact(owner, text, "resource account")
-                rq.same_account = owner.encode() == caller_account
+                owner_data = PyUnicode_AsUTF8AndSize(owner, &owner_len)
+                rq.same_account = owner_len == len(caller_account) and memcmp(
+                    owner_data, <const char*>caller_account, owner_len) == 0
             elif account_len:
                 rq.same_account = account_len == len(caller_account) and memcmp(
                     data + account_start, <const char*>caller_account, account_len) == 0
             else:
                 rq.same_account = True
             self.locate_into(row, exact_resource, owner, rq)
-            ix = self.action_memo.get(exact_action)
             if ix is None:
                 ix = self.action_memo[exact_action] = len(self.action_texts)
                 self.action_texts.append(exact_action)
