@@ -15,7 +15,7 @@ does. Everything after the batch's conversion runs in C without the GIL.
 """
 cimport cython
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
@@ -1111,8 +1111,21 @@ cdef extern from "Python.h":
 cdef extern from *:
     """
     static inline PyObject* engine_list_item(PyObject* list, Py_ssize_t i) { return PyList_GET_ITEM(list, i); }
+    static inline int engine_ascii_str(PyObject* o) { return PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o); }
+    static inline const char* engine_ascii_data(PyObject* o) { return (const char*)PyUnicode_DATA(o); }
+    static inline Py_ssize_t engine_str_length(PyObject* o) { return PyUnicode_GET_LENGTH(o); }
+    static inline int engine_list_or_tuple(PyObject* o) { return PyList_CheckExact(o) || PyTuple_CheckExact(o); }
+    static inline PyObject* engine_seq_item(PyObject* o, Py_ssize_t i) {
+        return PyList_CheckExact(o) ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
+    }
     """
     PyObject* engine_list_item(PyObject* list, Py_ssize_t i)
+    bint engine_ascii_str(PyObject* o)
+    const char* engine_ascii_data(PyObject* o)
+    Py_ssize_t engine_str_length(PyObject* o)
+    bint engine_list_or_tuple(PyObject* o)
+    PyObject* engine_seq_item(PyObject* o, Py_ssize_t i)
+    Py_ssize_t Py_SIZE(PyObject* o)
 
 
 def pack_roles(roles):
@@ -2449,6 +2462,7 @@ cdef class _ArrowRows:
     cdef uint64_t* seen          # per key id: the row that gave it, plus one
     cdef uint64_t* overridden    # per key id: the row whose session tags or facts set it, plus one
     cdef uint64_t* group_seen    # per tag key, case folded: the row that gave it, plus one
+    cdef list copies             # the buffers of Python columns copied (``read_plain``)
 
     def __dealloc__(self):
         _free_distinct(&self.principal_ids)
@@ -2483,18 +2497,56 @@ cdef class _ArrowRows:
 
     cdef int read(self, Engine engine, Py_ssize_t n, principals, actions, resources, resource_accounts,
                   list context_fields, list tag_fields) except -1:
-        """The columns' C views and each field's key (``scan`` then checks their offsets)."""
+        """The Arrow arrays' C views and each field's key (``scan`` then checks their offsets)."""
         cdef Py_ssize_t f, t
         if not len(principals) == len(actions) == len(resources) == n \
-                or resource_accounts is not None and len(resource_accounts) != n:
+                or resource_accounts is not None and len(resource_accounts) != n \
+                or any(len(field[2]) != n for field in context_fields + tag_fields):
             raise ValueError("every column must have one entry per request")
-        self.n = n
+        self.allocate(engine, n, context_fields, tag_fields)
         _strcol(principals, &self.principals)
         _strcol(actions, &self.actions)
         _strcol(resources, &self.resources)
         self.has_accounts = resource_accounts is not None
         if self.has_accounts:
             _strcol(resource_accounts, &self.accounts)
+        for f, (_, _, array, field_is_list) in enumerate(context_fields):
+            if field_is_list:
+                _listcol(array, &self.lists[f])
+            else:
+                _strcol(array, &self.strings[f])
+        for t, (_, _, array) in enumerate(tag_fields):
+            _strcol(array, &self.tags[t])
+        return 0
+
+    cdef bint read_plain(self, Engine engine, Py_ssize_t start, Py_ssize_t stop, list principals, list actions,
+                         list resources, list resource_accounts, list context_fields) except -1:
+        """Python columns copied into the layout Arrow's arrays have, when every value is plain: principals, actions and resources exact ASCII strings; resource accounts and context values
+        those or None; a context column's values all strings or all lists or tuples of them. False (nothing
+        read) otherwise: the converter of Python objects then reads them, and says what is wrong. The copies
+        live in ``self.copies``, which the batch must hold (its texts point into them)."""
+        cdef Py_ssize_t f
+        self.copies = []
+        if not (_copy_texts(principals, start, stop, &self.principals, False, self.copies)
+                and _copy_texts(actions, start, stop, &self.actions, False, self.copies)
+                and _copy_texts(resources, start, stop, &self.resources, False, self.copies)):
+            return False
+        self.has_accounts = resource_accounts is not None
+        if self.has_accounts and not _copy_texts(resource_accounts, start, stop, &self.accounts, True, self.copies):
+            return False
+        self.allocate(engine, stop - start, context_fields, [])
+        for f, (_, _, column, field_is_list) in enumerate(context_fields):
+            if not (_copy_lists(column, start, stop, &self.lists[f], self.copies) if field_is_list
+                    else _copy_texts(column, start, stop, &self.strings[f], True, self.copies)):
+                return False
+        return True
+
+    cdef int allocate(self, Engine engine, Py_ssize_t n, list context_fields, list tag_fields) except -1:
+        """The tables of n rows and their fields, and each field's key: (key id, or -1 when no policy tests the
+        key, key, values, is_list) per context field, (key id of aws:PrincipalTag/KEY or -1, KEY, values) per
+        session tag field."""
+        cdef Py_ssize_t f, t
+        self.n = n
         self.n_fields, self.n_tags = len(context_fields), len(tag_fields)
         self.strings = <strcol*>calloc(max(1, self.n_fields), sizeof(strcol))
         self.lists = <listcol*>calloc(max(1, self.n_fields), sizeof(listcol))
@@ -2518,27 +2570,18 @@ cdef class _ArrowRows:
                 or self.group_seen == NULL:
             raise MemoryError()
         untested = {}  # a key no policy tests, case folded -> its id (its spellings are one key)
-        for f, (key_id, name, array, field_is_list) in enumerate(context_fields):
+        for f, (key_id, name, _, field_is_list) in enumerate(context_fields):
             if not -1 <= key_id < engine.n_keys:
                 raise ValueError("context field key id out of range")
             if key_id < 0:
                 key_id = untested.setdefault(name.lower(), engine.n_keys + len(untested))
             self.field_keys[f], self.is_list[f] = key_id, field_is_list
-            if len(array) != n:
-                raise ValueError("every column must have one entry per request")
-            if field_is_list:
-                _listcol(array, &self.lists[f])
-            else:
-                _strcol(array, &self.strings[f])
         groups = {}
-        for t, (key_id, name, array) in enumerate(tag_fields):
+        for t, (key_id, name, _) in enumerate(tag_fields):
             if not -1 <= key_id < engine.n_keys:
                 raise ValueError("session tag key id out of range")
-            if len(array) != n:
-                raise ValueError("every column must have one entry per request")
             self.tag_keys[t] = key_id
             self.tag_group[t] = groups.setdefault(name.lower(), len(groups))
-            _strcol(array, &self.tags[t])
         return 0
 
     cdef int scan(self) noexcept nogil:
@@ -2961,6 +3004,12 @@ def convert_arrow(_Converter conversion, principals, actions, resources, resourc
     cdef _ArrowRows rows = _ArrowRows()
     batch.owned.append((principals, actions, resources, resource_accounts, context_fields, tag_fields))
     rows.read(batch.engine, batch.n, principals, actions, resources, resource_accounts, context_fields, tag_fields)
+    return _convert_rows(conversion, rows, context_fields, tag_fields)
+
+
+cdef Batch _convert_rows(_Converter conversion, _ArrowRows rows, list context_fields, list tag_fields):
+    """The rest of ``convert_arrow``, on columns read (``_ArrowRows.read`` or ``read_plain``)."""
+    cdef Batch batch = conversion.batch
     cdef int32_t n_policies = batch.engine.n_policies
     cdef int broken
     with nogil:
@@ -2980,3 +3029,165 @@ def convert_arrow(_Converter conversion, principals, actions, resources, resourc
     conversion.place_endpoints()
     batch.finish()
     return batch
+
+
+def convert_plain(Engine engine, resolver, list principals, list actions, list resources, dict contexts,
+                  list resource_accounts, Py_ssize_t start, Py_ssize_t stop):
+    """Rows [start, stop) of ``convert``'s columns (``contexts``: a dict of columns, or None), read in place and
+    copied into the layout of an Arrow batch, which is then converted as one is, mostly without the GIL (so
+    threads convert side by side); when every value is plain (``_ArrowRows.read_plain``). None otherwise, and
+    when the columns' lengths differ: ``convert`` reads those, and says what is wrong. Nothing of the caller's
+    runs while the lists are read."""
+    cdef Py_ssize_t n = len(principals), i
+    cdef list fields = []
+    cdef PyObject* item
+    if not 0 <= start <= stop <= n or len(actions) != n or len(resources) != n \
+            or resource_accounts is not None and len(resource_accounts) != n:
+        return None
+    for key, column in (contexts or {}).items():
+        if type(key) is not str or not key or not PyUnicode_IS_ASCII(key) or type(column) is not list \
+                or len(<list>column) != n:
+            return None
+        is_list = False
+        for i in range(start, stop):  # a column of lists, or of strings, as its first value says
+            item = engine_list_item(<PyObject*>column, i)
+            if item != <PyObject*>None:
+                is_list = engine_list_or_tuple(item)
+                break
+        fields.append((resolver.key_ids.get(key.lower(), -1), key, column, is_list))
+    cdef _ArrowRows rows = _ArrowRows()
+    if not rows.read_plain(engine, start, stop, principals, actions, resources, resource_accounts, fields):
+        return None
+    cdef _Converter conversion = _Converter(engine, resolver, stop - start)
+    conversion.batch.owned.append(rows.copies)
+    return _convert_rows(conversion, rows, fields, [])
+
+
+cdef class _Block:
+    """A block of memory that grows, freed with its owner: the copy of a column (its texts, offsets or validity),
+    which the batch holds as long as its requests point into it. Only what is written is read: a large block
+    costs the pages it fills."""
+
+    cdef char* data
+    cdef Py_ssize_t size
+
+    def __cinit__(self, Py_ssize_t size, bint zeroed=False):
+        self.data = <char*>(calloc(max(1, size), 1) if zeroed else malloc(max(1, size)))
+        if self.data == NULL:
+            raise MemoryError()
+        self.size = max(1, size)
+
+    def __dealloc__(self):
+        free(self.data)
+
+    cdef int room(self, Py_ssize_t size) except -1:
+        """At least ``size`` bytes; the data may move."""
+        cdef Py_ssize_t grown = self.size
+        cdef char* p
+        if size <= self.size:
+            return 0
+        while grown < size:
+            grown *= 2
+        p = <char*>realloc(self.data, grown)
+        if p == NULL:
+            raise MemoryError()
+        self.data, self.size = p, grown
+        return 0
+
+
+cdef uint8_t* _validity(list copies, Py_ssize_t n, Py_ssize_t valid_rows) except NULL:
+    """A validity bitmap for n rows, the first ``valid_rows`` of them marked valid (a column's first null)."""
+    cdef _Block block = _Block((n + 7) // 8, True)
+    cdef uint8_t* bits = <uint8_t*>block.data
+    cdef Py_ssize_t i
+    copies.append(block)
+    memset(bits, 0xFF, valid_rows >> 3)
+    for i in range(valid_rows & ~7, valid_rows):
+        bits[i >> 3] |= 1 << (i & 7)
+    return bits
+
+
+cdef inline int _append(_Block block, Py_ssize_t* at, PyObject* text) except -1:
+    """The characters of an exact ASCII string appended at ``at``; -1 past what an Arrow offset can say."""
+    cdef Py_ssize_t size = engine_str_length(text)
+    if size > INT32_MAX - at[0]:
+        raise OverflowError()
+    block.room(at[0] + size)
+    memcpy(block.data + at[0], engine_ascii_data(text), size)
+    at[0] += size
+    return 0
+
+
+cdef bint _copy_texts(list values, Py_ssize_t start, Py_ssize_t stop, strcol* out, bint nulls,
+                     list copies) except -1:
+    """``values[start:stop]`` copied into a string array's layout, in one pass, when each is an exact ASCII string
+    (or None, with ``nulls``); False otherwise. No code of the caller's runs while the list is read."""
+    cdef Py_ssize_t n = stop - start, i, at = 0
+    cdef PyObject* item
+    cdef _Block offsets = _Block((n + 1) * sizeof(int32_t)), data = _Block(32 * n)
+    cdef int32_t* offset = <int32_t*>offsets.data
+    cdef uint8_t* valid = NULL
+    copies.append(offsets)
+    copies.append(data)
+    offset[0] = 0
+    for i in range(n):
+        item = engine_list_item(<PyObject*>values, start + i)
+        if item == <PyObject*>None:
+            if not nulls:
+                return False
+            if valid == NULL:
+                valid = _validity(copies, n, i)
+        elif not engine_ascii_str(item):
+            return False
+        else:
+            try:
+                _append(data, &at, item)
+            except OverflowError:
+                return False
+            if valid != NULL:
+                valid[i >> 3] |= 1 << (i & 7)
+        offset[i + 1] = <int32_t>at
+    out.offsets, out.data, out.validity, out.bit_offset, out.size = offset, data.data, valid, 0, at
+    return True
+
+
+cdef bint _copy_lists(list values, Py_ssize_t start, Py_ssize_t stop, listcol* out, list copies) except -1:
+    """``values[start:stop]`` copied into a list<string> array's layout, in one pass, when each is None or an
+    exact list or tuple of exact ASCII strings; False otherwise."""
+    cdef Py_ssize_t n = stop - start, i, k, at = 0, n_items = 0
+    cdef PyObject* value
+    cdef PyObject* item
+    cdef _Block list_offsets = _Block((n + 1) * sizeof(int32_t)), item_offsets = _Block(4 * (n + 1))
+    cdef _Block data = _Block(32 * n)
+    cdef int32_t* list_offset = <int32_t*>list_offsets.data
+    cdef uint8_t* valid = NULL
+    copies.extend((list_offsets, item_offsets, data))
+    list_offset[0] = (<int32_t*>item_offsets.data)[0] = 0
+    for i in range(n):
+        value = engine_list_item(<PyObject*>values, start + i)
+        if value == <PyObject*>None:
+            if valid == NULL:
+                valid = _validity(copies, n, i)
+        elif not engine_list_or_tuple(value):
+            return False
+        else:
+            if Py_SIZE(value) > INT32_MAX - 1 - n_items:
+                return False
+            item_offsets.room((n_items + 1 + Py_SIZE(value)) * sizeof(int32_t))
+            for k in range(Py_SIZE(value)):
+                item = engine_seq_item(value, k)
+                if not engine_ascii_str(item):
+                    return False
+                try:
+                    _append(data, &at, item)
+                except OverflowError:
+                    return False
+                n_items += 1
+                (<int32_t*>item_offsets.data)[n_items] = <int32_t>at
+            if valid != NULL:
+                valid[i >> 3] |= 1 << (i & 7)
+        list_offset[i + 1] = <int32_t>n_items
+    out.offsets, out.validity, out.bit_offset, out.n_items = list_offset, valid, 0, n_items
+    out.items.offsets, out.items.data, out.items.validity = <int32_t*>item_offsets.data, data.data, NULL
+    out.items.bit_offset, out.items.size = 0, at
+    return True

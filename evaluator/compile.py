@@ -536,10 +536,20 @@ class CompiledPolicies:
         n = len(principals)
         codes = bytearray(n)
         errors: dict[int, str] = {}
+        # Exact lists (and a dict of them) are read in place, and mostly without the GIL, when their values are
+        # plain (``_engine.convert_plain``); any other chunk is read by the converter of Python objects.
+        in_place = session_tags is None and all(type(column) is list for column in (
+            principals, actions, resources, [] if resource_accounts is None else resource_accounts)) \
+            and (contexts is None or type(contexts) is dict)
 
         def convert(start: int) -> _engine.Batch:
-            """One chunk, converted with the GIL: small enough that its data is still in cache when decided."""
+            """One chunk: small enough that its data is still in cache when decided."""
             stop = min(n, start + CHUNK)
+            if in_place:
+                batch = _engine.convert_plain(self._engine, self, principals, actions, resources, contexts,
+                                              resource_accounts, start, stop)
+                if batch is not None:
+                    return batch
 
             def chunk(column):  # a list of one chunk that only the batch holds (copied once)
                 if column is None:
@@ -576,21 +586,23 @@ class CompiledPolicies:
                     usage.tally(batch)
                 collect(start, batch)
         else:
-            # Converting reads Python objects and needs the GIL; deciding does not. So this thread
-            # converts chunk after chunk while the pool decides the chunks already converted (at most
-            # two per thread wait, which bounds the memory they hold).
-            with ThreadPoolExecutor(threads - 1) as pool:
+            # Each thread converts and decides chunks of its own. Deciding needs no GIL, nor does most of
+            # converting columns read in place; Python objects are converted with the GIL, one thread at a
+            # time. At most two chunks per thread wait to be collected, which bounds the memory they hold.
+            def decided(start: int) -> _engine.Batch:
+                batch = convert(start)
+                self._engine.evaluate_range(batch, 0, batch.n)
+                return batch
+
+            with ThreadPoolExecutor(threads) as pool:
                 waiting: deque = deque()
                 for start in starts:
-                    batch = convert(start)
-                    waiting.append((start, batch, pool.submit(self._engine.evaluate_range, batch, 0, batch.n)))
-                    while len(waiting) > 2 * threads or (waiting and waiting[0][2].done()):
-                        start, batch, future = waiting.popleft()
-                        future.result()
-                        collect(start, batch)
-                for start, batch, future in waiting:
-                    future.result()
-                    collect(start, batch)
+                    waiting.append((start, pool.submit(decided, start)))
+                    while len(waiting) > 2 * threads:
+                        start, future = waiting.popleft()
+                        collect(start, future.result())
+                for start, future in waiting:
+                    collect(start, future.result())
         return BatchDecisions(bytes(codes).translate(FAILED_DENIES), errors)
 
 

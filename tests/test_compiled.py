@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from iam_evaluator import DecisionKind, PolicySet, Request, parse_policy
+from iam_evaluator import DecisionKind, PolicySet, Request, parse_policy, reference
 from iam_evaluator.compile import CHUNK, CompiledPolicySet
 
 ROLE = "arn:aws:iam::111122223333:role/Builder"
@@ -141,6 +141,78 @@ def test_context_columns_decide_like_context_mappings():
     assert list(spelled_twice.errors) == [2] and "given twice" in spelled_twice.errors[2]
     with pytest.raises(ValueError, match="one entry per request"):
         engine.evaluate_columns(*columns, {"aws:TagKeys": [None] * 4})
+
+
+POLICIES = PolicySet(identity=(parse_policy({"Version": "2012-10-17", "Statement": [
+    allow(resource="arn:aws:s3:::shared/*", Condition={"StringEquals": {"aws:PrincipalTag/team": "web"}}),
+    {"Effect": "Deny", "Action": "s3:*", "Resource": "*",
+     "Condition": {"ForAnyValue:StringEquals": {"aws:TagKeys": "b"}}}]}, name="p"),))
+TEAM, KEYS, VPC = "aws:PrincipalTag/team", "aws:TagKeys", "aws:SourceVpc"
+FAULT_ROWS = [  # principal, action, resource, resource account, {key: value}: the reference's decision by hand
+    (ROLE, "s3:GetObject", "arn:aws:s3:::shared/a", None, {TEAM: "web", KEYS: ("a", "b")}),  # Deny: b
+    (ROLE, "s3:GetObject", "arn:aws:s3:::shared/a", None, {TEAM: "ops", KEYS: ("a",)}),  # implicit: not web
+    (ROLE, "s3:GetObject", "arn:aws:s3:::shared/a", "444455556666", {TEAM: "web", KEYS: ()}),  # cross-account
+    (ROLE, "s3:GetObject", "arn:aws:s3:::shared/c", "111122223333", {TEAM: "web", VPC: "vpc-1"}),  # Allow
+    (ROLE, "s3GetObject", "arn:aws:s3:::shared/a", None, {TEAM: "web"}),  # refused: the action
+    (ROLE, "s3:GetObject", "not-an-arn", None, {TEAM: "web"}),  # refused: the resource
+    ("nobody", "s3GetObject", "not-an-arn", None, {}),  # refused: the principal first
+    (ROLE, "s3:GetObject", "arn:aws:s3:::shared/b", None, {TEAM: "web", "AWS:PrincipalTag/TEAM": "web"}),  # twice
+    (ROLE, "s3:GetObject", "arn:aws:s3:::shared/b", None, {VPC: "vpc-1", "aws:sourcevpc": "vpc-2"}),  # twice
+    (ROLE, "s3:PutObject", "arn:aws:s3:::shared/b", None, {TEAM: "web", KEYS: ("a",)}),  # implicit: no Put
+]
+
+
+def by_reference(principal, action, resource, owner, context) -> DecisionKind | None:
+    """The reference's decision, None for a request ``Request.create`` refuses."""
+    try:
+        request = Request.create(principal, action, resource, {key: list(value) if isinstance(value, tuple) else value
+                                                               for key, value in context.items()}, owner)
+    except ValueError:
+        return None
+    return reference.evaluate(POLICIES, request).decision
+
+
+def as_columns(rows):
+    """The rows as exact lists, and their contexts as one column per key."""
+    names = sorted({key for *_, context in rows for key in context})
+    columns = [list(column) for column in zip(*(row[:4] for row in rows), strict=True)]
+    return columns, {name: [context.get(name) for *_, context in rows] for name in names}
+
+
+def test_columns_read_in_place_answer_as_python_objects_are_read():
+    """Exact lists of plain strings are read in place (as an Arrow batch's columns are); tuples, by the
+    converter of Python objects. Both give the reference's decisions, and the same reasons for the same
+    faults."""
+    engine = CompiledPolicySet(POLICIES)
+    want = [by_reference(*row) for row in FAULT_ROWS]
+    assert want == [EXPLICIT, IMPLICIT, IMPLICIT, ALLOW, None, None, None, None, None, IMPLICIT]  # by hand
+    (principals, actions, resources, owners), contexts = as_columns(FAULT_ROWS)
+    in_place = engine.evaluate_columns(principals, actions, resources, contexts, owners)
+    as_objects = engine.evaluate_columns(tuple(principals), tuple(actions), tuple(resources),
+                                         {key: tuple(column) for key, column in contexts.items()}, tuple(owners))
+    assert list(in_place) == [IMPLICIT if w is None else w for w in want]
+    assert in_place.codes == as_objects.codes
+    assert in_place.errors == as_objects.errors and sorted(in_place.errors) == [4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunks_that_cannot_be_read_in_place_are_read_as_python_objects(threads):
+    """A value that is not a plain string (text beyond ASCII, a number, a list among strings) sends its chunk
+    to the converter of Python objects; every other chunk is read in place, and each answers as the other."""
+    engine = CompiledPolicySet(POLICIES)
+    n = 4 * CHUNK
+    rows = [(*row[:4], dict(row[4])) for row in FAULT_ROWS * -(-n // len(FAULT_ROWS))][:n]
+    rows[CHUNK + 5][4][TEAM] = "wéb"
+    rows[2 * CHUNK + 5][4][VPC] = 7
+    rows[3 * CHUNK + 7][4][TEAM] = ["web"]
+    (principals, actions, resources, owners), contexts = as_columns(rows)
+    mixed = engine.evaluate_columns(principals, actions, resources, contexts, owners, threads=threads)
+    as_objects = engine.evaluate_columns(tuple(principals), actions, resources, contexts, owners, threads=threads)
+    assert mixed.codes == as_objects.codes and mixed.errors == as_objects.errors
+    want = {i: by_reference(*rows[i]) for i in (CHUNK + 5, 2 * CHUNK + 5, 3 * CHUNK + 7)}
+    assert want[CHUNK + 5] is IMPLICIT and FAULT_ROWS[(CHUNK + 5) % len(FAULT_ROWS)][4][TEAM] == "web"  # changed
+    expected = [want[i] if i in want else by_reference(*FAULT_ROWS[i % len(FAULT_ROWS)]) for i in range(n)]
+    assert list(mixed) == [IMPLICIT if w is None else w for w in expected]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
