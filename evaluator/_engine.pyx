@@ -2521,10 +2521,11 @@ cdef class _ArrowRows:
 
     cdef bint read_plain(self, Engine engine, Py_ssize_t start, Py_ssize_t stop, list principals, list actions,
                          list resources, list resource_accounts, list context_fields) except -1:
-        """Python columns copied into the layout Arrow's arrays have, when every value is plain: principals, actions and resources exact ASCII strings; resource accounts and context values
-        those or None; a context column's values all strings or all lists or tuples of them. False (nothing
-        read) otherwise: the converter of Python objects then reads them, and says what is wrong. The copies
-        live in ``self.copies``, which the batch must hold (its texts point into them)."""
+        """Rows [start, stop) of Python columns copied into the layout Arrow's arrays have, when every value is
+        plain: principals, actions and resources exact ASCII strings; resource accounts and context values those
+        or None; a context column's values all strings or all lists or tuples of them. False otherwise: the
+        converter of Python objects then reads them, and says what is wrong. The copies live in ``self.copies``,
+        which the batch must hold (its texts point into them)."""
         cdef Py_ssize_t f
         self.copies = []
         if not (_copy_texts(principals, start, stop, &self.principals, False, self.copies)
