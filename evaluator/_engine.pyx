@@ -3109,11 +3109,12 @@ cdef uint8_t* _validity(list copies, Py_ssize_t n, Py_ssize_t valid_rows) except
 
 
 cdef inline int _append(_Block block, Py_ssize_t* at, PyObject* text) except -1:
-    """The characters of an exact ASCII string appended at ``at``; -1 past what an Arrow offset can say."""
+    """The characters of an exact ASCII string appended at ``at``: 0, or 1 past what an Arrow offset can say."""
     cdef Py_ssize_t size = engine_str_length(text)
     if size > INT32_MAX - at[0]:
-        raise OverflowError()
-    block.room(at[0] + size)
+        return 1
+    if at[0] + size > block.size:
+        block.room(at[0] + size)
     memcpy(block.data + at[0], engine_ascii_data(text), size)
     at[0] += size
     return 0
@@ -3138,13 +3139,9 @@ cdef bint _copy_texts(list values, Py_ssize_t start, Py_ssize_t stop, strcol* ou
                 return False
             if valid == NULL:
                 valid = _validity(copies, n, i)
-        elif not engine_ascii_str(item):
+        elif not engine_ascii_str(item) or _append(data, &at, item):
             return False
         else:
-            try:
-                _append(data, &at, item)
-            except OverflowError:
-                return False
             if valid != NULL:
                 valid[i >> 3] |= 1 << (i & 7)
         offset[i + 1] = <int32_t>at
@@ -3177,11 +3174,7 @@ cdef bint _copy_lists(list values, Py_ssize_t start, Py_ssize_t stop, listcol* o
             item_offsets.room((n_items + 1 + Py_SIZE(value)) * sizeof(int32_t))
             for k in range(Py_SIZE(value)):
                 item = engine_seq_item(value, k)
-                if not engine_ascii_str(item):
-                    return False
-                try:
-                    _append(data, &at, item)
-                except OverflowError:
+                if not engine_ascii_str(item) or _append(data, &at, item):
                     return False
                 n_items += 1
                 (<int32_t*>item_offsets.data)[n_items] = <int32_t>at
