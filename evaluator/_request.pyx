@@ -11,6 +11,16 @@ from .principals import Caller, RequestError
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)
+    int PyObject_GenericSetAttr(object o, object name, object value) except -1
+
+
+cdef extern from *:
+    """
+    static PyObject* request_object_new(PyObject* cls, PyObject* no_args) {
+        return PyBaseObject_Type.tp_new((PyTypeObject*)cls, no_args, NULL);
+    }
+    """
+    object object_new "request_object_new"(object cls, tuple no_args)
 
 
 cdef str shown(object value):
@@ -64,14 +74,62 @@ cdef object _context_value(object key, object value):
     return context_text(value, key)
 
 
-def create(cls, principal, action, resource, context, resource_account, session_tags):
-    """``Request.create``: check and normalise a request; raises ``RequestError`` with what is wrong."""
+cdef Py_ssize_t KEPT = 4096
+"""Entries each memo of this module keeps (principals, context key names): requests repeat both heavily; a
+memo starts again when full, so hostile input cannot grow it without bound."""
+cdef dict _callers = {}  # principal (exact str) -> Caller: ``Caller.parse`` is a Python call
+cdef dict _folded = {}   # context key name (exact str) -> its lower case, which also carries its hash
+
+
+cdef object _caller(str principal):
+    caller = _callers.get(principal)
+    if caller is None:
+        caller = Caller.parse(principal)
+        if len(_callers) >= KEPT:
+            _callers.clear()
+        _callers[principal] = caller
+    return caller
+
+
+cdef dict _normalised(dict context, bint shared):
+    """The context keyed by lower-case names, every value checked (``context_text``). ``shared``: the
+    caller's own dict, read without a copy; then None at a value whose reading could run the caller's code
+    (a list or tuple subclass, which might change the dict), to start again on a copy. Nothing else read
+    here runs the caller's code, except to make the message of an error that ends the reading."""
+    cdef dict normalised = {}
+    for key, value in context.items():
+        if type(key) is not str or not PyUnicode_IS_ASCII(key):
+            key = text(key, "context key")
+        folded = _folded.get(key)
+        if folded is None:
+            if not key:
+                raise RequestError("context key names must be non-empty")
+            folded = key.lower()
+            if len(_folded) >= KEPT:
+                _folded.clear()
+            _folded[key] = folded
+        if folded in normalised:
+            raise RequestError(f"context key {shown(key)} is given twice (key names are case-insensitive)")
+        if type(value) is str and PyUnicode_IS_ASCII(value):  # the common values, settled here
+            pass
+        elif value is True or value is False:
+            value = "true" if value is True else "false"
+        elif shared and type(value) is not list and type(value) is not tuple and isinstance(value, (list, tuple)):
+            return None
+        else:
+            value = _context_value(key, value)
+        normalised[folded] = value
+    return normalised
+
+
+def create(cls, principal, action, resource, context=None, resource_account=None, session_tags=None):
+    """Check and normalise a request; raises ``RequestError`` with what is wrong (``Request.create``)."""
     cdef Py_ssize_t size, account_at = 0, account_len = 0
     cdef const char* data
     principal = text(principal, "request principal")
     action = text(action, "request action")
     resource = text(resource, "request resource")
-    caller = Caller.parse(principal)
+    caller = _caller(principal)
     data = PyUnicode_AsUTF8AndSize(action, &size)
     if not valid_action(data, size):
         raise RequestError(f"request action {shown(action)} is not service:Action")
@@ -84,39 +142,49 @@ def create(cls, principal, action, resource, context, resource_account, session_
             else caller.account
     else:
         resource_account = text(resource_account, "resource account")
-    if context is not None and type(context) is not dict and not isinstance(context, Mapping):
+    cdef dict normalised = None
+    if type(context) is dict:
+        normalised = _normalised(context, True)
+    elif context is not None and not isinstance(context, Mapping):
         raise RequestError(f"request context must be an object, not {type(context).__name__}")
-    cdef dict normalised = {}
-    for key, value in dict(context or {}).items():
-        if type(key) is not str or not PyUnicode_IS_ASCII(key):
-            key = text(key, "context key")
-        if not key:
-            raise RequestError("context key names must be non-empty")
-        folded = key.lower()
-        if folded in normalised:
-            raise RequestError(f"context key {shown(key)} is given twice (key names are case-insensitive)")
-        # A plain ASCII string, the common value, is settled here.
-        normalised[folded] = value if type(value) is str and PyUnicode_IS_ASCII(value) \
-            else _context_value(key, value)
-    cdef dict tags = {}
-    if session_tags is not None:
-        if type(session_tags) is not dict and not isinstance(session_tags, Mapping):
-            raise RequestError("session tags must map tag keys to values")
-        if caller.kind != "assumed-role":
-            raise RequestError("session tags belong to an assumed-role session principal")
-        for key, value in dict(session_tags).items():
-            key = text(key, "session tag key")
-            if any(key.lower() == other.lower() for other in tags):
-                raise RequestError(f"session tag {shown(key)} is given twice (tag keys ignore case)")
-            tags[key] = text(value, "session tag value")
+    if normalised is None:
+        normalised = _normalised(dict(context or {}), False)
+    cdef dict tags = _tags(caller, session_tags) if session_tags is not None else {}
     # Built without __init__, which sets each field through object.__setattr__ (frozen): every field
     # is checked above, and a request is made per call on the single-call path.
-    request = object.__new__(cls)
-    cdef dict fields = request.__dict__
-    fields["principal"] = principal
-    fields["action"] = action
-    fields["resource"] = resource
-    fields["resource_account"] = resource_account
-    fields["context"] = normalised
-    fields["session_tags"] = tags
+    request = _new(cls)
+    PyObject_GenericSetAttr(request, "principal", principal)
+    PyObject_GenericSetAttr(request, "action", action)
+    PyObject_GenericSetAttr(request, "resource", resource)
+    PyObject_GenericSetAttr(request, "resource_account", resource_account)
+    PyObject_GenericSetAttr(request, "context", normalised)
+    PyObject_GenericSetAttr(request, "session_tags", tags)
     return request
+
+
+cdef dict _tags(object caller, object session_tags):
+    """The session tags of an assumed-role session, each key and value checked."""
+    if type(session_tags) is not dict and not isinstance(session_tags, Mapping):
+        raise RequestError("session tags must map tag keys to values")
+    if caller.kind != "assumed-role":
+        raise RequestError("session tags belong to an assumed-role session principal")
+    cdef dict tags = {}
+    for key, value in dict(session_tags).items():
+        key = text(key, "session tag key")
+        if any(key.lower() == other.lower() for other in tags):
+            raise RequestError(f"session tag {shown(key)} is given twice (tag keys ignore case)")
+        tags[key] = text(value, "session tag value")
+    return tags
+
+
+cdef object _made = None  # the last class object.__new__ accepted, which it would accept again
+
+
+cdef object _new(object cls):
+    """``object.__new__(cls)``, its checks made once per class."""
+    global _made
+    if cls is not _made:
+        request = object.__new__(cls)
+        _made = cls
+        return request
+    return object_new(cls, ())

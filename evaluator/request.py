@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _request
 from .model import Policy
@@ -34,19 +34,13 @@ class Request:
     context: Mapping[str, ContextValue] = field(default_factory=dict)
     session_tags: Mapping[str, str] = field(default_factory=dict)
 
-    @classmethod
-    def create(
-        cls,
-        principal: str,
-        action: str,
-        resource: str,
-        context: Mapping[str, Any] | None = None,
-        resource_account: str | None = None,
-        session_tags: Mapping[str, Any] | None = None,
-    ) -> Request:
-        """Check and normalise a request; raises ``RequestError`` with what is wrong. The checks are
-        compiled (``_request``): the single-call path makes a request per call."""
-        return _request.create(cls, principal, action, resource, context, resource_account, session_tags)
+    if TYPE_CHECKING:
+        @classmethod
+        def create(cls, principal: str, action: str, resource: str, context: Mapping[str, Any] | None = None,
+                   resource_account: str | None = None, session_tags: Mapping[str, Any] | None = None) -> Request:
+            ...
+    else:  # compiled, and called with no Python frame between: the single-call path makes a request per call
+        create = classmethod(_request.create)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Request:

@@ -468,6 +468,58 @@ def test_number_whose_repr_grows_the_context_being_converted():
     assert len(context) == 2
 
 
+# ------------------------------------------------------------------ what Request.create remembers
+
+
+def lookalike(text: str) -> type[str]:
+    """A str subclass whose instances hash like ``text`` and equal everything: a memo keyed by the object
+    given, not by its characters, would take one for ``text``."""
+    return type("Lookalike", (str,), {"__hash__": lambda self: hash(text), "__eq__": lambda self, other: True,
+                                      "__ne__": lambda self, other: False})
+
+
+def test_create_folds_a_key_by_its_characters_after_a_lookalike_was_folded():
+    """Key names are folded once and remembered, by their characters."""
+    Request.create(BUILDER, "s3:GetObject", SHARED, {"aws:RequestedRegion": "eu-west-1"})
+    request = Request.create(BUILDER, "s3:GetObject", SHARED, {lookalike("aws:RequestedRegion")(TEAM): "ops"})
+    assert request.context == {TEAM.lower(): "ops"}
+
+
+def test_create_reads_a_principal_by_its_characters_after_a_lookalike_was_parsed():
+    """Parsed principals are remembered, by their characters: the account of a resource ARN that names none
+    is the caller's own."""
+    assert Request.create(AUDITOR, "s3:GetObject", PRIVATE).resource_account == "444455556666"
+    assert Request.create(lookalike(AUDITOR)(BUILDER), "s3:GetObject", PRIVATE).resource_account == "111122223333"
+
+
+def test_create_reads_a_context_that_its_list_value_changes_as_it_was_given():
+    """A dict is read without a copy until a value could run the caller's code; then from a copy of it."""
+
+    class Rewriting(list):
+        def __iter__(self):
+            context.clear()
+            context[LEVEL] = "blocked"
+            return super().__iter__()
+
+    context = {"aws:RequestedRegion": "eu-west-1", TEAM: Rewriting(["dev-ops", fresh("x")]), "s3:prefix": "a/"}
+    request = Request.create(BUILDER, "s3:PutObject", SHARED, context)
+    assert request.context == {"aws:requestedregion": "eu-west-1", TEAM.lower(): ("dev-ops", "x"), "s3:prefix": "a/"}
+    assert context == {LEVEL: "blocked"}
+
+
+def test_create_for_a_class_object_new_refuses_is_refused_every_time():
+    """Requests are made without ``object.__new__``'s checks once a class has passed them: a class that fails
+    them fails every time."""
+
+    class Numbered(Request, int):
+        pass
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="not safe"):
+            Numbered.create(BUILDER, "s3:GetObject", SHARED)
+    assert type(Request.create(BUILDER, "s3:GetObject", SHARED)) is Request
+
+
 # ------------------------------------------------------------------ lone surrogates
 
 
