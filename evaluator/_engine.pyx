@@ -14,6 +14,7 @@ conditions), and the layers are combined exactly as ``decision.combine``
 does. Everything after the batch's conversion runs in C without the GIL.
 """
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -1118,6 +1119,7 @@ cdef extern from *:
     static inline PyObject* engine_seq_item(PyObject* o, Py_ssize_t i) {
         return PyList_CheckExact(o) ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
     }
+    static inline int engine_list_clear(PyObject* list) { return PyList_SetSlice(list, 0, PY_SSIZE_T_MAX, NULL); }
     """
     PyObject* engine_list_item(PyObject* list, Py_ssize_t i)
     bint engine_ascii_str(PyObject* o)
@@ -1126,6 +1128,7 @@ cdef extern from *:
     bint engine_list_or_tuple(PyObject* o)
     PyObject* engine_seq_item(PyObject* o, Py_ssize_t i)
     Py_ssize_t Py_SIZE(PyObject* o)
+    int engine_list_clear(list items) except -1  # emptied in place
 
 
 def pack_roles(roles):
@@ -1338,9 +1341,19 @@ cdef class Batch:
 
     cdef int finish(self, bint decide=False) except -1:
         """The arrays stop moving: value offsets become pointers; profiles and grants become C
-        arrays (only those added since the last finish, for a batch that is ``reset``); each
-        distinct action and resource is matched (and, with ``decide``, every request decided)."""
-        cdef Py_ssize_t k, n_grants = len(self.grant_table), n_profiles = len(self.profile_objects)
+        arrays (``pack``); each distinct action and resource is matched (and, with ``decide``, every
+        request decided)."""
+        self.pack()
+        _set_action_flags(&self.actions)
+        if self.resources.rules == NULL:  # else set as the resources were read (convert_arrow)
+            _set_resource_kinds(&self.resources)
+        self.engine.match_distinct(self, decide)
+        return 0
+
+    cdef int pack(self) except -1:
+        """Profiles and grants become C arrays: only those added since the last time, for a batch that
+        is ``reset``."""
+        cdef Py_ssize_t n_grants = len(self.grant_table), n_profiles = len(self.profile_objects)
         cdef Py_ssize_t total = self.roles_packed, p
         cdef void* grown
         cdef const char* packed
@@ -1381,10 +1394,6 @@ cdef class Batch:
                 memcpy(&self.roles[self.roles_packed], packed, self.profile_table[p].role_count * sizeof(role_t))
                 self.roles_packed += self.profile_table[p].role_count
             self.profiles_packed = n_profiles
-        _set_action_flags(&self.actions)
-        if self.resources.rules == NULL:  # else set as the resources were read (convert_arrow)
-            _set_resource_kinds(&self.resources)
-        self.engine.match_distinct(self, decide)
         return 0
 
     cdef void point_entries(self) noexcept nogil:
@@ -1395,18 +1404,33 @@ cdef class Batch:
 
     cdef int reset(self) except -1:
         """Empty the batch of its requests for the next ones of the same converter, keeping what the
-        converter remembers between them (profiles, grants, callers): the single-request path."""
+        converter remembers between them (profiles, grants, callers) and its buffers: the single-request
+        path (``SingleRequests``), which fills ``actions`` and ``resources`` in place (``hold_one``)."""
         global _batch_serial
         _batch_serial += 1
         self.serial = _batch_serial
         self.n_entries = self.n_values = 0
-        self.owned = []
-        self.errors.clear()
-        self.unknown.clear()
-        free_matches(&self.actions)
-        free_matches(&self.resources)
+        engine_list_clear(self.owned)
+        if self.errors:
+            self.errors.clear()
+        if self.unknown:
+            self.unknown.clear()
         memset(self.requests, 0, max(1, self.n) * sizeof(request_t))
         memset(self.codes, 0, max(1, self.n))
+        return 0
+
+    cdef int hold_one(self, matches_t* m, GlobTrie trie) except -1:
+        """Room in ``m`` for one text and every pattern of ``trie`` it may match, kept from call to call."""
+        if m.texts != NULL:
+            return 0
+        m.n = 1
+        m.texts = <cstr*>calloc(1, sizeof(cstr))
+        m.rules = <uint8_t*>calloc(1, sizeof(uint8_t))
+        m.start = <int32_t*>calloc(2, sizeof(int32_t))
+        m.ids = <int32_t*>malloc(max(1, trie.result_capacity()) * sizeof(int32_t))
+        if m.texts == NULL or m.rules == NULL or m.start == NULL or m.ids == NULL:
+            free_matches(m)
+            raise MemoryError()
         return 0
 
     cdef inline int add_entry(self, int32_t key, object texts, bint is_list) except -1:
@@ -1530,6 +1554,7 @@ cdef class _Converter:
     cdef uint64_t stamp_base  # rows converted before the last reset: stamps stay unique across them
     cdef readonly dict explained  # for single requests: (statements, place) -> combined decision and layers
     cdef readonly dict candidates  # for single requests: (action, layers) -> the Allows a near miss may be
+    cdef dict settled         # for single requests: their explained decisions by ``SingleRequests.settled_key``
     # The last row's answers: rows repeat their neighbours' principal and place (no dict lookup then).
     cdef object last_principal
     cdef object last_owner    # the last resource account given, and its owner class
@@ -1562,6 +1587,7 @@ cdef class _Converter:
         self.untested_ids = {}
         self.explained = {}
         self.candidates = {}
+        self.settled = {}
         self.last_identity_row = self.last_place = -1
         self.every_place = self.resource_place("*") if resolver.places_every_resource else None
         self.seen_cap = max(1, engine.n_keys)
@@ -1947,57 +1973,239 @@ cdef class _Converter:
         self.resolver = resolver
         self.batch.reset()
         self.stamp_base += <uint64_t>max(1, self.batch.n)
-        self.action_memo = {}
-        self.action_texts = []
-        self.resource_memo = {}
-        self.resource_texts = []
-        self.resource_places = []
+        self.action_memo.clear()
+        engine_list_clear(self.action_texts)
+        self.resource_memo.clear()
+        engine_list_clear(self.resource_texts)
+        engine_list_clear(self.resource_places)
         return 0
 
 
 cdef Py_ssize_t SINGLE_KEPT = 4096            # entries of each kind a single-request converter keeps
 cdef Py_ssize_t SINGLE_GRANT_BYTES = 1 << 20  # and bytes of grants
 cdef Py_ssize_t SINGLE_SPARE = 8              # converters kept per engine for single requests
+cdef Py_ssize_t SINGLE_MATCH_BYTES = 1 << 20  # bytes of action matches kept per engine
+
+
+ctypedef struct place_t:     # an explained single decision's inputs besides its statements (``Batch.place``)
+    int32_t identity_profile
+    int32_t resource_profile
+    int32_t grants
+    int32_t endpoint_grants
+    uint8_t same_account
+    uint8_t action_rules
+    uint8_t resource_kind
 
 
 cdef class SingleRequests:
     """Converters kept between single requests, so that a call pays for its request alone: the
-    resolver's answers on its principal, profiles and grants are remembered (``_Converter.reset``).
+    resolver's answers on its principal, profiles and grants are remembered (``_Converter.reset``),
+    and so are the action patterns each action matches (the trie never changes), and the explained
+    decisions that depend on nothing a request alone gives (``explain``).
 
     Each call takes a converter of its own (a call made from inside another, by a caller's mapping,
-    takes another), so no request sees another's data. Callers hold the GIL throughout.
+    takes another), so no request sees another's data. Callers hold the GIL throughout: a request is
+    converted, matched and decided without releasing it.
     """
 
     cdef Engine engine
     cdef list spare
+    cdef tuple unexplained      # decision code -> its decision without explanation
+    cdef dict action_matches    # action (exact str) -> its action flags, then the action patterns it matches
+    cdef Py_ssize_t match_bytes  # bytes held by action_matches
 
-    def __cinit__(self, Engine engine):
+    def __cinit__(self, Engine engine, tuple unexplained):
         self.engine = engine
         self.spare = []
+        self.unexplained = unexplained
+        self.action_matches = {}
+        if len(unexplained) <= D_IMPLICIT:
+            raise ValueError("a decision is needed for each decision code")
 
-    def convert(self, resolver, principal, action, resource, context, resource_account, session_tags,
-                bint decide):
-        """One request converted into the returned converter's ``batch`` (and, with ``decide``, decided
-        into its codes); give the converter back with ``release``."""
+    cdef _Converter take(self, resolver):
         cdef _Converter conversion
         if self.spare:
             conversion = self.spare.pop()
             conversion.reset(resolver)
         else:
             conversion = _Converter(self.engine, resolver, 1)
-        conversion.batch.owned.append((principal, action, resource, context, resource_account, session_tags))
-        conversion.convert_row(0, principal, action, resource, resource_account, context, session_tags)
-        conversion.place_endpoints()
-        conversion.batch.set_texts(&conversion.batch.actions, conversion.action_texts)
-        conversion.batch.set_texts(&conversion.batch.resources, conversion.resource_texts)
-        conversion.batch.finish(decide)
+        return conversion
+
+    def convert(self, resolver, request):
+        """One request converted into the returned converter's ``batch``, and decided into its codes;
+        give the converter back with ``release``."""
+        cdef _Converter conversion = self.take(resolver)
+        try:
+            self.prepare(conversion, request, NULL)
+        except BaseException:
+            self.keep(conversion)
+            raise
         return conversion
 
     def release(self, _Converter conversion):
+        """Give back a converter ``convert`` returned."""
+        self.keep(conversion)
+
+    cdef int keep(self, _Converter conversion) except -1:
         """Keep a converter for the next call, unless enough are kept or it remembers too much."""
         conversion.resolver = None  # no cycle through the resolver while it waits
         if len(self.spare) < SINGLE_SPARE and not conversion.remembers_too_much():
             self.spare.append(conversion)
+        return 0
+
+    def decide(self, resolver, request):
+        """``evaluate(request, explain=False)``: the decision without explanation of a request the engine
+        decided, else the resolver's ``_unexplained(batch)`` (the request failed, or its principal is unknown)."""
+        cdef _Converter conversion = self.take(resolver)
+        cdef int code
+        try:
+            self.prepare(conversion, request, NULL)
+            code = conversion.batch.codes[0]
+            if conversion.batch.requests[0].caller >= 0 and D_ALLOW <= code <= D_IMPLICIT:
+                return self.unexplained[code]
+            return resolver._unexplained(conversion.batch)
+        finally:
+            self.keep(conversion)
+
+    def explain(self, resolver, request):
+        """``evaluate(request)``: the resolver's ``_explain`` of the request, unless it gave the same
+        decision to a request alike (``settled_key``), which is given again."""
+        cdef _Converter conversion = self.take(resolver)
+        cdef explain_t ex
+        cdef bytes key = None
+        cdef tuple combined
+        self.engine.open_explain(&ex)
+        try:
+            self.prepare(conversion, request, &ex)
+            key = self.settled_key(conversion, &ex)
+            if key is not None:
+                decision = conversion.settled.get(key)
+                if decision is not None:
+                    return decision
+                applicable = tuple([ex.applicable[k] for k in range(ex.n_applicable)])
+            decision = resolver._explain(conversion.batch, memo=conversion.explained,
+                                         candidates=conversion.candidates)[0]
+            if key is not None:
+                combined = conversion.explained.get((applicable, conversion.batch.place(0)))
+                # The very decision combined from its statements: nothing of the request's own was added.
+                if combined is not None and combined[0] is decision \
+                        and decision.allowed == (conversion.batch.codes[0] == D_ALLOW):
+                    if len(conversion.settled) >= SINGLE_KEPT:
+                        conversion.settled.clear()
+                    conversion.settled[key] = decision
+            return decision
+        finally:
+            close_explain(&ex)
+            self.keep(conversion)
+
+    cdef bytes settled_key(self, _Converter conversion, explain_t* ex):
+        """What the explained decision of a decided request depends on when no statement needed a key it did
+        not give: its statements (sorted), its place, and, for a deny, its action (the Allows of its action
+        are its near misses: a deny is kept only when there are none). None for any other request."""
+        cdef Batch batch = conversion.batch
+        cdef const request_t* rq = &batch.requests[0]
+        cdef int code = batch.codes[0]
+        if rq.caller < 0 or ex.n_needy or not D_ALLOW <= code <= D_IMPLICIT:
+            return None
+        _sort_ids(ex.applicable, ex.n_applicable)
+        cdef Py_ssize_t action_len = 0 if code == D_ALLOW else rq.action.len
+        cdef Py_ssize_t ids_len = ex.n_applicable * sizeof(int32_t)
+        cdef bytes key = PyBytes_FromStringAndSize(NULL, sizeof(place_t) + ids_len + action_len)
+        cdef char* out = PyBytes_AS_STRING(key)
+        cdef place_t place
+        memset(&place, 0, sizeof(place_t))
+        place.identity_profile = rq.identity_profile
+        place.resource_profile = rq.resource_profile
+        place.grants = rq.grants
+        place.endpoint_grants = rq.endpoint_grants
+        place.same_account = rq.same_account
+        place.action_rules = batch.actions.rules[0]
+        place.resource_kind = batch.resources.rules[0]
+        memcpy(out, &place, sizeof(place_t))
+        memcpy(out + sizeof(place_t), ex.applicable, ids_len)
+        memcpy(out + sizeof(place_t) + ids_len, rq.action.ptr, action_len)
+        return key
+
+    cdef int prepare(self, _Converter conversion, object request, explain_t* ex) except -1:
+        """Convert a request into the converter's batch, match its action and resource, and decide it into
+        the batch's codes (recording what explains it in ``ex`` unless NULL)."""
+        cdef Batch batch = conversion.batch
+        principal, action, resource = request.principal, request.action, request.resource
+        context, owner, tags = request.context, request.resource_account, request.session_tags
+        if not tags:
+            tags = None
+        batch.owned.append((principal, action, resource, context, owner, tags))
+        conversion.convert_row(0, principal, action, resource, owner, context, tags)
+        conversion.place_endpoints()
+        batch.pack()
+        cdef request_t* rq = &batch.requests[0]
+        if rq.caller < 0:
+            batch.codes[0] = D_IMPLICIT if rq.caller == C_ROW_UNKNOWN else D_FAILED
+            return 0
+        if rq.action_ix != 0 or rq.resource_ix != 0:
+            raise RuntimeError("a single request's converter held another request")
+        batch.hold_one(&batch.actions, self.engine.action_trie)
+        batch.hold_one(&batch.resources, self.engine.resource_trie)
+        batch.actions.texts[0] = rq.action
+        batch.resources.texts[0] = rq.resource
+        batch.resources.rules[0] = _resource_kind(rq.resource.ptr, rq.resource.len)
+        cdef scratch_t* sc = self.engine.acquire()
+        try:
+            self.match_action(batch, conversion.action_texts[0], sc)
+            batch.resources.start[1] = <int32_t>self.engine.resource_trie.match_into(
+                <const unsigned char*>rq.resource.ptr, rq.resource.len, sc.resource_scratch, batch.resources.ids)
+            if batch.resources.start[1] < 0:
+                raise RuntimeError("the resource trie is not frozen")
+            batch.point_entries()
+            if ex == NULL:
+                batch.codes[0] = self.engine.decide(batch, rq, sc, NULL)
+            else:
+                self.engine.decide_explained(batch, 0, sc, ex)
+        finally:
+            self.engine.release(sc)
+        return 0
+
+    cdef int match_action(self, Batch batch, str action, scratch_t* sc) except -1:
+        """The action's flags and the action patterns it matches, into the batch: matched once per action and
+        kept (a bounded memo, emptied when full)."""
+        cdef bytes known = self.action_matches.get(action)
+        cdef Py_ssize_t n
+        cdef int32_t* kept
+        if known is None:
+            n = self.engine.action_trie.match_into(<const unsigned char*>batch.actions.texts[0].ptr,
+                                                   batch.actions.texts[0].len, sc.action_scratch, batch.actions.ids)
+            if n < 0:
+                raise RuntimeError("the action trie is not frozen")
+            flags = service_rules.action_flags(action)
+            known = PyBytes_FromStringAndSize(NULL, (n + 1) * sizeof(int32_t))
+            kept = <int32_t*>PyBytes_AS_STRING(known)
+            kept[0] = <uint8_t>flags
+            memcpy(kept + 1, batch.actions.ids, n * sizeof(int32_t))
+            if len(self.action_matches) >= SINGLE_KEPT or self.match_bytes > SINGLE_MATCH_BYTES:
+                self.action_matches.clear()
+                self.match_bytes = 0
+            self.action_matches[action] = known
+            self.match_bytes += len(known)
+        else:
+            kept = <int32_t*>PyBytes_AS_STRING(known)
+            n = len(known) // sizeof(int32_t) - 1
+            memcpy(batch.actions.ids, kept + 1, n * sizeof(int32_t))
+        batch.actions.rules[0] = <uint8_t>kept[0]
+        batch.actions.start[1] = <int32_t>n
+        return 0
+
+
+cdef void _sort_ids(int32_t* ids, Py_ssize_t n) noexcept nogil:
+    """Insertion sort: a request's applicable statements are few, and mostly in order already."""
+    cdef Py_ssize_t i, j
+    cdef int32_t x
+    for i in range(1, n):
+        x = ids[i]
+        j = i - 1
+        while j >= 0 and ids[j] > x:
+            ids[j + 1] = ids[j]
+            j -= 1
+        ids[j + 1] = x
 
 
 def converter(Engine engine, resolver, Py_ssize_t n):

@@ -278,7 +278,7 @@ class CompiledPolicies:
             table, action_patterns, resource_patterns, dynamic, patterns, conditions, self.key_ids, len(self.policies),
             [kid for key, kid in self.key_ids.items() if is_principal_key(key)], private,
         )
-        self._singles = _engine.SingleRequests(self._engine)
+        self._singles = _engine.SingleRequests(self._engine, tuple(UNEXPLAINED.get(code) for code in range(4)))
         self._stats = {
             "policies": len(self.policies),
             "statements": len(self.statements),
@@ -477,25 +477,28 @@ class CompiledPolicies:
     def evaluate(self, request: Request, explain: bool = True, usage: StatementUsage | None = None) -> Decision:
         """Decide one request; with ``explain``, name the statements and missing keys; with ``usage``, count
         into it the statements that applied (``usage.StatementUsage``)."""
-        conversion = self._singles.convert(self, request.principal, request.action, request.resource,
-                                           request.context, request.resource_account, request.session_tags or None,
-                                           not explain and usage is None)
+        if usage is None:  # converted, matched and decided in one compiled call
+            return self._singles.explain(self, request) if explain else self._singles.decide(self, request)
+        conversion = self._singles.convert(self, request)
         try:
-            batch = conversion.batch
-            if usage is not None:
-                usage.tally(batch)
+            usage.tally(conversion.batch)
             if explain:
-                return self._explain(batch, memo=conversion.explained, candidates=conversion.candidates)[0]
-            code = batch.codes_view()[0]
-            if 0 in batch.errors:
-                return failed(batch.errors[0])
-            if 0 in batch.unknown:
-                return self._unknown(batch.unknown[0])
-            if code == _engine.FAILED:
-                return failed(self._failure(self._engine.explain_range(batch, 0, 1)[0][3]))
-            return UNEXPLAINED.get(code) or UNEXPLAINED[_engine.IMPLICIT_DENY]  # no decision has another code
+                return self._explain(conversion.batch, memo=conversion.explained, candidates=conversion.candidates)[0]
+            return self._unexplained(conversion.batch)
         finally:
             self._singles.release(conversion)
+
+    def _unexplained(self, batch: _engine.Batch) -> Decision:
+        """The decision without explanation of a single request's batch, decided (``SingleRequests.decide`` asks
+        only for a request that failed, or whose principal is unknown)."""
+        if 0 in batch.errors:
+            return failed(batch.errors[0])
+        if 0 in batch.unknown:
+            return self._unknown(batch.unknown[0])
+        code = batch.codes_view()[0]
+        if code == _engine.FAILED:
+            return failed(self._failure(self._engine.explain_range(batch, 0, 1)[0][3]))
+        return UNEXPLAINED.get(code) or UNEXPLAINED[_engine.IMPLICIT_DENY]  # no decision has another code
 
     def evaluate_batch(self, requests: Sequence[Request], explain: bool = False,
                        threads: int = 1) -> BatchDecisions | list[Decision]:

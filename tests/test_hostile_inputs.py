@@ -790,6 +790,41 @@ def test_single_calls_past_what_a_converter_keeps(engine):
         assert engine.evaluate(request, explain=n % 2 == 0).decision is expected("s3:PutObject", SHARED, team), n
 
 
+def test_single_calls_match_an_action_by_its_characters_after_a_lookalike_was_matched(engine):
+    """What each action matches is kept between calls, by its characters."""
+    assert engine.evaluate(raw_request(BUILDER, "s3:GetObject", SHARED), explain=False).decision is ALLOW
+    for explain in (False, True):
+        request = raw_request(BUILDER, lookalike("s3:GetObject")("s3:DeleteObject"), SHARED)
+        assert engine.evaluate(request, explain=explain).decision is IMPLICIT
+
+
+def test_a_request_changed_between_single_calls_is_read_anew(engine):
+    request = Request.create(BUILDER, "s3:PutObject", SHARED, {TEAM: "dev-ops"})
+    assert engine.evaluate(request, explain=False).decision is ALLOW
+    request.context[TEAM.lower()] = "blocked"
+    assert engine.evaluate(request, explain=False).decision is EXPLICIT
+    request.context[TEAM.lower()] = "dev-ops"
+    object.__setattr__(request, "resource", PRIVATE)
+    assert engine.evaluate(request).decision is IMPLICIT
+    object.__setattr__(request, "action", "s3:Get\ud800Object")
+    assert engine.evaluate(request, explain=False).error is not None
+
+
+def test_single_explained_decisions_are_kept_only_for_what_they_depend_on(engine):
+    """An explained decision is given again to the requests alike (the same statements and place, and for a
+    deny the same action) when nothing of the request's own went into it: no key it lacked, no near miss."""
+    cases = [(BUILDER, "s3:GetObject", SHARED, {TEAM: "ops"}),  # allowed: kept
+             (BUILDER, "s3:GetObject", SHARED, {}),  # alike, but the Blocked deny needed a key it lacks
+             (BUILDER, "s3:DeleteObject", SHARED, {TEAM: "ops"}),  # denied, no Allow of its action: kept
+             (BUILDER, "s3:PutObject", SHARED, {TEAM: "ops"}),  # denied alike, DevWrite a near miss (condition)
+             (BUILDER, "s3:PutObject", PRIVATE, {TEAM: "dev-ops"})]  # alike, DevWrite a near miss (resource)
+    want = [reference.evaluate(POLICIES, Request.create(*case)) for case in cases]
+    assert want[1].missing_keys and not want[0].missing_keys
+    assert want[3].near_misses[0].miss != want[4].near_misses[0].miss and not want[2].near_misses
+    for _ in range(2):
+        assert [engine.evaluate(Request.create(*case)) for case in cases] == want
+
+
 # ------------------------------------------------------------------ Arrow buffers, read without Python objects
 
 
