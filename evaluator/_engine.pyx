@@ -2053,7 +2053,7 @@ cdef class SingleRequests:
             self.spare.append(conversion)
         return 0
 
-    def decide(self, resolver, request):
+    cdef object decide(self, resolver, request):
         """``evaluate(request, explain=False)``: the decision without explanation of a request the engine
         decided, else the resolver's ``_unexplained(batch)`` (the request failed, or its principal is unknown)."""
         cdef _Converter conversion = self.take(resolver)
@@ -2067,7 +2067,7 @@ cdef class SingleRequests:
         finally:
             self.keep(conversion)
 
-    def explain(self, resolver, request):
+    cdef object explain(self, resolver, request):
         """``evaluate(request)``: the resolver's ``_explain`` of the request, unless it gave the same
         decision to a request alike (``settled_key``), which is given again."""
         cdef _Converter conversion = self.take(resolver)
@@ -2206,6 +2206,16 @@ cdef void _sort_ids(int32_t* ids, Py_ssize_t n) noexcept nogil:
             ids[j + 1] = ids[j]
             j -= 1
         ids[j + 1] = x
+
+
+def evaluate(self, request, explain=True, usage=None):
+    """Decide one request; with ``explain``, name the statements and missing keys; with ``usage``, count into
+    it the statements that applied (``usage.StatementUsage``). This is ``CompiledPolicies.evaluate`` itself, so
+    that no Python frame stands between a caller and the compiled policies' ``SingleRequests``."""
+    if usage is not None:
+        return self._evaluate_counted(request, explain, usage)
+    cdef SingleRequests singles = self._singles
+    return singles.explain(self, request) if explain else singles.decide(self, request)
 
 
 def converter(Engine engine, resolver, Py_ssize_t n):

@@ -474,11 +474,14 @@ class CompiledPolicies:
         return _engine.convert(self._engine, self, principals, actions, resources, contexts, resource_accounts,
                                session_tags, fresh)
 
-    def evaluate(self, request: Request, explain: bool = True, usage: StatementUsage | None = None) -> Decision:
-        """Decide one request; with ``explain``, name the statements and missing keys; with ``usage``, count
-        into it the statements that applied (``usage.StatementUsage``)."""
-        if usage is None:  # converted, matched and decided in one compiled call
-            return self._singles.explain(self, request) if explain else self._singles.decide(self, request)
+    if TYPE_CHECKING:
+        def evaluate(self, request: Request, explain: bool = True, usage: StatementUsage | None = None) -> Decision:
+            ...
+    else:  # compiled (``_engine.evaluate``), with no Python frame between a caller and the single-request path
+        evaluate = _engine.evaluate
+
+    def _evaluate_counted(self, request: Request, explain: bool, usage: StatementUsage) -> Decision:
+        """``evaluate`` with ``usage``: the request converted and decided, then counted and decided again."""
         conversion = self._singles.convert(self, request)
         try:
             usage.tally(conversion.batch)
