@@ -1847,7 +1847,7 @@ cdef class _Converter:
         if context is not None:
             if type(context) is not dict and not isinstance(context, Mapping):
                 raise RequestError(f"request context must be an object, not {type(context).__name__}")
-            for key, value in (context.items() if type(context) is dict else dict(context).items()):
+            for key, value in (<dict>context if type(context) is dict else dict(context)).items():
                 self.add_request_value(self.key_id(key), key, value, stamp, known)
         cdef Py_ssize_t c
         cdef PyObject* item
