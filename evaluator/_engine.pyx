@@ -2075,6 +2075,8 @@ cdef class SingleRequests:
         cdef bytes key = None
         cdef tuple combined
         self.engine.open_explain(&ex)
+        ex.n_applicable = ex.n_needy = 0
+        ex.failed_statement = -1
         try:
             self.prepare(conversion, request, &ex)
             key = self.settled_key(conversion, &ex)
@@ -2150,17 +2152,16 @@ cdef class SingleRequests:
         batch.resources.texts[0] = rq.resource
         batch.resources.rules[0] = _resource_kind(rq.resource.ptr, rq.resource.len)
         cdef scratch_t* sc = self.engine.acquire()
+        cdef bint matched
         try:
             self.match_action(batch, conversion.action_texts[0], sc)
-            batch.resources.start[1] = <int32_t>self.engine.resource_trie.match_into(
-                <const unsigned char*>rq.resource.ptr, rq.resource.len, sc.resource_scratch, batch.resources.ids)
-            if batch.resources.start[1] < 0:
-                raise RuntimeError("the resource trie is not frozen")
-            batch.point_entries()
-            if ex == NULL:
-                batch.codes[0] = self.engine.decide(batch, rq, sc, NULL)
+            if self.engine.n_statements > NOGIL_LOOP:  # a long decision lets other threads run
+                with nogil:
+                    matched = _decide_one(self.engine, batch, sc, ex)
             else:
-                self.engine.decide_explained(batch, 0, sc, ex)
+                matched = _decide_one(self.engine, batch, sc, ex)
+            if not matched:
+                raise RuntimeError("the resource trie is not frozen")
         finally:
             self.engine.release(sc)
         return 0
@@ -2193,6 +2194,23 @@ cdef class SingleRequests:
         batch.actions.rules[0] = <uint8_t>kept[0]
         batch.actions.start[1] = <int32_t>n
         return 0
+
+
+cdef bint _decide_one(Engine engine, Batch batch, scratch_t* sc, explain_t* ex) noexcept nogil:
+    """Match the resource of a single request's batch, its action matched already, and decide it into the
+    batch's codes (recording what explains it in ``ex`` unless NULL); False if the trie cannot match."""
+    cdef const request_t* rq = &batch.requests[0]
+    cdef Py_ssize_t n = engine.resource_trie.match_into(<const unsigned char*>rq.resource.ptr, rq.resource.len,
+                                                        sc.resource_scratch, batch.resources.ids)
+    if n < 0:
+        return False
+    batch.resources.start[1] = <int32_t>n
+    batch.point_entries()
+    if ex == NULL:
+        batch.codes[0] = engine.decide(batch, rq, sc, NULL)
+    else:
+        engine.decide_explained(batch, 0, sc, ex)
+    return True
 
 
 cdef void _sort_ids(int32_t* ids, Py_ssize_t n) noexcept nogil:

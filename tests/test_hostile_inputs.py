@@ -825,6 +825,38 @@ def test_single_explained_decisions_are_kept_only_for_what_they_depend_on(engine
         assert [engine.evaluate(Request.create(*case)) for case in cases] == want
 
 
+def test_single_calls_on_an_engine_large_enough_to_decide_without_the_gil():
+    """Past 4,096 statements a single request is matched and decided with the GIL released, from many threads."""
+    statements = [{"Sid": f"Bucket{i}", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+                   "Resource": f"arn:aws:s3:::bucket-{i}/*", "Condition": {"StringLike": {TEAM: f"team-{i % 7}*"}}}
+                  for i in range(5000)]
+    statements.append({"Sid": "Blocked", "Effect": "Deny", "Action": "*", "Resource": "*",
+                       "Condition": {"StringEquals": {TEAM: "blocked"}}})
+    policies = PolicySet(identity=(parse_policy({"Version": "2012-10-17", "Statement": statements}, name="big"),))
+    engine = CompiledPolicySet(policies)
+    cases = [(BUILDER, action, f"arn:aws:s3:::bucket-{i}/k", {TEAM: team} if team else {})
+             for i, action, team in [(3, "s3:GetObject", "team-3x"), (3, "s3:PutObject", "team-4"),
+                                     (9, "s3:GetObject", None), (4999, "s3:PutObject", "team-1"),
+                                     (12, "s3:GetObject", "blocked")]]
+    want = [reference.evaluate(policies, Request.create(*case)) for case in cases]
+    assert [w.decision for w in want] == [ALLOW, IMPLICIT, IMPLICIT, ALLOW, EXPLICIT]
+    failures: list = []
+
+    def ask(offset: int) -> None:
+        for k in range(40):
+            i, explain = (k + offset) % len(cases), k % 2 == 0
+            got = engine.evaluate(Request.create(*cases[i]), explain=explain)
+            if (got if explain else got.decision) != (want[i] if explain else want[i].decision):
+                failures.append((i, got))
+
+    threads = [threading.Thread(target=ask, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
 # ------------------------------------------------------------------ Arrow buffers, read without Python objects
 
 
