@@ -252,6 +252,9 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
     """Simulate the NFA over text[i:] from the n_cur active nodes in cur (distinct, already
     entered: their ids reported). Emits dense ids into r.out (unsorted) and returns r.n_out;
     with r.out NULL returns 1 as soon as a match is certain, else 0. nxt: room for every node.
+
+    A lone active link (one pattern's literal run, the usual state once the input has left the
+    others) is followed byte by byte while the input spells it in ASCII, with no set to keep.
     """
     cdef const gt_node* nd
     cdef uint32_t* swap
@@ -259,6 +262,20 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
     cdef uint32_t s, entry
     cdef int32_t t
     while i < n and n_cur > 0:
+        if n_cur == 1 and r.links[cur[0]] < GT_STORED and text[i] < 0x80:
+            s = cur[0]
+            entry = r.links[s]
+            while entry < GT_STORED and i < n and text[i] < 0x80:
+                if entry != r.fold[text[i]]:
+                    return r.n_out if r.out != NULL else 0  # the run is left: nothing more can match
+                s += 1
+                i += 1
+                entry = r.links[s]  # a link is never the last node
+            r.gen += 1
+            n_cur = _enter(r, <int32_t>s, cur, 0)
+            if n_cur < 0:
+                return 1
+            continue
         r.gen += 1
         n_nxt = 0
         width = _SEQ_LEN[text[i]]
