@@ -29,6 +29,15 @@ ctypedef struct at_head:
     int32_t ids_start     # their ids in ArnTrie._inline_ids
 
 
+# One alignment of one mask, planned: its head's hash, the ARN field each literal field falls on (-1: a '*'
+# field), and where the resource part starts.
+ctypedef struct at_probe:
+    uint64_t hash
+    Py_ssize_t res
+    int mask
+    int32_t fields[AT_FIELDS]
+
+
 # One thread's working memory: a scratch of each trie, the key of the alignment being probed and two
 # result buffers (each of the trie's distinct ids).
 ctypedef struct at_scratch:
@@ -79,7 +88,10 @@ cdef class ArnTrie:
     cdef Py_ssize_t match_into(self, const unsigned char* text, Py_ssize_t n, void* scratch,
                                int32_t* out) noexcept nogil
     cdef int _set_heads(self, dict heads) except -1
-    cdef const at_head* _find(self, const uint8_t* key, Py_ssize_t n) noexcept nogil
-    cdef Py_ssize_t _probe(self, at_scratch* sc, const unsigned char* text, Py_ssize_t n, const Py_ssize_t* colon,
-                           Py_ssize_t extra, int mask, int field, Py_ssize_t at, Py_ssize_t key_len, int32_t* out,
-                           Py_ssize_t count) noexcept nogil
+    cdef const at_head* _find(self, const uint8_t* key, Py_ssize_t n, uint64_t h) noexcept nogil
+    cdef Py_ssize_t _plan(self, uint8_t* key, const unsigned char* text, const Py_ssize_t* colon, Py_ssize_t extra,
+                          int mask, int field, Py_ssize_t at, Py_ssize_t key_len, int32_t* fields, at_probe* planned,
+                          Py_ssize_t n_planned) noexcept nogil
+    cdef void _fetch(self, uint64_t h) noexcept nogil
+    cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* probe, const unsigned char* text, Py_ssize_t n,
+                           const Py_ssize_t* colon, int32_t* out, Py_ssize_t count) noexcept nogil

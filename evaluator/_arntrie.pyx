@@ -152,6 +152,13 @@ cdef Py_ssize_t _match_inline(const uint8_t* globs, int32_t count, const int32_t
     return found
 
 
+cdef extern from *:
+    """
+    #define at_prefetch(p) __builtin_prefetch(p)
+    """
+    void _prefetch "at_prefetch"(const void* p) nogil
+
+
 cdef uint64_t _TAG = 0xFFFFFFFF00000000ULL  # a slot holds these bits of its head's hash, and its offset / 8 + 1
 
 
@@ -340,9 +347,9 @@ cdef class ArnTrie:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef const at_head* _find(self, const uint8_t* key, Py_ssize_t n) noexcept nogil:
-        """The head key[:n], NULL if no pattern has it."""
-        cdef uint64_t h = hash_text(<const char*>key, n, self._seed), slot
+    cdef const at_head* _find(self, const uint8_t* key, Py_ssize_t n, uint64_t h) noexcept nogil:
+        """The head key[:n] (its hash h), NULL if no pattern has it."""
+        cdef uint64_t slot
         cdef int32_t probe
         cdef const at_head* entry
         for probe in range(self._max_probe + 1):
@@ -416,13 +423,22 @@ cdef class ArnTrie:
         extra = m - AT_FIELDS
         for i in range(self._n_masks):
             probes += _alignments(extra, self._groups[self._masks[i]])
+        # Every head first (hashed, its slot fetched), then every slot (its record fetched), then the matches:
+        # the memory reads of the probes overlap.
+        cdef at_probe planned[MAX_ALIGNMENTS + 1]
+        cdef int32_t fields[AT_FIELDS]
+        cdef Py_ssize_t n_planned = 0
         if self.has_plain:
-            sc.key[0] = 0x41  # 'A': mask 0
-            count = self._probe(sc, text, n, colon, extra, 0, 0, 0, 1, out, count)
+            n_planned = self._plan(sc.key, text, colon, extra, 0, 0, 0, 1, fields, planned, n_planned)
         if probes <= MAX_ALIGNMENTS:
             for i in range(self._n_masks):
-                sc.key[0] = 0x41 + self._masks[i]
-                count = self._probe(sc, text, n, colon, extra, self._masks[i], 0, 0, 1, out, count)
+                n_planned = self._plan(sc.key, text, colon, extra, self._masks[i], 0, 0, 1, fields, planned,
+                                       n_planned)
+        for i in range(n_planned):
+            self._fetch(planned[i].hash)
+        for i in range(n_planned):
+            count = self._probe(sc, &planned[i], text, n, colon, out, count)
+        if probes <= MAX_ALIGNMENTS:
             return count
         if sc.spanning == NULL:
             sc.spanning = calloc(1, self.spanning.scratch_size())
@@ -434,37 +450,74 @@ cdef class ArnTrie:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef Py_ssize_t _probe(self, at_scratch* sc, const unsigned char* text, Py_ssize_t n, const Py_ssize_t* colon,
-                           Py_ssize_t extra, int mask, int field, Py_ssize_t at, Py_ssize_t key_len, int32_t* out,
-                           Py_ssize_t count) noexcept nogil:
-        """Probe the alignments of mask from its field `field` on, which falls on the ARN's field `at` (the
-        key written up to key_len); merge what they match into out[:count] and return the new count."""
-        cdef Py_ssize_t start, stop, span, k
-        cdef const at_head* head
+    cdef Py_ssize_t _plan(self, uint8_t* key, const unsigned char* text, const Py_ssize_t* colon, Py_ssize_t extra,
+                          int mask, int field, Py_ssize_t at, Py_ssize_t key_len, int32_t* fields, at_probe* planned,
+                          Py_ssize_t n_planned) noexcept nogil:
+        """Plan the alignments of mask from its field `field` on, which falls on the ARN's field `at` (the head
+        written into key up to key_len, the ARN fields of the literal fields before it in fields): each is
+        hashed, its slot fetched, and added to planned; returns their new number."""
+        cdef Py_ssize_t start, stop, span
+        cdef at_probe* probe
         cdef int end
-        if field == AT_FIELDS:  # the resource part: the rest of the ARN, matched by its head's patterns
-            head = self._find(sc.key, key_len)
-            if head == NULL:
-                return count
-            start = colon[at - 1] + 1
-            if head.node >= 0:
-                k = self.keyed.match_from(head.node, text + start, n - start, sc.keyed, sc.found)
-            else:
-                k = _match_inline(<const uint8_t*>head + sizeof(at_head) + head.key_len, head.n_inline,
-                                  self._inline_ids + head.ids_start, text + start, n - start, sc.found)
-            return _merge(out, count, sc.found, k, sc.merged)
+        if field == AT_FIELDS:  # the head is whole; the resource part is the rest of the ARN
+            key[0] = 0x41 + mask  # 'A' + mask
+            probe = &planned[n_planned]
+            probe.hash = hash_text(<const char*>key, key_len, self._seed)
+            probe.res = colon[at - 1] + 1
+            probe.mask = mask
+            memcpy(probe.fields, fields, sizeof(probe.fields))
+            _prefetch(&self._slots[probe.hash & self._slot_mask])
+            return n_planned + 1
         if not _star(mask, field):  # a literal field: one ARN field, with its ':'
             start = colon[at - 1] + 1 if at else 0
             stop = colon[at] + 1
-            memcpy(sc.key + key_len, text + start, stop - start)
-            return self._probe(sc, text, n, colon, extra, mask, field + 1, at + 1, key_len + stop - start, out, count)
+            memcpy(key + key_len, text + start, stop - start)
+            fields[field] = <int32_t>at
+            return self._plan(key, text, colon, extra, mask, field + 1, at + 1, key_len + stop - start, fields,
+                              planned, n_planned)
         end = field
         while end < AT_FIELDS and _star(mask, end):
+            fields[end] = -1
             end += 1
         # The run spans end - field ARN fields, plus any of the extra ones not spanned before it.
         for span in range(end - field, end - at + extra + 1):
-            count = self._probe(sc, text, n, colon, extra, mask, end, at + span, key_len, out, count)
-        return count
+            n_planned = self._plan(key, text, colon, extra, mask, end, at + span, key_len, fields, planned, n_planned)
+        return n_planned
+
+    cdef void _fetch(self, uint64_t h) noexcept nogil:
+        """Start reading the record of the head in h's slot, if its tag is h's."""
+        cdef uint64_t slot = self._slots[h & self._slot_mask]
+        cdef const uint8_t* record
+        if slot != 0 and (slot ^ h) & _TAG == 0:
+            record = self._head_bytes + 8 * ((slot & ~_TAG) - 1)
+            _prefetch(record)
+            _prefetch(record + 64)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* probe, const unsigned char* text, Py_ssize_t n,
+                           const Py_ssize_t* colon, int32_t* out, Py_ssize_t count) noexcept nogil:
+        """Match the resource part of a planned alignment against its head's patterns; merge their ids into
+        out[:count] and return the new count."""
+        cdef Py_ssize_t key_len = 1, start, stop, k
+        cdef const at_head* head
+        cdef int field
+        sc.key[0] = 0x41 + probe.mask
+        for field in range(AT_FIELDS):  # the head again: the key buffer held every planned head in turn
+            if probe.fields[field] >= 0:
+                start = colon[probe.fields[field] - 1] + 1 if probe.fields[field] else 0
+                stop = colon[probe.fields[field]] + 1
+                memcpy(sc.key + key_len, text + start, stop - start)
+                key_len += stop - start
+        head = self._find(sc.key, key_len, probe.hash)
+        if head == NULL:
+            return count
+        if head.node >= 0:
+            k = self.keyed.match_from(head.node, text + probe.res, n - probe.res, sc.keyed, sc.found)
+        else:
+            k = _match_inline(<const uint8_t*>head + sizeof(at_head) + head.key_len, head.n_inline,
+                              self._inline_ids + head.ids_start, text + probe.res, n - probe.res, sc.found)
+        return _merge(out, count, sc.found, k, sc.merged)
 
     # ------------------------------------------------------------------ Python API
 
