@@ -39,6 +39,7 @@ from libc.string cimport memcmp, memcpy
 
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._text cimport hash_text
+from ._types cimport prefetch
 
 import os
 
@@ -150,13 +151,6 @@ cdef Py_ssize_t _match_inline(const uint8_t* globs, int32_t count, const int32_t
             found += 1
         globs += 1 + globs[0]
     return found
-
-
-cdef extern from *:
-    """
-    #define at_prefetch(p) __builtin_prefetch(p)
-    """
-    void _prefetch "at_prefetch"(const void* p) nogil
 
 
 cdef uint64_t _TAG = 0xFFFFFFFF00000000ULL  # a slot holds these bits of its head's hash, and its offset / 8 + 1
@@ -466,7 +460,7 @@ cdef class ArnTrie:
             probe.res = colon[at - 1] + 1
             probe.mask = mask
             memcpy(probe.fields, fields, sizeof(probe.fields))
-            _prefetch(&self._slots[probe.hash & self._slot_mask])
+            prefetch(&self._slots[probe.hash & self._slot_mask])
             return n_planned + 1
         if not _star(mask, field):  # a literal field: one ARN field, with its ':'
             start = colon[at - 1] + 1 if at else 0
@@ -490,8 +484,8 @@ cdef class ArnTrie:
         cdef const uint8_t* record
         if slot != 0 and (slot ^ h) & _TAG == 0:
             record = self._head_bytes + 8 * ((slot & ~_TAG) - 1)
-            _prefetch(record)
-            _prefetch(record + 64)
+            prefetch(record)
+            prefetch(record + 64)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)

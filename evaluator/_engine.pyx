@@ -25,7 +25,7 @@ from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._pattern cimport PatternSet, pseg
 from ._request cimport account_field, arn_account, arn_fields, shown, valid_action
 from ._text cimport MAX_PROBES, hash_text
-from ._types cimport cstr, ctx_entry
+from ._types cimport cstr, ctx_entry, prefetch
 
 import os
 from collections.abc import Mapping
@@ -587,6 +587,8 @@ cdef class Engine:
                 return False
             if r == 1 and not star_request:
                 dynamic_hit = True
+        if st.flags & (F_NOT_RESOURCE | F_ANY_RESOURCE) == F_ANY_RESOURCE:
+            return True  # without reading its mark: most statements the action side finds are these
         cdef bint static_hit = not star_request and sc.resource_mark[s] == sc.gen
         if st.flags & F_NOT_RESOURCE:
             return not (static_hit or dynamic_hit or (st.flags & F_NOT_RESOURCE_STAR))
@@ -712,6 +714,13 @@ cdef class Engine:
         if not star_request:
             matched = batch.resources.ids + batch.resources.start[rq.resource_ix]
             n = batch.resources.start[rq.resource_ix + 1] - batch.resources.start[rq.resource_ix]
+            # A large engine's tables are read at random: start every read of a statement before the first waits.
+            for k in range(n):
+                prefetch(&self.resource_start[matched[k]])
+            for k in range(n):
+                for j in range(self.resource_start[matched[k]], self.resource_start[matched[k] + 1]):
+                    prefetch(&sc.resource_mark[self.resource_statements[j]])
+                    prefetch(&self.statements[self.resource_statements[j]])
             for k in range(n):
                 pid = matched[k]
                 sc.resource_pattern_mark[pid] = gen
