@@ -20,12 +20,13 @@ from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
+from ._arntrie cimport ArnTrie, at_caches, at_free_scratch, at_grown_bytes
 from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._pattern cimport PatternSet, pseg
 from ._request cimport account_field, arn_account, arn_fields, shown, valid_action
 from ._text cimport MAX_PROBES, hash_text
-from ._types cimport cstr, ctx_entry
+from ._types cimport cstr, ctx_entry, prefetch
 
 import os
 from collections.abc import Mapping
@@ -242,12 +243,12 @@ cdef class PatternStatements:
     through it: what ``Engine`` indexes statements by. Built while compiling, where most entries repeat a
     pattern already known: looked up here in C rather than with a Python call each."""
 
-    cdef readonly GlobTrie trie
+    cdef readonly object trie    # a GlobTrie (actions) or an ArnTrie (resources)
     cdef readonly list lists     # per pattern id, the statements found through it, ascending
     cdef dict _ids               # pattern text (lower-cased for a case-insensitive trie) -> id
     cdef bint _lower
 
-    def __init__(self, GlobTrie trie, bint lower):
+    def __init__(self, trie, bint lower):
         self.trie = trie
         self.lists = []
         self._ids = {}
@@ -283,7 +284,7 @@ cdef class Engine:
     """Compiled policies' C tables; built once by ``compile.py``, immutable after."""
 
     cdef GlobTrie action_trie
-    cdef GlobTrie resource_trie
+    cdef ArnTrie resource_trie
     cdef PatternSet patterns
     cdef ConditionSet conditions
     cdef statement_t* statements
@@ -459,14 +460,17 @@ cdef class Engine:
         up, inputs matched by the NFA alone (thrashing), inputs matched, bytes of cache."""
         names = ("states", "built", "flushes", "grows", "fallbacks", "nfa_matches", "matches", "bytes")
         stats = {"action": dict.fromkeys(names, 0), "resource": dict.fromkeys(names, 0)}
+        cdef const gt_cache* caches[4]
         cdef const gt_cache* cache
-        cdef int k, side
+        cdef int k, j, n
         for k in range(self.n_spare):
-            for side in range(2):
-                cache = <const gt_cache*>(self.spare[k].action_scratch if side == 0 else self.spare[k].resource_scratch)
+            caches[0] = <const gt_cache*>self.spare[k].action_scratch
+            n = 1 + at_caches(self.spare[k].resource_scratch, caches + 1)
+            for j in range(n):
+                cache = caches[j]
                 for name, value in zip(names, (max(cache.n_states - 1, 0), cache.built, cache.flushes, cache.grows,
                                                cache.fallbacks, cache.nfa_calls, cache.calls, cache.block_bytes)):
-                    stats["action" if side == 0 else "resource"][name] += value
+                    stats["action" if j == 0 else "resource"][name] += value
         return stats
 
     # ---------------------------------------------------------------- scratch
@@ -478,7 +482,7 @@ cdef class Engine:
             raise MemoryError()
         cdef int32_t n = max(1, self.n_statements)
         sc.action_scratch = calloc(1, self.action_trie.scratch_size())
-        sc.resource_scratch = calloc(1, self.resource_trie.scratch_size())
+        sc.resource_scratch = self.resource_trie.new_scratch()
         sc.action_ids = <int32_t*>malloc(max(1, self.action_trie.result_capacity()) * sizeof(int32_t))
         sc.resource_ids = <int32_t*>malloc(max(1, self.resource_trie.result_capacity()) * sizeof(int32_t))
         sc.action_mark = <uint64_t*>calloc(n, sizeof(uint64_t))
@@ -529,7 +533,7 @@ cdef class Engine:
     cdef void release(self, scratch_t* sc) noexcept:
         """Keep the scratch for reuse while this engine and the process have room (GIL held)."""
         global spare_held
-        sc.nbytes = sc.fixed_bytes + gt_scratch_bytes(sc.action_scratch) + gt_scratch_bytes(sc.resource_scratch)
+        sc.nbytes = sc.fixed_bytes + gt_scratch_bytes(sc.action_scratch) + at_grown_bytes(sc.resource_scratch)
         if self.n_spare < SPARE_SCRATCH and spare_held + sc.nbytes <= spare_budget:
             self.spare[self.n_spare] = sc
             self.n_spare += 1
@@ -556,8 +560,8 @@ cdef class Engine:
         try:
             with nogil:
                 batch.point_entries()
-                ok = _match_all(self.action_trie, &batch.actions, sc.action_scratch, sc.action_ids) \
-                    and _match_all(self.resource_trie, &batch.resources, sc.resource_scratch, sc.resource_ids)
+                ok = _match_all(self.action_trie, None, &batch.actions, sc.action_scratch, sc.action_ids) \
+                    and _match_all(None, self.resource_trie, &batch.resources, sc.resource_scratch, sc.resource_ids)
                 if ok and decide:
                     self.run(batch, 0, batch.n, sc)
             if not ok:
@@ -584,6 +588,8 @@ cdef class Engine:
                 return False
             if r == 1 and not star_request:
                 dynamic_hit = True
+        if st.flags & (F_NOT_RESOURCE | F_ANY_RESOURCE) == F_ANY_RESOURCE:
+            return True  # without reading its mark: most statements the action side finds are these
         cdef bint static_hit = not star_request and sc.resource_mark[s] == sc.gen
         if st.flags & F_NOT_RESOURCE:
             return not (static_hit or dynamic_hit or (st.flags & F_NOT_RESOURCE_STAR))
@@ -709,6 +715,13 @@ cdef class Engine:
         if not star_request:
             matched = batch.resources.ids + batch.resources.start[rq.resource_ix]
             n = batch.resources.start[rq.resource_ix + 1] - batch.resources.start[rq.resource_ix]
+            # A large engine's tables are read at random: start every read of a statement before the first waits.
+            for k in range(n):
+                prefetch(&self.resource_start[matched[k]])
+            for k in range(n):
+                for j in range(self.resource_start[matched[k]], self.resource_start[matched[k] + 1]):
+                    prefetch(&sc.resource_mark[self.resource_statements[j]])
+                    prefetch(&self.statements[self.resource_statements[j]])
             for k in range(n):
                 pid = matched[k]
                 sc.resource_pattern_mark[pid] = gen
@@ -955,8 +968,9 @@ cdef inline int combine(const profile_t* identity, const profile_t* resource, bi
     return D_ALLOW if identity_path and grant != G_NONE else D_IMPLICIT
 
 
-cdef bint _match_all(GlobTrie trie, matches_t* m, void* scratch, int32_t* out) noexcept nogil:
-    """Fill ``m.start``/``m.ids`` with the trie's matches of each text; False if memory ran out."""
+cdef bint _match_all(GlobTrie actions, ArnTrie resources, matches_t* m, void* scratch, int32_t* out) noexcept nogil:
+    """Fill ``m.start``/``m.ids`` with the matches of each text in ``actions``, or else in ``resources``;
+    False if memory ran out."""
     cdef Py_ssize_t i, k, total = 0, cap = max(16, 2 * m.n)
     cdef void* grown
     m.start = <int32_t*>malloc((m.n + 1) * sizeof(int32_t))
@@ -965,7 +979,12 @@ cdef bint _match_all(GlobTrie trie, matches_t* m, void* scratch, int32_t* out) n
         return False
     for i in range(m.n):
         m.start[i] = <int32_t>total
-        k = trie.match_into(<const unsigned char*>m.texts[i].ptr, m.texts[i].len, scratch, out)
+        if actions is not None:
+            k = actions.match_into(<const unsigned char*>m.texts[i].ptr, m.texts[i].len, scratch, out)
+        else:
+            k = resources.match_into(<const unsigned char*>m.texts[i].ptr, m.texts[i].len, scratch, out)
+        if k < 0:
+            return False
         if total + k > cap:
             cap = max(2 * cap, total + k)
             grown = realloc(m.ids, cap * sizeof(int32_t))
@@ -1064,7 +1083,7 @@ cdef void free_scratch(scratch_t* sc) noexcept:
         return
     sc.magic = 0
     gt_free_scratch(sc.action_scratch)
-    gt_free_scratch(sc.resource_scratch)
+    at_free_scratch(sc.resource_scratch)
     free(sc.action_ids)
     free(sc.resource_ids)
     free(sc.action_mark)

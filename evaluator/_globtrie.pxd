@@ -147,6 +147,11 @@ cdef class GlobTrie:
                                int32_t* out) noexcept nogil
     # 1 if any pattern matches the UTF-8 text, 0 if none, -1 if the trie is not frozen.
     cdef int match_any(self, const unsigned char* text, Py_ssize_t n, void* scratch) noexcept nogil
+    # The node a literal text leads to from the root, -1 if none (or not frozen); match_from() goes on from
+    # it, writing sorted ids into out as match_into() does, by the NFA alone.
+    cdef int32_t node_of(self, const unsigned char* text, Py_ssize_t n) noexcept nogil
+    cdef Py_ssize_t match_from(self, int32_t node, const unsigned char* text, Py_ssize_t n, void* scratch,
+                               int32_t* out) noexcept nogil
 
     cdef void _free_arrays(self) noexcept
     cdef int _set_prefix(self) except -1

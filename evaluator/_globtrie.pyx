@@ -252,6 +252,9 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
     """Simulate the NFA over text[i:] from the n_cur active nodes in cur (distinct, already
     entered: their ids reported). Emits dense ids into r.out (unsorted) and returns r.n_out;
     with r.out NULL returns 1 as soon as a match is certain, else 0. nxt: room for every node.
+
+    A lone active link (one pattern's literal run, the usual state once the input has left the
+    others) is followed byte by byte while the input spells it in ASCII, with no set to keep.
     """
     cdef const gt_node* nd
     cdef uint32_t* swap
@@ -259,6 +262,20 @@ cdef Py_ssize_t _nfa(gt_run* r, const unsigned char* text, Py_ssize_t n, Py_ssiz
     cdef uint32_t s, entry
     cdef int32_t t
     while i < n and n_cur > 0:
+        if n_cur == 1 and r.links[cur[0]] < GT_STORED and text[i] < 0x80:
+            s = cur[0]
+            entry = r.links[s]
+            while entry < GT_STORED and i < n and text[i] < 0x80:
+                if entry != r.fold[text[i]]:
+                    return r.n_out if r.out != NULL else 0  # the run is left: nothing more can match
+                s += 1
+                i += 1
+                entry = r.links[s]  # a link is never the last node
+            r.gen += 1
+            n_cur = _enter(r, <int32_t>s, cur, 0)
+            if n_cur < 0:
+                return 1
+            continue
         r.gen += 1
         n_nxt = 0
         width = _SEQ_LEN[text[i]]
@@ -1011,6 +1028,23 @@ cdef tuple _cache_geometry(Py_ssize_t n_nodes):
     return states, states * _POOL_PER_STATE, bound
 
 
+cdef void _start(GlobTrie trie, gt_run* r, char* base, int32_t* out) noexcept nogil:
+    """Set up r for a match with the scratch at base, its ids into out."""
+    cdef uint64_t* counter = <uint64_t*>(base + trie._off_stamps)
+    r.nodes = trie._nodes
+    r.links = trie._links
+    r.edge_bytes = trie._edge_bytes
+    r.edge_targets = trie._edge_targets
+    r.acc = trie._acc
+    r.fold = trie._fold
+    r.node_stamp = counter + 1
+    r.id_stamp = r.node_stamp + trie._n_nodes
+    r.call_gen = counter[0] + 1
+    r.gen = r.call_gen  # incremented before each use: this call's node stamps exceed call_gen
+    r.out = out
+    r.n_out = 0
+
+
 cdef class GlobTrie:
     """Index of IAM glob patterns; after freeze(), finds all patterns matching a string.
 
@@ -1316,18 +1350,7 @@ cdef class GlobTrie:
         # General path: compute what is missing (or simulate the NFA).
         cdef uint64_t* counter = <uint64_t*>(base + self._off_stamps)
         cdef gt_run r
-        r.nodes = self._nodes
-        r.links = self._links
-        r.edge_bytes = self._edge_bytes
-        r.edge_targets = self._edge_targets
-        r.acc = self._acc
-        r.fold = self._fold
-        r.node_stamp = counter + 1
-        r.id_stamp = r.node_stamp + self._n_nodes
-        r.call_gen = counter[0] + 1
-        r.gen = r.call_gen  # incremented before each use: this call's node stamps exceed call_gen
-        r.out = out
-        r.n_out = 0
+        _start(self, &r, base, out)
         cdef gt_dfa d
         d.cache = cache
         _load(&d)
@@ -1346,6 +1369,41 @@ cdef class GlobTrie:
             if out != NULL:
                 _sort_ids(out, result, self._ids)
         counter[0] = r.gen  # later calls with this scratch start above every stamp used here
+        return result
+
+    cdef int32_t node_of(self, const unsigned char* text, Py_ssize_t n) noexcept nogil:
+        """The node the literal text leads to from the root along byte edges, -1 if none (or not frozen)."""
+        cdef gt_run r
+        cdef int32_t node = 0
+        cdef Py_ssize_t i
+        if not self.frozen:
+            return -1
+        r.nodes = self._nodes
+        r.links = self._links
+        r.edge_bytes = self._edge_bytes
+        r.edge_targets = self._edge_targets
+        for i in range(n):
+            node = _child(&r, node, self._fold[text[i]])
+            if node < 0:
+                return -1
+        return node
+
+    cdef Py_ssize_t match_from(self, int32_t node, const unsigned char* text, Py_ssize_t n, void* scratch,
+                               int32_t* out) noexcept nogil:
+        """Sorted unique ids of the patterns that node_of() text0 leads into and that text0 + text matches, where
+        no '?' or '*' edge leaves the path of text0 before node: the NFA alone from node, with no DFA cache (for
+        many short walks from nodes deep in a large trie, whose states would rarely repeat)."""
+        cdef char* base = <char*>scratch
+        cdef uint64_t* counter = <uint64_t*>(base + self._off_stamps)
+        cdef uint32_t* cur = <uint32_t*>(base + self._off_lists)
+        cdef gt_run r
+        cdef Py_ssize_t result
+        _start(self, &r, base, out)
+        r.gen += 1
+        result = _enter(&r, node, cur, 0)
+        result = _nfa(&r, text, n, 0, cur, result, cur + self._n_nodes)
+        _sort_ids(out, result, self._ids)
+        counter[0] = r.gen
         return result
 
     cdef Py_ssize_t match_into(self, const unsigned char* text, Py_ssize_t n, void* scratch,

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""C types shared by the compiled engine's modules: borrowed strings and a request context.
+"""C types shared by the compiled engine's modules: borrowed strings and a request context (and a prefetch hint).
 
 A request's context reaches the C code as a dense array indexed by key id
 (the compiled policy set numbers every condition key and policy-variable key
@@ -18,3 +18,12 @@ ctypedef struct ctx_entry:
     int32_t count          # -1: key absent; 0: empty list; n: that many values
     bint is_list           # the request gave a list (even of one value), not a single string
     const cstr* values     # count values
+
+
+cdef extern from *:
+    """
+    #define iam_prefetch(p) __builtin_prefetch(p)
+    """
+    # Start reading the cache line at p, for reads that would otherwise wait on each other (a hint: any address
+    # is harmless).
+    void prefetch "iam_prefetch"(const void* p) nogil

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _engine, service_rules
+from ._arntrie import ArnTrie
 from ._conditions import ConditionSet
 from ._globtrie import GlobTrie
 from ._pattern import PatternSet
@@ -224,7 +225,7 @@ class CompiledPolicies:
         patterns = PatternSet(self.key_ids)
         conditions = ConditionSet(self.key_ids)
         action_patterns = _engine.PatternStatements(GlobTrie(True), True)  # actions compare case-insensitively
-        resource_patterns = _engine.PatternStatements(GlobTrie(False), False)
+        resource_patterns = _engine.PatternStatements(ArnTrie(), False)  # keyed by ARN fields when many
         dynamic: list[int] = []
         table = []
 

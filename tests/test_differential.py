@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import pyarrow as pa
 from hypothesis import HealthCheck, event, given, settings
 
+import iam_evaluator._arntrie as arntrie
 from iam_evaluator import PolicySet, Request, reference, service_rules
 from iam_evaluator.arrow import evaluate_arrow
 from iam_evaluator.compile import CHUNK, CompiledPolicies, CompiledPolicySet
@@ -220,3 +221,20 @@ def test_compiled_equals_reference(case):
     built, expected = reference_answers(requests_json, lambda request: reference.evaluate(policies, request))
     count_outcomes(expected, requests_json)
     check_every_path(CompiledPolicySet(policies), requests_json, built, expected)
+
+
+@settings(max_examples=EXAMPLES // 5, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(policy_cases(REFUSED))
+def test_keyed_resource_patterns_equal_reference(case):
+    """The same, with the Resource patterns keyed by their ARN fields however few they are (``_arntrie``)."""
+    policies_json, requests_json = case
+    policies = PolicySet.from_json(policies_json)
+    built, expected = reference_answers(requests_json, lambda request: reference.evaluate(policies, request))
+    threshold, arntrie.INDEX_MIN_PATTERNS = arntrie.INDEX_MIN_PATTERNS, 0
+    try:
+        compiled = CompiledPolicySet(policies)
+    finally:
+        arntrie.INDEX_MIN_PATTERNS = threshold
+    assert compiled.get_stats()["resource_trie"]["indexed"]
+    check_every_path(compiled, requests_json, built, expected)
