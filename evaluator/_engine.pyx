@@ -1438,15 +1438,15 @@ cdef class Batch:
         memset(self.codes, 0, max(1, self.n))
         return 0
 
-    cdef int hold_one(self, matches_t* m, GlobTrie trie) except -1:
-        """Room in ``m`` for one text and every pattern of ``trie`` it may match, kept from call to call."""
+    cdef int hold_one(self, matches_t* m, Py_ssize_t patterns) except -1:
+        """Room in ``m`` for one text and the ``patterns`` it may match at most, kept from call to call."""
         if m.texts != NULL:
             return 0
         m.n = 1
         m.texts = <cstr*>calloc(1, sizeof(cstr))
         m.rules = <uint8_t*>calloc(1, sizeof(uint8_t))
         m.start = <int32_t*>calloc(2, sizeof(int32_t))
-        m.ids = <int32_t*>malloc(max(1, trie.result_capacity()) * sizeof(int32_t))
+        m.ids = <int32_t*>malloc(max(1, patterns) * sizeof(int32_t))
         if m.texts == NULL or m.rules == NULL or m.start == NULL or m.ids == NULL:
             free_matches(m)
             raise MemoryError()
@@ -2165,8 +2165,8 @@ cdef class SingleRequests:
             return 0
         if rq.action_ix != 0 or rq.resource_ix != 0:
             raise RuntimeError("a single request's converter held another request")
-        batch.hold_one(&batch.actions, self.engine.action_trie)
-        batch.hold_one(&batch.resources, self.engine.resource_trie)
+        batch.hold_one(&batch.actions, self.engine.action_trie.result_capacity())
+        batch.hold_one(&batch.resources, self.engine.resource_trie.result_capacity())
         batch.actions.texts[0] = rq.action
         batch.resources.texts[0] = rq.resource
         batch.resources.rules[0] = _resource_kind(rq.resource.ptr, rq.resource.len)
