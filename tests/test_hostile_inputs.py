@@ -732,6 +732,15 @@ def test_single_calls_carry_nothing_over(engine, explain):
         assert_explained(got, want)
 
 
+def in_four_threads(ask) -> None:
+    """``ask(offset)`` for offsets 0 to 3, each on a thread of its own, all at once."""
+    threads = [threading.Thread(target=ask, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 class Reentrant(Mapping):
     """A context whose reading asks the same engine another question, mid-conversion."""
 
@@ -773,11 +782,7 @@ def test_single_calls_from_threads(engine):
             if got is not want[i]:
                 failures.append((i, got, want[i]))
 
-    threads = [threading.Thread(target=ask, args=(offset,)) for offset in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_four_threads(ask)
     assert not failures
 
 
@@ -849,11 +854,7 @@ def test_single_calls_on_an_engine_large_enough_to_decide_without_the_gil():
             if (got if explain else got.decision) != (want[i] if explain else want[i].decision):
                 failures.append((i, got))
 
-    threads = [threading.Thread(target=ask, args=(offset,)) for offset in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_four_threads(ask)
     assert not failures
 
 
