@@ -1125,7 +1125,6 @@ cdef int _csr(list lists, int32_t** start_out, int32_t** flat_out) except -1:
 
 cdef extern from "Python.h":
     ctypedef struct PyObject
-    bint PyUnicode_IS_ASCII(object text)
 
 
 cdef extern from *:
@@ -1513,7 +1512,7 @@ cdef bint _plain_column(list column):
     """Whether every value of a context column is None or an exact ASCII string (a value every path reads as
     it is): the common case, told in one pass."""
     for item in column:
-        if item is not None and (type(item) is not str or not PyUnicode_IS_ASCII(item)):
+        if item is not None and not engine_ascii_str(<PyObject*>item):
             return False
     return True
 
@@ -3301,7 +3300,7 @@ def convert_plain(Engine engine, resolver, list principals, list actions, list r
             or resource_accounts is not None and len(resource_accounts) != n:
         return None
     for key, column in (contexts or {}).items():
-        if type(key) is not str or not key or not PyUnicode_IS_ASCII(key) or type(column) is not list \
+        if not engine_ascii_str(<PyObject*>key) or not key or type(column) is not list \
                 or len(<list>column) != n:
             return None
         is_list = False
