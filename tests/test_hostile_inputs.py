@@ -647,6 +647,9 @@ def test_megabyte_strings(engine):
     assert [w.decision for w in want] == [decision for *_, decision in rows]
     principals, actions, resources, teams, _ = (list(column) for column in zip(*rows, strict=True))
     assert_batch(engine.evaluate_columns(principals, actions, resources, {TEAM: FreshStrings(teams)}), want)
+    # read in place: exact lists of plain strings (the last row's list value would send the chunk elsewhere)
+    assert_batch(engine.evaluate_columns(principals[:-1], actions[:-1], resources[:-1], {TEAM: teams[:-1]}),
+                 want[:-1])
     contexts = [FreshMapping({TEAM: team}) for team in teams]
     assert_explained(engine.evaluate_columns(FreshStrings(principals), FreshStrings(actions),
                                              FreshStrings(resources), contexts, explain=True), want)
