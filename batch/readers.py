@@ -30,7 +30,8 @@ the files named ``*.json``, ``*.jsonl``, ``*.ndjson`` (each also ``.gz``) and ``
 CloudTrail digests.
 
 ``context_keys`` (lower-case key names) keeps only those keys in the context, for a reader that knows which keys
-its policies test: Parquet then reads only their columns. Records are checked whole all the same.
+its policies test: Parquet then reads only their columns. Records are checked whole all the same, and a key
+spelled two ways (case aside) is kept whatever its name, so that the evaluator fails the request.
 
 ``split_requests`` cuts logs into parts that ``PartReader`` reads on their own, so that worker processes can each
 read a share: a JSON Lines file in ranges of whole lines, a Parquet file in runs of row groups, anything else
@@ -531,6 +532,15 @@ def _cloudtrail_records(text: IO[str]) -> Iterator[Any]:
         yield record
 
 
+def _twins(names: Iterable[str]) -> set[str]:
+    """The names spelled two ways, case aside. A reader keeps them whether or not its policies test the key: a
+    request giving one key twice fails, as ``Request.create`` refuses it, and only the evaluator says so."""
+    spellings: dict[str, list[str]] = {}
+    for name in names:
+        spellings.setdefault(name.lower(), []).append(name)
+    return {name for same in spellings.values() if len(same) > 1 for name in same}
+
+
 class _ParquetLog:
     """An open Parquet log, its schema checked and the columns to read chosen once: the context struct's
     wanted keys only, or the whole context when it is JSON text (then decoded row by row)."""
@@ -552,8 +562,9 @@ class _ParquetLog:
         self.json_context = "context" in self.columns and _is_text(schema.field("context").type)
         if "context" in self.columns and not self.json_context and context_keys is not None:
             self.columns.remove("context")
-            self.columns += [f"context.{field.name}" for field in schema.field("context").type
-                             if field.name.lower() in context_keys]
+            names = [field.name for field in schema.field("context").type]
+            twins = _twins(names)
+            self.columns += [f"context.{name}" for name in names if name.lower() in context_keys or name in twins]
 
     def batches(self, builder: _BatchBuilder, row_groups: Iterable[int] | None = None,
                 first_row: int = 0) -> Iterator[pa.RecordBatch]:
@@ -858,7 +869,9 @@ class _BatchBuilder:
                 self._seen.add(key)
                 if key.lower() in self.context_keys:
                     self._kept.add(key)
-            items = [(key, context[key]) for key in keys & self._kept]
+            dropped = keys - self._kept
+            kept = keys & self._kept if len(dropped) < 2 else (keys & self._kept) | _twins(dropped)
+            items = [(key, context[key]) for key in kept]
         for key, value in items:
             column = columns.get(key)
             if column is None:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from iam_evaluator import PolicySet, parse_policy
+from iam_evaluator import PolicySet, Request, RequestError, parse_policy
 from iam_evaluator.batch import runner
 from iam_evaluator.batch.policies import PolicySource
 from iam_evaluator.batch.readers import MalformedRecord, read_requests, write_requests_parquet
@@ -306,3 +306,28 @@ def test_joined_parquet_parts_read_as_one_file(tmp_path):
     assert [row.get("source") for row in pq.read_table(tmp_path / "joined.parquet", columns=["source"]).to_pylist()
             ] == [row["source"] for row in expected_rows]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["joined.parquet"]
+
+
+@pytest.mark.parametrize("log_format", ["jsonl", "parquet"])
+def test_an_untested_key_spelled_twice_fails_its_request(tmp_path, log_format):
+    """``Request.create`` refuses a context key given twice (key names ignore case), whether or not a policy tests
+    it. A job's readers keep only the keys its policies test, and must still let the evaluator see both spellings."""
+    principal, twice = "arn:aws:iam::111122223333:role/reader", {"svc:Untested": "a", "SVC:untested": "b"}
+    with pytest.raises(RequestError, match="given twice"):
+        Request.create(principal, "s3:GetObject", "*", twice)
+    policy = tmp_path / "allow.json"
+    policy.write_text(json.dumps({"Version": "2012-10-17",
+                                  "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
+    requests = [{"principal": principal, "action": "s3:GetObject", "resource": "*", "context": context}
+                for context in (twice, {"svc:Untested": "a"}, {**twice, "svc:Other": "c", "SVC:OTHER": "d"})]
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(map(json.dumps, requests)) + "\n")
+    if log_format == "parquet":
+        write_requests_parquet(read_requests([str(log)]), tmp_path / "log.parquet")
+        log = tmp_path / "log.parquet"
+    summary, problems = run_local(PolicySource.from_paths(policies=[str(policy)]), [str(log)],
+                                  str(tmp_path / "out.jsonl"), workers=1)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["decision"] for row in rows] == ["ImplicitDeny", "Allow", "ImplicitDeny"]
+    assert [row["error"] is not None and "twice" in row["error"] for row in rows] == [True, False, True]
+    assert problems.total == 0
