@@ -3374,6 +3374,10 @@ cdef inline int _append(_Block block, Py_ssize_t* at, PyObject* text) except -1:
     return 0
 
 
+cdef enum:
+    AHEAD = 8  # rows between a string's prefetch and its copy
+
+
 cdef bint _copy_texts(list values, Py_ssize_t start, Py_ssize_t stop, strcol* out, bint nulls,
                      list copies) except -1:
     """``values[start:stop]`` copied into a string array's layout, in one pass, when each is an exact ASCII string
@@ -3387,6 +3391,8 @@ cdef bint _copy_texts(list values, Py_ssize_t start, Py_ssize_t stop, strcol* ou
     copies.append(data)
     offset[0] = 0
     for i in range(n):
+        if i + AHEAD < n:  # the strings lie anywhere in memory: ask for one ahead while this one is copied
+            prefetch(engine_list_item(<PyObject*>values, start + i + AHEAD))
         item = engine_list_item(<PyObject*>values, start + i)
         if item == <PyObject*>None:
             if not nulls:
