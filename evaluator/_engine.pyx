@@ -2352,6 +2352,28 @@ cdef inline bint _valid(const uint8_t* validity, Py_ssize_t bit) noexcept nogil:
     return validity == NULL or (validity[bit >> 3] >> (bit & 7)) & 1
 
 
+cdef enum:
+    BLOCK_ROWS = 56  # rows whose present context fields are listed at once: 56 bits from any bit lie in 8 bytes
+
+
+cdef inline uint64_t _valid_rows(const uint8_t* validity, Py_ssize_t bit, Py_ssize_t rows) noexcept nogil:
+    """The validity of ``rows`` (at most BLOCK_ROWS) rows from ``bit`` on, one bit a row; only their bytes are read."""
+    cdef uint64_t word = 0
+    cdef Py_ssize_t k, first = bit >> 3, last = (bit + rows - 1) >> 3
+    if validity == NULL:
+        return ((<uint64_t>1) << rows) - 1
+    for k in range(first, last + 1):
+        word |= (<uint64_t>validity[k]) << (8 * (k - first))
+    return (word >> (bit & 7)) & (((<uint64_t>1) << rows) - 1)
+
+
+cdef extern from *:
+    """
+    static inline int engine_lowest_bit(unsigned long long word) { return __builtin_ctzll(word); }
+    """
+    int lowest_bit "engine_lowest_bit"(uint64_t word) noexcept nogil
+
+
 cdef const char* _EMPTY = ""
 
 
@@ -3029,7 +3051,9 @@ cdef class _ArrowRows:
         cdef uint8_t* action_ok = <uint8_t*>malloc(max(1, n_distinct_actions))
         cdef Py_ssize_t* account_at = <Py_ssize_t*>malloc(max(1, n_distinct_resources) * sizeof(Py_ssize_t))
         cdef Py_ssize_t* account_len = <Py_ssize_t*>malloc(max(1, n_distinct_resources) * sizeof(Py_ssize_t))
-        cdef Py_ssize_t i, k, f, t, start, count, n_fields = self.n_fields
+        cdef Py_ssize_t i, j, k, f, t, start, count, block = 0, rows, room = 0, n_fields = self.n_fields
+        cdef int32_t first[BLOCK_ROWS + 1]
+        cdef int32_t* present = NULL  # per row of a block, its fields (``list_fields``)
         cdef int broken = 0
         cdef int32_t c, p, kid, key
         cdef request_t* rq
@@ -3049,7 +3073,7 @@ cdef class _ArrowRows:
             for k, account_bytes in enumerate(conversion.accounts):
                 caller_accounts[k] = account_bytes
                 caller_account_len[k] = len(account_bytes)
-            batch.grow(self.n * n_fields // 2 + 64, self.n * n_fields // 2 + 64)
+            batch.grow(self.n * min(n_fields, 8) + 64, self.n * min(n_fields, 8) + 64)
             for k, facts in enumerate(conversion.facts):  # each caller's facts once; rows copy them
                 fact_start[k] = batch.n_entries
                 if facts is None:
@@ -3063,105 +3087,110 @@ cdef class _ArrowRows:
                     action_ok[k] = valid_action(self.action_ids.texts[k].ptr, self.action_ids.texts[k].len)
                 for k in range(n_distinct_resources):
                     self.read_arn(k, &account_at[k], &account_len[k], &batch.resources.rules[k])
-                for i in range(self.n):
-                    rq = &batch.requests[i]
-                    rq.caller = C_ROW_UNKNOWN if self.problems[i] == ROW_UNKNOWN_PRINCIPAL else C_ROW_FAILED
-                    rq.grants = rq.endpoint_grants = -1
-                    rq.ctx_start = <int32_t>batch.n_entries
-                    if self.problems[i]:
-                        continue
-                    p = self.principal_ids.of_row[i]
-                    c = self.caller_of[p]
-                    rq.identity_profile = self.identity_of[p]
-                    rq.resource_profile = self.profile_of[self.place_of_row[i]]
-                    if self.grant_of_row[i] >= 0:
-                        rq.grants = self.grants_of[self.grant_of_row[i]]
-                    rq.action_ix = self.action_ids.of_row[i]
-                    rq.resource_ix = self.resource_ids.of_row[i]
-                    rq.action = self.action_ids.texts[rq.action_ix]
-                    rq.resource = self.resource_ids.texts[rq.resource_ix]
-                    if not action_ok[rq.action_ix]:
-                        self.problems[i] = ROW_BAD_ACTION
-                        continue
-                    if account_len[rq.resource_ix] < 0:
-                        self.problems[i] = ROW_BAD_RESOURCE
-                        continue
-                    if self.has_accounts and _valid(self.accounts.validity, self.accounts.bit_offset + i):
-                        account = _item(&self.accounts, i)
-                        rq.same_account = account.len == caller_account_len[c] and memcmp(
-                            account.ptr, caller_accounts[c], account.len) == 0
-                    elif account_len[rq.resource_ix]:
-                        rq.same_account = account_len[rq.resource_ix] == caller_account_len[c] and memcmp(
-                            rq.resource.ptr + account_at[rq.resource_ix], caller_accounts[c],
-                            account_len[rq.resource_ix]) == 0
-                    else:
-                        rq.same_account = True
-                    for t in range(self.n_tags):  # the session's tags, over the role's and the request's
-                        if not _valid(self.tags[t].validity, self.tags[t].bit_offset + i):
-                            continue
-                        if not sessions[c]:
-                            self.problems[i] = ROW_TAGS_WITHOUT_SESSION
-                            break
-                        if self.group_seen[self.tag_group[t]] == <uint64_t>(i + 1):  # tag keys ignore case
-                            self.problems[i], self.problem_of[i] = ROW_TAG_SPELLED_TWICE, <int32_t>t
-                            break
-                        self.group_seen[self.tag_group[t]] = i + 1
-                        kid = self.tag_keys[t]
-                        if kid < 0:
-                            continue
-                        self.overridden[kid] = i + 1
-                        if _push_items(batch, kid, &self.tags[t], i, 1, False) < 0:
-                            broken = ROWS_OUT_OF_MEMORY
-                            break
-                    if broken:
+                while block < self.n:
+                    rows = min(<Py_ssize_t>BLOCK_ROWS, self.n - block)
+                    if self.list_fields(block, rows, first, &present, &room) < 0:
+                        broken = ROWS_OUT_OF_MEMORY
                         break
-                    if self.problems[i]:
-                        batch.n_entries = rq.ctx_start
-                        continue
-                    known = fact_count[c] >= 0
-                    if known and fact_count[c]:
-                        if batch.room(fact_count[c], 0) < 0:
-                            broken = ROWS_OUT_OF_MEMORY
-                            break
-                        for k in range(fact_start[c], fact_start[c] + fact_count[c]):
-                            if self.overridden[batch.entries[k].key] != <uint64_t>(i + 1):
-                                batch.entries[batch.n_entries] = batch.entries[k]
-                                batch.n_entries += 1
-                    for f in range(n_fields):
-                        key = self.field_keys[f]
-                        if self.is_list[f]:
-                            if not _valid(self.lists[f].validity, self.lists[f].bit_offset + i):
-                                continue
-                            start = self.lists[f].offsets[i]
-                            count = self.lists[f].offsets[i + 1] - start
-                            items = &self.lists[f].items
+                    for i in range(block, block + rows):
+                        rq = &batch.requests[i]
+                        rq.caller = C_ROW_UNKNOWN if self.problems[i] == ROW_UNKNOWN_PRINCIPAL else C_ROW_FAILED
+                        rq.grants = rq.endpoint_grants = -1
+                        rq.ctx_start = <int32_t>batch.n_entries
+                        if self.problems[i]:
+                            continue
+                        p = self.principal_ids.of_row[i]
+                        c = self.caller_of[p]
+                        rq.identity_profile = self.identity_of[p]
+                        rq.resource_profile = self.profile_of[self.place_of_row[i]]
+                        if self.grant_of_row[i] >= 0:
+                            rq.grants = self.grants_of[self.grant_of_row[i]]
+                        rq.action_ix = self.action_ids.of_row[i]
+                        rq.resource_ix = self.resource_ids.of_row[i]
+                        rq.action = self.action_ids.texts[rq.action_ix]
+                        rq.resource = self.resource_ids.texts[rq.resource_ix]
+                        if not action_ok[rq.action_ix]:
+                            self.problems[i] = ROW_BAD_ACTION
+                            continue
+                        if account_len[rq.resource_ix] < 0:
+                            self.problems[i] = ROW_BAD_RESOURCE
+                            continue
+                        if self.has_accounts and _valid(self.accounts.validity, self.accounts.bit_offset + i):
+                            account = _item(&self.accounts, i)
+                            rq.same_account = account.len == caller_account_len[c] and memcmp(
+                                account.ptr, caller_accounts[c], account.len) == 0
+                        elif account_len[rq.resource_ix]:
+                            rq.same_account = account_len[rq.resource_ix] == caller_account_len[c] and memcmp(
+                                rq.resource.ptr + account_at[rq.resource_ix], caller_accounts[c],
+                                account_len[rq.resource_ix]) == 0
                         else:
-                            if not _valid(self.strings[f].validity, self.strings[f].bit_offset + i):
+                            rq.same_account = True
+                        for t in range(self.n_tags):  # the session's tags, over the role's and the request's
+                            if not _valid(self.tags[t].validity, self.tags[t].bit_offset + i):
                                 continue
-                            start, count, items = i, 1, &self.strings[f]
-                        if self.seen[key] == <uint64_t>(i + 1):  # two spellings of one key in this row
-                            self.problems[i], self.problem_of[i] = ROW_KEY_TWICE, <int32_t>f
+                            if not sessions[c]:
+                                self.problems[i] = ROW_TAGS_WITHOUT_SESSION
+                                break
+                            if self.group_seen[self.tag_group[t]] == <uint64_t>(i + 1):  # tag keys ignore case
+                                self.problems[i], self.problem_of[i] = ROW_TAG_SPELLED_TWICE, <int32_t>t
+                                break
+                            self.group_seen[self.tag_group[t]] = i + 1
+                            kid = self.tag_keys[t]
+                            if kid < 0:
+                                continue
+                            self.overridden[kid] = i + 1
+                            if _push_items(batch, kid, &self.tags[t], i, 1, False) < 0:
+                                broken = ROWS_OUT_OF_MEMORY
+                                break
+                        if broken:
                             break
-                        self.seen[key] = i + 1
-                        if self.is_list[f] and not _all_valid(items, start, count):
-                            self.problems[i], self.problem_of[i] = ROW_NULL_ITEM, <int32_t>f
+                        if self.problems[i]:
+                            batch.n_entries = rq.ctx_start
+                            continue
+                        known = fact_count[c] >= 0
+                        if known and fact_count[c]:
+                            if batch.room(fact_count[c], 0) < 0:
+                                broken = ROWS_OUT_OF_MEMORY
+                                break
+                            for k in range(fact_start[c], fact_start[c] + fact_count[c]):
+                                if self.overridden[batch.entries[k].key] != <uint64_t>(i + 1):
+                                    batch.entries[batch.n_entries] = batch.entries[k]
+                                    batch.n_entries += 1
+                        for j in range(first[i - block], first[i - block + 1]):  # the fields it has
+                            f = present[j]
+                            key = self.field_keys[f]
+                            if self.is_list[f]:
+                                start = self.lists[f].offsets[i]
+                                count = self.lists[f].offsets[i + 1] - start
+                                items = &self.lists[f].items
+                            else:
+                                start, count, items = i, 1, &self.strings[f]
+                            if self.seen[key] == <uint64_t>(i + 1):  # two spellings of one key in this row
+                                self.problems[i], self.problem_of[i] = ROW_KEY_TWICE, <int32_t>f
+                                break
+                            self.seen[key] = i + 1
+                            if self.is_list[f] and not _all_valid(items, start, count):
+                                self.problems[i], self.problem_of[i] = ROW_NULL_ITEM, <int32_t>f
+                                break
+                            if key >= engine.n_keys:
+                                continue  # no policy tests it
+                            if known and engine.principal_keys[key]:
+                                continue  # the store alone says who the principal is
+                            if self.overridden[key] == <uint64_t>(i + 1):
+                                continue  # the session's tags win
+                            if _push_items(batch, key, items, start, count, self.is_list[f]) < 0:
+                                broken = ROWS_OUT_OF_MEMORY
+                                break
+                        if broken:
                             break
-                        if key >= engine.n_keys:
-                            continue  # no policy tests it
-                        if known and engine.principal_keys[key]:
-                            continue  # the store alone says who the principal is
-                        if self.overridden[key] == <uint64_t>(i + 1):
-                            continue  # the session's tags win
-                        if _push_items(batch, key, items, start, count, self.is_list[f]) < 0:
-                            broken = ROWS_OUT_OF_MEMORY
-                            break
+                        if self.problems[i]:
+                            batch.n_entries = rq.ctx_start
+                            continue
+                        rq.caller = c
+                        rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
                     if broken:
                         break
-                    if self.problems[i]:
-                        batch.n_entries = rq.ctx_start
-                        continue
-                    rq.caller = c
-                    rq.ctx_count = <int32_t>(batch.n_entries - rq.ctx_start)
+                    block += rows
             if broken:
                 raise MemoryError()
         finally:
@@ -3173,7 +3202,46 @@ cdef class _ArrowRows:
             free(action_ok)
             free(account_at)
             free(account_len)
+            free(present)
         return 0
+
+    cdef int list_fields(self, Py_ssize_t block, Py_ssize_t rows, int32_t* first, int32_t** present,
+                         Py_ssize_t* room) noexcept nogil:
+        """Each row's context fields that are not null, in field order, for the rows [block, block + rows): row
+        block + r's are ``present[first[r]:first[r + 1]]``. Read a validity word a field, so that a row costs what
+        it has, not every key of its batch (a log's batch may have a thousand); -1 when memory ran out."""
+        cdef Py_ssize_t f, r
+        cdef uint64_t word
+        cdef int32_t at[BLOCK_ROWS]
+        cdef int32_t* grown
+        memset(first, 0, (rows + 1) * sizeof(int32_t))
+        for f in range(self.n_fields):
+            word = self.field_rows(f, block, rows)
+            while word:
+                first[lowest_bit(word) + 1] += 1
+                word &= word - 1
+        for r in range(rows):
+            first[r + 1] += first[r]
+            at[r] = first[r]
+        if first[rows] > room[0]:
+            grown = <int32_t*>realloc(present[0], first[rows] * sizeof(int32_t))
+            if grown == NULL:
+                return -1
+            present[0], room[0] = grown, first[rows]
+        for f in range(self.n_fields):
+            word = self.field_rows(f, block, rows)
+            while word:
+                r = lowest_bit(word)
+                present[0][at[r]] = <int32_t>f
+                at[r] += 1
+                word &= word - 1
+        return 0
+
+    cdef inline uint64_t field_rows(self, Py_ssize_t f, Py_ssize_t block, Py_ssize_t rows) noexcept nogil:
+        """Which of the rows [block, block + rows) field f is not null in, one bit a row."""
+        if self.is_list[f]:
+            return _valid_rows(self.lists[f].validity, self.lists[f].bit_offset + block, rows)
+        return _valid_rows(self.strings[f].validity, self.strings[f].bit_offset + block, rows)
 
     cdef void read_arn(self, Py_ssize_t k, Py_ssize_t* account_at, Py_ssize_t* account_len,
                        uint8_t* kind) noexcept nogil:

@@ -1,6 +1,7 @@
 """The Arrow-native API gives the compiled engine's answers, from Arrow buffers."""
 from __future__ import annotations
 
+import random
 import sys
 from itertools import product
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from iam_evaluator import DecisionKind, PolicySet, Request, parse_policy
+from iam_evaluator import DecisionKind, PolicySet, Request, RequestError, parse_policy, reference
 from iam_evaluator.arrow import SchemaError, evaluate_arrow
 from iam_evaluator.compile import CompiledPolicySet
 
@@ -241,3 +242,52 @@ def test_text_that_is_not_utf8_fails_its_row_alone():
         result = evaluate_arrow(compiled, table, explain=explain).to_pydict()
         assert result["decision"] == ["Allow", "ImplicitDeny", "ImplicitDeny", "ImplicitDeny"]
         assert result["error"][0] is None and all("not valid UTF-8" in e for e in result["error"][1:])
+
+
+def test_a_wide_sparse_batch_decides_each_row_by_the_keys_it_has(seed):
+    """A log's batch has a field for every key any of its rows has (hundreds); each row has a few. Over several
+    blocks of rows and a slice at an odd bit offset, each row is decided as the reference decides its request, and
+    a row with a key spelled twice (tested or not) or a null list item fails as ``Request.create`` refuses it."""
+    compiled, requests, _ = seed
+    policies = seed_policy_set()
+    rng = random.Random(7)
+    contexts: list[dict] = []
+    for i, request in enumerate(requests[:700]):
+        context = {key: list(value) if isinstance(value, tuple) else value for key, value in request.context.items()}
+        for k in rng.sample(range(150), 3):
+            context[f"svc{k}:Key"] = f"v{k}"
+        if i % 37 == 5:  # an untested key spelled twice
+            context[f"SVC{k}:KEY"] = "w"
+        if i % 41 == 7 and context:  # a tested key spelled twice
+            key = next(iter(context))
+            context[key.upper()] = "x"
+        if i % 53 == 11:
+            context["svc:List"] = ["a", None]
+        elif i % 5 == 0:
+            context["svc:List"] = ["a", "b"]
+        contexts.append(context)
+    names = sorted({key for context in contexts for key in context})
+    lists = {name for context in contexts for name, value in context.items() if isinstance(value, list)}
+    struct = pa.StructArray.from_arrays(
+        [pa.array([context.get(name) for context in contexts], pa.list_(pa.string()) if name in lists
+                  else pa.string()) for name in names], names=names)
+    table = pa.table({"principal": [r.principal for r in requests[:700]], "action": [r.action for r in requests[:700]],
+                      "resource": [r.resource for r in requests[:700]], "context": struct})
+    want = []
+    for request, context in zip(requests[:700], contexts, strict=True):
+        try:
+            posed = Request.create(request.principal, request.action, request.resource, context)
+        except RequestError:
+            want.append(None)
+            continue
+        want.append(str(reference.evaluate(policies, posed).decision))
+    assert want.count(None) >= 30 and len(set(want)) == 4
+    for start, stop in ((0, 700), (3, 700), (131, 600)):
+        result = evaluate_arrow(compiled, table.slice(start, stop - start)).to_pydict()
+        got = [None if error is not None else decision
+               for decision, error in zip(result["decision"], result["error"], strict=True)]
+        assert got == want[start:stop]
+    columns = {name: [context.get(name) for context in contexts] for name in names}  # read in place, alike
+    decided = compiled.evaluate_columns(table.column("principal").to_pylist(), table.column("action").to_pylist(),
+                                        table.column("resource").to_pylist(), columns)
+    assert [None if i in decided.errors else str(d) for i, d in enumerate(decided)] == want
