@@ -2,7 +2,9 @@
 """How a request's text is read, compiled: ``Request.create`` checks and normalises a request here,
 and both converters of the compiled engine read strings by ``text`` and ``context_text``. A single
 call pays for these checks once, at C speed."""
+from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.string cimport memcmp
 
 from collections.abc import Mapping
 
@@ -12,6 +14,8 @@ from .principals import Caller, RequestError
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)
     int PyObject_GenericSetAttr(object o, object name, object value) except -1
+    Py_ssize_t PyDict_GET_SIZE(object d)
+    PyObject* PyDict_SetDefault(object d, object key, object value) except NULL
 
 
 cdef extern from *:
@@ -19,8 +23,17 @@ cdef extern from *:
     static PyObject* request_object_new(PyObject* cls, PyObject* no_args) {
         return PyBaseObject_Type.tp_new((PyTypeObject*)cls, no_args, NULL);
     }
+
+    static PyObject* request_dict_sized(Py_ssize_t n) {
+    #if PY_VERSION_HEX < 0x030D0000
+        return _PyDict_NewPresized(n);
+    #else
+        return PyDict_New();
+    #endif
+    }
     """
     object object_new "request_object_new"(object cls, tuple no_args)
+    dict dict_sized "request_dict_sized"(Py_ssize_t n)
 
 
 cdef str shown(object value):
@@ -91,12 +104,17 @@ cdef object _caller(str principal):
     return caller
 
 
+cdef object _given_twice(object key):
+    return RequestError(f"context key {shown(key)} is given twice (key names are case-insensitive)")
+
+
 cdef dict _normalised(dict context, bint shared):
     """The context keyed by lower-case names, every value checked (``context_text``). ``shared``: the
     caller's own dict, read without a copy; then None at a value whose reading could run the caller's code
     (a list or tuple subclass, which might change the dict), to start again on a copy. Nothing else read
     here runs the caller's code, except to make the message of an error that ends the reading."""
-    cdef dict normalised = {}
+    cdef dict normalised = dict_sized(len(context))  # no resize as it fills
+    cdef Py_ssize_t size
     for key, value in context.items():
         if type(key) is not str or not PyUnicode_IS_ASCII(key):
             key = text(key, "context key")
@@ -108,17 +126,20 @@ cdef dict _normalised(dict context, bint shared):
             if len(_folded) >= KEPT:
                 _folded.clear()
             _folded[key] = folded
-        if folded in normalised:
-            raise RequestError(f"context key {shown(key)} is given twice (key names are case-insensitive)")
         if type(value) is str and PyUnicode_IS_ASCII(value):  # the common values, settled here
             pass
         elif value is True or value is False:
             value = "true" if value is True else "false"
+        elif folded in normalised:  # told before the value is read, as for any other key given twice
+            raise _given_twice(key)
         elif shared and type(value) is not list and type(value) is not tuple and isinstance(value, (list, tuple)):
             return None
         else:
             value = _context_value(key, value)
-        normalised[folded] = value
+        size = PyDict_GET_SIZE(normalised)
+        PyDict_SetDefault(normalised, folded, value)  # one lookup: a key given twice leaves the size as it was
+        if PyDict_GET_SIZE(normalised) == size:
+            raise _given_twice(key)
     return normalised
 
 
@@ -137,9 +158,14 @@ def create(cls, principal, action, resource, context=None, resource_account=None
     cdef bint star = size == 1 and data[0] == b"*"
     if not star and not arn_account(data, size, &account_at, &account_len):
         raise RequestError(f"request resource {shown(resource)} is neither an ARN nor \"*\"")
+    cdef const char* own
+    cdef Py_ssize_t own_len
     if resource_account is None:
-        resource_account = data[account_at:account_at + account_len].decode("utf-8") if account_len \
-            else caller.account
+        resource_account = caller.account
+        if account_len:  # the ARN's account: the caller's own string when it is the same (most often)
+            own = PyUnicode_AsUTF8AndSize(resource_account, &own_len)
+            if own_len != account_len or memcmp(own, data + account_at, account_len) != 0:
+                resource_account = data[account_at:account_at + account_len].decode("utf-8")
     else:
         resource_account = text(resource_account, "resource account")
     cdef dict normalised = None
