@@ -1579,6 +1579,10 @@ cdef class _Converter:
     cdef int last_owner_class
     cdef int32_t last_row, last_identity_row, last_identity_profile, last_resource_profile
     cdef int64_t last_place
+    # A converter of single requests (``SingleRequests``) holds one request at a time: its action and resource
+    # are the batch's first and only, kept without the memos of distinct values.
+    cdef bint single
+    cdef str single_action    # the request's action (exact)
 
     def __cinit__(self, Engine engine, object resolver, Py_ssize_t n):
         self.engine = engine
@@ -1707,14 +1711,19 @@ cdef class _Converter:
     cdef int locate_into(self, int32_t row, object resource, object owner, request_t* rq) except -1:
         """Place request ``rq`` of caller ``row`` on an exact resource string (an ARN or "*"), owned by
         ``owner`` (an exact account string) or else as the ARN says."""
-        ix = self.resource_memo.get(resource)
-        if ix is None:
-            ix = self.resource_memo[resource] = len(self.resource_texts)
-            self.resource_texts.append(resource)
-            self.resource_places.append(self.every_place if self.every_place is not None
-                                        else self.resource_place(resource))
-        rq.resource_ix = ix
-        policy, owner_class = self.resource_places[ix]
+        if self.single:
+            rq.resource_ix = 0
+            where = self.every_place if self.every_place is not None else self.resource_place(resource)
+        else:
+            ix = self.resource_memo.get(resource)
+            if ix is None:
+                ix = self.resource_memo[resource] = len(self.resource_texts)
+                self.resource_texts.append(resource)
+                self.resource_places.append(self.every_place if self.every_place is not None
+                                            else self.resource_place(resource))
+            rq.resource_ix = ix
+            where = self.resource_places[ix]
+        policy, owner_class = where
         if owner is not None:
             if owner is not self.last_owner:
                 self.last_owner_class = self.owner_class(owner)
@@ -1773,7 +1782,7 @@ cdef class _Converter:
             rq.endpoint_grants = self.grants(rq.caller, policy)
         return 0
 
-    cdef object key_id(self, object key):
+    cdef int32_t key_id(self, object key) except -1:
         """The id of a context key as given (``n_keys`` and above: no policy tests it, but its spellings share
         an id, so a request is checked as ``Request.create`` checks it); raises RequestError for a bad key."""
         cdef object kid = self.key_cache.get(key) if type(key) is str else None
@@ -1813,7 +1822,9 @@ cdef class _Converter:
         if self.seen[kid] == stamp:  # a malformed request, whoever supplies the key in the end
             raise RequestError(f"context key {shown(key)} is given twice (key names are case-insensitive)")
         self.seen[kid] = stamp
-        if type(value) is str:
+        if engine_ascii_str(<PyObject*>value):  # the common value: read as it is
+            exact = value
+        elif type(value) is str:
             exact = _exact(value, context_text, key)
         elif isinstance(value, (list, tuple)):
             texts = value if _plain_strings(value) else _texts(key, value)
@@ -1938,8 +1949,8 @@ cdef class _Converter:
             data = PyUnicode_AsUTF8AndSize(exact_action, &size)
             rq.action.ptr = data
             rq.action.len = size
-            ix = self.action_memo.get(exact_action)  # an action of the batch already is one checked
-            if ix is None and not valid_action(data, size):
+            ix = 0 if self.single else self.action_memo.get(exact_action)  # a batch's action seen is checked
+            if (self.single or ix is None) and not valid_action(data, size):
                 raise RequestError(f"request action {shown(exact_action)} is not service:Action")
             data = PyUnicode_AsUTF8AndSize(exact_resource, &size)
             rq.resource.ptr = data
@@ -1960,7 +1971,9 @@ cdef class _Converter:
             else:
                 rq.same_account = True
             self.locate_into(row, exact_resource, owner, rq)
-            if ix is None:
+            if self.single:
+                self.single_action = exact_action
+            elif ix is None:
                 ix = self.action_memo[exact_action] = len(self.action_texts)
                 self.action_texts.append(exact_action)
             rq.action_ix = ix
@@ -1991,11 +2004,6 @@ cdef class _Converter:
         self.resolver = resolver
         self.batch.reset()
         self.stamp_base += <uint64_t>max(1, self.batch.n)
-        self.action_memo.clear()
-        engine_list_clear(self.action_texts)
-        self.resource_memo.clear()
-        engine_list_clear(self.resource_texts)
-        engine_list_clear(self.resource_places)
         return 0
 
 
@@ -2047,6 +2055,7 @@ cdef class SingleRequests:
             conversion.reset(resolver)
         else:
             conversion = _Converter(self.engine, resolver, 1)
+            conversion.single = True
         return conversion
 
     def convert(self, resolver, request):
@@ -2172,7 +2181,7 @@ cdef class SingleRequests:
         cdef scratch_t* sc = self.engine.acquire()
         cdef bint matched
         try:
-            self.match_action(batch, conversion.action_texts[0], sc)
+            self.match_action(batch, conversion.single_action, sc)
             if self.engine.n_statements > NOGIL_LOOP:  # a long decision lets other threads run
                 with nogil:
                     matched = _decide_one(self.engine, batch, sc, ex)
