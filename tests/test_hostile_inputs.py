@@ -492,6 +492,22 @@ def test_create_reads_a_principal_by_its_characters_after_a_lookalike_was_parsed
     assert Request.create(lookalike(AUDITOR)(BUILDER), "s3:GetObject", PRIVATE).resource_account == "111122223333"
 
 
+def test_create_reads_the_resource_account_from_the_arn_as_written():
+    """The account of a resource ARN, compared with the caller's by every character: the caller's own string is
+    kept only when they are the same."""
+    for account in ("111122223333", "444455556666", "11112222333", "1111222233334", "111122223334"):
+        resource = f"arn:aws:dynamodb:us-east-1:{account}:table/t"
+        assert Request.create(BUILDER, "dynamodb:GetItem", resource).resource_account == account
+
+
+def test_create_refuses_a_key_given_twice_with_the_very_same_value():
+    """Two spellings of one key are refused whatever their values: the same string, or one boolean (both read as
+    the one string "true")."""
+    for value in ("eu-west-1", True, ["eu-west-1"]):
+        with pytest.raises(RequestError, match="given twice"):
+            Request.create(BUILDER, "s3:GetObject", SHARED, {"aws:RequestedRegion": value, "AWS:requestedregion": value})
+
+
 def test_create_reads_a_context_that_its_list_value_changes_as_it_was_given():
     """A dict is read without a copy until a value could run the caller's code; then from a copy of it."""
 
