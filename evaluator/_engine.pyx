@@ -1438,9 +1438,7 @@ cdef class Batch:
         return 0
 
     cdef int hold_one(self, matches_t* m, Py_ssize_t patterns) except -1:
-        """Room in ``m`` for one text and the ``patterns`` it may match at most, kept from call to call."""
-        if m.texts != NULL:
-            return 0
+        """Room in ``m`` (empty) for one text and the ``patterns`` it may match at most."""
         m.n = 1
         m.texts = <cstr*>calloc(1, sizeof(cstr))
         m.rules = <uint8_t*>calloc(1, sizeof(uint8_t))
@@ -1493,6 +1491,8 @@ cdef object _exact(object value, object rule, object what):
     ``request.context_text``), which raises ``RequestError`` with the reason otherwise. The
     common case, an exact encodable string, is settled here without calling the rule."""
     cdef Py_ssize_t size
+    if engine_ascii_str(<PyObject*>value):
+        return value
     if type(value) is str:
         try:
             PyUnicode_AsUTF8AndSize(value, &size)
@@ -2173,8 +2173,10 @@ cdef class SingleRequests:
             return 0
         if rq.action_ix != 0 or rq.resource_ix != 0:
             raise RuntimeError("a single request's converter held another request")
-        batch.hold_one(&batch.actions, self.engine.action_trie.result_capacity())
-        batch.hold_one(&batch.resources, self.engine.resource_trie.result_capacity())
+        if batch.actions.texts == NULL:  # the room is kept from call to call
+            batch.hold_one(&batch.actions, self.engine.action_trie.result_capacity())
+        if batch.resources.texts == NULL:
+            batch.hold_one(&batch.resources, self.engine.resource_trie.result_capacity())
         batch.actions.texts[0] = rq.action
         batch.resources.texts[0] = rq.resource
         batch.resources.rules[0] = _resource_kind(rq.resource.ptr, rq.resource.len)

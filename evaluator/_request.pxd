@@ -9,14 +9,15 @@ cdef str shown(object value)
 cdef inline bint valid_action(const char* p, Py_ssize_t n) noexcept nogil:
     """service:Action, with letters, digits, '_' and '-' on both sides of the one ':'."""
     cdef Py_ssize_t i, colon = -1
-    cdef char c
+    cdef unsigned char c
     for i in range(n):
-        c = p[i]
+        c = <unsigned char>p[i]
         if c == b":":
             if colon >= 0:
                 return False
             colon = i
-        elif not (b"a" <= c <= b"z" or b"A" <= c <= b"Z" or b"0" <= c <= b"9" or c == b"_" or c == b"-"):
+        # a letter of either case (bit 0x20 folds them), a digit, '_' or '-'; as unsigned sums, each one test
+        elif not (<unsigned char>((c | 0x20) - 97) < 26 or <unsigned char>(c - 48) < 10 or c == 95 or c == 45):
             return False
     return 0 < colon < n - 1
 

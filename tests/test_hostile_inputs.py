@@ -814,6 +814,21 @@ def test_single_calls_past_what_a_converter_keeps(engine):
         assert engine.evaluate(request, explain=n % 2 == 0).decision is expected("s3:PutObject", SHARED, team), n
 
 
+def test_an_action_is_service_colon_action_of_letters_digits_underscores_and_hyphens_every_character(engine):
+    """Every character of the first 512 (every byte of UTF-8 among them) inside an action: allowed only the
+    ASCII letters and digits, '_' and '-', by ``Request.create`` and by a single call alike."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+    for code in range(512):
+        action = f"s3:Get{chr(code)}Object" if code != ord(":") else "s3:Get:Object"
+        try:
+            Request.create(BUILDER, action, SHARED)
+            created = True
+        except RequestError:
+            created = False
+        decided = engine.evaluate(raw_request(BUILDER, action, SHARED), explain=False)
+        assert created == (chr(code) in allowed) == (decided.error is None), repr(chr(code))
+
+
 def test_single_calls_match_an_action_by_its_characters_after_a_lookalike_was_matched(engine):
     """What each action matches is kept between calls, by its characters."""
     assert engine.evaluate(raw_request(BUILDER, "s3:GetObject", SHARED), explain=False).decision is ALLOW
