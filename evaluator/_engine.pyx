@@ -16,13 +16,14 @@ does. Everything after the batch's conversion runs in C without the GIL.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, intptr_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 from ._arntrie cimport ArnTrie, at_caches, at_free_scratch, at_grown_bytes
 from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
+from ._identity cimport identity_clear, identity_get, identity_put, identity_table
 from ._pattern cimport PatternSet, pseg
 from ._request cimport account_field, arn_account, arn_fields, shown, valid_action
 from ._text cimport MAX_PROBES, hash_text
@@ -1559,6 +1560,7 @@ cdef class _Converter:
     cdef dict resource_profile_memo  # (resource policy, owner class) as one number -> its profile's index
     cdef dict grant_memo      # (caller row, resource policy) as one number -> grants offset
     cdef dict key_cache       # context key as given -> key id (n_keys and above: no policy tests it)
+    cdef identity_table key_table  # its exact strings by address: the first look (``_identity``)
     cdef dict untested_ids    # context key no policy tests, case folded -> its id, from n_keys up
     cdef Py_ssize_t n_columns # context columns:
     cdef int32_t* column_kids #   their key ids (-1: a name that cannot be read)
@@ -1623,6 +1625,7 @@ cdef class _Converter:
         free(self.overridden)
         free(self.column_kids)
         free(self.column_plain)
+        identity_clear(&self.key_table)
 
     cpdef int32_t caller_row(self, object principal) except -3:
         """The caller row of an exact principal string (registered on first sight), or
@@ -1785,6 +1788,9 @@ cdef class _Converter:
     cdef int32_t key_id(self, object key) except -1:
         """The id of a context key as given (``n_keys`` and above: no policy tests it, but its spellings share
         an id, so a request is checked as ``Request.create`` checks it); raises RequestError for a bad key."""
+        cdef intptr_t found
+        if identity_get(&self.key_table, <PyObject*>key, &found):
+            return <int32_t>found
         cdef object kid = self.key_cache.get(key) if type(key) is str else None
         if kid is None:
             exact = _exact(key, text, "context key")
@@ -1796,6 +1802,8 @@ cdef class _Converter:
                 kid = self.untested_id(folded)
             if type(key) is str:
                 self.key_cache[key] = kid
+                if identity_put(&self.key_table, <PyObject*>key, <int32_t>kid) < 0:
+                    raise MemoryError()
         return kid
 
     cdef object untested_id(self, str folded):

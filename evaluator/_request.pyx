@@ -4,7 +4,10 @@ and both converters of the compiled engine read strings by ``text`` and ``contex
 call pays for these checks once, at C speed."""
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport intptr_t
 from libc.string cimport memcmp
+
+from ._identity cimport identity_clear, identity_get, identity_put, identity_table
 
 from collections.abc import Mapping
 
@@ -92,6 +95,7 @@ cdef Py_ssize_t KEPT = 4096
 memo starts again when full, so hostile input cannot grow it without bound."""
 cdef dict _callers = {}  # principal (exact str) -> Caller: ``Caller.parse`` is a Python call
 cdef dict _folded = {}   # context key name (exact str) -> its lower case, which also carries its hash
+cdef identity_table _folded_keys  # its keys by address: the first look (``_identity``)
 
 
 cdef object _caller(str principal):
@@ -115,17 +119,24 @@ cdef dict _normalised(dict context, bint shared):
     here runs the caller's code, except to make the message of an error that ends the reading."""
     cdef dict normalised = dict_sized(len(context))  # no resize as it fills
     cdef Py_ssize_t size
+    cdef intptr_t found
     for key, value in context.items():
         if type(key) is not str or not PyUnicode_IS_ASCII(key):
             key = text(key, "context key")
-        folded = _folded.get(key)
-        if folded is None:
-            if not key:
-                raise RequestError("context key names must be non-empty")
-            folded = key.lower()
-            if len(_folded) >= KEPT:
-                _folded.clear()
-            _folded[key] = folded
+        if identity_get(&_folded_keys, <PyObject*>key, &found):
+            folded = <object><PyObject*>found
+        else:
+            folded = _folded.get(key)
+            if folded is None:
+                if not key:
+                    raise RequestError("context key names must be non-empty")
+                folded = key.lower()
+                if len(_folded) >= KEPT:
+                    _folded.clear()
+                    identity_clear(&_folded_keys)
+                _folded[key] = folded
+                if identity_put(&_folded_keys, <PyObject*>key, <intptr_t><PyObject*>folded) < 0:
+                    raise MemoryError()
         if type(value) is str and PyUnicode_IS_ASCII(value):  # the common values, settled here
             pass
         elif value is True or value is False:

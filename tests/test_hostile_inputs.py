@@ -485,6 +485,14 @@ def test_create_folds_a_key_by_its_characters_after_a_lookalike_was_folded():
     assert request.context == {TEAM.lower(): "ops"}
 
 
+def test_create_folds_each_key_by_its_characters_past_what_it_remembers():
+    """Folded key names are remembered a few thousand at a time (then forgotten all at once): keys made
+    afresh for each request, and gone after it, are folded by their own characters all along."""
+    for i in range(20_000):
+        key = f"Aws:Key{i}"
+        assert Request.create(BUILDER, "s3:GetObject", SHARED, {key: "v"}).context == {f"aws:key{i}": "v"}
+
+
 def test_create_reads_a_principal_by_its_characters_after_a_lookalike_was_parsed():
     """Parsed principals are remembered, by their characters: the account of a resource ARN that names none
     is the caller's own."""
