@@ -25,7 +25,7 @@ from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._identity cimport identity_clear, identity_get, identity_put, identity_table
 from ._pattern cimport PatternSet, pseg
-from ._request cimport account_field, arn_account, arn_fields, shown, valid_action
+from ._request cimport N_FIELDS, account_field, arn_account, arn_fields, request_fields, shown, valid_action
 from ._text cimport MAX_PROBES, hash_text
 from ._types cimport cstr, ctx_entry, prefetch
 
@@ -2167,8 +2167,13 @@ cdef class SingleRequests:
         """Convert a request into the converter's batch, match its action and resource, and decide it into
         the batch's codes (recording what explains it in ``ex`` unless NULL)."""
         cdef Batch batch = conversion.batch
-        principal, action, resource = request.principal, request.action, request.resource
-        context, owner, tags = request.context, request.resource_account, request.session_tags
+        cdef PyObject* fields[N_FIELDS]
+        if request_fields(request, fields):  # a Request: its slots read in place
+            principal, action, resource = <object>fields[0], <object>fields[1], <object>fields[2]
+            owner, context, tags = <object>fields[3], <object>fields[4], <object>fields[5]
+        else:
+            principal, action, resource = request.principal, request.action, request.resource
+            context, owner, tags = request.context, request.resource_account, request.session_tags
         if not tags:
             tags = None
         batch.owned.append((principal, action, resource, context, owner, tags))

@@ -1,9 +1,18 @@
 # cython: language_level=3
 """The shape rules of a request's action and resource, in C: ``Request.create`` and the compiled
-engine's converters check by these, and by nothing else; and how their messages show a value."""
+engine's converters check by these, and by nothing else; how their messages show a value; and a
+``Request``'s fields read in place."""
+from cpython.object cimport PyObject
 
 
 cdef str shown(object value)
+
+
+cdef enum:
+    N_FIELDS = 6  # a Request's fields (``_request.FIELDS``)
+
+
+cdef bint request_fields(object request, PyObject** values) noexcept
 
 
 cdef inline bint valid_action(const char* p, Py_ssize_t n) noexcept nogil:

@@ -3,6 +3,7 @@
 and both converters of the compiled engine read strings by ``text`` and ``context_text``. A single
 call pays for these checks once, at C speed."""
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport intptr_t
 from libc.string cimport memcmp
@@ -10,15 +11,26 @@ from libc.string cimport memcmp
 from ._identity cimport identity_clear, identity_get, identity_put, identity_table
 
 from collections.abc import Mapping
+from dataclasses import fields
+from types import MemberDescriptorType
 
 from .principals import Caller, RequestError
 
 
 cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
     bint PyUnicode_IS_ASCII(object text)
     int PyObject_GenericSetAttr(object o, object name, object value) except -1
     Py_ssize_t PyDict_GET_SIZE(object d)
     PyObject* PyDict_SetDefault(object d, object key, object value) except NULL
+
+
+cdef extern from "structmember.h":
+    enum: T_OBJECT_EX
 
 
 cdef extern from *:
@@ -188,15 +200,57 @@ def create(cls, principal, action, resource, context=None, resource_account=None
         normalised = _normalised(dict(context or {}), False)
     cdef dict tags = _tags(caller, session_tags) if session_tags is not None else {}
     # Built without __init__, which sets each field through object.__setattr__ (frozen): every field
-    # is checked above, and a request is made per call on the single-call path.
+    # is checked above, and a request is made per call on the single-call path. A Request's own slots are
+    # filled in place; a subclass's fields are set as object.__setattr__ would (it may define them anew).
     request = _new(cls)
-    PyObject_GenericSetAttr(request, "principal", principal)
-    PyObject_GenericSetAttr(request, "action", action)
-    PyObject_GenericSetAttr(request, "resource", resource)
-    PyObject_GenericSetAttr(request, "resource_account", resource_account)
-    PyObject_GenericSetAttr(request, "context", normalised)
-    PyObject_GenericSetAttr(request, "session_tags", tags)
+    cdef PyObject* values[N_FIELDS]
+    values[:] = [<PyObject*>principal, <PyObject*>action, <PyObject*>resource, <PyObject*>resource_account,
+                 <PyObject*>normalised, <PyObject*>tags]
+    cdef Py_ssize_t i
+    cdef PyObject** slot
+    if cls is _request_type:
+        for i in range(N_FIELDS):
+            slot = <PyObject**>(<char*><PyObject*>request + _offsets[i])
+            Py_XDECREF(slot[0])
+            Py_INCREF(<object>values[i])
+            slot[0] = values[i]
+    else:
+        for i in range(N_FIELDS):
+            PyObject_GenericSetAttr(request, FIELDS[i], <object>values[i])
     return request
+
+
+cdef tuple FIELDS = ("principal", "action", "resource", "resource_account", "context", "session_tags")
+cdef object _request_type = None  # ``Request``, whose fields lie at these offsets:
+cdef Py_ssize_t _offsets[N_FIELDS]
+
+
+def lay_out(cls):
+    """Record where the slots of ``Request``'s fields lie (``request.py`` calls this once), so that ``create``
+    fills them and the engine reads them (``request_fields``) with no attribute looked up by name."""
+    global _request_type
+    if tuple([f.name for f in fields(cls)]) != FIELDS:
+        raise TypeError("Request's fields are not those create sets")
+    for i, name in enumerate(FIELDS):
+        descriptor = cls.__dict__.get(name)
+        if type(descriptor) is not MemberDescriptorType \
+                or (<PyMemberDescrObject*><PyObject*>descriptor).d_member.type != T_OBJECT_EX:
+            raise TypeError(f"Request's field {name} is not an object slot")
+        _offsets[i] = (<PyMemberDescrObject*><PyObject*>descriptor).d_member.offset
+    _request_type = cls
+
+
+cdef bint request_fields(object request, PyObject** values) noexcept:
+    """The fields of a ``Request`` (exactly: a subclass may define them anew), borrowed, in ``FIELDS`` order;
+    False for any other object, or one with a field deleted (it is read by name then)."""
+    if type(request) is not _request_type:
+        return False
+    cdef Py_ssize_t i
+    for i in range(N_FIELDS):
+        values[i] = (<PyObject**>(<char*><PyObject*>request + _offsets[i]))[0]
+        if values[i] == NULL:
+            return False
+    return True
 
 
 cdef dict _tags(object caller, object session_tags):

@@ -531,17 +531,34 @@ def test_create_reads_a_context_that_its_list_value_changes_as_it_was_given():
     assert context == {LEVEL: "blocked"}
 
 
-def test_create_for_a_class_object_new_refuses_is_refused_every_time():
-    """Requests are made without ``object.__new__``'s checks once a class has passed them: a class that fails
-    them fails every time."""
-
-    class Numbered(Request, int):
-        pass
-
-    for _ in range(2):
-        with pytest.raises(TypeError, match="not safe"):
-            Numbered.create(BUILDER, "s3:GetObject", SHARED)
+def test_a_class_object_new_would_call_unsafe_cannot_be_a_request():
+    """Requests are made without ``object.__new__``'s checks once a class has passed them (``_request._new``); the
+    one it makes on a subclass's layout cannot fail: Request's fields are slots, so no base of another layout
+    (for which ``object.__new__`` is not safe) can be mixed in."""
+    with pytest.raises(TypeError, match="lay-out"):
+        type("Numbered", (Request, int), {})
     assert type(Request.create(BUILDER, "s3:GetObject", SHARED)) is Request
+
+
+def test_a_request_subclass_is_set_and_read_by_its_own_attributes(engine):
+    """A subclass may define a field anew: ``create`` sets, and a single call reads, a subclass's fields by name,
+    never Request's slots beneath (which ``create`` fills and the engine reads in place for a Request itself)."""
+
+    class Deleting(Request):
+        action = property(lambda self: "s3:DeleteObject")
+
+    with pytest.raises(AttributeError):
+        Deleting.create(BUILDER, "s3:GetObject", SHARED)
+    request = object.__new__(Deleting)
+    fields = (BUILDER, "s3:GetObject", SHARED, "111122223333", {TEAM.lower(): "ops"}, {})
+    for name, value in zip(("principal", "action", "resource", "resource_account", "context", "session_tags"),
+                           fields, strict=True):
+        Request.__dict__[name].__set__(request, value)  # the slot beneath the subclass's property
+    deleted = reference.evaluate(POLICIES, Request.create(BUILDER, "s3:DeleteObject", SHARED, {TEAM: "ops"}))
+    got = reference.evaluate(POLICIES, Request.create(BUILDER, "s3:GetObject", SHARED, {TEAM: "ops"}))
+    assert deleted.decision is not got.decision
+    for explain in (False, True):
+        assert engine.evaluate(request, explain=explain).decision is deleted.decision
 
 
 # ------------------------------------------------------------------ lone surrogates
