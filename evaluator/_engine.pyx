@@ -1138,7 +1138,19 @@ cdef extern from *:
     static inline PyObject* engine_seq_item(PyObject* o, Py_ssize_t i) {
         return PyList_CheckExact(o) ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
     }
-    static inline int engine_list_clear(PyObject* list) { return PyList_SetSlice(list, 0, PY_SSIZE_T_MAX, NULL); }
+    /* Empty a list in place, keeping its room when it held a few items (a single call's batch refills it each
+       call). The items are released from a copy once the list is empty: their release may run code that uses it. */
+    static inline int engine_list_clear(PyObject* list) {
+        PyObject* held[16];
+        Py_ssize_t n = PyList_GET_SIZE(list), i;
+        if (n > 16)
+            return PyList_SetSlice(list, 0, PY_SSIZE_T_MAX, NULL);
+        memcpy(held, ((PyListObject*)list)->ob_item, n * sizeof(PyObject*));
+        Py_SET_SIZE(list, 0);
+        for (i = 0; i < n; i++)
+            Py_DECREF(held[i]);
+        return 0;
+    }
     """
     PyObject* engine_list_item(PyObject* list, Py_ssize_t i)
     bint engine_ascii_str(PyObject* o)
@@ -2043,7 +2055,8 @@ cdef class SingleRequests:
     """
 
     cdef Engine engine
-    cdef list spare
+    cdef _Converter idle        # the converter given back last: taken again without the list
+    cdef list spare             # the others kept (calls made from inside another take more than one)
     cdef tuple unexplained      # decision code -> its decision without explanation
     cdef dict action_matches    # action (exact str) -> its action flags, then the action patterns it matches
     cdef Py_ssize_t match_bytes  # bytes held by action_matches
@@ -2058,7 +2071,10 @@ cdef class SingleRequests:
 
     cdef _Converter take(self, resolver):
         cdef _Converter conversion
-        if self.spare:
+        if self.idle is not None:
+            conversion, self.idle = self.idle, None
+            conversion.reset(resolver)
+        elif self.spare:
             conversion = self.spare.pop()
             conversion.reset(resolver)
         else:
@@ -2084,7 +2100,11 @@ cdef class SingleRequests:
     cdef int keep(self, _Converter conversion) except -1:
         """Keep a converter for the next call, unless enough are kept or it remembers too much."""
         conversion.resolver = None  # no cycle through the resolver while it waits
-        if len(self.spare) < SINGLE_SPARE and not conversion.remembers_too_much():
+        if conversion.remembers_too_much():
+            return 0
+        if self.idle is None:
+            self.idle = conversion
+        elif len(self.spare) < SINGLE_SPARE - 1:
             self.spare.append(conversion)
         return 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache
@@ -860,6 +861,22 @@ def test_single_calls_match_an_action_by_its_characters_after_a_lookalike_was_ma
     for explain in (False, True):
         request = raw_request(BUILDER, lookalike("s3:GetObject")("s3:DeleteObject"), SHARED)
         assert engine.evaluate(request, explain=explain).decision is IMPLICIT
+
+
+def test_single_calls_hold_what_they_read_until_the_next_call_only(engine):
+    """A single call's batch keeps the request's values alive while it reads them, and lets them go when the
+    next call empties it (keeping its room, not its items)."""
+
+    class Context(dict):  # a dict that can be watched going away
+        pass
+
+    contexts = [Context({TEAM.lower(): "ops", f"aws:PrincipalTag/k{k}": "v"}) for k in range(20)]
+    gone = [weakref.ref(context) for context in contexts]
+    for context in contexts:
+        assert engine.evaluate(raw_request(BUILDER, "s3:GetObject", SHARED, context), explain=False).decision is ALLOW
+    del context, contexts
+    assert engine.evaluate(raw_request(BUILDER, "s3:GetObject", SHARED), explain=False).decision is ALLOW
+    assert [ref() for ref in gone] == [None] * 20
 
 
 def test_a_request_changed_between_single_calls_is_read_anew(engine):
