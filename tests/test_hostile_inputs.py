@@ -514,7 +514,8 @@ def test_create_refuses_a_key_given_twice_with_the_very_same_value():
     the one string "true")."""
     for value in ("eu-west-1", True, ["eu-west-1"]):
         with pytest.raises(RequestError, match="given twice"):
-            Request.create(BUILDER, "s3:GetObject", SHARED, {"aws:RequestedRegion": value, "AWS:requestedregion": value})
+            Request.create(BUILDER, "s3:GetObject", SHARED,
+                           {"aws:RequestedRegion": value, "AWS:requestedregion": value})
 
 
 def test_create_reads_a_context_that_its_list_value_changes_as_it_was_given():
