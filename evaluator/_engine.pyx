@@ -25,7 +25,8 @@ from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
 from ._identity cimport identity_clear, identity_get, identity_put, identity_table
 from ._pattern cimport PatternSet, pseg
-from ._request cimport N_FIELDS, account_field, arn_account, arn_fields, request_fields, shown, valid_action
+from ._request cimport (N_FIELDS, account_field, arn_account, arn_fields, checked_action, checked_resource,
+                       request_fields, shown, valid_action)
 from ._text cimport MAX_PROBES, hash_text
 from ._types cimport cstr, ctx_entry, prefetch
 
@@ -1970,14 +1971,15 @@ cdef class _Converter:
             rq.action.ptr = data
             rq.action.len = size
             ix = 0 if self.single else self.action_memo.get(exact_action)  # a batch's action seen is checked
-            if (self.single or ix is None) and not valid_action(data, size):
+            if (self.single or ix is None) and not checked_action(exact_action) and not valid_action(data, size):
                 raise RequestError(f"request action {shown(exact_action)} is not service:Action")
             data = PyUnicode_AsUTF8AndSize(exact_resource, &size)
             rq.resource.ptr = data
             rq.resource.len = size
             if engine_is_star(data, size):
                 account_len = 0
-            elif not arn_account(data, size, &account_start, &account_len):
+            elif not checked_resource(exact_resource, &account_start, &account_len) \
+                    and not arn_account(data, size, &account_start, &account_len):
                 raise RequestError(f"request resource {shown(exact_resource)} is neither an ARN nor \"*\"")
             caller_account = self.accounts[row]
             if owner is not None:

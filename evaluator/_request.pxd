@@ -13,6 +13,8 @@ cdef enum:
 
 
 cdef bint request_fields(object request, PyObject** values) noexcept
+cdef bint checked_action(object action) noexcept
+cdef bint checked_resource(object resource, Py_ssize_t* start, Py_ssize_t* length) noexcept
 
 
 cdef inline bint valid_action(const char* p, Py_ssize_t n) noexcept nogil:

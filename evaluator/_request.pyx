@@ -181,6 +181,9 @@ def create(cls, principal, action, resource, context=None, resource_account=None
     cdef bint star = size == 1 and data[0] == b"*"
     if not star and not arn_account(data, size, &account_at, &account_len):
         raise RequestError(f"request resource {shown(resource)} is neither an ARN nor \"*\"")
+    global _checked_action, _checked_resource, _checked_account_at, _checked_account_len
+    _checked_action, _checked_resource = action, resource
+    _checked_account_at, _checked_account_len = account_at, account_len
     cdef const char* own
     cdef Py_ssize_t own_len
     if resource_account is None:
@@ -218,6 +221,27 @@ def create(cls, principal, action, resource, context=None, resource_account=None
         for i in range(N_FIELDS):
             PyObject_GenericSetAttr(request, FIELDS[i], <object>values[i])
     return request
+
+
+# The action and resource strings create checked last, held (so no other string takes their address): a single
+# call on the request just made reads them without checking their shape again.
+cdef object _checked_action = None
+cdef object _checked_resource = None
+cdef Py_ssize_t _checked_account_at = 0, _checked_account_len = 0
+
+
+cdef bint checked_action(object action) noexcept:
+    """Whether ``action`` is the very string ``create`` found a valid action last."""
+    return action is _checked_action
+
+
+cdef bint checked_resource(object resource, Py_ssize_t* start, Py_ssize_t* length) noexcept:
+    """Whether ``resource`` is the very string ``create`` found an ARN or "*" last; if so, where its account
+    field lies (as ``arn_account`` says; length 0 for "*")."""
+    if resource is not _checked_resource:
+        return False
+    start[0], length[0] = _checked_account_at, _checked_account_len
+    return True
 
 
 cdef tuple FIELDS = ("principal", "action", "resource", "resource_account", "context", "session_tags")

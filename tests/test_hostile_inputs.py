@@ -880,6 +880,18 @@ def test_single_calls_hold_what_they_read_until_the_next_call_only(engine):
     assert [ref() for ref in gone] == [None] * 20
 
 
+def test_a_single_call_checks_the_shape_of_what_create_did_not_check_last(engine):
+    """``create`` remembers the very strings it checked last, so that a call on the request it just made does not
+    check them again: any other string is checked, whatever create saw before it."""
+    for action, resource, problem in (("s3 GetObject", SHARED, "is not service:Action"),
+                                      ("s3:GetObject", "arn:aws:s3", "is neither an ARN")):
+        made = Request.create(BUILDER, "s3:GetObject", SHARED)
+        assert engine.evaluate(made, explain=False).error is None
+        for explain in (False, True):
+            decided = engine.evaluate(raw_request(BUILDER, action, resource), explain=explain)
+            assert problem in (decided.error or ""), decided
+
+
 def test_a_request_changed_between_single_calls_is_read_anew(engine):
     request = Request.create(BUILDER, "s3:PutObject", SHARED, {TEAM: "dev-ops"})
     assert engine.evaluate(request, explain=False).decision is ALLOW
