@@ -16,15 +16,17 @@ does. Everything after the batch's conversion runs in C without the GIL.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, intptr_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 from ._arntrie cimport ArnTrie, at_caches, at_free_scratch, at_grown_bytes
 from ._conditions cimport ConditionSet
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
+from ._identity cimport identity_clear, identity_get, identity_put, identity_table
 from ._pattern cimport PatternSet, pseg
-from ._request cimport account_field, arn_account, arn_fields, shown, valid_action
+from ._request cimport (N_FIELDS, account_field, arn_account, arn_fields, checked_action, checked_resource,
+                       request_fields, shown, valid_action)
 from ._text cimport MAX_PROBES, hash_text
 from ._types cimport cstr, ctx_entry, prefetch
 
@@ -1137,7 +1139,19 @@ cdef extern from *:
     static inline PyObject* engine_seq_item(PyObject* o, Py_ssize_t i) {
         return PyList_CheckExact(o) ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
     }
-    static inline int engine_list_clear(PyObject* list) { return PyList_SetSlice(list, 0, PY_SSIZE_T_MAX, NULL); }
+    /* Empty a list in place, keeping its room when it held a few items (a single call's batch refills it each
+       call). The items are released from a copy once the list is empty: their release may run code that uses it. */
+    static inline int engine_list_clear(PyObject* list) {
+        PyObject* held[16];
+        Py_ssize_t n = PyList_GET_SIZE(list), i;
+        if (n > 16)
+            return PyList_SetSlice(list, 0, PY_SSIZE_T_MAX, NULL);
+        memcpy(held, ((PyListObject*)list)->ob_item, n * sizeof(PyObject*));
+        Py_SET_SIZE(list, 0);
+        for (i = 0; i < n; i++)
+            Py_DECREF(held[i]);
+        return 0;
+    }
     """
     PyObject* engine_list_item(PyObject* list, Py_ssize_t i)
     bint engine_ascii_str(PyObject* o)
@@ -1438,9 +1452,7 @@ cdef class Batch:
         return 0
 
     cdef int hold_one(self, matches_t* m, Py_ssize_t patterns) except -1:
-        """Room in ``m`` for one text and the ``patterns`` it may match at most, kept from call to call."""
-        if m.texts != NULL:
-            return 0
+        """Room in ``m`` (empty) for one text and the ``patterns`` it may match at most."""
         m.n = 1
         m.texts = <cstr*>calloc(1, sizeof(cstr))
         m.rules = <uint8_t*>calloc(1, sizeof(uint8_t))
@@ -1493,6 +1505,8 @@ cdef object _exact(object value, object rule, object what):
     ``request.context_text``), which raises ``RequestError`` with the reason otherwise. The
     common case, an exact encodable string, is settled here without calling the rule."""
     cdef Py_ssize_t size
+    if engine_ascii_str(<PyObject*>value):
+        return value
     if type(value) is str:
         try:
             PyUnicode_AsUTF8AndSize(value, &size)
@@ -1559,6 +1573,7 @@ cdef class _Converter:
     cdef dict resource_profile_memo  # (resource policy, owner class) as one number -> its profile's index
     cdef dict grant_memo      # (caller row, resource policy) as one number -> grants offset
     cdef dict key_cache       # context key as given -> key id (n_keys and above: no policy tests it)
+    cdef identity_table key_table  # its exact strings by address: the first look (``_identity``)
     cdef dict untested_ids    # context key no policy tests, case folded -> its id, from n_keys up
     cdef Py_ssize_t n_columns # context columns:
     cdef int32_t* column_kids #   their key ids (-1: a name that cannot be read)
@@ -1579,6 +1594,10 @@ cdef class _Converter:
     cdef int last_owner_class
     cdef int32_t last_row, last_identity_row, last_identity_profile, last_resource_profile
     cdef int64_t last_place
+    # A converter of single requests (``SingleRequests``) holds one request at a time: its action and resource
+    # are the batch's first and only, kept without the memos of distinct values.
+    cdef bint single
+    cdef str single_action    # the request's action (exact)
 
     def __cinit__(self, Engine engine, object resolver, Py_ssize_t n):
         self.engine = engine
@@ -1619,6 +1638,7 @@ cdef class _Converter:
         free(self.overridden)
         free(self.column_kids)
         free(self.column_plain)
+        identity_clear(&self.key_table)
 
     cpdef int32_t caller_row(self, object principal) except -3:
         """The caller row of an exact principal string (registered on first sight), or
@@ -1707,14 +1727,19 @@ cdef class _Converter:
     cdef int locate_into(self, int32_t row, object resource, object owner, request_t* rq) except -1:
         """Place request ``rq`` of caller ``row`` on an exact resource string (an ARN or "*"), owned by
         ``owner`` (an exact account string) or else as the ARN says."""
-        ix = self.resource_memo.get(resource)
-        if ix is None:
-            ix = self.resource_memo[resource] = len(self.resource_texts)
-            self.resource_texts.append(resource)
-            self.resource_places.append(self.every_place if self.every_place is not None
-                                        else self.resource_place(resource))
-        rq.resource_ix = ix
-        policy, owner_class = self.resource_places[ix]
+        if self.single:
+            rq.resource_ix = 0
+            where = self.every_place if self.every_place is not None else self.resource_place(resource)
+        else:
+            ix = self.resource_memo.get(resource)
+            if ix is None:
+                ix = self.resource_memo[resource] = len(self.resource_texts)
+                self.resource_texts.append(resource)
+                self.resource_places.append(self.every_place if self.every_place is not None
+                                            else self.resource_place(resource))
+            rq.resource_ix = ix
+            where = self.resource_places[ix]
+        policy, owner_class = where
         if owner is not None:
             if owner is not self.last_owner:
                 self.last_owner_class = self.owner_class(owner)
@@ -1773,9 +1798,12 @@ cdef class _Converter:
             rq.endpoint_grants = self.grants(rq.caller, policy)
         return 0
 
-    cdef object key_id(self, object key):
+    cdef int32_t key_id(self, object key) except -1:
         """The id of a context key as given (``n_keys`` and above: no policy tests it, but its spellings share
         an id, so a request is checked as ``Request.create`` checks it); raises RequestError for a bad key."""
+        cdef intptr_t found
+        if identity_get(&self.key_table, <PyObject*>key, &found):
+            return <int32_t>found
         cdef object kid = self.key_cache.get(key) if type(key) is str else None
         if kid is None:
             exact = _exact(key, text, "context key")
@@ -1787,6 +1815,8 @@ cdef class _Converter:
                 kid = self.untested_id(folded)
             if type(key) is str:
                 self.key_cache[key] = kid
+                if identity_put(&self.key_table, <PyObject*>key, <int32_t>kid) < 0:
+                    raise MemoryError()
         return kid
 
     cdef object untested_id(self, str folded):
@@ -1813,7 +1843,9 @@ cdef class _Converter:
         if self.seen[kid] == stamp:  # a malformed request, whoever supplies the key in the end
             raise RequestError(f"context key {shown(key)} is given twice (key names are case-insensitive)")
         self.seen[kid] = stamp
-        if type(value) is str:
+        if engine_ascii_str(<PyObject*>value):  # the common value: read as it is
+            exact = value
+        elif type(value) is str:
             exact = _exact(value, context_text, key)
         elif isinstance(value, (list, tuple)):
             texts = value if _plain_strings(value) else _texts(key, value)
@@ -1938,15 +1970,16 @@ cdef class _Converter:
             data = PyUnicode_AsUTF8AndSize(exact_action, &size)
             rq.action.ptr = data
             rq.action.len = size
-            ix = self.action_memo.get(exact_action)  # an action of the batch already is one checked
-            if ix is None and not valid_action(data, size):
+            ix = 0 if self.single else self.action_memo.get(exact_action)  # a batch's action seen is checked
+            if (self.single or ix is None) and not checked_action(exact_action) and not valid_action(data, size):
                 raise RequestError(f"request action {shown(exact_action)} is not service:Action")
             data = PyUnicode_AsUTF8AndSize(exact_resource, &size)
             rq.resource.ptr = data
             rq.resource.len = size
             if engine_is_star(data, size):
                 account_len = 0
-            elif not arn_account(data, size, &account_start, &account_len):
+            elif not checked_resource(exact_resource, &account_start, &account_len) \
+                    and not arn_account(data, size, &account_start, &account_len):
                 raise RequestError(f"request resource {shown(exact_resource)} is neither an ARN nor \"*\"")
             caller_account = self.accounts[row]
             if owner is not None:
@@ -1960,7 +1993,9 @@ cdef class _Converter:
             else:
                 rq.same_account = True
             self.locate_into(row, exact_resource, owner, rq)
-            if ix is None:
+            if self.single:
+                self.single_action = exact_action
+            elif ix is None:
                 ix = self.action_memo[exact_action] = len(self.action_texts)
                 self.action_texts.append(exact_action)
             rq.action_ix = ix
@@ -1991,11 +2026,6 @@ cdef class _Converter:
         self.resolver = resolver
         self.batch.reset()
         self.stamp_base += <uint64_t>max(1, self.batch.n)
-        self.action_memo.clear()
-        engine_list_clear(self.action_texts)
-        self.resource_memo.clear()
-        engine_list_clear(self.resource_texts)
-        engine_list_clear(self.resource_places)
         return 0
 
 
@@ -2027,7 +2057,8 @@ cdef class SingleRequests:
     """
 
     cdef Engine engine
-    cdef list spare
+    cdef _Converter idle        # the converter given back last: taken again without the list
+    cdef list spare             # the others kept (calls made from inside another take more than one)
     cdef tuple unexplained      # decision code -> its decision without explanation
     cdef dict action_matches    # action (exact str) -> its action flags, then the action patterns it matches
     cdef Py_ssize_t match_bytes  # bytes held by action_matches
@@ -2042,11 +2073,15 @@ cdef class SingleRequests:
 
     cdef _Converter take(self, resolver):
         cdef _Converter conversion
-        if self.spare:
+        if self.idle is not None:
+            conversion, self.idle = self.idle, None
+            conversion.reset(resolver)
+        elif self.spare:
             conversion = self.spare.pop()
             conversion.reset(resolver)
         else:
             conversion = _Converter(self.engine, resolver, 1)
+            conversion.single = True
         return conversion
 
     def convert(self, resolver, request):
@@ -2067,7 +2102,11 @@ cdef class SingleRequests:
     cdef int keep(self, _Converter conversion) except -1:
         """Keep a converter for the next call, unless enough are kept or it remembers too much."""
         conversion.resolver = None  # no cycle through the resolver while it waits
-        if len(self.spare) < SINGLE_SPARE and not conversion.remembers_too_much():
+        if conversion.remembers_too_much():
+            return 0
+        if self.idle is None:
+            self.idle = conversion
+        elif len(self.spare) < SINGLE_SPARE - 1:
             self.spare.append(conversion)
         return 0
 
@@ -2150,8 +2189,13 @@ cdef class SingleRequests:
         """Convert a request into the converter's batch, match its action and resource, and decide it into
         the batch's codes (recording what explains it in ``ex`` unless NULL)."""
         cdef Batch batch = conversion.batch
-        principal, action, resource = request.principal, request.action, request.resource
-        context, owner, tags = request.context, request.resource_account, request.session_tags
+        cdef PyObject* fields[N_FIELDS]
+        if request_fields(request, fields):  # a Request: its slots read in place
+            principal, action, resource = <object>fields[0], <object>fields[1], <object>fields[2]
+            owner, context, tags = <object>fields[3], <object>fields[4], <object>fields[5]
+        else:
+            principal, action, resource = request.principal, request.action, request.resource
+            context, owner, tags = request.context, request.resource_account, request.session_tags
         if not tags:
             tags = None
         batch.owned.append((principal, action, resource, context, owner, tags))
@@ -2164,15 +2208,17 @@ cdef class SingleRequests:
             return 0
         if rq.action_ix != 0 or rq.resource_ix != 0:
             raise RuntimeError("a single request's converter held another request")
-        batch.hold_one(&batch.actions, self.engine.action_trie.result_capacity())
-        batch.hold_one(&batch.resources, self.engine.resource_trie.result_capacity())
+        if batch.actions.texts == NULL:  # the room is kept from call to call
+            batch.hold_one(&batch.actions, self.engine.action_trie.result_capacity())
+        if batch.resources.texts == NULL:
+            batch.hold_one(&batch.resources, self.engine.resource_trie.result_capacity())
         batch.actions.texts[0] = rq.action
         batch.resources.texts[0] = rq.resource
         batch.resources.rules[0] = _resource_kind(rq.resource.ptr, rq.resource.len)
         cdef scratch_t* sc = self.engine.acquire()
         cdef bint matched
         try:
-            self.match_action(batch, conversion.action_texts[0], sc)
+            self.match_action(batch, conversion.single_action, sc)
             if self.engine.n_statements > NOGIL_LOOP:  # a long decision lets other threads run
                 with nogil:
                     matched = _decide_one(self.engine, batch, sc, ex)

@@ -1,22 +1,34 @@
 # cython: language_level=3
 """The shape rules of a request's action and resource, in C: ``Request.create`` and the compiled
-engine's converters check by these, and by nothing else; and how their messages show a value."""
+engine's converters check by these, and by nothing else; how their messages show a value; and a
+``Request``'s fields read in place."""
+from cpython.object cimport PyObject
 
 
 cdef str shown(object value)
 
 
+cdef enum:
+    N_FIELDS = 6  # a Request's fields (``_request.FIELDS``)
+
+
+cdef bint request_fields(object request, PyObject** values) noexcept
+cdef bint checked_action(object action) noexcept
+cdef bint checked_resource(object resource, Py_ssize_t* start, Py_ssize_t* length) noexcept
+
+
 cdef inline bint valid_action(const char* p, Py_ssize_t n) noexcept nogil:
     """service:Action, with letters, digits, '_' and '-' on both sides of the one ':'."""
     cdef Py_ssize_t i, colon = -1
-    cdef char c
+    cdef unsigned char c
     for i in range(n):
-        c = p[i]
+        c = <unsigned char>p[i]
         if c == b":":
             if colon >= 0:
                 return False
             colon = i
-        elif not (b"a" <= c <= b"z" or b"A" <= c <= b"Z" or b"0" <= c <= b"9" or c == b"_" or c == b"-"):
+        # a letter of either case (bit 0x20 folds them), a digit, '_' or '-'; as unsigned sums, each one test
+        elif not (<unsigned char>((c | 0x20) - 97) < 26 or <unsigned char>(c - 48) < 10 or c == 95 or c == 45):
             return False
     return 0 < colon < n - 1
 

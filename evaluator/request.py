@@ -18,7 +18,7 @@ from .principals import RequestError
 ContextValue = str | tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """One authorization question. Context keys are stored lower-cased: IAM compares
     key names case-insensitively.
@@ -54,6 +54,8 @@ class Request:
             data.get("context"), data.get("resource_account"), data.get("session_tags"),
         )
 
+
+_request.lay_out(Request)  # create fills the slots in place, the engine reads them so
 
 Levels = tuple[tuple[Policy, ...], ...]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache
@@ -485,11 +486,36 @@ def test_create_folds_a_key_by_its_characters_after_a_lookalike_was_folded():
     assert request.context == {TEAM.lower(): "ops"}
 
 
+def test_create_folds_each_key_by_its_characters_past_what_it_remembers():
+    """Folded key names are remembered a few thousand at a time (then forgotten all at once): keys made
+    afresh for each request, and gone after it, are folded by their own characters all along."""
+    for i in range(20_000):
+        key = f"Aws:Key{i}"
+        assert Request.create(BUILDER, "s3:GetObject", SHARED, {key: "v"}).context == {f"aws:key{i}": "v"}
+
+
 def test_create_reads_a_principal_by_its_characters_after_a_lookalike_was_parsed():
     """Parsed principals are remembered, by their characters: the account of a resource ARN that names none
     is the caller's own."""
     assert Request.create(AUDITOR, "s3:GetObject", PRIVATE).resource_account == "444455556666"
     assert Request.create(lookalike(AUDITOR)(BUILDER), "s3:GetObject", PRIVATE).resource_account == "111122223333"
+
+
+def test_create_reads_the_resource_account_from_the_arn_as_written():
+    """The account of a resource ARN, compared with the caller's by every character: the caller's own string is
+    kept only when they are the same."""
+    for account in ("111122223333", "444455556666", "11112222333", "1111222233334", "111122223334"):
+        resource = f"arn:aws:dynamodb:us-east-1:{account}:table/t"
+        assert Request.create(BUILDER, "dynamodb:GetItem", resource).resource_account == account
+
+
+def test_create_refuses_a_key_given_twice_with_the_very_same_value():
+    """Two spellings of one key are refused whatever their values: the same string, or one boolean (both read as
+    the one string "true")."""
+    for value in ("eu-west-1", True, ["eu-west-1"]):
+        with pytest.raises(RequestError, match="given twice"):
+            Request.create(BUILDER, "s3:GetObject", SHARED,
+                           {"aws:RequestedRegion": value, "AWS:requestedregion": value})
 
 
 def test_create_reads_a_context_that_its_list_value_changes_as_it_was_given():
@@ -507,17 +533,34 @@ def test_create_reads_a_context_that_its_list_value_changes_as_it_was_given():
     assert context == {LEVEL: "blocked"}
 
 
-def test_create_for_a_class_object_new_refuses_is_refused_every_time():
-    """Requests are made without ``object.__new__``'s checks once a class has passed them: a class that fails
-    them fails every time."""
-
-    class Numbered(Request, int):
-        pass
-
-    for _ in range(2):
-        with pytest.raises(TypeError, match="not safe"):
-            Numbered.create(BUILDER, "s3:GetObject", SHARED)
+def test_a_class_object_new_would_call_unsafe_cannot_be_a_request():
+    """Requests are made without ``object.__new__``'s checks once a class has passed them (``_request._new``); the
+    one it makes on a subclass's layout cannot fail: Request's fields are slots, so no base of another layout
+    (for which ``object.__new__`` is not safe) can be mixed in."""
+    with pytest.raises(TypeError, match="lay-out"):
+        type("Numbered", (Request, int), {})
     assert type(Request.create(BUILDER, "s3:GetObject", SHARED)) is Request
+
+
+def test_a_request_subclass_is_set_and_read_by_its_own_attributes(engine):
+    """A subclass may define a field anew: ``create`` sets, and a single call reads, a subclass's fields by name,
+    never Request's slots beneath (which ``create`` fills and the engine reads in place for a Request itself)."""
+
+    class Deleting(Request):
+        action = property(lambda self: "s3:DeleteObject")
+
+    with pytest.raises(AttributeError):
+        Deleting.create(BUILDER, "s3:GetObject", SHARED)
+    request = object.__new__(Deleting)
+    fields = (BUILDER, "s3:GetObject", SHARED, "111122223333", {TEAM.lower(): "ops"}, {})
+    for name, value in zip(("principal", "action", "resource", "resource_account", "context", "session_tags"),
+                           fields, strict=True):
+        Request.__dict__[name].__set__(request, value)  # the slot beneath the subclass's property
+    deleted = reference.evaluate(POLICIES, Request.create(BUILDER, "s3:DeleteObject", SHARED, {TEAM: "ops"}))
+    got = reference.evaluate(POLICIES, Request.create(BUILDER, "s3:GetObject", SHARED, {TEAM: "ops"}))
+    assert deleted.decision is not got.decision
+    for explain in (False, True):
+        assert engine.evaluate(request, explain=explain).decision is deleted.decision
 
 
 # ------------------------------------------------------------------ lone surrogates
@@ -798,12 +841,55 @@ def test_single_calls_past_what_a_converter_keeps(engine):
         assert engine.evaluate(request, explain=n % 2 == 0).decision is expected("s3:PutObject", SHARED, team), n
 
 
+def test_an_action_is_service_colon_action_of_letters_digits_underscores_and_hyphens_every_character(engine):
+    """Every character of the first 512 (every byte of UTF-8 among them) inside an action: allowed only the
+    ASCII letters and digits, '_' and '-', by ``Request.create`` and by a single call alike."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+    for code in range(512):
+        action = f"s3:Get{chr(code)}Object" if code != ord(":") else "s3:Get:Object"
+        try:
+            Request.create(BUILDER, action, SHARED)
+            created = True
+        except RequestError:
+            created = False
+        decided = engine.evaluate(raw_request(BUILDER, action, SHARED), explain=False)
+        assert created == (chr(code) in allowed) == (decided.error is None), repr(chr(code))
+
+
 def test_single_calls_match_an_action_by_its_characters_after_a_lookalike_was_matched(engine):
     """What each action matches is kept between calls, by its characters."""
     assert engine.evaluate(raw_request(BUILDER, "s3:GetObject", SHARED), explain=False).decision is ALLOW
     for explain in (False, True):
         request = raw_request(BUILDER, lookalike("s3:GetObject")("s3:DeleteObject"), SHARED)
         assert engine.evaluate(request, explain=explain).decision is IMPLICIT
+
+
+def test_single_calls_hold_what_they_read_until_the_next_call_only(engine):
+    """A single call's batch keeps the request's values alive while it reads them, and lets them go when the
+    next call empties it (keeping its room, not its items)."""
+
+    class Context(dict):  # a dict that can be watched going away
+        pass
+
+    contexts = [Context({TEAM.lower(): "ops", f"aws:PrincipalTag/k{k}": "v"}) for k in range(20)]
+    gone = [weakref.ref(context) for context in contexts]
+    for context in contexts:
+        assert engine.evaluate(raw_request(BUILDER, "s3:GetObject", SHARED, context), explain=False).decision is ALLOW
+    del context, contexts
+    assert engine.evaluate(raw_request(BUILDER, "s3:GetObject", SHARED), explain=False).decision is ALLOW
+    assert [ref() for ref in gone] == [None] * 20
+
+
+def test_a_single_call_checks_the_shape_of_what_create_did_not_check_last(engine):
+    """``create`` remembers the very strings it checked last, so that a call on the request it just made does not
+    check them again: any other string is checked, whatever create saw before it."""
+    for action, resource, problem in (("s3 GetObject", SHARED, "is not service:Action"),
+                                      ("s3:GetObject", "arn:aws:s3", "is neither an ARN")):
+        made = Request.create(BUILDER, "s3:GetObject", SHARED)
+        assert engine.evaluate(made, explain=False).error is None
+        for explain in (False, True):
+            decided = engine.evaluate(raw_request(BUILDER, action, resource), explain=explain)
+            assert problem in (decided.error or ""), decided
 
 
 def test_a_request_changed_between_single_calls_is_read_anew(engine):
