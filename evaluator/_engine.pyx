@@ -216,6 +216,7 @@ ctypedef struct scratch_t:
     uint64_t marked_batch    # serial of the batch whose profiles are marked, 0: none
     int32_t marked_identity  # the profiles marked
     int32_t marked_resource
+    bint marked_private      # whether they name a private policy (whose statements are scanned)
     int32_t* candidates
     ctx_entry* ctx           # dense context of the current request; count -1 between requests
     pseg* condition_scratch
@@ -622,6 +623,16 @@ cdef class Engine:
         sc.profile_gen += 1
         mark_roles(batch, &batch.profile_table[rq.identity_profile], sc)
         mark_roles(batch, &batch.profile_table[rq.resource_profile], sc)
+        sc.marked_private = self.names_private(batch, &batch.profile_table[rq.identity_profile]) \
+            or self.names_private(batch, &batch.profile_table[rq.resource_profile])
+
+    cdef inline bint names_private(self, Batch batch, const profile_t* profile) noexcept nogil:
+        """Whether a profile names a private policy: the requests of the others skip the scan of every role."""
+        cdef int32_t r
+        for r in range(profile.role_start, profile.role_start + profile.role_count):
+            if self.private[batch.roles[r].policy]:
+                return True
+        return False
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -736,8 +747,9 @@ cdef class Engine:
                         sc.candidates[n_candidates] = s
                         n_candidates += 1
 
-        n_candidates = self.scan_private(batch, &batch.profile_table[rq.identity_profile], sc, gen, n_candidates)
-        n_candidates = self.scan_private(batch, &batch.profile_table[rq.resource_profile], sc, gen, n_candidates)
+        if sc.marked_private:
+            n_candidates = self.scan_private(batch, &batch.profile_table[rq.identity_profile], sc, gen, n_candidates)
+            n_candidates = self.scan_private(batch, &batch.profile_table[rq.resource_profile], sc, gen, n_candidates)
 
         for i in range(n_candidates):
             s = sc.candidates[i]
