@@ -38,22 +38,19 @@ ctypedef struct at_probe:
     int32_t fields[AT_FIELDS]
 
 
-# One thread's working memory: a scratch of each trie, the key of the alignment being probed and two
-# result buffers (each of the trie's distinct ids).
+# One thread's working memory: a scratch of each trie and two result buffers (each of the trie's distinct ids).
 ctypedef struct at_scratch:
     void* rest
     void* keyed
     void* spanning        # NULL until an input needs the spanning trie
     Py_ssize_t spanning_bytes  # its size, once allocated
-    uint8_t* key          # the head being probed
-    Py_ssize_t key_cap
     int32_t* found        # the ids one probe matched
     int32_t* merged       # room to merge them with those found before
 
 
 # Free a scratch of new_scratch() (NULL is ignored).
 cdef void at_free_scratch(void* scratch) noexcept nogil
-# Bytes a scratch holds beyond ArnTrie.scratch_size(): the DFA caches and the key, which grow with use.
+# Bytes a scratch holds beyond ArnTrie.scratch_size(): the DFA caches, which grow with use.
 cdef Py_ssize_t at_grown_bytes(const void* scratch) noexcept nogil
 # The DFA caches of a scratch's tries into caches (room for 3); returns how many.
 cdef int at_caches(const void* scratch, const gt_cache** caches) noexcept nogil
@@ -88,9 +85,10 @@ cdef class ArnTrie:
     cdef Py_ssize_t match_into(self, const unsigned char* text, Py_ssize_t n, void* scratch,
                                int32_t* out) noexcept nogil
     cdef int _set_heads(self, dict heads) except -1
-    cdef const at_head* _find(self, const uint8_t* key, Py_ssize_t n, uint64_t h) noexcept nogil
-    cdef Py_ssize_t _plan(self, uint8_t* key, const unsigned char* text, const Py_ssize_t* colon, Py_ssize_t extra,
-                          int mask, int field, Py_ssize_t at, Py_ssize_t key_len, int32_t* fields, at_probe* planned,
+    cdef const at_head* _find(self, const at_probe* probe, const unsigned char* text,
+                              const Py_ssize_t* colon) noexcept nogil
+    cdef Py_ssize_t _plan(self, const uint64_t* field_hashes, const Py_ssize_t* colon, Py_ssize_t extra, int mask,
+                          int field, Py_ssize_t at, uint64_t h, int32_t* fields, at_probe* planned,
                           Py_ssize_t n_planned) noexcept nogil
     cdef void _fetch(self, uint64_t h) noexcept nogil
     cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* probe, const unsigned char* text, Py_ssize_t n,

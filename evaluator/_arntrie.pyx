@@ -34,7 +34,7 @@ cache holds every state a log needs: freeze() keys the patterns only when they a
 cimport cython
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, uint8_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy
 
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
@@ -153,6 +153,17 @@ cdef Py_ssize_t _match_inline(const uint8_t* globs, int32_t count, const int32_t
     return found
 
 
+cdef inline uint64_t _head_hash(uint64_t seed, int mask) noexcept nogil:
+    """The start of a head's hash: its mask; each literal field's hash is then mixed in (_with_field)."""
+    return seed ^ ((<uint64_t>mask + 1) * 0x9E3779B97F4A7C15ULL)
+
+
+cdef inline uint64_t _with_field(uint64_t h, uint64_t field_hash) noexcept nogil:
+    """A head's hash with its next literal field's: an ARN's fields are hashed once, for every mask."""
+    h = (h ^ field_hash) * 0xBF58476D1CE4E5B9ULL
+    return h ^ (h >> 31)
+
+
 cdef uint64_t _TAG = 0xFFFFFFFF00000000ULL  # a slot holds these bits of its head's hash, and its offset / 8 + 1
 
 
@@ -185,7 +196,6 @@ cdef void at_free_scratch(void* scratch) noexcept nogil:
     gt_free_scratch(sc.rest)
     gt_free_scratch(sc.keyed)
     gt_free_scratch(sc.spanning)
-    free(sc.key)
     free(sc.found)
     free(sc.merged)
     free(sc)
@@ -194,7 +204,7 @@ cdef void at_free_scratch(void* scratch) noexcept nogil:
 cdef Py_ssize_t at_grown_bytes(const void* scratch) noexcept nogil:
     cdef const at_scratch* sc = <const at_scratch*>scratch
     cdef void* parts[3]
-    cdef Py_ssize_t total = sc.key_cap + sc.spanning_bytes
+    cdef Py_ssize_t total = sc.spanning_bytes
     cdef int k
     parts[0], parts[1], parts[2] = sc.rest, sc.keyed, sc.spanning
     for k in range(3):
@@ -291,7 +301,7 @@ cdef class ArnTrie:
         cdef list inline = list(heads.values())
         cdef Py_ssize_t n = len(encoded), slots = 2, k, at = 0, ids = 0, probe, size
         cdef uint64_t h
-        cdef bytes head, glob
+        cdef bytes head, glob, field
         cdef at_head* entry
         cdef uint8_t* place
         while slots < 2 * n:
@@ -330,7 +340,9 @@ cdef class ArnTrie:
                     memcpy(place + 1, <const char*>glob, len(glob))
                     place += 1 + len(glob)
                 entry.n_inline = <int32_t>len(inline[k])
-            h = hash_text(head, len(head), self._seed)
+            h = _head_hash(self._seed, head[0] - 0x41)  # the letter names the mask
+            for field in head[1:-1].split(b":"):  # the literal fields, each followed by its ':'
+                h = _with_field(h, hash_text(field, len(field), self._seed))
             probe = 0
             while self._slots[(h + probe) & self._slot_mask]:
                 probe += 1
@@ -341,18 +353,37 @@ cdef class ArnTrie:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef const at_head* _find(self, const uint8_t* key, Py_ssize_t n, uint64_t h) noexcept nogil:
-        """The head key[:n] (its hash h), NULL if no pattern has it."""
-        cdef uint64_t slot
+    cdef const at_head* _find(self, const at_probe* planned, const unsigned char* text,
+                              const Py_ssize_t* colon) noexcept nogil:
+        """The head of a planned alignment (the letter of its mask, then the ARN fields its literal fields fall
+        on, each with its ':'), NULL if no pattern has it."""
+        cdef uint64_t slot, h = planned.hash
         cdef int32_t probe
         cdef const at_head* entry
+        cdef const uint8_t* key
+        cdef Py_ssize_t used, start, stop
+        cdef int field
         for probe in range(self._max_probe + 1):
             slot = self._slots[(h + probe) & self._slot_mask]
             if slot == 0:
                 return NULL
-            if (slot ^ h) & _TAG == 0:
-                entry = <const at_head*>(self._head_bytes + 8 * ((slot & ~_TAG) - 1))
-                if entry.key_len == n and memcmp(<const uint8_t*>entry + sizeof(at_head), key, n) == 0:
+            if (slot ^ h) & _TAG:
+                continue
+            entry = <const at_head*>(self._head_bytes + 8 * ((slot & ~_TAG) - 1))
+            key = <const uint8_t*>entry + sizeof(at_head)
+            if key[0] != 0x41 + planned.mask:
+                continue
+            used = 1
+            for field in range(AT_FIELDS):
+                if planned.fields[field] < 0:
+                    continue
+                start = colon[planned.fields[field] - 1] + 1 if planned.fields[field] else 0
+                stop = colon[planned.fields[field]] + 1
+                if used + stop - start > entry.key_len or memcmp(key + used, text + start, stop - start) != 0:
+                    break
+                used += stop - start
+            else:
+                if used == entry.key_len:
                     return entry
         return NULL
 
@@ -394,9 +425,9 @@ cdef class ArnTrie:
         if not self.frozen:
             return -1
         cdef at_scratch* sc = <at_scratch*>scratch
-        cdef Py_ssize_t count = 0, m = 0, i, probes = 0, extra, k
+        cdef Py_ssize_t count = 0, m = 0, i, probes = 0, extra, k, start
         cdef Py_ssize_t colon[AT_FIELDS + MAX_ALIGNMENTS]  # enough for every alignment that is probed
-        cdef uint8_t* key
+        cdef uint64_t field_hashes[AT_FIELDS + MAX_ALIGNMENTS]
         if self.rest.result_capacity():
             count = self.rest.match_into(text, n, sc.rest, out)
         if not self.indexed:
@@ -408,26 +439,27 @@ cdef class ArnTrie:
                 m += 1
         if m < AT_FIELDS:
             return count
-        if sc.key_cap < n + 1:
-            key = <uint8_t*>realloc(sc.key, n + 1)
-            if key == NULL:
-                return -1
-            sc.key = key
-            sc.key_cap = n + 1
         extra = m - AT_FIELDS
         for i in range(self._n_masks):
             probes += _alignments(extra, self._groups[self._masks[i]])
+        # The ARN fields a literal field may fall on, each hashed once (those of the first five alone when only
+        # mask 0 is probed; with a mask probed, extra is below MAX_ALIGNMENTS).
+        cdef Py_ssize_t n_fields = m if probes <= MAX_ALIGNMENTS and self._n_masks else AT_FIELDS
+        for i in range(n_fields):
+            start = colon[i - 1] + 1 if i else 0
+            field_hashes[i] = hash_text(<const char*>text + start, colon[i] - start, self._seed)
         # Every head first (hashed, its slot fetched), then every slot (its record fetched), then the matches:
         # the memory reads of the probes overlap.
         cdef at_probe planned[MAX_ALIGNMENTS + 1]
         cdef int32_t fields[AT_FIELDS]
         cdef Py_ssize_t n_planned = 0
         if self.has_plain:
-            n_planned = self._plan(sc.key, text, colon, extra, 0, 0, 0, 1, fields, planned, n_planned)
+            n_planned = self._plan(field_hashes, colon, extra, 0, 0, 0, _head_hash(self._seed, 0), fields, planned,
+                                   n_planned)
         if probes <= MAX_ALIGNMENTS:
             for i in range(self._n_masks):
-                n_planned = self._plan(sc.key, text, colon, extra, self._masks[i], 0, 0, 1, fields, planned,
-                                       n_planned)
+                n_planned = self._plan(field_hashes, colon, extra, self._masks[i], 0, 0,
+                                       _head_hash(self._seed, self._masks[i]), fields, planned, n_planned)
         for i in range(n_planned):
             self._fetch(planned[i].hash)
         for i in range(n_planned):
@@ -444,38 +476,34 @@ cdef class ArnTrie:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef Py_ssize_t _plan(self, uint8_t* key, const unsigned char* text, const Py_ssize_t* colon, Py_ssize_t extra,
-                          int mask, int field, Py_ssize_t at, Py_ssize_t key_len, int32_t* fields, at_probe* planned,
+    cdef Py_ssize_t _plan(self, const uint64_t* field_hashes, const Py_ssize_t* colon, Py_ssize_t extra, int mask,
+                          int field, Py_ssize_t at, uint64_t h, int32_t* fields, at_probe* planned,
                           Py_ssize_t n_planned) noexcept nogil:
-        """Plan the alignments of mask from its field `field` on, which falls on the ARN's field `at` (the head
-        written into key up to key_len, the ARN fields of the literal fields before it in fields): each is
-        hashed, its slot fetched, and added to planned; returns their new number."""
-        cdef Py_ssize_t start, stop, span
+        """Plan the alignments of mask from its field `field` on, which falls on the ARN's field `at` (h: the
+        head's hash so far, fields: the ARN fields of the literal fields before it): each is hashed, its slot
+        fetched, and added to planned; returns their new number."""
+        cdef Py_ssize_t span
         cdef at_probe* probe
         cdef int end
         if field == AT_FIELDS:  # the head is whole; the resource part is the rest of the ARN
-            key[0] = 0x41 + mask  # 'A' + mask
             probe = &planned[n_planned]
-            probe.hash = hash_text(<const char*>key, key_len, self._seed)
+            probe.hash = h
             probe.res = colon[at - 1] + 1
             probe.mask = mask
             memcpy(probe.fields, fields, sizeof(probe.fields))
             prefetch(&self._slots[probe.hash & self._slot_mask])
             return n_planned + 1
         if not _star(mask, field):  # a literal field: one ARN field, with its ':'
-            start = colon[at - 1] + 1 if at else 0
-            stop = colon[at] + 1
-            memcpy(key + key_len, text + start, stop - start)
             fields[field] = <int32_t>at
-            return self._plan(key, text, colon, extra, mask, field + 1, at + 1, key_len + stop - start, fields,
-                              planned, n_planned)
+            return self._plan(field_hashes, colon, extra, mask, field + 1, at + 1, _with_field(h, field_hashes[at]),
+                              fields, planned, n_planned)
         end = field
         while end < AT_FIELDS and _star(mask, end):
             fields[end] = -1
             end += 1
         # The run spans end - field ARN fields, plus any of the extra ones not spanned before it.
         for span in range(end - field, end - at + extra + 1):
-            n_planned = self._plan(key, text, colon, extra, mask, end, at + span, key_len, fields, planned, n_planned)
+            n_planned = self._plan(field_hashes, colon, extra, mask, end, at + span, h, fields, planned, n_planned)
         return n_planned
 
     cdef void _fetch(self, uint64_t h) noexcept nogil:
@@ -493,17 +521,8 @@ cdef class ArnTrie:
                            const Py_ssize_t* colon, int32_t* out, Py_ssize_t count) noexcept nogil:
         """Match the resource part of a planned alignment against its head's patterns; merge their ids into
         out[:count] and return the new count."""
-        cdef Py_ssize_t key_len = 1, start, stop, k
-        cdef const at_head* head
-        cdef int field
-        sc.key[0] = 0x41 + probe.mask
-        for field in range(AT_FIELDS):  # the head again: the key buffer held every planned head in turn
-            if probe.fields[field] >= 0:
-                start = colon[probe.fields[field] - 1] + 1 if probe.fields[field] else 0
-                stop = colon[probe.fields[field]] + 1
-                memcpy(sc.key + key_len, text + start, stop - start)
-                key_len += stop - start
-        head = self._find(sc.key, key_len, probe.hash)
+        cdef Py_ssize_t k
+        cdef const at_head* head = self._find(probe, text, colon)
         if head == NULL:
             return count
         if head.node >= 0:
