@@ -19,14 +19,17 @@ cdef enum:
     AT_MASKS = 16         # sets of '*' fields among partition, service, region and account
 
 
-# The head of some keys (their letter and literal fields), and where their resource parts are: a record of
-# ArnTrie._head_bytes, followed by the head's bytes, then (node -1) its resource parts, each a length byte and
-# the glob, ids ascending.
+# The head of some keys (their letter and literal fields), or a bucket of a head's resource parts (those
+# starting with the same `cut` bytes), and where its resource parts are: a record of ArnTrie._head_bytes,
+# followed by its bytes (a bucket's: those it starts with), then (node -1) its resource parts, each a length
+# byte and the glob, ids ascending.
 ctypedef struct at_head:
     int32_t node          # the node it leads to in the keyed trie; -1: its resource parts follow its bytes
     int32_t key_len
     int32_t n_inline      # resource parts after its bytes
     int32_t ids_start     # their ids in ArnTrie._inline_ids
+    int32_t cut           # a head's: bytes that name the bucket of its other resource parts; 0: no buckets
+    int32_t parent        # a bucket's: its head's offset / 8 in ArnTrie._head_bytes; -1: a head
 
 
 # One alignment of one mask, planned: its head's hash, the ARN field each literal field falls on (-1: a '*'
@@ -68,7 +71,7 @@ cdef class ArnTrie:
     cdef uint8_t* _head_bytes          # their records (at_head), 8-byte aligned
     cdef int32_t* _inline_ids
     cdef Py_ssize_t _n_head_bytes, _n_inline
-    cdef Py_ssize_t _n_heads
+    cdef Py_ssize_t _n_heads, _n_buckets
     cdef uint64_t _seed                # this index's own hash seed
     cdef uint32_t _slot_mask
     cdef int32_t _max_probe            # the farthest a head lies from its hash's slot
@@ -84,9 +87,12 @@ cdef class ArnTrie:
     cdef Py_ssize_t result_capacity(self) noexcept nogil
     cdef Py_ssize_t match_into(self, const unsigned char* text, Py_ssize_t n, void* scratch,
                                int32_t* out) noexcept nogil
-    cdef int _set_heads(self, dict heads) except -1
+    cdef int _set_heads(self, list records) except -1
     cdef const at_head* _find(self, const at_probe* probe, const unsigned char* text,
                               const Py_ssize_t* colon) noexcept nogil
+    cdef const at_head* _find_bucket(self, const at_head* head, const unsigned char* resource) noexcept nogil
+    cdef Py_ssize_t _own(self, at_scratch* sc, const at_head* record, const unsigned char* resource, Py_ssize_t n,
+                         int32_t* out, Py_ssize_t count) noexcept nogil
     cdef Py_ssize_t _plan(self, const uint64_t* field_hashes, const Py_ssize_t* colon, Py_ssize_t extra, int mask,
                           int field, Py_ssize_t at, uint64_t h, int32_t* fields, at_probe* planned,
                           Py_ssize_t n_planned) noexcept nogil

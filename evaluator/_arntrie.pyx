@@ -13,8 +13,11 @@ Such a pattern is *regular*: at least five ':', its first field literal, the nex
 with its ':', then the resource part (a glob): ``arn:aws:ec2:*:123:instance/*`` is keyed
 ``Earn:aws:ec2:123:instance/*``. An ARN's *head* (the letter and the literal fields) is found by hash among
 the patterns' heads; the few resource parts of most heads (one service, region and account) are kept with it
-and matched one by one, and those of a head with more (``arn:aws:s3:::``) in one trie of keys, walked from
-the node the head leads to.
+and matched one by one. A head with more (``arn:aws:s3:::``) parts them into *buckets* by their first bytes
+(``cut``: as many as all but INLINE_PATTERNS of its parts spell before a wildcard, those few kept with the
+head): a resource part can match only the parts of the bucket named by its own first bytes, found by hash in
+turn. Parts too many to keep with their head or bucket go to one trie of keys, walked from the node their
+head or bucket leads to.
 
 Why probing keys is exact. A pattern's literal ':' each meet one ':' of the ARN, in order; a literal field
 holds no ':', so its two colons meet adjacent ones, and the first field's meets the ARN's first. An ARN
@@ -158,6 +161,11 @@ cdef inline uint64_t _head_hash(uint64_t seed, int mask) noexcept nogil:
     return seed ^ ((<uint64_t>mask + 1) * 0x9E3779B97F4A7C15ULL)
 
 
+cdef inline uint64_t _bucket_seed(uint64_t seed, int32_t parent) noexcept nogil:
+    """The seed of the hashes of a head's buckets (parent: the head's offset / 8)."""
+    return seed ^ ((<uint64_t>parent + 1) * 0xD6E8FEB86659FD93ULL)
+
+
 cdef inline uint64_t _with_field(uint64_t h, uint64_t field_hash) noexcept nogil:
     """A head's hash with its next literal field's: an ARN's fields are hashed once, for every mask."""
     h = (h ^ field_hash) * 0xBF58476D1CE4E5B9ULL
@@ -170,6 +178,33 @@ cdef uint64_t _TAG = 0xFFFFFFFF00000000ULL  # a slot holds these bits of its hea
 cdef inline Py_ssize_t _record_size(Py_ssize_t data) noexcept:
     """Bytes of a head's record in ArnTrie._head_bytes (its header, then data), a multiple of 8."""
     return (sizeof(at_head) + data + 7) & ~(<Py_ssize_t>7)
+
+
+def _literal(bytes glob):
+    """Bytes of glob before its first wildcard."""
+    star, mark = glob.find(b"*"), glob.find(b"?")
+    return min(k for k in (star, mark, len(glob)) if k >= 0)
+
+
+def _cut(list parts):
+    """Bytes by which a head's resource parts ((id, glob) pairs) are put in buckets: the literal length of the
+    (INLINE_PATTERNS + 1)-th shortest, so that at most INLINE_PATTERNS parts stay with the head; 0: none."""
+    return sorted(_literal(glob) for _, glob in parts)[INLINE_PATTERNS] if len(parts) > INLINE_PATTERNS else 0
+
+
+def _bucketed(bytes glob, Py_ssize_t cut):
+    """Whether a part goes to a bucket: its first cut bytes are literal and end on a code point's boundary
+    (the keyed trie is walked from there one code point a step)."""
+    return 0 < cut <= _literal(glob) and (cut == len(glob) or not 0x80 <= glob[cut] <= 0xBF)
+
+
+def _placed(GlobTrie keyed, bytes path, list parts):
+    """Parts (id, glob) kept with their record if few, else None and added to the keyed trie under path."""
+    if len(parts) <= INLINE_PATTERNS and all(len(glob) <= 255 for _, glob in parts):
+        return parts
+    for pattern_id, glob in parts:
+        keyed.add((path + glob).decode("utf-8", "surrogatepass"), pattern_id)
+    return None
 
 
 def _regular(str pattern):
@@ -255,34 +290,40 @@ cdef class ArnTrie:
         rest = GlobTrie(False)
         keyed = GlobTrie(False) if self.indexed else None
         spanning = GlobTrie(False) if self.indexed else None
-        masks, buckets = set(), {}
+        masks, by_head = set(), {}
         for pattern, pattern_id, found in self._entries:
             if not self.indexed or found is None:
                 rest.add(pattern, pattern_id)
                 continue
             mask, head, resource = found
-            buckets.setdefault(head, set()).add((pattern_id, resource))
+            by_head.setdefault(head, set()).add((pattern_id, resource))
             if mask:
                 spanning.add(pattern, pattern_id)
                 masks.add(mask)
             else:
                 self.has_plain = True
-        heads = {}  # head -> its resource parts and their ids, if kept with it, else None
-        for head, globs in buckets.items():
+        records = []  # (bytes, its head's index or -1, cut, parts kept with it or None, its keyed trie path)
+        for head, globs in by_head.items():
             encoded = [(pattern_id, resource.encode("utf-8", "surrogatepass"))
                        for pattern_id, resource in sorted(globs)]
-            if len(encoded) <= INLINE_PATTERNS and all(len(glob) <= 255 for _, glob in encoded):
-                heads[head] = encoded
-            else:
-                heads[head] = None
-                for pattern_id, resource in globs:
-                    keyed.add(head + resource, pattern_id)
+            cut = _cut(encoded)
+            key = head.encode("utf-8", "surrogatepass")
+            parent = len(records)
+            kept = [part for part in encoded if not _bucketed(part[1], cut)]
+            records.append((key, -1, cut, _placed(keyed, key, kept), key))
+            bucketed = {}
+            for part in encoded:
+                if _bucketed(part[1], cut):
+                    bucketed.setdefault(part[1][:cut], []).append(part)
+            path = bytes([key[0] + 0x20]) + key[1:]  # the letter in lower case: apart from the heads' paths
+            for start, parts in bucketed.items():
+                records.append((start, parent, 0, _placed(keyed, path, parts), path + start))
         tries = [trie for trie in (rest, keyed, spanning) if trie is not None]
         for trie in tries:
             trie.freeze(**geometry)
         self.rest, self.keyed, self.spanning = rest, keyed, spanning
         if self.indexed:
-            self._set_heads(heads)
+            self._set_heads(records)
         self._n_masks = len(masks)
         for k, mask in enumerate(sorted(masks)):
             self._masks[k] = mask
@@ -294,22 +335,21 @@ cdef class ArnTrie:
         self._entries = None
         self.frozen = True
 
-    cdef int _set_heads(self, dict heads) except -1:
-        """The hash table of the heads (str keys), each with its node in the frozen keyed trie or, for a head
-        of few patterns (a list of their ids and resource parts), those patterns after its bytes."""
-        cdef list encoded = [text.encode("utf-8", "surrogatepass") for text in heads]
-        cdef list inline = list(heads.values())
-        cdef Py_ssize_t n = len(encoded), slots = 2, k, at = 0, ids = 0, probe, size
+    cdef int _set_heads(self, list records) except -1:
+        """The hash table of the heads and their buckets (``freeze``'s records), each with its node in the frozen
+        keyed trie or the parts kept with it."""
+        cdef Py_ssize_t n = len(records), slots = 2, k, at = 0, ids = 0, probe
         cdef uint64_t h
-        cdef bytes head, glob, field
+        cdef bytes key, glob, field
         cdef at_head* entry
         cdef uint8_t* place
+        cdef list offsets = []
         while slots < 2 * n:
             slots *= 2
-        sizes = [_record_size(len(head) + sum(len(glob) + 1 for _, glob in globs or ()))
-                 for head, globs in zip(encoded, inline)]
+        sizes = [_record_size(len(key) + sum(len(glob) + 1 for _, glob in parts or ()))
+                 for key, _, _, parts, _ in records]
         self._n_head_bytes = sum(sizes)
-        self._n_inline = sum(len(globs) for globs in inline if globs)
+        self._n_inline = sum(len(parts) for _, _, _, parts, _ in records if parts)
         self._slots = <uint64_t*>calloc(slots, sizeof(uint64_t))
         self._head_bytes = <uint8_t*>calloc(max(1, self._n_head_bytes), 1)
         self._inline_ids = <int32_t*>malloc(max(1, self._n_inline) * sizeof(int32_t))
@@ -317,32 +357,38 @@ cdef class ArnTrie:
             raise MemoryError()
         self._seed = int.from_bytes(os.urandom(8), "little")
         self._slot_mask = <uint32_t>(slots - 1)
-        self._n_heads = n
-        for k in range(n):
-            head = encoded[k]
+        self._n_buckets = sum(parent >= 0 for _, parent, _, _, _ in records)
+        self._n_heads = n - self._n_buckets
+        for k, (key, parent, cut, parts, path) in enumerate(records):
+            offsets.append(at // 8)
             entry = <at_head*>(self._head_bytes + at)
-            entry.key_len = <int32_t>len(head)
+            entry.key_len = <int32_t>len(key)
+            entry.cut = cut
+            entry.parent = offsets[parent] if parent >= 0 else -1
             place = self._head_bytes + at + sizeof(at_head)
-            memcpy(place, <const char*>head, len(head))
-            place += len(head)
+            memcpy(place, <const char*>key, len(key))
+            place += len(key)
             entry.n_inline = 0
             entry.ids_start = <int32_t>ids
-            if inline[k] is None:
-                entry.node = self.keyed.node_of(head, len(head))
+            if parts is None:
+                entry.node = self.keyed.node_of(path, len(path))
                 if entry.node < 0:
-                    raise AssertionError("a head is not a path of the keyed trie")
+                    raise AssertionError("a head or bucket is not a path of the keyed trie")
             else:
                 entry.node = -1
-                for pattern_id, glob in inline[k]:
+                for pattern_id, glob in parts:
                     self._inline_ids[ids] = pattern_id
                     ids += 1
                     place[0] = len(glob)
                     memcpy(place + 1, <const char*>glob, len(glob))
                     place += 1 + len(glob)
-                entry.n_inline = <int32_t>len(inline[k])
-            h = _head_hash(self._seed, head[0] - 0x41)  # the letter names the mask
-            for field in head[1:-1].split(b":"):  # the literal fields, each followed by its ':'
-                h = _with_field(h, hash_text(field, len(field), self._seed))
+                entry.n_inline = <int32_t>len(parts)
+            if parent >= 0:
+                h = hash_text(key, len(key), _bucket_seed(self._seed, entry.parent))
+            else:
+                h = _head_hash(self._seed, key[0] - 0x41)  # the letter names the mask
+                for field in key[1:-1].split(b":"):  # the literal fields, each followed by its ':'
+                    h = _with_field(h, hash_text(field, len(field), self._seed))
             probe = 0
             while self._slots[(h + probe) & self._slot_mask]:
                 probe += 1
@@ -371,7 +417,7 @@ cdef class ArnTrie:
                 continue
             entry = <const at_head*>(self._head_bytes + 8 * ((slot & ~_TAG) - 1))
             key = <const uint8_t*>entry + sizeof(at_head)
-            if key[0] != 0x41 + planned.mask:
+            if entry.parent >= 0 or key[0] != 0x41 + planned.mask:
                 continue
             used = 1
             for field in range(AT_FIELDS):
@@ -521,15 +567,48 @@ cdef class ArnTrie:
                            const Py_ssize_t* colon, int32_t* out, Py_ssize_t count) noexcept nogil:
         """Match the resource part of a planned alignment against its head's patterns; merge their ids into
         out[:count] and return the new count."""
-        cdef Py_ssize_t k
         cdef const at_head* head = self._find(probe, text, colon)
+        cdef const at_head* bucket
         if head == NULL:
             return count
-        if head.node >= 0:
-            k = self.keyed.match_from(head.node, text + probe.res, n - probe.res, sc.keyed, sc.found)
+        count = self._own(sc, head, text + probe.res, n - probe.res, out, count)
+        if head.cut and n - probe.res >= head.cut:
+            bucket = self._find_bucket(head, text + probe.res)
+            if bucket != NULL:
+                count = self._own(sc, bucket, text + probe.res, n - probe.res, out, count)
+        return count
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef const at_head* _find_bucket(self, const at_head* head, const unsigned char* resource) noexcept nogil:
+        """The bucket of a head that the first head.cut bytes of a resource part name, NULL if none."""
+        cdef int32_t parent = <int32_t>((<const uint8_t*>head - self._head_bytes) // 8)
+        cdef uint64_t slot, h = hash_text(<const char*>resource, head.cut, _bucket_seed(self._seed, parent))
+        cdef int32_t probe
+        cdef const at_head* entry
+        for probe in range(self._max_probe + 1):
+            slot = self._slots[(h + probe) & self._slot_mask]
+            if slot == 0:
+                return NULL
+            if (slot ^ h) & _TAG:
+                continue
+            entry = <const at_head*>(self._head_bytes + 8 * ((slot & ~_TAG) - 1))
+            if entry.parent == parent and entry.key_len == head.cut \
+                    and memcmp(<const uint8_t*>entry + sizeof(at_head), resource, head.cut) == 0:
+                return entry
+        return NULL
+
+    cdef Py_ssize_t _own(self, at_scratch* sc, const at_head* record, const unsigned char* resource, Py_ssize_t n,
+                         int32_t* out, Py_ssize_t count) noexcept nogil:
+        """Merge into out[:count] the ids of a head's or a bucket's own parts that match the resource part;
+        returns the new count."""
+        cdef Py_ssize_t k, skip
+        if record.node >= 0:
+            skip = record.key_len if record.parent >= 0 else 0  # a bucket's trie path spells its first bytes
+            k = self.keyed.match_from(record.node, resource + skip, n - skip, sc.keyed, sc.found)
         else:
-            k = _match_inline(<const uint8_t*>head + sizeof(at_head) + head.key_len, head.n_inline,
-                              self._inline_ids + head.ids_start, text + probe.res, n - probe.res, sc.found)
+            k = _match_inline(<const uint8_t*>record + sizeof(at_head) + record.key_len, record.n_inline,
+                              self._inline_ids + record.ids_start, resource, n, sc.found)
         return _merge(out, count, sc.found, k, sc.merged)
 
     # ------------------------------------------------------------------ Python API
@@ -567,7 +646,7 @@ cdef class ArnTrie:
             return {"patterns": len(self._entries), "frozen": False}
         tries = {"rest": self.rest, "keyed": self.keyed, "spanning": self.spanning}
         return {"patterns": self._n_patterns,
-                "ids": self._n_ids, "indexed": bool(self.indexed), "heads": self._n_heads,
+                "ids": self._n_ids, "indexed": bool(self.indexed), "heads": self._n_heads, "buckets": self._n_buckets,
                 "memory_bytes": self.nbytes,
                 "scratch_bytes": self.scratch_size(), "frozen": True,
                 **{name: trie.get_stats() for name, trie in tries.items() if trie is not None}}
