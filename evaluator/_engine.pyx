@@ -89,6 +89,7 @@ cdef tuple RESOURCE_KINDS = tuple((service.encode(), start.encode(), kind)
                                   for service, start, kind in service_rules.RESOURCE_KINDS)
 # The same as C arrays (pointing into RESOURCE_KINDS' bytes), read per distinct resource without the GIL.
 cdef enum: MAX_RESOURCE_KINDS = 8
+cdef enum: ENTRY_ACTIONS = 2  # action pattern ids kept in a resource_entry_t: most statements name one or two
 cdef const char* KIND_SERVICE[MAX_RESOURCE_KINDS]
 cdef const char* KIND_START[MAX_RESOURCE_KINDS]
 cdef Py_ssize_t KIND_SERVICE_LEN[MAX_RESOURCE_KINDS]
@@ -148,6 +149,7 @@ ctypedef struct resource_entry_t:  # a statement found through a fixed resource 
     int32_t policy
     int32_t act_start        # as in statement_t
     int32_t act_count
+    int32_t actions[ENTRY_ACTIONS]  # its action pattern ids, when it has no more
     uint8_t flags
     uint8_t marked           # its resource mark is kept: it is not resource-indexed (resource_applies reads the mark),
                              # or it has several fixed patterns (the mark finds it once)
@@ -465,7 +467,7 @@ cdef class Engine:
         cdef int32_t* listed = NULL
         cdef resource_entry_t* entry
         cdef const statement_t* st
-        cdef int32_t j
+        cdef int32_t j, k
         _csr(resource_lists, &self.resource_start, &listed)
         try:
             self.resource_entries = <resource_entry_t*>calloc(max(1, self.resource_start[len(resource_lists)]),
@@ -479,6 +481,8 @@ cdef class Engine:
                 entry.policy = st.policy
                 entry.act_start = st.act_start
                 entry.act_count = st.act_count
+                for k in range(min(st.act_count, ENTRY_ACTIONS)):
+                    entry.actions[k] = self.statement_actions[st.act_start + k]
                 entry.flags = st.flags
                 entry.marked = not st.flags & F_RESOURCE_INDEXED or st.res_count > 1
         finally:
@@ -637,14 +641,14 @@ cdef class Engine:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef inline bint actions_match(self, int32_t act_start, int32_t act_count, uint8_t flags, scratch_t* sc,
+    cdef inline bint actions_match(self, const int32_t* action_ids, int32_t act_count, uint8_t flags, scratch_t* sc,
                                    uint64_t gen) noexcept nogil:
         """Action/NotAction of one statement (its action pattern ids and flags), from the action patterns marked
         for this request."""
         cdef int32_t k
         cdef bint hit = False
-        for k in range(act_start, act_start + act_count):
-            if sc.pattern_mark[self.statement_actions[k]] == gen:
+        for k in range(act_count):
+            if sc.pattern_mark[action_ids[k]] == gen:
                 hit = True
                 break
         return hit != <bint>(flags & F_NOT_ACTION)
@@ -692,7 +696,7 @@ cdef class Engine:
                     continue
                 sc.action_mark[s] = gen
                 st = &self.statements[s]
-                if not self.actions_match(st.act_start, st.act_count, st.flags, sc, gen):
+                if not self.actions_match(self.statement_actions + st.act_start, st.act_count, st.flags, sc, gen):
                     continue
                 for k in range(st.res_start, st.res_start + st.res_count):
                     if sc.resource_pattern_mark[self.statement_resources[k]] == gen:
@@ -783,7 +787,10 @@ cdef class Engine:
                             continue
                         sc.resource_mark[s] = gen
                     if entry.flags & F_RESOURCE_INDEXED and sc.policy_mark[entry.policy].gen == profile_gen \
-                            and self.actions_match(entry.act_start, entry.act_count, entry.flags, sc, gen):
+                            and self.actions_match(&entry.actions[0] if entry.act_count <= ENTRY_ACTIONS
+                                                   else self.statement_actions + entry.act_start,
+                                                   entry.act_count, entry.flags, sc, gen):
+                        prefetch(&self.statements[s])  # read when the candidates are decided
                         sc.candidates[n_candidates] = s
                         n_candidates += 1
 
