@@ -21,13 +21,12 @@ cdef enum:
 
 # The head of some keys (their letter and literal fields), or a bucket of a head's resource parts (those
 # starting with the same `cut` bytes), and where its resource parts are: a record of ArnTrie._head_bytes,
-# followed by its bytes (a bucket's: those it starts with), then (node -1) its resource parts, each a length
-# byte and the glob, ids ascending.
+# followed by its bytes (a bucket's: those it starts with), then (node -1) the ids of its resource parts,
+# ascending (4-byte aligned), and the parts, each a length byte and the glob.
 ctypedef struct at_head:
     int32_t node          # the node it leads to in the keyed trie; -1: its resource parts follow its bytes
     int32_t key_len
     int32_t n_inline      # resource parts after its bytes
-    int32_t ids_start     # their ids in ArnTrie._inline_ids
     int32_t cut           # a head's: bytes that name the bucket of its other resource parts; 0: no buckets
     int32_t parent        # a bucket's: its head's offset / 8 in ArnTrie._head_bytes; -1: a head
 
@@ -69,8 +68,7 @@ cdef class ArnTrie:
     cdef bint has_plain                # some regular pattern has no '*' field
     cdef uint64_t* _slots              # the distinct heads by hash (see _TAG; 0: empty)
     cdef uint8_t* _head_bytes          # their records (at_head), 8-byte aligned
-    cdef int32_t* _inline_ids
-    cdef Py_ssize_t _n_head_bytes, _n_inline
+    cdef Py_ssize_t _n_head_bytes
     cdef Py_ssize_t _n_heads, _n_buckets
     cdef uint64_t _seed                # this index's own hash seed
     cdef uint32_t _slot_mask

@@ -175,9 +175,10 @@ cdef inline uint64_t _with_field(uint64_t h, uint64_t field_hash) noexcept nogil
 cdef uint64_t _TAG = 0xFFFFFFFF00000000ULL  # a slot holds these bits of its head's hash, and its offset / 8 + 1
 
 
-cdef inline Py_ssize_t _record_size(Py_ssize_t data) noexcept:
-    """Bytes of a head's record in ArnTrie._head_bytes (its header, then data), a multiple of 8."""
-    return (sizeof(at_head) + data + 7) & ~(<Py_ssize_t>7)
+cdef inline Py_ssize_t _ids_at(Py_ssize_t key_len) noexcept nogil:
+    """Where a record's ids of the parts kept with it start: after its header and bytes, 4-byte aligned (read
+    with the parts, not from a table of their own)."""
+    return (sizeof(at_head) + key_len + 3) & ~(<Py_ssize_t>3)
 
 
 def _literal(bytes glob):
@@ -271,7 +272,6 @@ cdef class ArnTrie:
         at_free_scratch(self._spare)
         free(self._slots)
         free(self._head_bytes)
-        free(self._inline_ids)
 
     def add(self, str pattern not None, int32_t pattern_id):
         """Index pattern ('*' and '?' are wildcards) under pattern_id; ValueError after freeze()."""
@@ -331,29 +331,28 @@ cdef class ArnTrie:
         self._n_ids = len({pattern_id for _, pattern_id, _ in self._entries})
         self._n_patterns = len(self._entries)
         self.nbytes = (sum(trie.nbytes for trie in tries) + (self._slot_mask + 1) * sizeof(uint64_t)
-                       + self._n_head_bytes + self._n_inline * sizeof(int32_t))
+                       + self._n_head_bytes)
         self._entries = None
         self.frozen = True
 
     cdef int _set_heads(self, list records) except -1:
         """The hash table of the heads and their buckets (``freeze``'s records), each with its node in the frozen
         keyed trie or the parts kept with it."""
-        cdef Py_ssize_t n = len(records), slots = 2, k, at = 0, ids = 0, probe
+        cdef Py_ssize_t n = len(records), slots = 2, k, at = 0, probe
         cdef uint64_t h
         cdef bytes key, glob, field
         cdef at_head* entry
         cdef uint8_t* place
+        cdef int32_t* ids
         cdef list offsets = []
         while slots < 2 * n:
             slots *= 2
-        sizes = [_record_size(len(key) + sum(len(glob) + 1 for _, glob in parts or ()))
-                 for key, _, _, parts, _ in records]
+        sizes = [(_ids_at(len(key)) + sum(sizeof(int32_t) + len(glob) + 1 for _, glob in parts or ()) + 7) & ~7
+                 for key, _, _, parts, _ in records]  # each a multiple of 8
         self._n_head_bytes = sum(sizes)
-        self._n_inline = sum(len(parts) for _, _, _, parts, _ in records if parts)
         self._slots = <uint64_t*>calloc(slots, sizeof(uint64_t))
         self._head_bytes = <uint8_t*>calloc(max(1, self._n_head_bytes), 1)
-        self._inline_ids = <int32_t*>malloc(max(1, self._n_inline) * sizeof(int32_t))
-        if self._slots == NULL or self._head_bytes == NULL or self._inline_ids == NULL:
+        if self._slots == NULL or self._head_bytes == NULL:
             raise MemoryError()
         self._seed = int.from_bytes(os.urandom(8), "little")
         self._slot_mask = <uint32_t>(slots - 1)
@@ -367,17 +366,17 @@ cdef class ArnTrie:
             entry.parent = offsets[parent] if parent >= 0 else -1
             place = self._head_bytes + at + sizeof(at_head)
             memcpy(place, <const char*>key, len(key))
-            place += len(key)
             entry.n_inline = 0
-            entry.ids_start = <int32_t>ids
             if parts is None:
                 entry.node = self.keyed.node_of(path, len(path))
                 if entry.node < 0:
                     raise AssertionError("a head or bucket is not a path of the keyed trie")
             else:
                 entry.node = -1
+                ids = <int32_t*>(self._head_bytes + at + _ids_at(len(key)))
+                place = <uint8_t*>(ids + len(parts))
                 for pattern_id, glob in parts:
-                    self._inline_ids[ids] = pattern_id
+                    ids[0] = pattern_id
                     ids += 1
                     place[0] = len(glob)
                     memcpy(place + 1, <const char*>glob, len(glob))
@@ -603,12 +602,13 @@ cdef class ArnTrie:
         """Merge into out[:count] the ids of a head's or a bucket's own parts that match the resource part;
         returns the new count."""
         cdef Py_ssize_t k, skip
+        cdef const int32_t* ids
         if record.node >= 0:
             skip = record.key_len if record.parent >= 0 else 0  # a bucket's trie path spells its first bytes
             k = self.keyed.match_from(record.node, resource + skip, n - skip, sc.keyed, sc.found)
         else:
-            k = _match_inline(<const uint8_t*>record + sizeof(at_head) + record.key_len, record.n_inline,
-                              self._inline_ids + record.ids_start, resource, n, sc.found)
+            ids = <const int32_t*>(<const uint8_t*>record + _ids_at(record.key_len))
+            k = _match_inline(<const uint8_t*>(ids + record.n_inline), record.n_inline, ids, resource, n, sc.found)
         return _merge(out, count, sc.found, k, sc.merged)
 
     # ------------------------------------------------------------------ Python API
