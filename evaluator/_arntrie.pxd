@@ -88,12 +88,16 @@ cdef class ArnTrie:
     cdef int _set_heads(self, list records) except -1
     cdef const at_head* _find(self, const at_probe* probe, const unsigned char* text,
                               const Py_ssize_t* colon) noexcept nogil
-    cdef const at_head* _find_bucket(self, const at_head* head, const unsigned char* resource) noexcept nogil
+    cdef const at_head* _find_bucket(self, const at_head* head, const unsigned char* resource,
+                                     uint64_t h) noexcept nogil
+    cdef bint _has_bucket(self, const at_head* head, Py_ssize_t resource_len) noexcept nogil
+    cdef int32_t _offset(self, const at_head* record) noexcept nogil
     cdef Py_ssize_t _own(self, at_scratch* sc, const at_head* record, const unsigned char* resource, Py_ssize_t n,
                          int32_t* out, Py_ssize_t count) noexcept nogil
     cdef Py_ssize_t _plan(self, const uint64_t* field_hashes, const Py_ssize_t* colon, Py_ssize_t extra, int mask,
                           int field, Py_ssize_t at, uint64_t h, int32_t* fields, at_probe* planned,
                           Py_ssize_t n_planned) noexcept nogil
     cdef void _fetch(self, uint64_t h) noexcept nogil
-    cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* probe, const unsigned char* text, Py_ssize_t n,
-                           const Py_ssize_t* colon, int32_t* out, Py_ssize_t count) noexcept nogil
+    cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* planned, Py_ssize_t n_planned,
+                           const unsigned char* text, Py_ssize_t n, const Py_ssize_t* colon, int32_t* out,
+                           Py_ssize_t count) noexcept nogil

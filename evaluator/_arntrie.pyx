@@ -505,10 +505,7 @@ cdef class ArnTrie:
             for i in range(self._n_masks):
                 n_planned = self._plan(field_hashes, colon, extra, self._masks[i], 0, 0,
                                        _head_hash(self._seed, self._masks[i]), fields, planned, n_planned)
-        for i in range(n_planned):
-            self._fetch(planned[i].hash)
-        for i in range(n_planned):
-            count = self._probe(sc, &planned[i], text, n, colon, out, count)
+        count = self._probe(sc, planned, n_planned, text, n, colon, out, count)
         if probes <= MAX_ALIGNMENTS:
             return count
         if sc.spanning == NULL:
@@ -562,27 +559,58 @@ cdef class ArnTrie:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* probe, const unsigned char* text, Py_ssize_t n,
-                           const Py_ssize_t* colon, int32_t* out, Py_ssize_t count) noexcept nogil:
-        """Match the resource part of a planned alignment against its head's patterns; merge their ids into
-        out[:count] and return the new count."""
-        cdef const at_head* head = self._find(probe, text, colon)
+    cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* planned, Py_ssize_t n_planned,
+                           const unsigned char* text, Py_ssize_t n, const Py_ssize_t* colon, int32_t* out,
+                           Py_ssize_t count) noexcept nogil:
+        """Match the resource part of each planned alignment against its head's parts, then its bucket's; merge
+        their ids into out[:count] and return the new count. In stages, so that the memory reads of one stage
+        overlap: every head's record, then every bucket's slot while the heads' parts are matched, then every
+        bucket's record."""
+        cdef const at_head* heads[MAX_ALIGNMENTS + 1]
+        cdef Py_ssize_t res[MAX_ALIGNMENTS + 1]
+        cdef uint64_t bucket_hashes[MAX_ALIGNMENTS + 1]
+        cdef Py_ssize_t i, found = 0
         cdef const at_head* bucket
-        if head == NULL:
-            return count
-        count = self._own(sc, head, text + probe.res, n - probe.res, out, count)
-        if head.cut and n - probe.res >= head.cut:
-            bucket = self._find_bucket(head, text + probe.res)
-            if bucket != NULL:
-                count = self._own(sc, bucket, text + probe.res, n - probe.res, out, count)
+        for i in range(n_planned):
+            self._fetch(planned[i].hash)
+        for i in range(n_planned):
+            heads[found] = self._find(&planned[i], text, colon)
+            if heads[found] == NULL:
+                continue
+            res[found] = planned[i].res
+            if self._has_bucket(heads[found], n - res[found]):
+                bucket_hashes[found] = hash_text(<const char*>text + res[found], heads[found].cut,
+                                                 _bucket_seed(self._seed, self._offset(heads[found])))
+                prefetch(&self._slots[bucket_hashes[found] & self._slot_mask])
+            found += 1
+        for i in range(found):
+            count = self._own(sc, heads[i], text + res[i], n - res[i], out, count)
+        for i in range(found):
+            if self._has_bucket(heads[i], n - res[i]):
+                self._fetch(bucket_hashes[i])
+        for i in range(found):
+            if self._has_bucket(heads[i], n - res[i]):
+                bucket = self._find_bucket(heads[i], text + res[i], bucket_hashes[i])
+                if bucket != NULL:
+                    count = self._own(sc, bucket, text + res[i], n - res[i], out, count)
         return count
+
+    cdef bint _has_bucket(self, const at_head* head, Py_ssize_t resource_len) noexcept nogil:
+        """Whether a resource part of that length may fall in a bucket of the head."""
+        return head.cut != 0 and resource_len >= head.cut
+
+    cdef int32_t _offset(self, const at_head* record) noexcept nogil:
+        """A record's offset / 8 in _head_bytes (what a bucket names its head by)."""
+        return <int32_t>((<const uint8_t*>record - self._head_bytes) // 8)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef const at_head* _find_bucket(self, const at_head* head, const unsigned char* resource) noexcept nogil:
-        """The bucket of a head that the first head.cut bytes of a resource part name, NULL if none."""
-        cdef int32_t parent = <int32_t>((<const uint8_t*>head - self._head_bytes) // 8)
-        cdef uint64_t slot, h = hash_text(<const char*>resource, head.cut, _bucket_seed(self._seed, parent))
+    cdef const at_head* _find_bucket(self, const at_head* head, const unsigned char* resource,
+                                     uint64_t h) noexcept nogil:
+        """The bucket of a head that the first head.cut bytes of a resource part name (their hash h), NULL if
+        none."""
+        cdef int32_t parent = self._offset(head)
+        cdef uint64_t slot
         cdef int32_t probe
         cdef const at_head* entry
         for probe in range(self._max_probe + 1):
