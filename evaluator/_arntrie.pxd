@@ -19,14 +19,16 @@ cdef enum:
     AT_MASKS = 16         # sets of '*' fields among partition, service, region and account
 
 
-# The head of some keys (their letter and literal fields), and where their resource parts are: a record of
-# ArnTrie._head_bytes, followed by the head's bytes, then (node -1) its resource parts, each a length byte and
-# the glob, ids ascending.
+# The head of some keys (their letter and literal fields), or a bucket of a head's resource parts (those
+# starting with the same `cut` bytes), and where its resource parts are: a record of ArnTrie._head_bytes,
+# followed by its bytes (a bucket's: those it starts with), then (node -1) the ids of its resource parts,
+# ascending (4-byte aligned), and the parts, each a length byte and the glob.
 ctypedef struct at_head:
     int32_t node          # the node it leads to in the keyed trie; -1: its resource parts follow its bytes
     int32_t key_len
     int32_t n_inline      # resource parts after its bytes
-    int32_t ids_start     # their ids in ArnTrie._inline_ids
+    int32_t cut           # a head's: bytes that name the bucket of its other resource parts; 0: no buckets
+    int32_t parent        # a bucket's: its head's offset / 8 in ArnTrie._head_bytes; -1: a head
 
 
 # One alignment of one mask, planned: its head's hash, the ARN field each literal field falls on (-1: a '*'
@@ -38,22 +40,19 @@ ctypedef struct at_probe:
     int32_t fields[AT_FIELDS]
 
 
-# One thread's working memory: a scratch of each trie, the key of the alignment being probed and two
-# result buffers (each of the trie's distinct ids).
+# One thread's working memory: a scratch of each trie and two result buffers (each of the trie's distinct ids).
 ctypedef struct at_scratch:
     void* rest
     void* keyed
     void* spanning        # NULL until an input needs the spanning trie
     Py_ssize_t spanning_bytes  # its size, once allocated
-    uint8_t* key          # the head being probed
-    Py_ssize_t key_cap
     int32_t* found        # the ids one probe matched
     int32_t* merged       # room to merge them with those found before
 
 
 # Free a scratch of new_scratch() (NULL is ignored).
 cdef void at_free_scratch(void* scratch) noexcept nogil
-# Bytes a scratch holds beyond ArnTrie.scratch_size(): the DFA caches and the key, which grow with use.
+# Bytes a scratch holds beyond ArnTrie.scratch_size(): the DFA caches, which grow with use.
 cdef Py_ssize_t at_grown_bytes(const void* scratch) noexcept nogil
 # The DFA caches of a scratch's tries into caches (room for 3); returns how many.
 cdef int at_caches(const void* scratch, const gt_cache** caches) noexcept nogil
@@ -69,9 +68,8 @@ cdef class ArnTrie:
     cdef bint has_plain                # some regular pattern has no '*' field
     cdef uint64_t* _slots              # the distinct heads by hash (see _TAG; 0: empty)
     cdef uint8_t* _head_bytes          # their records (at_head), 8-byte aligned
-    cdef int32_t* _inline_ids
-    cdef Py_ssize_t _n_head_bytes, _n_inline
-    cdef Py_ssize_t _n_heads
+    cdef Py_ssize_t _n_head_bytes
+    cdef Py_ssize_t _n_heads, _n_buckets
     cdef uint64_t _seed                # this index's own hash seed
     cdef uint32_t _slot_mask
     cdef int32_t _max_probe            # the farthest a head lies from its hash's slot
@@ -87,11 +85,19 @@ cdef class ArnTrie:
     cdef Py_ssize_t result_capacity(self) noexcept nogil
     cdef Py_ssize_t match_into(self, const unsigned char* text, Py_ssize_t n, void* scratch,
                                int32_t* out) noexcept nogil
-    cdef int _set_heads(self, dict heads) except -1
-    cdef const at_head* _find(self, const uint8_t* key, Py_ssize_t n, uint64_t h) noexcept nogil
-    cdef Py_ssize_t _plan(self, uint8_t* key, const unsigned char* text, const Py_ssize_t* colon, Py_ssize_t extra,
-                          int mask, int field, Py_ssize_t at, Py_ssize_t key_len, int32_t* fields, at_probe* planned,
+    cdef int _set_heads(self, list records) except -1
+    cdef const at_head* _find(self, const at_probe* probe, const unsigned char* text,
+                              const Py_ssize_t* colon) noexcept nogil
+    cdef const at_head* _find_bucket(self, const at_head* head, const unsigned char* resource,
+                                     uint64_t h) noexcept nogil
+    cdef bint _has_bucket(self, const at_head* head, Py_ssize_t resource_len) noexcept nogil
+    cdef int32_t _offset(self, const at_head* record) noexcept nogil
+    cdef Py_ssize_t _own(self, at_scratch* sc, const at_head* record, const unsigned char* resource, Py_ssize_t n,
+                         int32_t* out, Py_ssize_t count) noexcept nogil
+    cdef Py_ssize_t _plan(self, const uint64_t* field_hashes, const Py_ssize_t* colon, Py_ssize_t extra, int mask,
+                          int field, Py_ssize_t at, uint64_t h, int32_t* fields, at_probe* planned,
                           Py_ssize_t n_planned) noexcept nogil
     cdef void _fetch(self, uint64_t h) noexcept nogil
-    cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* probe, const unsigned char* text, Py_ssize_t n,
-                           const Py_ssize_t* colon, int32_t* out, Py_ssize_t count) noexcept nogil
+    cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* planned, Py_ssize_t n_planned,
+                           const unsigned char* text, Py_ssize_t n, const Py_ssize_t* colon, int32_t* out,
+                           Py_ssize_t count) noexcept nogil

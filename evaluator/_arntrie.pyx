@@ -13,8 +13,11 @@ Such a pattern is *regular*: at least five ':', its first field literal, the nex
 with its ':', then the resource part (a glob): ``arn:aws:ec2:*:123:instance/*`` is keyed
 ``Earn:aws:ec2:123:instance/*``. An ARN's *head* (the letter and the literal fields) is found by hash among
 the patterns' heads; the few resource parts of most heads (one service, region and account) are kept with it
-and matched one by one, and those of a head with more (``arn:aws:s3:::``) in one trie of keys, walked from
-the node the head leads to.
+and matched one by one. A head with more (``arn:aws:s3:::``) parts them into *buckets* by their first bytes
+(``cut``: as many as all but INLINE_PATTERNS of its parts spell before a wildcard, those few kept with the
+head): a resource part can match only the parts of the bucket named by its own first bytes, found by hash in
+turn. Parts too many to keep with their head or bucket go to one trie of keys, walked from the node their
+head or bucket leads to.
 
 Why probing keys is exact. A pattern's literal ':' each meet one ':' of the ARN, in order; a literal field
 holds no ':', so its two colons meet adjacent ones, and the first field's meets the ARN's first. An ARN
@@ -34,7 +37,7 @@ cache holds every state a log needs: freeze() keys the patterns only when they a
 cimport cython
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int32_t, uint8_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy
 
 from ._globtrie cimport GlobTrie, gt_cache, gt_free_scratch, gt_scratch_bytes
@@ -153,12 +156,56 @@ cdef Py_ssize_t _match_inline(const uint8_t* globs, int32_t count, const int32_t
     return found
 
 
+cdef inline uint64_t _head_hash(uint64_t seed, int mask) noexcept nogil:
+    """The start of a head's hash: its mask; each literal field's hash is then mixed in (_with_field)."""
+    return seed ^ ((<uint64_t>mask + 1) * 0x9E3779B97F4A7C15ULL)
+
+
+cdef inline uint64_t _bucket_seed(uint64_t seed, int32_t parent) noexcept nogil:
+    """The seed of the hashes of a head's buckets (parent: the head's offset / 8)."""
+    return seed ^ ((<uint64_t>parent + 1) * 0xD6E8FEB86659FD93ULL)
+
+
+cdef inline uint64_t _with_field(uint64_t h, uint64_t field_hash) noexcept nogil:
+    """A head's hash with its next literal field's: an ARN's fields are hashed once, for every mask."""
+    h = (h ^ field_hash) * 0xBF58476D1CE4E5B9ULL
+    return h ^ (h >> 31)
+
+
 cdef uint64_t _TAG = 0xFFFFFFFF00000000ULL  # a slot holds these bits of its head's hash, and its offset / 8 + 1
 
 
-cdef inline Py_ssize_t _record_size(Py_ssize_t data) noexcept:
-    """Bytes of a head's record in ArnTrie._head_bytes (its header, then data), a multiple of 8."""
-    return (sizeof(at_head) + data + 7) & ~(<Py_ssize_t>7)
+cdef inline Py_ssize_t _ids_at(Py_ssize_t key_len) noexcept nogil:
+    """Where a record's ids of the parts kept with it start: after its header and bytes, 4-byte aligned (read
+    with the parts, not from a table of their own)."""
+    return (sizeof(at_head) + key_len + 3) & ~(<Py_ssize_t>3)
+
+
+def _literal(bytes glob):
+    """Bytes of glob before its first wildcard."""
+    star, mark = glob.find(b"*"), glob.find(b"?")
+    return min(k for k in (star, mark, len(glob)) if k >= 0)
+
+
+def _cut(list parts):
+    """Bytes by which a head's resource parts ((id, glob) pairs) are put in buckets: the literal length of the
+    (INLINE_PATTERNS + 1)-th shortest, so that at most INLINE_PATTERNS parts stay with the head; 0: none."""
+    return sorted(_literal(glob) for _, glob in parts)[INLINE_PATTERNS] if len(parts) > INLINE_PATTERNS else 0
+
+
+def _bucketed(bytes glob, Py_ssize_t cut):
+    """Whether a part goes to a bucket: its first cut bytes are literal and end on a code point's boundary
+    (the keyed trie is walked from there one code point a step)."""
+    return 0 < cut <= _literal(glob) and (cut == len(glob) or not 0x80 <= glob[cut] <= 0xBF)
+
+
+def _placed(GlobTrie keyed, bytes path, list parts):
+    """Parts (id, glob) kept with their record if few, else None and added to the keyed trie under path."""
+    if len(parts) <= INLINE_PATTERNS and all(len(glob) <= 255 for _, glob in parts):
+        return parts
+    for pattern_id, glob in parts:
+        keyed.add((path + glob).decode("utf-8", "surrogatepass"), pattern_id)
+    return None
 
 
 def _regular(str pattern):
@@ -185,7 +232,6 @@ cdef void at_free_scratch(void* scratch) noexcept nogil:
     gt_free_scratch(sc.rest)
     gt_free_scratch(sc.keyed)
     gt_free_scratch(sc.spanning)
-    free(sc.key)
     free(sc.found)
     free(sc.merged)
     free(sc)
@@ -194,7 +240,7 @@ cdef void at_free_scratch(void* scratch) noexcept nogil:
 cdef Py_ssize_t at_grown_bytes(const void* scratch) noexcept nogil:
     cdef const at_scratch* sc = <const at_scratch*>scratch
     cdef void* parts[3]
-    cdef Py_ssize_t total = sc.key_cap + sc.spanning_bytes
+    cdef Py_ssize_t total = sc.spanning_bytes
     cdef int k
     parts[0], parts[1], parts[2] = sc.rest, sc.keyed, sc.spanning
     for k in range(3):
@@ -226,7 +272,6 @@ cdef class ArnTrie:
         at_free_scratch(self._spare)
         free(self._slots)
         free(self._head_bytes)
-        free(self._inline_ids)
 
     def add(self, str pattern not None, int32_t pattern_id):
         """Index pattern ('*' and '?' are wildcards) under pattern_id; ValueError after freeze()."""
@@ -245,34 +290,40 @@ cdef class ArnTrie:
         rest = GlobTrie(False)
         keyed = GlobTrie(False) if self.indexed else None
         spanning = GlobTrie(False) if self.indexed else None
-        masks, buckets = set(), {}
+        masks, by_head = set(), {}
         for pattern, pattern_id, found in self._entries:
             if not self.indexed or found is None:
                 rest.add(pattern, pattern_id)
                 continue
             mask, head, resource = found
-            buckets.setdefault(head, set()).add((pattern_id, resource))
+            by_head.setdefault(head, set()).add((pattern_id, resource))
             if mask:
                 spanning.add(pattern, pattern_id)
                 masks.add(mask)
             else:
                 self.has_plain = True
-        heads = {}  # head -> its resource parts and their ids, if kept with it, else None
-        for head, globs in buckets.items():
+        records = []  # (bytes, its head's index or -1, cut, parts kept with it or None, its keyed trie path)
+        for head, globs in by_head.items():
             encoded = [(pattern_id, resource.encode("utf-8", "surrogatepass"))
                        for pattern_id, resource in sorted(globs)]
-            if len(encoded) <= INLINE_PATTERNS and all(len(glob) <= 255 for _, glob in encoded):
-                heads[head] = encoded
-            else:
-                heads[head] = None
-                for pattern_id, resource in globs:
-                    keyed.add(head + resource, pattern_id)
+            cut = _cut(encoded)
+            key = head.encode("utf-8", "surrogatepass")
+            parent = len(records)
+            kept = [part for part in encoded if not _bucketed(part[1], cut)]
+            records.append((key, -1, cut, _placed(keyed, key, kept), key))
+            bucketed = {}
+            for part in encoded:
+                if _bucketed(part[1], cut):
+                    bucketed.setdefault(part[1][:cut], []).append(part)
+            path = bytes([key[0] + 0x20]) + key[1:]  # the letter in lower case: apart from the heads' paths
+            for start, parts in bucketed.items():
+                records.append((start, parent, 0, _placed(keyed, path, parts), path + start))
         tries = [trie for trie in (rest, keyed, spanning) if trie is not None]
         for trie in tries:
             trie.freeze(**geometry)
         self.rest, self.keyed, self.spanning = rest, keyed, spanning
         if self.indexed:
-            self._set_heads(heads)
+            self._set_heads(records)
         self._n_masks = len(masks)
         for k, mask in enumerate(sorted(masks)):
             self._masks[k] = mask
@@ -280,57 +331,63 @@ cdef class ArnTrie:
         self._n_ids = len({pattern_id for _, pattern_id, _ in self._entries})
         self._n_patterns = len(self._entries)
         self.nbytes = (sum(trie.nbytes for trie in tries) + (self._slot_mask + 1) * sizeof(uint64_t)
-                       + self._n_head_bytes + self._n_inline * sizeof(int32_t))
+                       + self._n_head_bytes)
         self._entries = None
         self.frozen = True
 
-    cdef int _set_heads(self, dict heads) except -1:
-        """The hash table of the heads (str keys), each with its node in the frozen keyed trie or, for a head
-        of few patterns (a list of their ids and resource parts), those patterns after its bytes."""
-        cdef list encoded = [text.encode("utf-8", "surrogatepass") for text in heads]
-        cdef list inline = list(heads.values())
-        cdef Py_ssize_t n = len(encoded), slots = 2, k, at = 0, ids = 0, probe, size
+    cdef int _set_heads(self, list records) except -1:
+        """The hash table of the heads and their buckets (``freeze``'s records), each with its node in the frozen
+        keyed trie or the parts kept with it."""
+        cdef Py_ssize_t n = len(records), slots = 2, k, at = 0, probe
         cdef uint64_t h
-        cdef bytes head, glob
+        cdef bytes key, glob, field
         cdef at_head* entry
         cdef uint8_t* place
+        cdef int32_t* ids
+        cdef list offsets = []
         while slots < 2 * n:
             slots *= 2
-        sizes = [_record_size(len(head) + sum(len(glob) + 1 for _, glob in globs or ()))
-                 for head, globs in zip(encoded, inline)]
+        sizes = [(_ids_at(len(key)) + sum(sizeof(int32_t) + len(glob) + 1 for _, glob in parts or ()) + 7) & ~7
+                 for key, _, _, parts, _ in records]  # each a multiple of 8
         self._n_head_bytes = sum(sizes)
-        self._n_inline = sum(len(globs) for globs in inline if globs)
         self._slots = <uint64_t*>calloc(slots, sizeof(uint64_t))
         self._head_bytes = <uint8_t*>calloc(max(1, self._n_head_bytes), 1)
-        self._inline_ids = <int32_t*>malloc(max(1, self._n_inline) * sizeof(int32_t))
-        if self._slots == NULL or self._head_bytes == NULL or self._inline_ids == NULL:
+        if self._slots == NULL or self._head_bytes == NULL:
             raise MemoryError()
         self._seed = int.from_bytes(os.urandom(8), "little")
         self._slot_mask = <uint32_t>(slots - 1)
-        self._n_heads = n
-        for k in range(n):
-            head = encoded[k]
+        self._n_buckets = sum(parent >= 0 for _, parent, _, _, _ in records)
+        self._n_heads = n - self._n_buckets
+        for k, (key, parent, cut, parts, path) in enumerate(records):
+            offsets.append(at // 8)
             entry = <at_head*>(self._head_bytes + at)
-            entry.key_len = <int32_t>len(head)
+            entry.key_len = <int32_t>len(key)
+            entry.cut = cut
+            entry.parent = offsets[parent] if parent >= 0 else -1
             place = self._head_bytes + at + sizeof(at_head)
-            memcpy(place, <const char*>head, len(head))
-            place += len(head)
+            memcpy(place, <const char*>key, len(key))
             entry.n_inline = 0
-            entry.ids_start = <int32_t>ids
-            if inline[k] is None:
-                entry.node = self.keyed.node_of(head, len(head))
+            if parts is None:
+                entry.node = self.keyed.node_of(path, len(path))
                 if entry.node < 0:
-                    raise AssertionError("a head is not a path of the keyed trie")
+                    raise AssertionError("a head or bucket is not a path of the keyed trie")
             else:
                 entry.node = -1
-                for pattern_id, glob in inline[k]:
-                    self._inline_ids[ids] = pattern_id
+                ids = <int32_t*>(self._head_bytes + at + _ids_at(len(key)))
+                place = <uint8_t*>(ids + len(parts))
+                for pattern_id, glob in parts:
+                    ids[0] = pattern_id
                     ids += 1
                     place[0] = len(glob)
                     memcpy(place + 1, <const char*>glob, len(glob))
                     place += 1 + len(glob)
-                entry.n_inline = <int32_t>len(inline[k])
-            h = hash_text(head, len(head), self._seed)
+                entry.n_inline = <int32_t>len(parts)
+            if parent >= 0:
+                h = hash_text(key, len(key), _bucket_seed(self._seed, entry.parent))
+            else:
+                h = _head_hash(self._seed, key[0] - 0x41)  # the letter names the mask
+                for field in key[1:-1].split(b":"):  # the literal fields, each followed by its ':'
+                    h = _with_field(h, hash_text(field, len(field), self._seed))
             probe = 0
             while self._slots[(h + probe) & self._slot_mask]:
                 probe += 1
@@ -341,18 +398,37 @@ cdef class ArnTrie:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef const at_head* _find(self, const uint8_t* key, Py_ssize_t n, uint64_t h) noexcept nogil:
-        """The head key[:n] (its hash h), NULL if no pattern has it."""
-        cdef uint64_t slot
+    cdef const at_head* _find(self, const at_probe* planned, const unsigned char* text,
+                              const Py_ssize_t* colon) noexcept nogil:
+        """The head of a planned alignment (the letter of its mask, then the ARN fields its literal fields fall
+        on, each with its ':'), NULL if no pattern has it."""
+        cdef uint64_t slot, h = planned.hash
         cdef int32_t probe
         cdef const at_head* entry
+        cdef const uint8_t* key
+        cdef Py_ssize_t used, start, stop
+        cdef int field
         for probe in range(self._max_probe + 1):
             slot = self._slots[(h + probe) & self._slot_mask]
             if slot == 0:
                 return NULL
-            if (slot ^ h) & _TAG == 0:
-                entry = <const at_head*>(self._head_bytes + 8 * ((slot & ~_TAG) - 1))
-                if entry.key_len == n and memcmp(<const uint8_t*>entry + sizeof(at_head), key, n) == 0:
+            if (slot ^ h) & _TAG:
+                continue
+            entry = <const at_head*>(self._head_bytes + 8 * ((slot & ~_TAG) - 1))
+            key = <const uint8_t*>entry + sizeof(at_head)
+            if entry.parent >= 0 or key[0] != 0x41 + planned.mask:
+                continue
+            used = 1
+            for field in range(AT_FIELDS):
+                if planned.fields[field] < 0:
+                    continue
+                start = colon[planned.fields[field] - 1] + 1 if planned.fields[field] else 0
+                stop = colon[planned.fields[field]] + 1
+                if used + stop - start > entry.key_len or memcmp(key + used, text + start, stop - start) != 0:
+                    break
+                used += stop - start
+            else:
+                if used == entry.key_len:
                     return entry
         return NULL
 
@@ -394,9 +470,9 @@ cdef class ArnTrie:
         if not self.frozen:
             return -1
         cdef at_scratch* sc = <at_scratch*>scratch
-        cdef Py_ssize_t count = 0, m = 0, i, probes = 0, extra, k
+        cdef Py_ssize_t count = 0, m = 0, i, probes = 0, extra, k, start
         cdef Py_ssize_t colon[AT_FIELDS + MAX_ALIGNMENTS]  # enough for every alignment that is probed
-        cdef uint8_t* key
+        cdef uint64_t field_hashes[AT_FIELDS + MAX_ALIGNMENTS]
         if self.rest.result_capacity():
             count = self.rest.match_into(text, n, sc.rest, out)
         if not self.indexed:
@@ -408,30 +484,28 @@ cdef class ArnTrie:
                 m += 1
         if m < AT_FIELDS:
             return count
-        if sc.key_cap < n + 1:
-            key = <uint8_t*>realloc(sc.key, n + 1)
-            if key == NULL:
-                return -1
-            sc.key = key
-            sc.key_cap = n + 1
         extra = m - AT_FIELDS
         for i in range(self._n_masks):
             probes += _alignments(extra, self._groups[self._masks[i]])
+        # The ARN fields a literal field may fall on, each hashed once (those of the first five alone when only
+        # mask 0 is probed; with a mask probed, extra is below MAX_ALIGNMENTS).
+        cdef Py_ssize_t n_fields = m if probes <= MAX_ALIGNMENTS and self._n_masks else AT_FIELDS
+        for i in range(n_fields):
+            start = colon[i - 1] + 1 if i else 0
+            field_hashes[i] = hash_text(<const char*>text + start, colon[i] - start, self._seed)
         # Every head first (hashed, its slot fetched), then every slot (its record fetched), then the matches:
         # the memory reads of the probes overlap.
         cdef at_probe planned[MAX_ALIGNMENTS + 1]
         cdef int32_t fields[AT_FIELDS]
         cdef Py_ssize_t n_planned = 0
         if self.has_plain:
-            n_planned = self._plan(sc.key, text, colon, extra, 0, 0, 0, 1, fields, planned, n_planned)
+            n_planned = self._plan(field_hashes, colon, extra, 0, 0, 0, _head_hash(self._seed, 0), fields, planned,
+                                   n_planned)
         if probes <= MAX_ALIGNMENTS:
             for i in range(self._n_masks):
-                n_planned = self._plan(sc.key, text, colon, extra, self._masks[i], 0, 0, 1, fields, planned,
-                                       n_planned)
-        for i in range(n_planned):
-            self._fetch(planned[i].hash)
-        for i in range(n_planned):
-            count = self._probe(sc, &planned[i], text, n, colon, out, count)
+                n_planned = self._plan(field_hashes, colon, extra, self._masks[i], 0, 0,
+                                       _head_hash(self._seed, self._masks[i]), fields, planned, n_planned)
+        count = self._probe(sc, planned, n_planned, text, n, colon, out, count)
         if probes <= MAX_ALIGNMENTS:
             return count
         if sc.spanning == NULL:
@@ -444,38 +518,34 @@ cdef class ArnTrie:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef Py_ssize_t _plan(self, uint8_t* key, const unsigned char* text, const Py_ssize_t* colon, Py_ssize_t extra,
-                          int mask, int field, Py_ssize_t at, Py_ssize_t key_len, int32_t* fields, at_probe* planned,
+    cdef Py_ssize_t _plan(self, const uint64_t* field_hashes, const Py_ssize_t* colon, Py_ssize_t extra, int mask,
+                          int field, Py_ssize_t at, uint64_t h, int32_t* fields, at_probe* planned,
                           Py_ssize_t n_planned) noexcept nogil:
-        """Plan the alignments of mask from its field `field` on, which falls on the ARN's field `at` (the head
-        written into key up to key_len, the ARN fields of the literal fields before it in fields): each is
-        hashed, its slot fetched, and added to planned; returns their new number."""
-        cdef Py_ssize_t start, stop, span
+        """Plan the alignments of mask from its field `field` on, which falls on the ARN's field `at` (h: the
+        head's hash so far, fields: the ARN fields of the literal fields before it): each is hashed, its slot
+        fetched, and added to planned; returns their new number."""
+        cdef Py_ssize_t span
         cdef at_probe* probe
         cdef int end
         if field == AT_FIELDS:  # the head is whole; the resource part is the rest of the ARN
-            key[0] = 0x41 + mask  # 'A' + mask
             probe = &planned[n_planned]
-            probe.hash = hash_text(<const char*>key, key_len, self._seed)
+            probe.hash = h
             probe.res = colon[at - 1] + 1
             probe.mask = mask
             memcpy(probe.fields, fields, sizeof(probe.fields))
             prefetch(&self._slots[probe.hash & self._slot_mask])
             return n_planned + 1
         if not _star(mask, field):  # a literal field: one ARN field, with its ':'
-            start = colon[at - 1] + 1 if at else 0
-            stop = colon[at] + 1
-            memcpy(key + key_len, text + start, stop - start)
             fields[field] = <int32_t>at
-            return self._plan(key, text, colon, extra, mask, field + 1, at + 1, key_len + stop - start, fields,
-                              planned, n_planned)
+            return self._plan(field_hashes, colon, extra, mask, field + 1, at + 1, _with_field(h, field_hashes[at]),
+                              fields, planned, n_planned)
         end = field
         while end < AT_FIELDS and _star(mask, end):
             fields[end] = -1
             end += 1
         # The run spans end - field ARN fields, plus any of the extra ones not spanned before it.
         for span in range(end - field, end - at + extra + 1):
-            n_planned = self._plan(key, text, colon, extra, mask, end, at + span, key_len, fields, planned, n_planned)
+            n_planned = self._plan(field_hashes, colon, extra, mask, end, at + span, h, fields, planned, n_planned)
         return n_planned
 
     cdef void _fetch(self, uint64_t h) noexcept nogil:
@@ -489,28 +559,84 @@ cdef class ArnTrie:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* probe, const unsigned char* text, Py_ssize_t n,
-                           const Py_ssize_t* colon, int32_t* out, Py_ssize_t count) noexcept nogil:
-        """Match the resource part of a planned alignment against its head's patterns; merge their ids into
-        out[:count] and return the new count."""
-        cdef Py_ssize_t key_len = 1, start, stop, k
-        cdef const at_head* head
-        cdef int field
-        sc.key[0] = 0x41 + probe.mask
-        for field in range(AT_FIELDS):  # the head again: the key buffer held every planned head in turn
-            if probe.fields[field] >= 0:
-                start = colon[probe.fields[field] - 1] + 1 if probe.fields[field] else 0
-                stop = colon[probe.fields[field]] + 1
-                memcpy(sc.key + key_len, text + start, stop - start)
-                key_len += stop - start
-        head = self._find(sc.key, key_len, probe.hash)
-        if head == NULL:
-            return count
-        if head.node >= 0:
-            k = self.keyed.match_from(head.node, text + probe.res, n - probe.res, sc.keyed, sc.found)
+    cdef Py_ssize_t _probe(self, at_scratch* sc, const at_probe* planned, Py_ssize_t n_planned,
+                           const unsigned char* text, Py_ssize_t n, const Py_ssize_t* colon, int32_t* out,
+                           Py_ssize_t count) noexcept nogil:
+        """Match the resource part of each planned alignment against its head's parts, then its bucket's; merge
+        their ids into out[:count] and return the new count. In stages, so that the memory reads of one stage
+        overlap: every head's record, then every bucket's slot while the heads' parts are matched, then every
+        bucket's record."""
+        cdef const at_head* heads[MAX_ALIGNMENTS + 1]
+        cdef Py_ssize_t res[MAX_ALIGNMENTS + 1]
+        cdef uint64_t bucket_hashes[MAX_ALIGNMENTS + 1]
+        cdef Py_ssize_t i, found = 0
+        cdef const at_head* bucket
+        for i in range(n_planned):
+            self._fetch(planned[i].hash)
+        for i in range(n_planned):
+            heads[found] = self._find(&planned[i], text, colon)
+            if heads[found] == NULL:
+                continue
+            res[found] = planned[i].res
+            if self._has_bucket(heads[found], n - res[found]):
+                bucket_hashes[found] = hash_text(<const char*>text + res[found], heads[found].cut,
+                                                 _bucket_seed(self._seed, self._offset(heads[found])))
+                prefetch(&self._slots[bucket_hashes[found] & self._slot_mask])
+            found += 1
+        for i in range(found):
+            count = self._own(sc, heads[i], text + res[i], n - res[i], out, count)
+        for i in range(found):
+            if self._has_bucket(heads[i], n - res[i]):
+                self._fetch(bucket_hashes[i])
+        for i in range(found):
+            if self._has_bucket(heads[i], n - res[i]):
+                bucket = self._find_bucket(heads[i], text + res[i], bucket_hashes[i])
+                if bucket != NULL:
+                    count = self._own(sc, bucket, text + res[i], n - res[i], out, count)
+        return count
+
+    cdef bint _has_bucket(self, const at_head* head, Py_ssize_t resource_len) noexcept nogil:
+        """Whether a resource part of that length may fall in a bucket of the head."""
+        return head.cut != 0 and resource_len >= head.cut
+
+    cdef int32_t _offset(self, const at_head* record) noexcept nogil:
+        """A record's offset / 8 in _head_bytes (what a bucket names its head by)."""
+        return <int32_t>((<const uint8_t*>record - self._head_bytes) // 8)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef const at_head* _find_bucket(self, const at_head* head, const unsigned char* resource,
+                                     uint64_t h) noexcept nogil:
+        """The bucket of a head that the first head.cut bytes of a resource part name (their hash h), NULL if
+        none."""
+        cdef int32_t parent = self._offset(head)
+        cdef uint64_t slot
+        cdef int32_t probe
+        cdef const at_head* entry
+        for probe in range(self._max_probe + 1):
+            slot = self._slots[(h + probe) & self._slot_mask]
+            if slot == 0:
+                return NULL
+            if (slot ^ h) & _TAG:
+                continue
+            entry = <const at_head*>(self._head_bytes + 8 * ((slot & ~_TAG) - 1))
+            if entry.parent == parent and entry.key_len == head.cut \
+                    and memcmp(<const uint8_t*>entry + sizeof(at_head), resource, head.cut) == 0:
+                return entry
+        return NULL
+
+    cdef Py_ssize_t _own(self, at_scratch* sc, const at_head* record, const unsigned char* resource, Py_ssize_t n,
+                         int32_t* out, Py_ssize_t count) noexcept nogil:
+        """Merge into out[:count] the ids of a head's or a bucket's own parts that match the resource part;
+        returns the new count."""
+        cdef Py_ssize_t k, skip
+        cdef const int32_t* ids
+        if record.node >= 0:
+            skip = record.key_len if record.parent >= 0 else 0  # a bucket's trie path spells its first bytes
+            k = self.keyed.match_from(record.node, resource + skip, n - skip, sc.keyed, sc.found)
         else:
-            k = _match_inline(<const uint8_t*>head + sizeof(at_head) + head.key_len, head.n_inline,
-                              self._inline_ids + head.ids_start, text + probe.res, n - probe.res, sc.found)
+            ids = <const int32_t*>(<const uint8_t*>record + _ids_at(record.key_len))
+            k = _match_inline(<const uint8_t*>(ids + record.n_inline), record.n_inline, ids, resource, n, sc.found)
         return _merge(out, count, sc.found, k, sc.merged)
 
     # ------------------------------------------------------------------ Python API
@@ -548,7 +674,7 @@ cdef class ArnTrie:
             return {"patterns": len(self._entries), "frozen": False}
         tries = {"rest": self.rest, "keyed": self.keyed, "spanning": self.spanning}
         return {"patterns": self._n_patterns,
-                "ids": self._n_ids, "indexed": bool(self.indexed), "heads": self._n_heads,
+                "ids": self._n_ids, "indexed": bool(self.indexed), "heads": self._n_heads, "buckets": self._n_buckets,
                 "memory_bytes": self.nbytes,
                 "scratch_bytes": self.scratch_size(), "frozen": True,
                 **{name: trie.get_stats() for name, trie in tries.items() if trie is not None}}

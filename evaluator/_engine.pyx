@@ -91,6 +91,7 @@ cdef tuple RESOURCE_KINDS = tuple((service.encode(), start.encode(), kind)
                                   for service, start, kind in service_rules.RESOURCE_KINDS)
 # The same as C arrays (pointing into RESOURCE_KINDS' bytes), read per distinct resource without the GIL.
 cdef enum: MAX_RESOURCE_KINDS = 8
+cdef enum: ENTRY_ACTIONS = 2  # action pattern ids kept in a resource_entry_t: most statements name one or two
 cdef const char* KIND_SERVICE[MAX_RESOURCE_KINDS]
 cdef const char* KIND_START[MAX_RESOURCE_KINDS]
 cdef Py_ssize_t KIND_SERVICE_LEN[MAX_RESOURCE_KINDS]
@@ -143,6 +144,17 @@ ctypedef struct statement_t:
     int32_t act_count
     int32_t res_start        # its fixed resource pattern ids in Engine.statement_resources (private policies)
     int32_t res_count
+
+
+ctypedef struct resource_entry_t:  # a statement found through a fixed resource pattern: what the hot loop reads first
+    int32_t statement
+    int32_t policy
+    int32_t act_start        # as in statement_t
+    int32_t act_count
+    int32_t actions[ENTRY_ACTIONS]  # its action pattern ids, when it has no more
+    uint8_t flags
+    uint8_t marked           # its resource mark is kept: it is not resource-indexed (resource_applies reads the mark),
+                             # or it has several fixed patterns (the mark finds it once)
 
 
 ctypedef struct role_t:      # what one policy is for the requests of a profile
@@ -209,7 +221,8 @@ ctypedef struct scratch_t:
     int32_t* action_ids
     int32_t* resource_ids
     uint64_t* action_mark    # per statement: generation in which an action pattern matched it
-    uint64_t* resource_mark  # per statement: generation in which a static resource pattern matched it
+    uint64_t* resource_mark  # per statement: generation in which a static resource pattern matched it (kept for
+                             # private statements and resource_entry_t.marked ones)
     uint64_t* pattern_mark   # per action pattern: generation in which it matched
     uint64_t* resource_pattern_mark  # per fixed resource pattern: generation in which it matched
     uint64_t gen
@@ -218,6 +231,7 @@ ctypedef struct scratch_t:
     uint64_t marked_batch    # serial of the batch whose profiles are marked, 0: none
     int32_t marked_identity  # the profiles marked
     int32_t marked_resource
+    bint marked_private      # whether they name a private policy (whose statements are scanned)
     int32_t* candidates
     ctx_entry* ctx           # dense context of the current request; count -1 between requests
     pseg* condition_scratch
@@ -295,7 +309,7 @@ cdef class Engine:
     cdef int32_t* action_start       # CSR: action pattern id -> statements
     cdef int32_t* action_statements
     cdef int32_t* resource_start     # CSR: static resource pattern id -> statements
-    cdef int32_t* resource_statements
+    cdef resource_entry_t* resource_entries
     cdef int32_t* statement_actions  # per statement, its action pattern ids (statement_t.act_start)
     cdef int32_t* statement_resources  # per statement, its fixed resource pattern ids (statement_t.res_start)
     cdef int32_t n_resource_patterns
@@ -318,7 +332,8 @@ cdef class Engine:
     def __cinit__(self):
         self.statements = NULL
         self.action_start = self.action_statements = NULL
-        self.resource_start = self.resource_statements = NULL
+        self.resource_start = NULL
+        self.resource_entries = NULL
         self.not_action = self.dynamic_patterns = self.statement_actions = NULL
         self.principal_keys = NULL
         self.policy_sizes = NULL
@@ -335,7 +350,7 @@ cdef class Engine:
         free(self.action_start)
         free(self.action_statements)
         free(self.resource_start)
-        free(self.resource_statements)
+        free(self.resource_entries)
         free(self.not_action)
         free(self.dynamic_patterns)
         free(self.statement_actions)
@@ -425,7 +440,7 @@ cdef class Engine:
             if not 0 <= self.statements[s].slot < self.policy_sizes[self.statements[s].policy]:
                 raise ValueError("a statement's index lies outside its policy")
         _csr(action_lists, &self.action_start, &self.action_statements)
-        _csr(resource_lists, &self.resource_start, &self.resource_statements)
+        self.set_resource_entries(resource_lists)
         not_action = [i for i, st in enumerate(statements)
                       if st[1] & F_NOT_ACTION and not st[1] & F_RESOURCE_INDEXED and not self.private[st[0]]]
         private_lists = [[] for _ in range(n_policies)]
@@ -444,8 +459,37 @@ cdef class Engine:
                             + self.n_statements * (sizeof(statement_t) + 2 * sizeof(int32_t))
                             + (len(dynamic) + n_policies + self.n_statement_actions + res_at + len(not_action)
                                + len(action_lists) + len(resource_lists) + 3) * sizeof(int32_t)
-                            + (sum(map(len, action_lists)) + sum(map(len, resource_lists))) * sizeof(int32_t)
+                            + sum(map(len, action_lists)) * sizeof(int32_t)
+                            + sum(map(len, resource_lists)) * sizeof(resource_entry_t)
                             + self.n_keys + 2 * n_policies)
+
+    cdef int set_resource_entries(self, list resource_lists) except -1:
+        """The statements of each fixed resource pattern, each with what the hot loop reads before it is a
+        candidate: one read a statement, where a large engine's tables are read at random."""
+        cdef int32_t* listed = NULL
+        cdef resource_entry_t* entry
+        cdef const statement_t* st
+        cdef int32_t j, k
+        _csr(resource_lists, &self.resource_start, &listed)
+        try:
+            self.resource_entries = <resource_entry_t*>calloc(max(1, self.resource_start[len(resource_lists)]),
+                                                              sizeof(resource_entry_t))
+            if self.resource_entries == NULL:
+                raise MemoryError()
+            for j in range(self.resource_start[len(resource_lists)]):
+                st = &self.statements[listed[j]]
+                entry = &self.resource_entries[j]
+                entry.statement = listed[j]
+                entry.policy = st.policy
+                entry.act_start = st.act_start
+                entry.act_count = st.act_count
+                for k in range(min(st.act_count, ENTRY_ACTIONS)):
+                    entry.actions[k] = self.statement_actions[st.act_start + k]
+                entry.flags = st.flags
+                entry.marked = not st.flags & F_RESOURCE_INDEXED or st.res_count > 1
+        finally:
+            free(listed)
+        return 0
 
     @property
     def nbytes(self):
@@ -599,16 +643,17 @@ cdef class Engine:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef inline bint actions_match(self, int32_t s, scratch_t* sc, uint64_t gen) noexcept nogil:
-        """Action/NotAction of one statement, from the action patterns marked for this request."""
-        cdef const statement_t* st = &self.statements[s]
+    cdef inline bint actions_match(self, const int32_t* action_ids, int32_t act_count, uint8_t flags, scratch_t* sc,
+                                   uint64_t gen) noexcept nogil:
+        """Action/NotAction of one statement (its action pattern ids and flags), from the action patterns marked
+        for this request."""
         cdef int32_t k
         cdef bint hit = False
-        for k in range(st.act_start, st.act_start + st.act_count):
-            if sc.pattern_mark[self.statement_actions[k]] == gen:
+        for k in range(act_count):
+            if sc.pattern_mark[action_ids[k]] == gen:
                 hit = True
                 break
-        return hit != <bint>(st.flags & F_NOT_ACTION)
+        return hit != <bint>(flags & F_NOT_ACTION)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -624,6 +669,16 @@ cdef class Engine:
         sc.profile_gen += 1
         mark_roles(batch, &batch.profile_table[rq.identity_profile], sc)
         mark_roles(batch, &batch.profile_table[rq.resource_profile], sc)
+        sc.marked_private = self.names_private(batch, &batch.profile_table[rq.identity_profile]) \
+            or self.names_private(batch, &batch.profile_table[rq.resource_profile])
+
+    cdef inline bint names_private(self, Batch batch, const profile_t* profile) noexcept nogil:
+        """Whether a profile names a private policy: the requests of the others skip the scan of every role."""
+        cdef int32_t r
+        for r in range(profile.role_start, profile.role_start + profile.role_count):
+            if self.private[batch.roles[r].policy]:
+                return True
+        return False
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -642,9 +697,9 @@ cdef class Engine:
                 if sc.action_mark[s] == gen:  # scanned already for this request
                     continue
                 sc.action_mark[s] = gen
-                if not self.actions_match(s, sc, gen):
-                    continue
                 st = &self.statements[s]
+                if not self.actions_match(self.statement_actions + st.act_start, st.act_count, st.flags, sc, gen):
+                    continue
                 for k in range(st.res_start, st.res_start + st.res_count):
                     if sc.resource_pattern_mark[self.statement_resources[k]] == gen:
                         sc.resource_mark[s] = gen
@@ -664,6 +719,7 @@ cdef class Engine:
         cdef Py_ssize_t n, k
         cdef int32_t i, j, s, pid, n_candidates = 0, n_group_missing
         cdef const statement_t* st
+        cdef const resource_entry_t* entry
         cdef const mark_t* mark
         cdef const keyed_entry* entries = batch.entries + rq.ctx_start
         cdef const uint8_t* grants = batch.grant_bytes + rq.grants if rq.grants >= 0 else NULL
@@ -721,25 +777,28 @@ cdef class Engine:
             for k in range(n):
                 prefetch(&self.resource_start[matched[k]])
             for k in range(n):
-                for j in range(self.resource_start[matched[k]], self.resource_start[matched[k] + 1]):
-                    prefetch(&sc.resource_mark[self.resource_statements[j]])
-                    prefetch(&self.statements[self.resource_statements[j]])
+                prefetch(&self.resource_entries[self.resource_start[matched[k]]])
             for k in range(n):
                 pid = matched[k]
                 sc.resource_pattern_mark[pid] = gen
                 for j in range(self.resource_start[pid], self.resource_start[pid + 1]):
-                    s = self.resource_statements[j]
-                    if sc.resource_mark[s] == gen:
-                        continue
-                    sc.resource_mark[s] = gen
-                    if self.statements[s].flags & F_RESOURCE_INDEXED \
-                            and sc.policy_mark[self.statements[s].policy].gen == profile_gen \
-                            and self.actions_match(s, sc, gen):
+                    entry = &self.resource_entries[j]
+                    s = entry.statement
+                    if entry.marked:
+                        if sc.resource_mark[s] == gen:
+                            continue
+                        sc.resource_mark[s] = gen
+                    if entry.flags & F_RESOURCE_INDEXED and sc.policy_mark[entry.policy].gen == profile_gen \
+                            and self.actions_match(&entry.actions[0] if entry.act_count <= ENTRY_ACTIONS
+                                                   else self.statement_actions + entry.act_start,
+                                                   entry.act_count, entry.flags, sc, gen):
+                        prefetch(&self.statements[s])  # read when the candidates are decided
                         sc.candidates[n_candidates] = s
                         n_candidates += 1
 
-        n_candidates = self.scan_private(batch, &batch.profile_table[rq.identity_profile], sc, gen, n_candidates)
-        n_candidates = self.scan_private(batch, &batch.profile_table[rq.resource_profile], sc, gen, n_candidates)
+        if sc.marked_private:
+            n_candidates = self.scan_private(batch, &batch.profile_table[rq.identity_profile], sc, gen, n_candidates)
+            n_candidates = self.scan_private(batch, &batch.profile_table[rq.resource_profile], sc, gen, n_candidates)
 
         for i in range(n_candidates):
             s = sc.candidates[i]

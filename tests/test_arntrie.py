@@ -2,8 +2,9 @@
 
 Every answer is checked against the regex oracle of ``test_globtrie`` and against one GlobTrie of the same
 patterns (the NFA alone), on patterns and ARNs drawn so that they share fields: '*' fields that must span
-several of an ARN's fields, heads with few patterns (kept with the head) and with many (kept in the keyed
-trie), ARNs with more alignments than are probed (the spanning trie), and patterns the index cannot hold.
+several of an ARN's fields, heads with few patterns (kept with the head) and with many (in buckets by their
+first bytes, or in the keyed trie), ARNs with more alignments than are probed (the spanning trie), and patterns
+the index cannot hold.
 """
 import importlib.machinery
 
@@ -112,6 +113,25 @@ def test_heads_of_many_patterns(resources, head, data):
 
 
 # ---------------------------------------------------------------------- by hand
+
+def test_buckets_of_a_head():
+    """A head of many parts keeps the INLINE_PATTERNS with the shortest literal starts and puts the others in
+    buckets by as many first bytes as the next one spells: a bucket of few keeps its parts, one of many sends them
+    to the keyed trie; a part cut inside a code point stays with the head (then too many: the keyed trie too)."""
+    head = "arn:aws:s3:::"
+    kept = ["*", "?", "a", "t*", "te*", "te?m-1-a", "team-*", "team-1*"]  # literal starts shorter than 7 bytes
+    many = [f"team-1-{tail}" for tail in ("*", "a*", "a", "a?c", "ab/*", "é*", "b", "b*", "c:*", "d", "e", "f")]
+    few = ["team-2-a*", "team-2-b", "team-2-"]
+    split = ["team-xé*"]  # its 7th byte is inside 'é'
+    patterns = [head + part for part in kept + many + few + split]
+    trie = build(patterns)
+    stats = trie.get_stats()
+    assert (stats["buckets"], stats["keyed"]["patterns"]) == (2, len(many) + len(kept) + len(split)), stats
+    inputs = [head + text for text in ("team-1-a", "team-1-abc", "team-1-ab/x", "team-1-", "team-1-é", "team-1-c:x",
+                                       "team-2-", "team-2-a", "team-2-b", "team-2-bb", "team-xé", "team-xéz",
+                                       "team-yé", "team-1", "team-", "team-é1", "te", "", "team-3-a", "a", "tx")]
+    assert_same(patterns, inputs)
+
 
 def test_a_star_field_spans_several_fields():
     patterns = ["arn:aws:logs:*:123:log-group:x*", "arn:aws:logs:*:*:log-group:*:log-stream:*",
