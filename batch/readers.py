@@ -532,13 +532,28 @@ def _cloudtrail_records(text: IO[str]) -> Iterator[Any]:
         yield record
 
 
-def _twins(names: Iterable[str]) -> set[str]:
-    """The names spelled two ways, case aside. A reader keeps them whether or not its policies test the key: a
-    request giving one key twice fails, as ``Request.create`` refuses it, and only the evaluator says so."""
-    spellings: dict[str, list[str]] = {}
-    for name in names:
-        spellings.setdefault(name.lower(), []).append(name)
-    return {name for same in spellings.values() if len(same) > 1 for name in same}
+class _KeptKeys:
+    """The context keys a reader keeps, as spelled: those its policies test, and every spelling of a key met in two
+    (case aside). A request giving both fails, as ``Request.create`` refuses it, and only the evaluator says so."""
+
+    def __init__(self, context_keys: frozenset[str]) -> None:
+        self.context_keys = context_keys
+        self.seen: set[str] = set()  # the names met, and of those,
+        self.kept: set[str] = set()  # the ones kept (set operations in C, not a loop per key)
+        self._spellings: dict[str, list[str]] = {}  # a name no policy tests, lower-cased -> its spellings met
+
+    def meet(self, names: Iterable[str]) -> None:
+        """Take in names not met before."""
+        for name in names:
+            self.seen.add(name)
+            folded = name.lower()
+            if folded in self.context_keys:
+                self.kept.add(name)
+                continue
+            spellings = self._spellings.setdefault(folded, [])
+            spellings.append(name)
+            if len(spellings) > 1:
+                self.kept.update(spellings)
 
 
 class _ParquetLog:
@@ -563,8 +578,9 @@ class _ParquetLog:
         if "context" in self.columns and not self.json_context and context_keys is not None:
             self.columns.remove("context")
             names = [field.name for field in schema.field("context").type]
-            twins = _twins(names)
-            self.columns += [f"context.{name}" for name in names if name.lower() in context_keys or name in twins]
+            kept = _KeptKeys(context_keys)
+            kept.meet(names)
+            self.columns += [f"context.{name}" for name in names if name in kept.kept]
 
     def batches(self, builder: _BatchBuilder, row_groups: Iterable[int] | None = None,
                 first_row: int = 0) -> Iterator[pa.RecordBatch]:
@@ -821,8 +837,7 @@ class _BatchBuilder:
         self.problems = problems
         self.strict = strict
         self.context_keys = None if context_keys is None else frozenset(context_keys)
-        self._seen: set[str] = set()  # context keys as spelled, and of those,
-        self._kept: set[str] = set()  # the ones in context_keys (set operations in C, not a loop per key)
+        self._kept: _KeptKeys | None = None if self.context_keys is None else _KeptKeys(self.context_keys)
         self._start()
 
     def _start(self) -> None:
@@ -863,15 +878,10 @@ class _BatchBuilder:
         row = len(self.principals)
         columns = self.context_columns
         items = (context or {}).items()
-        if self.context_keys is not None and context:
+        if self._kept is not None and context:
             keys = context.keys()
-            for key in keys - self._seen:
-                self._seen.add(key)
-                if key.lower() in self.context_keys:
-                    self._kept.add(key)
-            dropped = keys - self._kept
-            kept = keys & self._kept if len(dropped) < 2 else (keys & self._kept) | _twins(dropped)
-            items = [(key, context[key]) for key in kept]
+            self._kept.meet(keys - self._kept.seen)
+            items = [(key, context[key]) for key in keys & self._kept.kept]
         for key, value in items:
             column = columns.get(key)
             if column is None:
