@@ -92,6 +92,7 @@ cdef class ArnTrie:
                                      uint64_t h) noexcept nogil
     cdef bint _has_bucket(self, const at_head* head, Py_ssize_t resource_len) noexcept nogil
     cdef int32_t _offset(self, const at_head* record) noexcept nogil
+    cdef const at_head* _tagged(self, uint64_t slot, uint64_t h) noexcept nogil
     cdef Py_ssize_t _own(self, at_scratch* sc, const at_head* record, const unsigned char* resource, Py_ssize_t n,
                          int32_t* out, Py_ssize_t count) noexcept nogil
     cdef Py_ssize_t _plan(self, const uint64_t* field_hashes, const Py_ssize_t* colon, Py_ssize_t extra, int mask,

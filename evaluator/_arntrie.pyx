@@ -412,9 +412,9 @@ cdef class ArnTrie:
             slot = self._slots[(h + probe) & self._slot_mask]
             if slot == 0:
                 return NULL
-            if (slot ^ h) & _TAG:
+            entry = self._tagged(slot, h)
+            if entry == NULL:
                 continue
-            entry = <const at_head*>(self._head_bytes + 8 * ((slot & ~_TAG) - 1))
             key = <const uint8_t*>entry + sizeof(at_head)
             if entry.parent >= 0 or key[0] != 0x41 + planned.mask:
                 continue
@@ -548,12 +548,16 @@ cdef class ArnTrie:
             n_planned = self._plan(field_hashes, colon, extra, mask, end, at + span, h, fields, planned, n_planned)
         return n_planned
 
+    cdef inline const at_head* _tagged(self, uint64_t slot, uint64_t h) noexcept nogil:
+        """The record a slot holds if its tag is h's, else NULL (an empty slot too)."""
+        if slot == 0 or (slot ^ h) & _TAG:
+            return NULL
+        return <const at_head*>(self._head_bytes + 8 * ((slot & ~_TAG) - 1))
+
     cdef void _fetch(self, uint64_t h) noexcept nogil:
         """Start reading the record of the head in h's slot, if its tag is h's."""
-        cdef uint64_t slot = self._slots[h & self._slot_mask]
-        cdef const uint8_t* record
-        if slot != 0 and (slot ^ h) & _TAG == 0:
-            record = self._head_bytes + 8 * ((slot & ~_TAG) - 1)
+        cdef const uint8_t* record = <const uint8_t*>self._tagged(self._slots[h & self._slot_mask], h)
+        if record != NULL:
             prefetch(record)
             prefetch(record + 64)
 
@@ -617,9 +621,9 @@ cdef class ArnTrie:
             slot = self._slots[(h + probe) & self._slot_mask]
             if slot == 0:
                 return NULL
-            if (slot ^ h) & _TAG:
+            entry = self._tagged(slot, h)
+            if entry == NULL:
                 continue
-            entry = <const at_head*>(self._head_bytes + 8 * ((slot & ~_TAG) - 1))
             if entry.parent == parent and entry.key_len == head.cut \
                     and memcmp(<const uint8_t*>entry + sizeof(at_head), resource, head.cut) == 0:
                 return entry
